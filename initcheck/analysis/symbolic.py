@@ -1,0 +1,111 @@
+"""The symbolic pass: forward moments per value, then gradient second moments per value from a
+unit-variance cotangent at every output (theory.md §1-§11, rules in initcheck.rules)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from initcheck.ir import Graph, Node, Value
+from initcheck.moments import Moments, standard_input
+from initcheck.passes import is_signal
+from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, load_all
+
+SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
+
+
+@dataclass
+class SymbolicResult:
+    forward: dict[Value, Moments] = field(default_factory=dict)
+    backward: dict[Value, float] = field(default_factory=dict)
+    backward_exact: dict[Value, bool] = field(default_factory=dict)
+    status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
+    errors: dict[Node, str] = field(default_factory=dict)  # rules that failed on this node, with the reason
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("INITCHECK_DEBUG"))
+
+
+def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:
+    first = next(m for m in ins if m is not None)
+    return [first.approx().with_(profile=None, simplex=False, phases=None)] * len(node.outputs)
+
+
+def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> SymbolicResult:
+    load_all()
+    result = SymbolicResult()
+    for value in graph.inputs:
+        if is_signal(value):
+            result.forward[value] = (inputs or {}).get(value.name, standard_input())
+    for node in graph.nodes:
+        _forward_node(node, result)
+    for value in graph.outputs:
+        if value in result.forward:
+            result.backward[value] = 1.0
+            result.backward_exact[value] = True
+    for node in reversed(graph.nodes):
+        _backward_node(node, result)
+    return result
+
+
+def _forward_node(node: Node, result: SymbolicResult) -> None:
+    ins = [result.forward.get(v) if v is not None else None for v in node.inputs]
+    if all(m is None for m in ins) and node.op not in SOURCE_OPS:
+        return
+    rule = FORWARD.get(node.op)
+    outs = None
+    if rule is not None:
+        try:
+            outs = rule(node, ins, result)
+        except Exception as e:  # a rule that cannot handle this node must not end the analysis
+            if _debug():
+                raise
+            result.errors[node] = f"{type(e).__name__}: {e}"
+            outs = None
+        if isinstance(outs, Unsupported):
+            result.errors[node] = outs.reason
+            outs = None
+    if outs is None:
+        result.status[node] = "unsupported"
+        if all(m is None for m in ins):
+            return
+        outs = _passthrough(node, ins)
+    else:
+        outs = outs if isinstance(outs, list) else [outs]
+        approximate = node.op in APPROXIMATE or any(not o.exact for o in outs if o is not None)
+        upstream_exact = all(m.exact for m in ins if m is not None)
+        result.status[node] = "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
+    for value, moments in zip(node.outputs, outs):
+        if moments is not None and value.is_float or (moments is not None and value.dtype == "unknown"):
+            result.forward[value] = moments
+
+
+def _backward_node(node: Node, result: SymbolicResult) -> None:
+    grads = [result.backward.get(v) for v in node.outputs]
+    if all(g is None for g in grads):
+        return
+    ins = [result.forward.get(v) if v is not None else None for v in node.inputs]
+    if all(m is None for m in ins):
+        return
+    outs = [result.forward.get(v) for v in node.outputs]
+    filled = [g if g is not None else 0.0 for g in grads]
+    rule = BACKWARD.get(node.op)
+    exact = result.status.get(node) == "modeled" and all(result.backward_exact.get(v, True) for v in node.outputs)
+    gins = None
+    if rule is not None and result.status.get(node) != "unsupported":
+        try:
+            gins = rule(node, ins, outs, filled, result)
+        except Exception:
+            if _debug():
+                raise
+            gins = None
+    if gins is None:
+        exact = False
+        total = sum(filled)
+        gins = [None if m is None else total for m in ins]
+    for value, g, moments in zip(node.inputs, gins, ins):
+        if value is None or g is None or moments is None:
+            continue
+        result.backward[value] = result.backward.get(value, 0.0) + g
+        result.backward_exact[value] = result.backward_exact.get(value, True) and exact

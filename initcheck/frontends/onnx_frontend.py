@@ -1,0 +1,246 @@
+"""ONNX ModelProto -> graph IR."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+
+from initcheck.errors import ModelLoadError
+from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes
+from initcheck.frontends.onnx_ops import HANDLERS, OpContext
+from initcheck.ir import Graph, Node, Value
+from initcheck.stats import SMALL_CONST, tensor_stats
+
+_SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+
+
+def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bool = False) -> Graph:
+    model = read_model(path)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    fixed = resolve_input_shapes(model, input_shapes)
+    arrays = _initial_constants(graph, path)
+    nodes = _topological(graph)
+    shapes = infer_shapes(model, fixed, {})
+    folded = _fold(nodes, arrays, opset, shapes)
+    if folded:
+        shapes = infer_shapes(model, fixed, {k: arrays[k] for k in folded}) or shapes
+    signal = _signal_values(graph, nodes, arrays)
+    ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal))
+    values = _make_values(graph, arrays, shapes, signal, fixed)
+    ir_nodes, notes = [], []
+    absorbed_adds = set(ctx.absorbed)
+    for node in nodes:
+        if not any(name in signal for name in node.input) and node.op_type != "Gather":
+            continue
+        if node.op_type == "Gather" and node.output[0] not in signal:
+            continue
+        if node.op_type == "Add" and node.output[0] in absorbed_adds:
+            continue
+        ir_nodes.append(_translate(node, ctx, values, absorbed_adds))
+    for name in graph.output:
+        if name.name in values:
+            values[name.name].is_output = True
+    ir = Graph(
+        nodes=ir_nodes,
+        inputs=[values[n] for n in fixed],
+        outputs=[values[o.name] for o in graph.output if o.name in values],
+        values=values,
+        source=str(path),
+        producer_name=f"{model.producer_name} {model.producer_version}".strip(),
+        opset=opset,
+        notes=notes,
+    )
+    ir.rewire()
+    for value in values.values():  # weights are summarised on nodes now; keep only small constants
+        if value.array is not None and value.array.size > SMALL_CONST:
+            value.array = None
+    return ir
+
+
+def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    arrays = {}
+    for tensor in graph.initializer:
+        try:
+            arrays[tensor.name] = numpy_helper.to_array(tensor)
+        except Exception as e:  # truncated or inconsistent tensor data
+            raise ModelLoadError(f"{path}: weight '{tensor.name}' cannot be decoded ({type(e).__name__})") from None
+    return arrays
+
+
+def _topological(graph) -> list:
+    """Nodes in dependency order (ONNX requires it, but not every file obeys)."""
+    produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    order, state = [], {}
+    for start in range(len(graph.node)):
+        stack = [(start, False)]
+        while stack:
+            i, done = stack.pop()
+            if done:
+                state[i] = 2
+                order.append(graph.node[i])
+                continue
+            if state.get(i):
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for name in graph.node[i].input:
+                j = produced.get(name)
+                if j is not None and not state.get(j):
+                    stack.append((j, False))
+    return order
+
+
+def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
+    folded = set()
+    for node in nodes:
+        if node.op_type == "Constant":
+            from onnx.reference import ReferenceEvaluator
+
+            try:
+                arrays[node.output[0]] = np.asarray(ReferenceEvaluator(node).run(None, {})[0])
+                folded.add(node.output[0])
+            except Exception:  # an unusual Constant form: treat as unknown
+                pass
+            continue
+        outs = fold_node(node, arrays, opset, shapes)
+        if outs is None:
+            continue
+        for name, arr in zip(node.output, outs):
+            if name:
+                arrays[name] = arr
+                folded.add(name)
+    return folded
+
+
+def _signal_values(graph, nodes, arrays) -> set[str]:
+    """Float values that depend on a float input, or on an embedding lookup of token ids."""
+    from onnx import helper
+
+    signal = set()
+    for inp in graph.input:
+        if inp.name in arrays:
+            continue
+        elem = inp.type.tensor_type.elem_type
+        if helper.tensor_dtype_to_np_dtype(elem).kind == "f":
+            signal.add(inp.name)
+    for node in nodes:
+        if all(o in arrays for o in node.output if o):
+            continue
+        embedding = (
+            node.op_type == "Gather" and node.input[0] in arrays and arrays[node.input[0]].dtype.kind == "f"
+            and node.input[1] not in arrays
+        )
+        if embedding or any(name in signal for name in node.input if name):
+            for name in node.output:
+                if name and not _is_index_output(node, name):
+                    signal.add(name)
+    return signal
+
+
+def _is_index_output(node, name: str) -> bool:
+    """Outputs that are shapes, masks or indices rather than signal."""
+    if node.op_type in ("Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
+                        "IsNaN", "IsInf", "ArgMax", "ArgMin", "NonZero", "TopK") and (node.op_type != "TopK" or name != node.output[0]):
+        return True
+    return node.op_type in ("MaxPool",) and name != node.output[0]
+
+
+def _absorbed_biases(nodes, arrays, signal) -> dict[str, str]:
+    """MatMul(x, W) followed by Add(., b) with a 1-D constant b: the Add becomes the Linear's bias."""
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    absorbed = {}
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in arrays or node.input[0] not in signal:
+            continue
+        w = arrays[node.input[1]]
+        users = consumers.get(node.output[0], [])
+        if w.ndim != 2 or len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        bias = arrays.get(other)
+        if bias is not None and bias.size == w.shape[1] and bias.ndim <= 2:
+            absorbed[node.output[0]] = other
+            absorbed[add.output[0]] = node.output[0]
+    return absorbed
+
+
+def _make_values(graph, arrays, shapes, signal, fixed) -> dict[str, Value]:
+    from onnx import helper
+
+    values: dict[str, Value] = {}
+
+    def dtype_of(name, elem=None):
+        if name in arrays:
+            return str(arrays[name].dtype)
+        if elem is None and name in shapes:
+            elem = shapes[name][1]
+        try:
+            return str(helper.tensor_dtype_to_np_dtype(elem)) if elem else ("float32" if name in signal else "unknown")
+        except Exception:  # an element type numpy does not know (e.g. float8)
+            return "unknown"
+
+    names = set(arrays) | set(signal) | set(shapes) | set(fixed)
+    for node in graph.node:
+        names.update(n for n in list(node.input) + list(node.output) if n)
+    for name in names:
+        arr = arrays.get(name)
+        shape = tuple(arr.shape) if arr is not None else (fixed.get(name) or (shapes.get(name) or (None,))[0])
+        values[name] = Value(
+            name=name,
+            shape=tuple(shape) if shape is not None else None,
+            dtype=dtype_of(name),
+            const=tensor_stats(arr) if arr is not None and arr.dtype.kind in "fiub" else None,
+            array=arr,
+            is_input=name in fixed,
+        )
+    return values
+
+
+def scope_of(node) -> str:
+    """Module path from the torch exporters: dynamo's name-scope metadata, else the legacy node name
+    ('/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1')."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+                if isinstance(scopes, list) and len(scopes) >= 2:
+                    return str(scopes[-2])
+            except (ValueError, SyntaxError):
+                pass
+    if node.name.startswith("/"):
+        scope = ""
+        for part in node.name.strip("/").split("/")[:-1]:
+            scope = part if scope and part.startswith(scope + ".") else f"{scope}.{part}" if scope else part
+        return scope
+    return ""
+
+
+def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: set[str]) -> Node:
+    handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    result = handler(node, ctx) if handler else None
+    source = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    if node.op_type in _SUBGRAPH_OPS:
+        source += " (subgraph)"
+    op, attrs, params = result if result else ("unsupported", {}, {})
+    outputs = list(node.output)
+    if op == "linear" and ctx.absorbed.get(node.output[0]):
+        outputs = [next(a for a, m in ctx.absorbed.items() if m == node.output[0] and a in absorbed_adds)]
+    return Node(
+        name=node.name or f"{node.op_type}_{node.output[0]}",
+        op=op,
+        source_op=source,
+        inputs=[values[n] if n else None for n in node.input],
+        outputs=[values[n] for n in outputs if n],
+        attrs=attrs,
+        params=params,
+        scope=scope_of(node),
+    )

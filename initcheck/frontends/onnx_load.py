@@ -1,0 +1,175 @@
+"""Reading an ONNX file safely, fixing input shapes, inferring shapes and folding constants."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from initcheck.errors import ModelLoadError, UsageError
+from initcheck.stats import SMALL_CONST
+
+_BATCH_NAMES = {"batch", "batch_size", "n", "b", "bs", "batchsize", "n_batch", "num_batch"}
+# Ops folded even when their inputs are large: cheap views or casts of weights.
+_CHEAP = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "CastLike"}
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+               "If", "Loop", "Scan"}
+_FOLD_LIMIT = 1 << 22
+
+
+def read_model(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'could not parse'})") from None
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
+    if not model.graph.node and not model.graph.input:
+        raise ModelLoadError(f"{path}: not a valid ONNX file (empty graph)")
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model, path: Path) -> None:
+    """Load external tensor data, refusing locations outside the model's folder."""
+    from onnx import external_data_helper as ext
+
+    base = path.resolve().parent
+    for tensor in ext._get_all_tensors(model):
+        if not ext.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or base not in target.parents:
+            raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor.name}' lies outside the model's folder")
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing")
+        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        with target.open("rb") as f:
+            f.seek(offset)
+            data = f.read(int(length)) if length else f.read()
+        tensor.raw_data = data
+        del tensor.external_data[:]
+        tensor.data_location = 0
+
+
+def dims_of(type_proto) -> list[int | str | None] | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    out: list[int | str | None] = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every graph input: --input overrides, batch-like symbolic dims -> 1."""
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    names = {i.name for i in inputs}
+    for name in overrides:
+        if name not in names:
+            raise UsageError(f"--input {name}: the model has no input named '{name}' (inputs: {', '.join(sorted(names)) or 'none'})")
+    shapes = {}
+    for inp in inputs:
+        if inp.name in overrides:
+            shapes[inp.name] = tuple(overrides[inp.name])
+            continue
+        dims = dims_of(inp.type)
+        if dims is None:
+            raise UsageError(f"input '{inp.name}' has no declared shape: pass --input {inp.name}=DIMxDIM...")
+        concrete = []
+        for axis, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                concrete.append(d)
+            elif axis == 0 and (d is None or str(d).lower() in _BATCH_NAMES or str(d).startswith(("unk__", "s"))):
+                concrete.append(1)
+            else:
+                raise UsageError(
+                    f"input '{inp.name}' has a dynamic dimension {axis} ('{d}'): pass --input {inp.name}="
+                    + "x".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in dims)
+                )
+        shapes[inp.name] = tuple(concrete)
+    return shapes
+
+
+def infer_shapes(model, input_shapes: dict[str, tuple[int, ...]], known: dict[str, np.ndarray]):
+    """Shape inference on a copy without the large weights (milliseconds instead of seconds), with the
+    inputs fixed and already-folded small constants supplied as initializers."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    produced_by_folding = set(known) - {t.name for t in graph.initializer}
+    g.node.extend(n for n in graph.node if not (n.output and all(o in produced_by_folding for o in n.output)))
+    g.output.extend(graph.output)
+    init_names = set()
+    for t in graph.initializer:
+        init_names.add(t.name)
+        if np.prod(t.dims, dtype=np.int64) <= SMALL_CONST:
+            g.initializer.append(t)
+        else:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for name, arr in known.items():
+        if name not in init_names and arr.size <= SMALL_CONST:
+            g.initializer.append(numpy_helper.from_array(np.asarray(arr), name))
+    for inp in graph.input:
+        if inp.name in init_names:
+            continue
+        elem = inp.type.tensor_type.elem_type
+        g.input.append(helper.make_tensor_value_info(inp.name, elem, list(input_shapes.get(inp.name, []))))
+    for vi in graph.value_info:
+        g.value_info.append(vi)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: rules fall back where shapes are unknown
+        return {}
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = dims_of(vi.type)
+        if dims is not None:
+            shapes[vi.name] = (tuple(d if isinstance(d, int) and d >= 0 else None for d in dims), vi.type.tensor_type.elem_type)
+    return shapes
+
+
+def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> list[np.ndarray] | None:
+    """Evaluate a node whose inputs are all known constants (weights, shapes, masks)."""
+    if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Shape", "Size"):
+        shape = shapes.get(node.input[0], (None,))[0]
+        if shape is None or any(d is None for d in shape):
+            return None
+        full = np.array(shape, dtype=np.int64)
+        if node.op_type == "Size":
+            return [np.array(np.prod(full), dtype=np.int64)]
+        attrs = {a.name: a.i for a in node.attribute}
+        return [full[attrs.get("start", 0): attrs.get("end", len(full)) or None]]
+    inputs = [arrays.get(name) if name else None for name in node.input]
+    if any(name and arr is None for name, arr in zip(node.input, inputs)):
+        return None
+    if node.op_type not in _CHEAP and sum(a.size for a in inputs if a is not None) > _FOLD_LIMIT:
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        evaluator = ReferenceEvaluator(node, opsets={"": opset})
+        feeds = {name: arr for name, arr in zip(node.input, inputs) if name}
+        outs = evaluator.run(None, feeds)
+    except Exception:  # an op the reference runtime cannot evaluate stays unfolded
+        return None
+    return [np.asarray(o) for o in outs]

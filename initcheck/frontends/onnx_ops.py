@@ -1,0 +1,374 @@
+"""Translation of ONNX ops to canonical IR ops: one handler per ONNX op, returning (op, attrs, params).
+
+Handlers only translate: they normalise attributes and turn weights into statistics (initcheck.stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from initcheck.stats import conv_transpose_stats, linear_stats, tensor_stats
+
+Translation = tuple[str, dict, dict]
+
+
+@dataclass
+class OpContext:
+    """What a handler may look at: constant arrays, shapes, attributes, which values carry signal."""
+
+    arrays: dict[str, np.ndarray]
+    shapes: dict[str, tuple]
+    signal: set[str]
+    opset: int
+    training: bool
+    absorbed: dict[str, str] = field(default_factory=dict)  # bias Add output -> MatMul it was fused into
+
+    def array(self, name: str) -> np.ndarray | None:
+        return self.arrays.get(name) if name else None
+
+    def shape(self, name: str) -> tuple | None:
+        entry = self.shapes.get(name)
+        return entry[0] if entry else None
+
+    def scalar(self, name: str, default=None):
+        a = self.array(name)
+        return default if a is None or a.size != 1 else a.reshape(()).item()
+
+
+HANDLERS: dict[str, Callable] = {}
+
+
+def handles(*op_types: str):
+    def decorate(fn):
+        for t in op_types:
+            HANDLERS[t] = fn
+        return fn
+
+    return decorate
+
+
+def attributes(node) -> dict:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, list):
+            v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+UNARY_OPS = {
+    "Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "HardSwish": "hard_swish", "Softplus": "softplus",
+    "Softsign": "softsign", "Mish": "mish", "Sin": "sin", "Cos": "cos", "Erf": "erf", "Exp": "exp", "Log": "log",
+    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Abs": "abs", "Neg": "neg", "Swish": "silu",
+}
+UNARY_ATTRS = {
+    "LeakyRelu": ("leaky_relu", {"alpha": 0.01}), "Elu": ("elu", {"alpha": 1.0}), "Celu": ("celu", {"alpha": 1.0}),
+    "Selu": ("selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}), "ThresholdedRelu": ("thresholded_relu", {"alpha": 1.0}),
+    "Gelu": ("gelu", {"approximate": "none"}),
+}
+BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min", "Sum": "sum"}
+REARRANGE = {
+    "Reshape": "reshape", "Flatten": "flatten", "Transpose": "transpose", "Squeeze": "squeeze", "Unsqueeze": "unsqueeze",
+    "Identity": "identity", "Cast": "cast", "CastLike": "cast", "Expand": "expand", "Tile": "tile", "Slice": "slice",
+    "Split": "split", "GatherElements": "gather", "GatherND": "gather", "DepthToSpace": "depth_to_space",
+    "SpaceToDepth": "space_to_depth", "Where": "where",
+}
+
+
+@handles(*UNARY_OPS)
+def _unary(node, ctx):
+    return UNARY_OPS[node.op_type], {}, {}
+
+
+@handles(*UNARY_ATTRS)
+def _unary_attrs(node, ctx):
+    op, defaults = UNARY_ATTRS[node.op_type]
+    given = attributes(node)
+    return op, {k: given.get(k, v) for k, v in defaults.items()}, {}
+
+
+@handles("Clip")
+def _clip(node, ctx):
+    a = attributes(node)
+    lo = a.get("min", ctx.scalar(node.input[1] if len(node.input) > 1 else "", -np.inf))
+    hi = a.get("max", ctx.scalar(node.input[2] if len(node.input) > 2 else "", np.inf))
+    return "clip", {"min": float(lo), "max": float(hi)}, {}
+
+
+@handles("PRelu")
+def _prelu(node, ctx):
+    slope = ctx.array(node.input[1])
+    if slope is None:
+        return None
+    if slope.size == 1:
+        return "leaky_relu", {"alpha": float(slope.reshape(()))}, {}
+    return "prelu", {}, {"slope": tensor_stats(slope)}
+
+
+@handles(*BINARY_OPS)
+def _binary(node, ctx):
+    params = {}
+    if node.op_type == "Div" and len(node.input) > 1:
+        divisor = ctx.array(node.input[1])
+        if divisor is not None:
+            with np.errstate(divide="ignore"):
+                params["reciprocal"] = tensor_stats(1.0 / divisor.astype(np.float64))
+    return BINARY_OPS[node.op_type], {}, params
+
+
+@handles(*REARRANGE)
+def _rearrange(node, ctx):
+    return REARRANGE[node.op_type], attributes(node), {}
+
+
+def _linear_from(weight_out_in: np.ndarray, bias: np.ndarray | None) -> dict:
+    return {"weight": linear_stats(weight_out_in, bias)}
+
+
+@handles("MatMul")
+def _matmul(node, ctx):
+    a, b = ctx.array(node.input[0]), ctx.array(node.input[1])
+    if b is not None and b.ndim == 2 and node.input[0] in ctx.signal:
+        bias = ctx.arrays.get(ctx.absorbed.get(node.output[0], ""))
+        return "linear", {}, _linear_from(b.T, bias)
+    if a is not None and a.ndim == 2 and node.input[1] in ctx.signal:
+        return "linear", {"left": True}, _linear_from(a, None)
+    return "matmul", {}, {}
+
+
+@handles("Gemm")
+def _gemm(node, ctx):
+    at = attributes(node)
+    b = ctx.array(node.input[1])
+    if b is None or node.input[0] not in ctx.signal:
+        return "matmul", {}, {}
+    w = (b if at.get("transB", 0) else b.T) * at.get("alpha", 1.0)
+    c = ctx.array(node.input[2]) if len(node.input) > 2 else None
+    bias = None if c is None else np.broadcast_to(c * at.get("beta", 1.0), (w.shape[0],)) if c.size in (1, w.shape[0]) else None
+    return "linear", {}, _linear_from(w, bias)
+
+
+def _window_attrs(node, ctx, kernel: list[int]) -> dict:
+    a = attributes(node)
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    pads = list(a.get("pads", [0] * 2 * n))
+    auto = a.get("auto_pad", "NOTSET")
+    shape = ctx.shape(node.input[0])
+    if auto in ("SAME_UPPER", "SAME_LOWER") and shape and all(d is not None for d in shape[2:]):
+        pads = [0] * 2 * n
+        for i, (length, k, s, d) in enumerate(zip(shape[2:], kernel, strides, dilations)):
+            total = max((-(-length // s) - 1) * s + (k - 1) * d + 1 - length, 0)
+            pads[i] = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads[i + n] = total - pads[i]
+    elif auto == "VALID":
+        pads = [0] * 2 * n
+    return {"kernel": list(kernel), "strides": strides, "dilations": dilations, "pads_begin": pads[:n], "pads_end": pads[n:],
+            "groups": int(a.get("group", 1))}
+
+
+@handles("Conv")
+def _conv(node, ctx):
+    w = ctx.array(node.input[1])
+    if w is None:
+        return None
+    bias = ctx.array(node.input[2]) if len(node.input) > 2 else None
+    attrs = _window_attrs(node, ctx, list(w.shape[2:]))
+    groups = attrs["groups"]
+    stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(w.shape[2:])))
+    return "conv", attrs, {"weight": stats}
+
+
+@handles("ConvTranspose")
+def _conv_transpose(node, ctx):
+    w = ctx.array(node.input[1])
+    if w is None:
+        return None
+    bias = ctx.array(node.input[2]) if len(node.input) > 2 else None
+    attrs = _window_attrs(node, ctx, list(w.shape[2:]))
+    stats = conv_transpose_stats(w, bias, attrs["groups"], attrs["strides"], attrs["dilations"])
+    return "conv_transpose", attrs, {"weight": stats}
+
+
+def _norm_params(ctx, scale_name: str, bias_name: str) -> dict:
+    params = {}
+    for key, name in (("scale", scale_name), ("bias", bias_name)):
+        arr = ctx.array(name)
+        if arr is not None:
+            params[key] = tensor_stats(arr)
+    return params
+
+
+@handles("BatchNormalization")
+def _batch_norm(node, ctx):
+    a = attributes(node)
+    training = bool(a.get("training_mode", 0)) or (ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
+    gamma, beta, mu, var = (ctx.array(n) for n in node.input[1:5])
+    if any(x is None for x in (gamma, beta, mu, var)):
+        return None
+    eps = float(a.get("epsilon", 1e-5))
+    g, b, mu, var = (np.asarray(x, dtype=np.float64).ravel() for x in (gamma, beta, mu, var))
+    scale = g / np.sqrt(np.maximum(var, 0) + eps)
+    stats = {"a": scale.mean(), "a2": (scale**2).mean(), "amu": (scale * mu).mean(), "a2mu": (scale**2 * mu).mean(),
+             "a2mu2": (scale**2 * mu**2).mean(), "ab": (scale * b).mean(), "abmu": (scale * b * mu).mean(),
+             "b": b.mean(), "b2": (b**2).mean()}
+    params = _norm_params(ctx, node.input[1], node.input[2])
+    params["eval"] = {k: float(v) for k, v in stats.items()}
+    return "batch_norm", {"epsilon": eps, "training": training}, params
+
+
+@handles("LayerNormalization")
+def _layer_norm(node, ctx):
+    a = attributes(node)
+    return "layer_norm", {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
+        ctx, node.input[1], node.input[2] if len(node.input) > 2 else "")
+
+
+@handles("RMSNormalization", "SimplifiedLayerNormalization")
+def _rms_norm(node, ctx):
+    a = attributes(node)
+    return "rms_norm", {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
+        ctx, node.input[1], "")
+
+
+@handles("GroupNormalization")
+def _group_norm(node, ctx):
+    a = attributes(node)
+    return "group_norm", {"num_groups": int(a["num_groups"]), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
+        ctx, node.input[1], node.input[2])
+
+
+@handles("InstanceNormalization")
+def _instance_norm(node, ctx):
+    a = attributes(node)
+    return "instance_norm", {"epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(ctx, node.input[1], node.input[2])
+
+
+@handles("MaxPool", "AveragePool", "LpPool")
+def _pool(node, ctx):
+    a = attributes(node)
+    attrs = _window_attrs(node, ctx, list(a["kernel_shape"]))
+    attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
+    return {"MaxPool": "max_pool", "AveragePool": "avg_pool"}.get(node.op_type, "lp_pool"), attrs, {}
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node, ctx):
+    return {"GlobalAveragePool": "global_avg_pool", "GlobalMaxPool": "global_max_pool"}[node.op_type], {}, {}
+
+
+@handles("Resize", "Upsample")
+def _resize(node, ctx):
+    a = attributes(node)
+    scales = a.get("scales")
+    if scales is None:
+        for name in node.input[1:]:
+            arr = ctx.array(name)
+            if arr is not None and arr.dtype.kind == "f" and arr.size > 0:
+                scales = arr.tolist()
+    in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
+    if (not scales) and in_shape and out_shape and all(in_shape) and all(out_shape):
+        scales = [o / i for o, i in zip(out_shape, in_shape)]
+    spatial = [float(s) for s in (scales or [])[2:]]
+    mode = a.get("mode", "nearest")
+    return "resize", {"mode": "nearest" if mode == "nearest" else "linear" if "linear" in mode else mode, "scales": spatial}, {}
+
+
+@handles("Dropout")
+def _dropout(node, ctx):
+    a = attributes(node)
+    ratio = float(a.get("ratio", ctx.scalar(node.input[1] if len(node.input) > 1 else "", 0.5)))
+    training_input = ctx.scalar(node.input[2] if len(node.input) > 2 else "", None)
+    training = bool(training_input) if training_input is not None else (ctx.opset < 7 and not a.get("is_test", 0))
+    return "dropout", {"ratio": ratio, "training": training}, {}
+
+
+def _axis_size(ctx, name: str, axis: int, flatten: bool) -> int | None:
+    shape = ctx.shape(name)
+    if shape is None:
+        return None
+    dims = shape[axis:] if flatten else (shape[axis],)
+    return None if any(d is None for d in dims) else int(np.prod(dims))
+
+
+@handles("Softmax", "LogSoftmax")
+def _softmax(node, ctx):
+    a = attributes(node)
+    legacy = ctx.opset < 13
+    axis = int(a.get("axis", 1 if legacy else -1))
+    op = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    return op, {"axis": axis, "size": _axis_size(ctx, node.input[0], axis, legacy)}, {}
+
+
+def _reduce_axes(node, ctx) -> list[int] | None:
+    a = attributes(node)
+    if "axes" in a:
+        return list(a["axes"])
+    axes = ctx.array(node.input[1]) if len(node.input) > 1 else None
+    return axes.astype(int).tolist() if axes is not None else None
+
+
+@handles("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "ReduceSumSquare")
+def _reduce(node, ctx):
+    op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}.get(node.op_type)
+    if op is None:
+        return None
+    return op, {"axes": _reduce_axes(node, ctx), "keepdims": int(attributes(node).get("keepdims", 1))}, {}
+
+
+@handles("Gather")
+def _gather(node, ctx):
+    table = ctx.array(node.input[0])
+    if table is not None and node.input[0] not in ctx.signal and table.dtype.kind == "f" and table.ndim == 2:
+        t = table.astype(np.float64)
+        columns = np.nan_to_num(t).mean(axis=0)
+        return "embedding", {}, {"table": tensor_stats(t), "coherent": float(np.mean(columns**2))}
+    return "gather", attributes(node), {}
+
+
+@handles("Concat")
+def _concat(node, ctx):
+    return "concat", {"axis": int(attributes(node)["axis"])}, {}
+
+
+@handles("Pad")
+def _pad(node, ctx):
+    a = attributes(node)
+    value = a.get("value", ctx.scalar(node.input[2] if len(node.input) > 2 else "", 0.0))
+    return "pad", {"mode": a.get("mode", "constant"), "value": float(value or 0.0)}, {}
+
+
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+@handles("RNN", "GRU", "LSTM")
+def _recurrent(node, ctx):
+    a = attributes(node)
+    w, r = ctx.array(node.input[1]), ctx.array(node.input[2])
+    if w is None or r is None:
+        return None
+    b = ctx.array(node.input[3]) if len(node.input) > 3 else None
+    n_gates, hidden = _GATES[node.op_type], int(a["hidden_size"])
+    w, r = w[0].astype(np.float64), r[0].astype(np.float64)  # first direction
+    bias = (b[0][: n_gates * hidden] + b[0][n_gates * hidden:]) if b is not None else np.zeros(n_gates * hidden)
+    gates = []
+    for g in range(n_gates):
+        rows = slice(g * hidden, (g + 1) * hidden)
+        gates.append({
+            "in_gain": w.shape[1] * float(np.mean(w[rows] ** 2)),
+            "rec_gain": hidden * float(np.mean(r[rows] ** 2)),
+            "bias_sq": float(np.mean(bias[rows] ** 2)),
+            "bias_mean": float(np.mean(bias[rows])),
+            "in_fan_out_gain": hidden * float(np.mean(w[rows] ** 2)),
+        })
+    return node.op_type.lower(), {"kind": node.op_type.lower(), "hidden_size": hidden}, {"gates": gates}

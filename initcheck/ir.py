@@ -1,0 +1,83 @@
+"""The graph IR every frontend produces and every pass consumes.
+
+Nodes carry a canonical op name, plain-Python attributes, a module scope and the statistics of their
+weights (never a framework object or a tensor): frontends translate, rules compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from initcheck.stats import TensorStats
+
+
+@dataclass(eq=False)
+class Value:
+    """A tensor in the graph: its shape (ints, or None where unknown), dtype and where it comes from."""
+
+    name: str
+    shape: tuple[int | None, ...] | None = None
+    dtype: str = "float32"
+    producer: Node | None = None
+    consumers: list[Node] = field(default_factory=list)
+    const: TensorStats | None = None  # set for initializers and folded constants
+    array: np.ndarray | None = None  # kept only for small constants (shapes, scalars, masks)
+    is_input: bool = False
+    is_output: bool = False
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("float16", "bfloat16", "float32", "float64")
+
+    @property
+    def numel(self) -> int | None:
+        if self.shape is None or any(d is None for d in self.shape):
+            return None
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation. `op` is canonical (`linear`, `conv`, `relu`, ...); `source_op` is the original name."""
+
+    name: str
+    op: str
+    source_op: str
+    inputs: list[Value | None]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # weight statistics prepared by the frontend
+    scope: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.scope or self.name
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, the model's inputs and outputs, and every value by name."""
+
+    nodes: list[Node]
+    inputs: list[Value]
+    outputs: list[Value]
+    values: dict[str, Value]
+    source: str = ""
+    producer_name: str = ""
+    opset: int | None = None
+    notes: list[str] = field(default_factory=list)  # non-fatal remarks from loading (shown in the report)
+
+    def rewire(self) -> None:
+        """Recompute producer/consumer links after nodes were replaced or removed."""
+        for value in self.values.values():
+            value.producer = None
+            value.consumers = []
+        for node in self.nodes:
+            for value in node.inputs:
+                if value is not None:
+                    value.consumers.append(node)
+            for value in node.outputs:
+                value.producer = node

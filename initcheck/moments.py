@@ -1,0 +1,72 @@
+"""The state the symbolic pass propagates (theory.md §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Forward statistics of one tensor.
+
+    m: mean; K: second moment E[z^2]; M: coherent energy mean_c (E_{batch,space} z_c)^2, m^2 <= M <= K.
+    exact: False downstream of anything approximated or unsupported.
+    profile: per spatial axis, the relative K at each position (mean 1) created by zero padding (§2).
+    valid_keys: for attention logits, the number of unmasked keys per query row (causal masks).
+    simplex: rows sum to one (softmax output), which the attention-output rule needs.
+    gaussian: entries are close to Gaussian (sums over many inputs); elementwise rules on a
+      non-Gaussian input are approximations (theory.md §4, "Gaussian closure").
+    phases: per output phase K of an up-sampling op (checkerboard, §3), None elsewhere.
+    """
+
+    m: float
+    K: float
+    M: float
+    exact: bool = True
+    profile: tuple[np.ndarray, ...] | None = None
+    valid_keys: np.ndarray | None = None
+    simplex: bool = False
+    gaussian: bool = True
+    phases: tuple[float, ...] | None = None
+
+    @property
+    def var(self) -> float:
+        return max(self.K - self.m * self.m, 0.0)
+
+    def approx(self) -> Moments:
+        return replace(self, exact=False)
+
+    def with_(self, **changes) -> Moments:
+        return replace(self, **changes)
+
+
+def clean(m: float, K: float, M: float, exact: bool = True, **extra) -> Moments:
+    """Build Moments, enforcing m^2 <= M <= K against rounding."""
+    K = max(float(K), 0.0)
+    M = min(max(float(M), float(m) ** 2), K)
+    return Moments(float(m), K, M, exact, **extra)
+
+
+def standard_input() -> Moments:
+    """The default network input: independent N(0, 1) entries."""
+    return Moments(0.0, 1.0, 0.0)
+
+
+def profile_factor(profile: tuple[np.ndarray, ...] | None) -> float:
+    if not profile:
+        return 1.0
+    return float(np.prod([p.mean() for p in profile]))
+
+
+def normalize_profile(profile: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, ...] | None:
+    if not profile:
+        return None
+    out = []
+    for p in profile:
+        mean = p.mean()
+        out.append(p / mean if mean > 0 else np.ones_like(p))
+    if all(np.allclose(p, 1.0, atol=1e-9) for p in out):
+        return None
+    return tuple(out)

@@ -1,0 +1,81 @@
+"""Frontend-independent rewrites of the IR before analysis."""
+
+from __future__ import annotations
+
+from initcheck import pointwise
+from initcheck.ir import Graph, Node, Value
+
+_FUSIBLE_BINARY = {"add", "sub", "mul", "div", "pow", "max", "min"}
+
+
+def is_signal(value: Value | None) -> bool:
+    return value is not None and (value.producer is not None or (value.is_input and value.is_float))
+
+
+def _scalar(value: Value | None) -> float | None:
+    if value is None or value.array is None or value.array.size != 1 or value.array.dtype.kind not in "fiu":
+        return None
+    return float(value.array.reshape(()))
+
+
+def _program_for(node: Node, roots: dict) -> tuple[Value, tuple] | None:
+    """(root, program) if the node's output is an elementwise function of a single root tensor."""
+    def expr(v):
+        return roots.get(v, (v, ("x",)))
+
+    if node.op in pointwise.UNARY or node.op == "cast":
+        if len(node.outputs) != 1 or not is_signal(node.inputs[0]):
+            return None
+        root, e = expr(node.inputs[0])
+        name = "identity" if node.op == "cast" else node.op
+        attrs = {} if node.op == "cast" else node.attrs
+        return root, (name, tuple(sorted(attrs.items())), e)
+    if node.op in _FUSIBLE_BINARY and len(node.inputs) == 2:
+        root, args = None, []
+        for v in node.inputs:
+            if is_signal(v):
+                r, e = expr(v)
+                if root is not None and r is not root:
+                    return None
+                root = r
+                args.append(e)
+            elif _scalar(v) is not None:
+                args.append(("const", _scalar(v)))
+            else:
+                return None
+        return (root, (node.op, (), *args)) if root is not None else None
+    return None
+
+
+def fuse_pointwise(graph: Graph) -> None:
+    """Replace every chain of elementwise ops of one root tensor by one `pointwise` node per output
+    that is still needed (exported GELU/SiLU/Mish decompositions become single, exact nodes)."""
+    roots: dict[Value, tuple[Value, tuple]] = {}
+    fused: list[Node] = []
+    for node in graph.nodes:
+        found = _program_for(node, roots)
+        if found is None:
+            fused.append(node)
+            continue
+        root, program = found
+        out = node.outputs[0]
+        roots[out] = (root, program)
+        fused.append(Node(
+            name=node.name, op="pointwise", source_op=node.source_op, inputs=[root], outputs=[out],
+            attrs={"program": program, "function": pointwise.recognize(program)}, scope=node.scope,
+        ))
+    graph.nodes = fused
+    graph.rewire()
+    remove_dead(graph)
+
+
+def remove_dead(graph: Graph) -> None:
+    """Drop nodes none of whose outputs is used or is a graph output."""
+    needed: set[int] = set()
+    live = []
+    for node in reversed(graph.nodes):
+        if any(v.is_output or id(v) in needed for v in node.outputs):
+            live.append(node)
+            needed.update(id(v) for v in node.inputs if v is not None)
+    graph.nodes = live[::-1]
+    graph.rewire()

@@ -1,0 +1,72 @@
+"""Elementwise functions of one tensor: every activation and every fused chain (theory.md §4).
+
+Forward: m = <phi>, K = <phi^2>, M by two-level quadrature over channel offsets; backward:
+G_x = <phi'^2> G_y. Exact for Gaussian inputs (Gaussian closure otherwise).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from initcheck import pointwise
+from initcheck.gaussian import moments_of
+from initcheck.moments import Moments, clean
+from initcheck.rules.registry import backward_rule, forward_rule
+
+_HOMOGENEOUS = {"relu", "leaky_relu", "identity", "neg", "abs"}
+
+
+@lru_cache(maxsize=65536)
+def _pointwise_moments(program, m: float, K: float, M: float) -> tuple[float, float, float, float]:
+    return moments_of(pointwise.as_function(program), m, K, M, pointwise.kinks(program))
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.10g}")
+
+
+def program_moments(program, x: Moments) -> tuple[float, float, float, float]:
+    return _pointwise_moments(program, _round(x.m), _round(x.K), _round(x.M))
+
+
+@forward_rule("pointwise")
+def pointwise_forward(node, ins, ctx):
+    x = ins[0]
+    program = node.attrs["program"]
+    mean, K, M, _ = program_moments(program, x)
+    keeps_profile = program[0] in _HOMOGENEOUS
+    return clean(
+        mean, K, M, x.exact and x.gaussian,
+        profile=x.profile if keeps_profile else None,
+        gaussian=program[0] in ("identity", "neg"),
+    )
+
+
+@backward_rule("pointwise")
+def pointwise_backward(node, ins, outs, grads, ctx):
+    _, _, _, grad_sq = program_moments(node.attrs["program"], ins[0])
+    return [grads[0] * grad_sq]
+
+
+def _prelu_programs(node):
+    """PReLU with per-channel slopes a_c: the mean is linear in a, K and phi'^2 are linear in a^2
+    (theory.md §4, LeakyReLU closed form), so slopes mean(a) and sqrt(mean(a^2)) give exact moments."""
+    slope = node.params["slope"]
+    mean_prog = pointwise.unary("leaky_relu", alpha=slope.mean)
+    sq_prog = pointwise.unary("leaky_relu", alpha=slope.mean_sq**0.5)
+    return mean_prog, sq_prog
+
+
+@forward_rule("prelu")
+def prelu_forward(node, ins, ctx):
+    x = ins[0]
+    mean_prog, sq_prog = _prelu_programs(node)
+    mean, _, M, _ = program_moments(mean_prog, x)
+    _, K, _, _ = program_moments(sq_prog, x)
+    return clean(mean, K, M, x.exact and x.gaussian, profile=x.profile, gaussian=False)
+
+
+@backward_rule("prelu")
+def prelu_backward(node, ins, outs, grads, ctx):
+    _, sq_prog = _prelu_programs(node)
+    return [grads[0] * program_moments(sq_prog, ins[0])[3]] + [None] * (len(ins) - 1)

@@ -1,0 +1,90 @@
+"""Softmax and log-softmax over N logits (theory.md §9, §11).
+
+E sum p^2 and the backward factor have no closed form outside the diffuse regime, so they are
+integrated by a fixed-seed Monte Carlo over rows of N(0, sigma^2) logits (deterministic; ~1% noise),
+honouring masks (rows with fewer valid keys, e.g. causal attention).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck.moments import clean
+from initcheck.rules.common import dim
+from initcheck.rules.registry import backward_rule, forward_rule
+
+_SAMPLES = 1 << 18
+
+
+@lru_cache(maxsize=1024)
+def softmax_statistics(sigma: float, n: int, valid: tuple[int, ...] | None = None) -> dict[str, float]:
+    """For rows of n iid N(0, sigma^2) logits: E sum p^2, E sum p^2 (1 - 2p + sum p^2), E max p,
+    entropy / ln n. `valid` lists the number of unmasked keys per row (cycled)."""
+    rows = max(64, min(4096, _SAMPLES // max(n, 1)))
+    rng = np.random.default_rng(12345)
+    logits = rng.standard_normal((rows, n)) * sigma
+    if valid:
+        counts = np.resize(np.array(valid), rows)
+        logits = np.where(np.arange(n)[None, :] < counts[:, None], logits, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    sum_p2 = (p * p).sum(axis=1)
+    back = (p * p * (1 - 2 * p + sum_p2[:, None])).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return {
+        "sum_p2": float(sum_p2.mean()),
+        "backward": float(back.mean()),
+        "max_p": float(p.max(axis=1).mean()),
+        "entropy_ratio": float(entropy.mean() / np.log(n)) if n > 1 else 1.0,
+    }
+
+
+def logit_spread(x) -> float:
+    """Within-row std of the logits; a component shared by all keys would not count (theory.md §9),
+    here approximated by the total variance."""
+    return float(np.sqrt(x.var))
+
+
+def _stats(node, x):
+    axis = node.attrs.get("axis", -1)
+    n = dim(node.inputs[0], axis) or 1
+    valid = None
+    if x.valid_keys is not None and len(x.valid_keys) and int(np.max(x.valid_keys)) <= n:
+        valid = tuple(int(v) for v in x.valid_keys[:4096])
+    return n, softmax_statistics(round(logit_spread(x), 3), n, valid)
+
+
+@forward_rule("softmax")
+def softmax_forward(node, ins, ctx):
+    """Mean 1/N exactly; K = E sum p^2 / N."""
+    x = ins[0]
+    n, s = _stats(node, x)
+    exact = x.exact and dim(node.inputs[0], node.attrs.get("axis", -1)) is not None
+    return clean(1.0 / n, s["sum_p2"] / n, 1.0 / n**2, exact, simplex=True, gaussian=False)
+
+
+@backward_rule("softmax")
+def softmax_backward(node, ins, outs, grads, ctx):
+    """g_s = p (g - p.g): G_s = G_p E[sum p^2 (1 - 2p + sum p^2)] / N."""
+    n, s = _stats(node, ins[0])
+    return [grads[0] * s["backward"] / n]
+
+
+@forward_rule("log_softmax")
+def log_softmax_forward(node, ins, ctx):
+    """Diffuse regime: mean -ln N - sigma^2/2, K = (ln N + sigma^2/2)^2 + sigma^2."""
+    x = ins[0]
+    n, _ = _stats(node, x)
+    s2 = x.var
+    mean = -np.log(n) - s2 / 2
+    return clean(mean, mean**2 + s2, mean**2, x.exact and s2 < np.log(max(n, 2)) / 4, gaussian=False)
+
+
+@backward_rule("log_softmax")
+def log_softmax_backward(node, ins, outs, grads, ctx):
+    n, s = _stats(node, ins[0])
+    return [grads[0] * max(1 - 2.0 / n + s["sum_p2"], 0.0)]

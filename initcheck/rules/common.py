@@ -1,0 +1,65 @@
+"""Small helpers shared by the rule families."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from initcheck.ir import Node, Value
+from initcheck.moments import Moments
+
+
+def first_signal(ins: list[Moments | None]) -> tuple[int, Moments]:
+    for i, m in enumerate(ins):
+        if m is not None:
+            return i, m
+    raise ValueError("node has no signal input")
+
+
+def broadcast_factor(value: Value | None, out: Value) -> float:
+    """How many output elements each element of `value` feeds through broadcasting."""
+    if value is None or value.numel in (None, 0) or out.numel is None:
+        return 1.0
+    return max(out.numel / value.numel, 1.0)
+
+
+def dim(value: Value | None, axis: int) -> int | None:
+    if value is None or value.shape is None or not value.shape:
+        return None
+    try:
+        return value.shape[axis]
+    except IndexError:
+        return None
+
+
+def spatial_lengths(value: Value | None, n: int) -> list[int | None]:
+    if value is None or value.shape is None or len(value.shape) < n + 2:
+        return [None] * n
+    return list(value.shape[2 : 2 + n])
+
+
+def all_gradients(ins: list[Moments | None], g: float) -> list[float | None]:
+    return [None if m is None else g for m in ins]
+
+
+def conv_profile(
+    profile: tuple[np.ndarray, ...] | None,
+    in_lengths: list[int | None],
+    out_lengths: list[int | None],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads_begin: list[int],
+) -> tuple[np.ndarray, ...] | None:
+    """Per-axis relative K after a window op with zero padding (theory.md §2):
+    p'(o) = (1/k) sum over valid taps t of p(o*s + t*d - pad)."""
+    if any(n is None for n in in_lengths + out_lengths):
+        return None
+    result = []
+    for axis, (n_in, n_out, k, s, d, pb) in enumerate(
+        zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin)
+    ):
+        p = profile[axis] if profile and len(profile) > axis and len(profile[axis]) == n_in else np.ones(n_in)
+        idx = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] * d - pb
+        valid = (idx >= 0) & (idx < n_in)
+        result.append(np.where(valid, p[np.clip(idx, 0, n_in - 1)], 0.0).sum(axis=1) / k)
+    return tuple(result)

@@ -1,0 +1,136 @@
+"""Weighted layers: linear, conv, conv_transpose, matmul of two signals, embedding (theory.md §2, §3, §9, §11)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from initcheck.moments import Moments, clean, normalize_profile, profile_factor
+from initcheck.rules.common import conv_profile, dim, spatial_lengths
+from initcheck.rules.registry import backward_rule, forward_rule
+from initcheck.stats import LinearStats
+
+
+def affine_moments(x: Moments, w: LinearStats, border: float = 1.0) -> tuple[float, float, float]:
+    """theory.md §2: K = fan_in W2 (K - m^2) + m^2 R + 2 m Sb + b2, m = m S + b, M likewise.
+
+    `border` scales the weight-driven part for zero-padded maps (fewer valid taps at the edges)."""
+    mean = x.m * w.row_sum_mean * border + w.bias_mean
+    K = (w.gain * x.var + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
+    M = (w.gain * max(x.M - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
+    return mean, K, M
+
+
+def coherent_noise(x: Moments, w: LinearStats) -> float:
+    """Relative instance noise of the output K from the input's per-channel offsets.
+
+    The offsets form one fixed vector c; a fixed W maps it to |Wc|^2, a chi-square with ~fan_out/fan_in
+    * out-units degrees of freedom around its mean, so the rule (exact in expectation over weights)
+    is off by about sqrt(2 / C_out) times the coherent share of the output for this one network."""
+    coherent = w.gain * max(x.M - x.m**2, 0.0)
+    total = w.gain * x.var + x.m**2 * w.row_sum_sq + w.bias_sq
+    units = max(w.fan_out, 1) if w.fan_out < w.fan_in * 8 else max(w.fan_in, 1)
+    return (2.0 / units) ** 0.5 * coherent / total if total > 0 else 0.0
+
+
+_NOISE_TOLERANCE = 0.1
+
+
+@forward_rule("linear")
+def linear_forward(node, ins, ctx):
+    x = ins[0]
+    w = node.params["weight"]
+    mean, K, M = affine_moments(x, w)
+    return clean(mean, K, M, x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE)
+
+
+@backward_rule("linear", "conv_transpose")
+def linear_backward(node, ins, outs, grads, ctx):
+    w: LinearStats = node.params["weight"]
+    return [grads[0] * w.fan_out * w.w_sq] + [None] * (len(ins) - 1)
+
+
+@forward_rule("conv")
+def conv_forward(node, ins, ctx):
+    x = ins[0]
+    a = node.attrs
+    n = len(a["kernel"])
+    profile = conv_profile(
+        x.profile, spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
+        a["kernel"], a["strides"], a["dilations"], a["pads_begin"],
+    )
+    w = node.params["weight"]
+    exact = x.exact and (profile is not None or not any(a["pads_begin"] + a["pads_end"]))
+    exact = exact and coherent_noise(x, _out_channels(w, node)) <= _NOISE_TOLERANCE
+    mean, K, M = affine_moments(x, w, profile_factor(profile))
+    return clean(mean, K, M, exact, profile=normalize_profile(profile))
+
+
+def _out_channels(w: LinearStats, node) -> LinearStats:
+    """Conv statistics with fan_out = output channels (the units a channel offset is projected onto)."""
+    from dataclasses import replace
+
+    taps = int(np.prod(node.attrs["kernel"]))
+    return replace(w, fan_out=max(w.fan_out // taps * node.attrs["groups"], 1))
+
+
+@backward_rule("conv")
+def conv_backward(node, ins, outs, grads, ctx):
+    """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (theory.md §2)."""
+    w: LinearStats = node.params["weight"]
+    stride = float(np.prod(node.attrs["strides"]))
+    return [grads[0] * w.fan_out * w.w_sq / stride] + [None] * (len(ins) - 1)
+
+
+@forward_rule("conv_transpose")
+def conv_transpose_forward(node, ins, ctx):
+    """Per output phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + 2 m Sb_r + b2 (theory.md §3)."""
+    x = ins[0]
+    w: LinearStats = node.params["weight"]
+    energy = np.array(w.phase_energy)
+    phases = x.var * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb) + w.bias_sq
+    coherent = max(x.M - x.m**2, 0.0) * energy + x.m**2 * np.array(w.phase_row_sum_sq)
+    coherent = coherent + 2 * x.m * np.array(w.phase_sb) + w.bias_sq
+    mean = w.bias_mean  # tap sums of zero-mean weights average out over phases
+    return clean(mean, phases.mean(), coherent.mean(), x.exact, phases=tuple(float(p) for p in phases))
+
+
+def _contracted(node) -> int | None:
+    return dim(node.inputs[0], -1) or dim(node.inputs[1], -2)
+
+
+@forward_rule("matmul")
+def matmul_forward(node, ins, ctx):
+    """Product of two independent signals. Rows of a softmax times values: K = M_v + (K_v - M_v) E sum p^2
+    (theory.md §9); otherwise K = d K_a K_b + d(d-1) m_a^2 m_b^2 over the contracted size d."""
+    a, b = ins[0], ins[1]
+    d = _contracted(node)
+    exact = a.exact and b.exact and d is not None
+    d = d or 1
+    if a.simplex:
+        sum_p2 = a.K * d
+        K = b.M + (b.K - b.M) * sum_p2
+        return clean(b.m, K, b.M, exact)
+    mean = d * a.m * b.m
+    K = d * a.K * b.K + d * (d - 1) * a.m**2 * b.m**2
+    return clean(mean, K, mean**2, exact, gaussian=d > 8)
+
+
+@backward_rule("matmul")
+def matmul_backward(node, ins, outs, grads, ctx):
+    """G_a = (columns of b) K_b G; G_b = (rows of a) K_a G."""
+    a, b = ins[0], ins[1]
+    cols = dim(node.inputs[1], -1) or 1
+    rows = dim(node.inputs[0], -2) or 1
+    return [grads[0] * cols * b.K, grads[0] * rows * a.K]
+
+
+@forward_rule("embedding")
+def embedding_forward(node, ins, ctx):
+    """Uniform token ids: K = mean of the table's squares, M from its column means (theory.md §11)."""
+    t = node.params["table"]
+    return clean(t.mean, t.mean_sq, node.params["coherent"], True)
+
+
+@backward_rule("embedding")
+def embedding_backward(node, ins, outs, grads, ctx):
+    return [None] * len(ins)

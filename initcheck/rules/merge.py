@@ -1,0 +1,177 @@
+"""Merges of signals and arithmetic with constants (theory.md §5).
+
+Two signals here come from different roots (chains of one root are fused into `pointwise`), so
+they are treated as independent: K_{a+b} = K_a + K_b + 2 m_a m_b, K_{ab} = K_a K_b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from initcheck.gaussian import expect
+from initcheck.moments import Moments, clean, normalize_profile
+from initcheck.rules.common import broadcast_factor, dim
+from initcheck.stats import TensorStats
+from initcheck.rules.registry import backward_rule, forward_rule
+
+
+def _const(node, index: int) -> TensorStats | None:
+    value = node.inputs[index]
+    return value.const if value is not None else None
+
+
+def _mix_profiles(parts: list[Moments]) -> tuple[np.ndarray, ...] | None:
+    """K-weighted average of per-axis profiles (separable approximation)."""
+    if not any(p.profile for p in parts):
+        return None
+    ref = next(p.profile for p in parts if p.profile)
+    total = sum(p.K for p in parts) or 1.0
+    mixed = []
+    for axis, base in enumerate(ref):
+        acc = np.zeros_like(base)
+        for p in parts:
+            prof = p.profile[axis] if p.profile and len(p.profile[axis]) == len(base) else np.ones_like(base)
+            acc += p.K / total * prof
+        mixed.append(acc)
+    return normalize_profile(tuple(mixed))
+
+
+def _signed_sum(node, ins, signs) -> Moments:
+    m = K = M = 0.0
+    exact, gaussian, parts = True, True, []
+    for i, sign in enumerate(signs):
+        x = ins[i]
+        if x is None:
+            c = _const(node, i)
+            if c is None:  # a mask or other non-signal tensor: assumed all-valid (adds 0)
+                continue
+            x = Moments(c.mean, c.mean_sq, c.mean_sq)
+        else:
+            parts.append(x)
+            exact, gaussian = exact and x.exact, gaussian and x.gaussian
+        K += x.K + 2 * sign * m * x.m
+        M += x.M + 2 * sign * m * x.m
+        m += sign * x.m
+    keys = next((p.valid_keys for p in parts if p.valid_keys is not None), _mask_keys(node))
+    return clean(m, K, M, exact, profile=_mix_profiles(parts), gaussian=gaussian, valid_keys=keys)
+
+
+def _mask_keys(node) -> np.ndarray | None:
+    """Unmasked keys per row when one operand is a constant additive mask (very negative = masked)."""
+    for v in node.inputs:
+        if v is not None and v.array is not None and v.array.ndim >= 2 and np.issubdtype(v.array.dtype, np.floating):
+            rows = (v.array > -1e4).reshape(-1, v.array.shape[-1]).sum(axis=1)
+            if rows.min() < v.array.shape[-1]:
+                return rows
+    return None
+
+
+@forward_rule("add", "sum")
+def add_forward(node, ins, ctx):
+    return _signed_sum(node, ins, [1] * len(ins))
+
+
+@forward_rule("sub")
+def sub_forward(node, ins, ctx):
+    return _signed_sum(node, ins, [1, -1])
+
+
+@backward_rule("add", "sum", "sub")
+def add_backward(node, ins, outs, grads, ctx):
+    out = node.outputs[0]
+    return [None if x is None else grads[0] * broadcast_factor(node.inputs[i], out) for i, x in enumerate(ins)]
+
+
+def _operand(node, ins, i) -> Moments | None:
+    if ins[i] is not None:
+        return ins[i]
+    c = _const(node, i)
+    return Moments(c.mean, c.mean_sq, c.mean_sq) if c is not None else None
+
+
+@forward_rule("mul")
+def mul_forward(node, ins, ctx):
+    a, b = _operand(node, ins, 0), _operand(node, ins, 1)
+    if a is None or b is None:  # mask multiplication: pass the signal through
+        x = a or b
+        return x
+    exact = all(x.exact for x in ins if x is not None)
+    both = ins[0] is not None and ins[1] is not None
+    profile = (ins[0] or ins[1]).profile
+    return clean(a.m * b.m, a.K * b.K, a.M * b.M, exact, profile=profile, gaussian=not both)
+
+
+@backward_rule("mul")
+def mul_backward(node, ins, outs, grads, ctx):
+    out = node.outputs[0]
+    result = []
+    for i, x in enumerate(ins):
+        other = _operand(node, ins, 1 - i)
+        k_other = other.K if other is not None else 1.0
+        result.append(None if x is None else grads[0] * k_other * broadcast_factor(node.inputs[i], out))
+    return result
+
+
+def _inverse_square(node, ins) -> float | None:
+    """E[1/b^2] of the divisor: from the constant's statistics, or by quadrature for a signal."""
+    if ins[1] is not None:
+        b = ins[1]
+        return expect(lambda z: 1.0 / np.maximum(z * z, 1e-30), b.m, b.var)
+    recip = node.params.get("reciprocal")
+    return recip.mean_sq if recip is not None else None
+
+
+@forward_rule("div")
+def div_forward(node, ins, ctx):
+    a = _operand(node, ins, 0)
+    inv_sq = _inverse_square(node, ins)
+    if a is None or inv_sq is None:
+        return (ins[0] or ins[1]).approx()
+    if ins[1] is not None:
+        inv_mean = expect(lambda z: 1.0 / np.where(np.abs(z) < 1e-15, 1e-15, z), ins[1].m, ins[1].var)
+    else:
+        inv_mean = node.params["reciprocal"].mean
+    exact = all(x.exact for x in ins if x is not None) and ins[0] is not None
+    return clean(a.m * inv_mean, a.K * inv_sq, a.M * inv_sq, exact, profile=a.profile, gaussian=ins[1] is None and a.gaussian)
+
+
+@backward_rule("div")
+def div_backward(node, ins, outs, grads, ctx):
+    """d(a/b)/da = 1/b; d(a/b)/db = -a/b^2 (independent operands)."""
+    out = node.outputs[0]
+    inv_sq = _inverse_square(node, ins) or 1.0
+    ga = None if ins[0] is None else grads[0] * inv_sq * broadcast_factor(node.inputs[0], out)
+    gb = None
+    if ins[1] is not None:
+        a = _operand(node, ins, 0)
+        inv4 = expect(lambda z: 1.0 / np.maximum(z**4, 1e-30), ins[1].m, ins[1].var)
+        gb = grads[0] * (a.K if a else 1.0) * inv4 * broadcast_factor(node.inputs[1], out)
+    return [ga, gb]
+
+
+@forward_rule("concat")
+def concat_forward(node, ins, ctx):
+    """Size-weighted averages of m, K and M over the parts (theory.md §5)."""
+    axis = node.attrs.get("axis", 0)
+    parts, weights = [], []
+    for i, x in enumerate(ins):
+        if x is None:
+            c = _const(node, i)
+            if c is None:
+                continue
+            x = Moments(c.mean, c.mean_sq, c.mean_sq)
+        parts.append(x)
+        weights.append(dim(node.inputs[i], axis))
+    known = all(w is not None for w in weights)
+    w = np.array(weights if known else [1] * len(parts), dtype=float)
+    w = w / w.sum()
+    m = float(sum(wi * p.m for wi, p in zip(w, parts)))
+    K = float(sum(wi * p.K for wi, p in zip(w, parts)))
+    M = float(sum(wi * p.M for wi, p in zip(w, parts)))
+    exact = known and all(p.exact for p in parts)
+    return clean(m, K, M, exact, gaussian=all(p.gaussian for p in parts))
+
+
+@backward_rule("concat")
+def concat_backward(node, ins, outs, grads, ctx):
+    return [None if x is None else grads[0] for x in ins]

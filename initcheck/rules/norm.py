@@ -1,0 +1,143 @@
+"""Normalisation layers (theory.md §6)."""
+
+from __future__ import annotations
+
+from initcheck.moments import clean
+from initcheck.rules.common import dim
+from initcheck.rules.registry import backward_rule, forward_rule
+
+
+def _affine(node) -> tuple[float, float, float]:
+    """E[gamma^2], E[beta^2], mean(beta); missing scale = 1, missing bias = 0."""
+    scale, bias = node.params.get("scale"), node.params.get("bias")
+    g2 = scale.mean_sq if scale is not None else 1.0
+    return g2, (bias.mean_sq if bias is not None else 0.0), (bias.mean if bias is not None else 0.0)
+
+
+def _group_variance(x, channels: int) -> float:
+    """Variance left after removing the mean over a group of `channels` channels: the per-channel
+    offsets (M - m^2) are removed only in proportion 1/channels (InstanceNorm: all; LayerNorm: ~none)."""
+    return max(x.K - x.m**2 - (x.M - x.m**2) / max(channels, 1), 0.0)
+
+
+def _normalized(node, ins, v: float, channels: int):
+    x = ins[0]
+    eps = node.attrs.get("epsilon", 1e-5)
+    g2, b2, b_mean = _affine(node)
+    r = v / (v + eps)
+    leftover = max(x.M - x.m**2, 0.0) * (1 - 1 / max(channels, 1)) / (v + eps)
+    return clean(b_mean, g2 * r + b2, g2 * leftover + b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+
+
+def _backward(node, ins, grads, v: float, n: int | None):
+    """G_x = E[gamma^2] G_y / (v + eps) * (N - 1 - 2r + r^2) / N * N/(N-3) (Jensen, per-sample v)."""
+    eps = node.attrs.get("epsilon", 1e-5)
+    g2, _, _ = _affine(node)
+    r = v / (v + eps)
+    n = n or 1000
+    factor = (n - 1 - 2 * r + r * r) / n * (n / (n - 3) if n > 4 else 1.0)
+    return [grads[0] * g2 / (v + eps) * factor] + [None] * (len(ins) - 1)
+
+
+def _layer_size(node) -> int | None:
+    shape = node.inputs[0].shape
+    axis = node.attrs.get("axis", -1)
+    if shape is None or any(d is None for d in shape[axis:]):
+        return None
+    size = 1
+    for d in shape[axis:]:
+        size *= d
+    return size
+
+
+@forward_rule("layer_norm")
+def layer_norm_forward(node, ins, ctx):
+    n = _layer_size(node) or 1
+    return _normalized(node, ins, _group_variance(ins[0], n), n)
+
+
+@backward_rule("layer_norm")
+def layer_norm_backward(node, ins, outs, grads, ctx):
+    n = _layer_size(node)
+    return _backward(node, ins, grads, _group_variance(ins[0], n or 1), n)
+
+
+@forward_rule("rms_norm")
+def rms_norm_forward(node, ins, ctx):
+    """K_y = E[gamma^2] K / (K + eps)."""
+    x = ins[0]
+    eps = node.attrs.get("epsilon", 1e-5)
+    g2, b2, b_mean = _affine(node)
+    return clean(b_mean, g2 * x.K / (x.K + eps) + b2, g2 * x.M / (x.K + eps) + b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+
+
+@backward_rule("rms_norm")
+def rms_norm_backward(node, ins, outs, grads, ctx):
+    x = ins[0]
+    n = _layer_size(node) or 1000
+    g2, _, _ = _affine(node)
+    return [grads[0] * g2 * (n - 1) / (n * (x.K + node.attrs.get("epsilon", 1e-5)))] + [None] * (len(ins) - 1)
+
+
+def _channel_group(node) -> tuple[int, int | None]:
+    """Channels normalised together and elements per (sample, group) for group/instance norm."""
+    shape = node.inputs[0].shape
+    groups = node.attrs.get("num_groups")
+    channels = dim(node.inputs[0], 1) or 1
+    per_group = channels // groups if groups else 1
+    spatial = 1
+    if shape is not None and len(shape) > 2 and all(d is not None for d in shape[2:]):
+        for d in shape[2:]:
+            spatial *= d
+    else:
+        spatial = None
+    return per_group, (per_group * spatial if spatial else None)
+
+
+@forward_rule("group_norm", "instance_norm")
+def group_norm_forward(node, ins, ctx):
+    per_group, _ = _channel_group(node)
+    return _normalized(node, ins, _group_variance(ins[0], per_group), per_group)
+
+
+@backward_rule("group_norm", "instance_norm")
+def group_norm_backward(node, ins, outs, grads, ctx):
+    per_group, n = _channel_group(node)
+    return _backward(node, ins, grads, _group_variance(ins[0], per_group), n)
+
+
+def _batch_size(node) -> int | None:
+    shape = node.inputs[0].shape
+    if shape is None or any(d is None for d in shape):
+        return None
+    channels = shape[1] if len(shape) > 1 else 1
+    total = 1
+    for d in shape:
+        total *= d
+    return total // max(channels, 1)
+
+
+@forward_rule("batch_norm")
+def batch_norm_forward(node, ins, ctx):
+    """Training mode normalises each channel over batch and space (offsets removed, M_y = E[beta^2]);
+    eval mode is the affine map y = a_c (x - mu_c) + beta_c with running statistics."""
+    x = ins[0]
+    if node.attrs.get("training"):
+        v = max(x.K - x.M, 0.0)
+        eps = node.attrs.get("epsilon", 1e-5)
+        g2, b2, b_mean = _affine(node)
+        return clean(b_mean, g2 * v / (v + eps) + b2, b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+    s = node.params["eval"]  # moments over channels of a = gamma/sqrt(var+eps), mu and beta
+    m = x.m
+    K = (x.var * s["a2"] + m * m * s["a2"] - 2 * m * s["a2mu"] + s["a2mu2"] + 2 * m * s["ab"] - 2 * s["abmu"] + s["b2"])
+    mean = m * s["a"] - s["amu"] + s["b"]
+    M = K - x.var * s["a2"] + max(x.M - m * m, 0.0) * s["a2"]
+    return clean(mean, K, M, x.exact, profile=x.profile, gaussian=x.gaussian)
+
+
+@backward_rule("batch_norm")
+def batch_norm_backward(node, ins, outs, grads, ctx):
+    x = ins[0]
+    if node.attrs.get("training"):
+        return _backward(node, ins, grads, max(x.K - x.M, 0.0), _batch_size(node))
+    return [grads[0] * node.params["eval"]["a2"]] + [None] * (len(ins) - 1)

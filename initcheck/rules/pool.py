@@ -1,0 +1,203 @@
+"""Pooling, up-sampling and reductions (theory.md §7, §11)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck import pointwise
+from initcheck.gaussian import nodes
+from initcheck.moments import Moments, clean, normalize_profile
+from initcheck.rules.common import conv_profile, spatial_lengths
+from initcheck.rules.registry import backward_rule, forward_rule
+
+_MONOTONE = {"relu", "leaky_relu", "identity", "tanh", "sigmoid", "hard_sigmoid", "softplus", "elu", "selu", "celu"}
+
+
+def _window(node) -> int:
+    return int(np.prod(node.attrs["kernel"]))
+
+
+def _pool_profile(node, x: Moments):
+    n = len(node.attrs["kernel"])
+    a = node.attrs
+    profile = conv_profile(
+        x.profile, spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
+        a["kernel"], a["strides"], a.get("dilations", [1] * n), a.get("pads_begin", [0] * n),
+    )
+    return normalize_profile(profile) if x.profile else None
+
+
+@forward_rule("avg_pool", approximate=True)
+def avg_pool_forward(node, ins, ctx):
+    """K = M + (K - M)/A for independent positions (theory.md §7; correlated inputs pool less)."""
+    x = ins[0]
+    area = _window(node)
+    return clean(x.m, x.M + (x.K - x.M) / area, x.M, False, profile=_pool_profile(node, x), gaussian=x.gaussian)
+
+
+@backward_rule("avg_pool")
+def avg_pool_backward(node, ins, outs, grads, ctx):
+    """G_x = G_y n_cov / A^2 with mean n_cov = A / prod(s)."""
+    return [grads[0] / (_window(node) * float(np.prod(node.attrs["strides"])))]
+
+
+@lru_cache(maxsize=4096)
+def _max_moments(area: int) -> tuple[float, float]:
+    """E T and E T^2 for T the max of `area` iid standard normals."""
+    t, w = nodes(0.0, 1.0)
+    from math import erf, sqrt
+
+    cdf = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in t])
+    density = area * cdf ** (area - 1)
+    return float(np.dot(w, density * t)), float(np.dot(w, density * t * t))
+
+
+def max_over(x: Moments, area: int, program=None) -> tuple[float, float, float]:
+    """Max of `area` values c + s T (offset c per channel, noise s): E, E^2 and coherent energy,
+    optionally through a monotone function applied before the max (max(phi(z)) = phi(max z))."""
+    s = np.sqrt(max(x.K - x.M, 0.0))
+    e1, e2 = _max_moments(area)
+    if program is None:
+        mean = x.m + s * e1
+        second = x.M + 2 * x.m * s * e1 + s * s * e2
+        return mean, second, x.M + 2 * x.m * s * e1 + s * s * e1 * e1
+    fn = pointwise.as_function(program)
+    t, w = nodes(0.0, 1.0)
+    from math import erf, sqrt
+
+    density = w * area * np.array([0.5 * (1 + erf(v / sqrt(2))) for v in t]) ** (area - 1)
+    c = x.m  # channel offsets are folded into the mean here: an approximation when M > m^2
+    values = fn(c + s * t)
+    mean = float(np.dot(density, values))
+    return mean, float(np.dot(density, values**2)), mean * mean
+
+
+def _source_program(node, ctx):
+    """If the pooled tensor is a monotone function of a Gaussian tensor, return (program, its input)."""
+    producer = node.inputs[0].producer
+    if producer is None or producer.op != "pointwise":
+        return None, None
+    program = producer.attrs["program"]
+    if program[0] not in _MONOTONE or len(program) != 3 or program[2] != ("x",):
+        return None, None
+    return program, ctx.forward.get(producer.inputs[0])
+
+
+@forward_rule("max_pool", "global_max_pool")
+def max_pool_forward(node, ins, ctx):
+    x = ins[0]
+    area = _window(node) if node.op == "max_pool" else _spatial_size(node) or 1
+    program, source = _source_program(node, ctx)
+    if source is not None:
+        mean, K, M = max_over(source, area, program)
+        exact = source.exact and source.gaussian and source.M <= source.m**2 * 1.01 + 1e-12
+    else:
+        mean, K, M = max_over(x, area)
+        exact = x.exact and x.gaussian
+    return clean(mean, K, M, exact, gaussian=False, profile=_pool_profile(node, x) if node.op == "max_pool" else None)
+
+
+@backward_rule("max_pool", "global_max_pool")
+def max_pool_backward(node, ins, outs, grads, ctx):
+    """Each output's gradient goes to its window's argmax: G_x = G_y / prod(s) on average."""
+    if node.op == "global_max_pool":
+        return [grads[0] / (_spatial_size(node) or 1)]
+    return [grads[0] / float(np.prod(node.attrs["strides"]))]
+
+
+def _spatial_size(node) -> int | None:
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) < 3 or any(d is None for d in shape[2:]):
+        return None
+    return int(np.prod(shape[2:]))
+
+
+@forward_rule("global_avg_pool")
+def global_avg_pool_forward(node, ins, ctx):
+    """K = M + (K - M)/HW: only the channel-coherent part survives averaging (theory.md §7)."""
+    x = ins[0]
+    hw = _spatial_size(node)
+    return clean(x.m, x.M + (x.K - x.M) / (hw or 1), x.M, x.exact and hw is not None, gaussian=x.gaussian)
+
+
+@backward_rule("global_avg_pool")
+def global_avg_pool_backward(node, ins, outs, grads, ctx):
+    hw = _spatial_size(node) or 1
+    return [grads[0] / hw**2]
+
+
+def _linear_phase_energy(scale: float) -> float:
+    """Mean over output phases of w0^2 + w1^2 for linear interpolation at an integer scale (half-pixel)."""
+    s = max(int(round(scale)), 1)
+    frac = ((np.arange(s) + 0.5) / s - 0.5) % 1.0
+    return float(np.mean((1 - frac) ** 2 + frac**2))
+
+
+@forward_rule("resize")
+def resize_forward(node, ins, ctx):
+    """Nearest: unchanged. Linear: per axis the variance part shrinks by the phase energy (×2: 0.625)."""
+    x = ins[0]
+    scales = node.attrs.get("scales") or []
+    if node.attrs.get("mode", "nearest") == "nearest" or not scales:
+        return x.with_(profile=None, exact=x.exact and node.attrs.get("mode", "nearest") == "nearest")
+    energy = float(np.prod([_linear_phase_energy(s) for s in scales if s > 1] or [1.0]))
+    integral = all(abs(s - round(s)) < 1e-6 for s in scales)
+    return clean(x.m, x.M + energy * (x.K - x.M), x.M, x.exact and integral, gaussian=x.gaussian)
+
+
+@backward_rule("resize")
+def resize_backward(node, ins, outs, grads, ctx):
+    """Each input feeds s outputs per axis: nearest ×s, linear ×s·(phase energy) (×2: 1.25)."""
+    scales = node.attrs.get("scales") or [1.0]
+    linear = node.attrs.get("mode", "nearest") != "nearest"
+    factor = float(np.prod([s * (_linear_phase_energy(s) if linear and s > 1 else 1.0) for s in scales]))
+    return [grads[0] * factor] + [None] * (len(ins) - 1)
+
+
+def _reduced_count(node) -> int | None:
+    shape = node.inputs[0].shape
+    axes = node.attrs.get("axes")
+    if shape is None:
+        return None
+    axes = range(len(shape)) if not axes else axes
+    dims = [shape[a] for a in axes]
+    return None if any(d is None for d in dims) else int(np.prod(dims))
+
+
+def _over_channels(node) -> bool:
+    shape = node.inputs[0].shape or ()
+    axes = [a % len(shape) for a in node.attrs.get("axes") or range(len(shape))] if shape else []
+    channel = 1 if len(shape) == 4 else len(shape) - 1
+    return channel in axes
+
+
+@forward_rule("reduce_mean", "reduce_sum")
+def reduce_forward(node, ins, ctx):
+    """Mean of n entries: over positions K = M + (K - M)/n; over channels K = m^2 + (K - m^2)/n."""
+    x = ins[0]
+    n = _reduced_count(node) or 1
+    base = x.m**2 if _over_channels(node) else x.M
+    K = base + (x.K - base) / n
+    scale = float(n * n) if node.op == "reduce_sum" else 1.0
+    mean = x.m * (n if node.op == "reduce_sum" else 1)
+    return clean(mean, K * scale, base * scale, x.exact and _reduced_count(node) is not None, gaussian=n > 8 or x.gaussian)
+
+
+@backward_rule("reduce_mean", "reduce_sum")
+def reduce_backward(node, ins, outs, grads, ctx):
+    n = _reduced_count(node) or 1
+    return [grads[0] / (n * n) if node.op == "reduce_mean" else grads[0]] + [None] * (len(ins) - 1)
+
+
+@forward_rule("reduce_max", approximate=True)
+def reduce_max_forward(node, ins, ctx):
+    x = ins[0]
+    mean, K, M = max_over(x, _reduced_count(node) or 1)
+    return clean(mean, K, M, False, gaussian=False)
+
+
+@backward_rule("reduce_max")
+def reduce_max_backward(node, ins, outs, grads, ctx):
+    return [grads[0] / (_reduced_count(node) or 1)] + [None] * (len(ins) - 1)

@@ -1,0 +1,161 @@
+"""Weight statistics, computed once per tensor: the only view of weights that rules ever get.
+
+`TensorStats` summarises any constant; `LinearStats` is what the linear/conv rules need (theory.md §1-3):
+fan-in/out, mean square of the weights, row-sum energy R, bias moments, and for transposed convolutions
+the per-output-phase tap energies that set the checkerboard pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+SMALL_CONST = 4096  # constants up to this many elements keep their values (shapes, scalars, masks)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    shape: tuple[int, ...]
+    numel: int
+    mean: float
+    mean_sq: float
+    nan_count: int
+    inf_count: int
+    is_constant: bool  # every finite entry equal (e.g. all zeros)
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(max(self.mean_sq - self.mean**2, 0.0)))
+
+    @property
+    def finite(self) -> bool:
+        return self.nan_count == 0 and self.inf_count == 0
+
+
+def tensor_stats(array: np.ndarray) -> TensorStats:
+    a = np.asarray(array)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
+        a = a.astype(np.float64)
+    a64 = a.astype(np.float64, copy=False).ravel()
+    finite = np.isfinite(a64)
+    n_finite = int(finite.sum())
+    vals = a64 if n_finite == a64.size else a64[finite]
+    mean = float(vals.mean()) if n_finite else 0.0
+    mean_sq = float(np.mean(vals * vals)) if n_finite else 0.0
+    is_constant = bool(n_finite > 0 and vals.min() == vals.max())
+    return TensorStats(
+        shape=tuple(int(d) for d in a.shape),
+        numel=int(a64.size),
+        mean=mean,
+        mean_sq=mean_sq,
+        nan_count=int(np.isnan(a64).sum()),
+        inf_count=int(np.isinf(a64).sum()),
+        is_constant=is_constant,
+    )
+
+
+@dataclass(frozen=True)
+class LinearStats:
+    """Statistics of a weight in canonical layout: rows = output units, columns = everything summed.
+
+    fan_in: inputs summed per output (C_in/g * prod(k) for conv); fan_out: outputs each input feeds
+    (before dividing by stride); w_sq: mean of W^2; row_sum_mean / row_sum_sq: mean of S_c and S_c^2 for
+    row sums S_c; bias_*: bias moments; sb_mean: mean of S_c * b_c; phase_*: per-output-phase tap
+    energies and tap-sum energies for transposed convs (None otherwise).
+    """
+
+    fan_in: int
+    fan_out: int
+    w_mean: float
+    w_sq: float
+    row_sum_mean: float
+    row_sum_sq: float
+    bias_mean: float = 0.0
+    bias_sq: float = 0.0
+    sb_mean: float = 0.0
+    phase_energy: tuple[float, ...] | None = None
+    phase_row_sum_sq: tuple[float, ...] | None = None
+    phase_sb: tuple[float, ...] | None = None
+
+    @property
+    def gain(self) -> float:
+        """fan_in * E[W^2]: the forward gain on a zero-mean input."""
+        return self.fan_in * self.w_sq
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(np.isfinite(a), a, 0.0)
+
+
+def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | None = None) -> LinearStats:
+    """weight: (out, ...) with everything after the first axis summed into each output."""
+    w = _finite(weight).reshape(weight.shape[0], -1)
+    rows = w.sum(axis=1)
+    b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
+    if b.size != w.shape[0]:
+        b = np.resize(b, w.shape[0])
+    return LinearStats(
+        fan_in=int(w.shape[1]),
+        fan_out=int(fan_out if fan_out is not None else w.shape[0]),
+        w_mean=float(w.mean()),
+        w_sq=float(np.mean(w * w)),
+        row_sum_mean=float(rows.mean()),
+        row_sum_sq=float(np.mean(rows * rows)),
+        bias_mean=float(b.mean()),
+        bias_sq=float(np.mean(b * b)),
+        sb_mean=float(np.mean(rows * b)),
+    )
+
+
+def taps_per_phase(k: int, s: int, d: int) -> list[list[int]]:
+    """Kernel taps t in [0, k) with t*d = r (mod s), for each phase r (theory.md §3)."""
+    return [[t for t in range(k) if (t * d) % s == r] for r in range(s)]
+
+
+def conv_transpose_stats(
+    weight: np.ndarray, bias: np.ndarray | None, groups: int, strides: list[int], dilations: list[int]
+) -> LinearStats:
+    """weight: (C_in, C_out/g, *k). Per output phase r: sum of tap energies E_t and tap-sum energy S_r."""
+    w = _finite(weight)
+    c_in, c_out_g = w.shape[:2]
+    kernel = w.shape[2:]
+    g = max(int(groups), 1)
+    wg = w.reshape(g, c_in // g, c_out_g, *kernel)
+    b = _finite(bias).ravel() if bias is not None else np.zeros(g * c_out_g)
+    b = b.reshape(g, c_out_g) if b.size == g * c_out_g else np.zeros((g, c_out_g))
+    c_out = g * c_out_g
+    # E_t: sum over c_in of the mean over c_out of W^2 (each (c_in, c_out_local) pair is one output channel)
+    tap_energy = (wg**2).sum(axis=(0, 1, 2)) / c_out
+    phase_taps = [taps_per_phase(k, s, d) for k, s, d in zip(kernel, strides, dilations)]
+    energies, row_sq, sbs = [], [], []
+    for phase in product(*phase_taps):
+        index = np.ix_(*phase) if all(phase) else None
+        if index is None:
+            energies.append(0.0)
+            row_sq.append(0.0)
+            sbs.append(0.0)
+            continue
+        energies.append(float(tap_energy[index].sum()))
+        sums = wg[(slice(None), slice(None), slice(None)) + index].sum(axis=tuple(range(3, 3 + len(kernel))))
+        sums = sums.sum(axis=1)  # (g, c_out_g): sum over c_in of the group and the phase's taps
+        row_sq.append(float(np.mean(sums**2)))
+        sbs.append(float(np.mean(sums * b)))
+    fan_in_avg = (c_in // g) * int(np.prod(kernel)) / int(np.prod(strides))
+    w_sq = float(np.mean(w * w))
+    return LinearStats(
+        fan_in=int(round(fan_in_avg)) or 1,
+        fan_out=c_out_g * int(np.prod(kernel)),
+        w_mean=float(w.mean()),
+        w_sq=w_sq,
+        row_sum_mean=0.0,
+        row_sum_sq=float(np.mean(row_sq)),
+        bias_mean=float(b.mean()),
+        bias_sq=float(np.mean(b * b)),
+        sb_mean=float(np.mean(sbs)),
+        phase_energy=tuple(energies),
+        phase_row_sum_sq=tuple(row_sq),
+        phase_sb=tuple(sbs),
+    )
