@@ -39,6 +39,8 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
             continue
         if node.op_type == "Add" and node.output[0] in absorbed_adds:
             continue
+        if not any(name in signal for name in node.output):  # masks, shapes, indices computed from the signal
+            continue
         ir_nodes.append(_translate(node, ctx, values, absorbed_adds))
     for name in graph.output:
         if name.name in values:

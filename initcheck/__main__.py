@@ -1,0 +1,5 @@
+import sys
+
+from initcheck.cli import main
+
+sys.exit(main())

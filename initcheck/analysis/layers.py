@@ -1,0 +1,208 @@
+"""Which values are table rows, and the per-row numbers (theory.md §13)."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck import pointwise
+from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.gaussian import moments_of
+from initcheck.ir import Graph, Node, Value
+from initcheck.passes import is_signal
+from initcheck.report.model import LayerRow
+
+WEIGHTED = {"linear", "conv", "conv_transpose", "matmul", "embedding", "rnn", "lstm", "gru"}
+NORMS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
+RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
+MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
+OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
+REFERENCE_OPS = NORMS | {"embedding"}  # forward gains are measured from these (or from the input)
+
+
+def signal_inputs(node: Node) -> list[Value]:
+    return [v for v in node.inputs if is_signal(v)]
+
+
+def _is_row_node(node: Node) -> bool:
+    if node.op in OWN_ROW:
+        return True
+    return node.op in MERGES and len(signal_inputs(node)) >= 2
+
+
+def _folds_into_previous(node: Node) -> bool:
+    """Activations and affine constants right after a row node share its row."""
+    inputs = signal_inputs(node)
+    if len(inputs) != 1 or node.op not in {"pointwise", "add", "sub", "mul", "div", "prelu"} | {"dropout"}:
+        return False
+    source = inputs[0]
+    return source.producer is not None and len(source.consumers) == 1 and not source.is_output
+
+
+def select_rows(graph: Graph, result: SymbolicResult, all_nodes: bool) -> list[tuple[Node, Node]]:
+    """(first node, last node) of each row, in graph order."""
+    rows: list[list[Node]] = []
+    row_of: dict[int, int] = {}
+    for node in graph.nodes:
+        if not any(v in result.forward for v in node.outputs):
+            continue
+        if not all_nodes and _folds_into_previous(node) and node.op != "dropout":
+            src = signal_inputs(node)[0].producer
+            if id(src) in row_of:
+                rows[row_of[id(src)]].append(node)
+                row_of[id(node)] = row_of[id(src)]
+                continue
+        if all_nodes or _is_row_node(node) or any(v.is_output for v in node.outputs):
+            row_of[id(node)] = len(rows)
+            rows.append([node])
+        elif node.op == "pointwise" and node.attrs.get("function") != "identity":
+            row_of[id(node)] = len(rows)
+            rows.append([node])
+    return [(r[0], r[-1]) for r in rows]
+
+
+def reference_moments(graph: Graph, result: SymbolicResult) -> dict[Value, float]:
+    """K_ref per value: the nearest upstream normalisation/embedding output, else the input's K;
+    through merges, the dominant (largest-K) input's reference."""
+    ref: dict[Value, float] = {v: m.K for v, m in result.forward.items() if v.producer is None}
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out not in result.forward:
+                continue
+            if node.op in REFERENCE_OPS:
+                ref[out] = result.forward[out].K
+                continue
+            ins = [v for v in node.inputs if v in result.forward]
+            if not ins:
+                ref[out] = result.forward[out].K
+                continue
+            dominant = max(ins, key=lambda v: result.forward[v].K)
+            ref[out] = ref.get(dominant, result.forward[dominant].K)
+    return ref
+
+
+def normalized_downstream(graph: Graph) -> set[Value]:
+    """Values every path from which to an output passes through a normalisation: their scale only
+    matters through epsilon and the normalisation's backward 1/v (theory.md §13)."""
+    covered: set[Value] = set()
+    for node in reversed(graph.nodes):
+        for v in node.outputs:
+            if v.is_output or not v.consumers:
+                continue
+            if all(c.op in NORMS or any(o in covered for o in c.outputs) for c in v.consumers):
+                covered.add(v)
+    for v in graph.inputs:
+        if v.consumers and all(c.op in NORMS or any(o in covered for o in c.outputs) for c in v.consumers):
+            covered.add(v)
+    return covered
+
+
+@lru_cache(maxsize=256)
+def forward_gain(program) -> float:
+    """g_f = <phi^2>_1^{-1/2}: the weight gain that keeps K = 1 through linear -> phi (theory.md §4)."""
+    _, second, _, _ = moments_of(pointwise.as_function(program), 0.0, 1.0, 0.0, pointwise.kinks(program))
+    return 1.0 / math.sqrt(second) if second > 0 else 1.0
+
+
+def _log10(x: float | None) -> float | None:
+    if x is None or not np.isfinite(x) or x <= 0:
+        return None if x is None or not np.isfinite(x) else -math.inf
+    return math.log10(x)
+
+
+def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) -> list[LayerRow]:
+    refs = reference_moments(graph, result)
+    normalized = normalized_downstream(graph)
+    rows = []
+    for index, (first, last) in enumerate(select_rows(graph, result, all_nodes)):
+        out = next(v for v in last.outputs if v in result.forward)
+        fwd = result.forward[out]
+        ins = [v for v in first.inputs if v in result.forward]
+        k_in = result.forward[ins[0]].K if ins else None
+        weight = first.params.get("weight")
+        activation = last.attrs.get("function") if last is not first and last.op == "pointwise" else None
+        if activation is None and last is not first and last.op == "prelu":
+            activation = "prelu"
+        target = None
+        if weight is not None and weight.fan_in:
+            program = last.attrs["program"] if last.op == "pointwise" and last is not first else ("x",)
+            target = forward_gain(program) / math.sqrt(weight.fan_in)
+        grad = result.backward.get(out)
+        rows.append(LayerRow(
+            index=index,
+            node=last.name,
+            scope=last.scope or first.scope,
+            op=first.op + (f"+{activation}" if activation else ""),
+            source_op=first.source_op,
+            shape=list(out.shape) if out.shape is not None else None,
+            fan_in=weight.fan_in if weight is not None else None,
+            fan_out=weight.fan_out if weight is not None else None,
+            weight_std=math.sqrt(weight.w_sq) if weight is not None else None,
+            target_std=target,
+            activation=activation or (first.attrs.get("function") if first.op == "pointwise" else None),
+            mean=fwd.m,
+            second_moment=fwd.K,
+            coherent=fwd.M,
+            gain_log10=_log10(fwd.K / k_in) if k_in else None,
+            forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,
+            grad_second_moment=grad,
+            weight_grad=_weight_grad(first, out, k_in, result),
+            backward_log10=None,
+            exact=fwd.exact,
+            grad_exact=result.backward_exact.get(out, False),
+            status=_row_status(first, last, result),
+            normalized_downstream=out in normalized,
+            phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf) if fwd.phases else None,
+        ))
+    _relative_backward(rows)
+    return rows
+
+
+def _weight_grad(first: Node, out: Value, k_in: float | None, result: SymbolicResult) -> float | None:
+    """E[(dL/dW)^2] = P K_in G_y: each weight sums x g over the P positions that share it. Unlike the
+    per-element G, this is preserved across width and resolution changes at criticality (a healthy CNN
+    with global pooling keeps it flat), so it is what says whether a layer trains."""
+    g_out = result.backward.get(first.outputs[0])
+    value = first.outputs[0]
+    if first.op not in ("linear", "conv", "conv_transpose") or g_out is None or k_in is None or not value.numel:
+        return None
+    shape = value.shape
+    units = shape[1] if first.op != "linear" and len(shape) > 1 else shape[-1]
+    return value.numel / max(units or 1, 1) * k_in * g_out
+
+
+def _relative_backward(rows: list[LayerRow]) -> None:
+    """B_l = log10 of the weight gradient relative to the weighted layer nearest the output."""
+    ref = next((r.weight_grad for r in reversed(rows) if r.weight_grad), None)
+    for r in rows:
+        if r.weight_grad is not None and ref:
+            r.backward_log10 = _log10(r.weight_grad / ref)
+
+
+def _row_status(first: Node, last: Node, result: SymbolicResult) -> str:
+    statuses = {result.status.get(first, "modeled"), result.status.get(last, "modeled")}
+    for s in ("unsupported", "approximated"):
+        if s in statuses:
+            return s
+    return "modeled"
+
+
+def depth_and_width(graph: Graph) -> tuple[int, int | None]:
+    """Depth: weighted layers on the longest input-to-output path; width: median hidden width."""
+    depth: dict[Value, int] = {}
+    for node in graph.nodes:
+        here = max((depth.get(v, 0) for v in node.inputs if v is not None), default=0)
+        here += 1 if node.op in WEIGHTED and node.op != "matmul" else 0
+        for v in node.outputs:
+            depth[v] = here
+    total = max((depth.get(v, 0) for v in graph.outputs), default=0)
+    widths = []
+    for node in graph.nodes:
+        w = node.params.get("weight")
+        if w is not None and node.op in ("linear", "conv", "conv_transpose"):
+            taps = int(np.prod(node.attrs.get("kernel", [1])))
+            widths.append(w.fan_out // taps * node.attrs.get("groups", 1) if node.op == "conv" else w.fan_out)
+    hidden = widths[:-1] or widths
+    return total, int(np.median(hidden)) if hidden else None

@@ -1,0 +1,18 @@
+"""Checks turn the symbolic results into findings. They never print."""
+
+from __future__ import annotations
+
+from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.codes import CODES
+from initcheck.checks.coverage import coverage_findings
+from initcheck.checks.signal import signal_findings
+from initcheck.checks.weights import weight_findings
+from initcheck.ir import Graph
+from initcheck.report.model import Finding, LayerRow, severity_rank
+
+__all__ = ["CODES", "run_checks"]
+
+
+def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow]) -> list[Finding]:
+    findings = weight_findings(graph) + signal_findings(rows) + coverage_findings(graph, result)
+    return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))

@@ -1,0 +1,85 @@
+"""Finding codes: stable, documented, shown by `initcheck explain CODE` and `initcheck rules`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    name: str
+    severity: str  # default severity at the error threshold
+    summary: str
+    formula: str
+    fix: str
+    thresholds: str
+
+
+CODES: dict[str, Code] = {}
+
+
+def _code(*args) -> None:
+    c = Code(*args)
+    CODES[c.code] = c
+
+
+_code(
+    "IC101", "forward-signal-explodes", "error",
+    "The forward second moment grows by orders of magnitude from the nearest normalisation (or the input).",
+    "F_l = log10(K_l / K_ref); per weighted layer K_out = fan_in E[W^2] (K_in - m^2) + m^2 R + E[b^2] (theory.md §2), "
+    "per activation K_out = <phi^2>_(m,K) (§4).",
+    "Initialise each weight with std = g / sqrt(fan_in), where g = <phi^2>_1^(-1/2) for the activation that follows "
+    "(ReLU sqrt(2), tanh 1.59, GELU 1.53, linear 1); the finding names the factor to apply to the worst layer.",
+    "|F| >= 1 decade: warning; >= 2 decades: error. Info only when every path from the layer meets a normalisation "
+    "(its scale then matters only through epsilon), e.g. pre-LN residual streams.",
+)
+_code(
+    "IC102", "forward-signal-vanishes", "error",
+    "The forward second moment shrinks by orders of magnitude: later layers see almost no signal, and a "
+    "normalisation's epsilon or fp16 underflow will swallow it.",
+    "Same as IC101 with F_l < 0. PyTorch's default Linear/Conv init (kaiming_uniform, a=sqrt(5)) has gain 1/3, "
+    "1/6 after ReLU: -0.78 decades per layer.",
+    "Same as IC101: std = g / sqrt(fan_in) for the activation that follows (He init for ReLU).",
+    "F <= -1 decade: warning; <= -2 decades: error.",
+)
+_code(
+    "IC111", "gradient-explodes", "error",
+    "The gradient second moment grows by orders of magnitude from the outputs back to this layer.",
+    "Backward with G = 1 at the outputs: linear G_x = fan_out E[W^2] G_y; activation G_x = <phi'^2> G_y; "
+    "B_l = log10(G_l / G_out) (theory.md §2, §4).",
+    "Choose weight stds with chi_perp = C_W <phi'^2> = 1 per layer (ReLU: He init); add normalisation; "
+    "scale residual branches (theory.md §5).",
+    "B >= 1 decade: warning; >= 3 decades (approaching fp16 range limits): error.",
+)
+_code(
+    "IC112", "gradient-vanishes", "error",
+    "The gradient reaching early layers is orders of magnitude smaller than at the outputs: they will barely train.",
+    "Same as IC111 with B_l < 0.",
+    "Same as IC111; for saturating activations (tanh, sigmoid) keep pre-activations O(1).",
+    "B <= -1 decade: warning; <= -3 decades: error.",
+)
+_code(
+    "IC201", "non-finite-weights", "error",
+    "A weight, bias or normalisation parameter contains NaN or Inf: every output it touches is NaN.",
+    "count(!isfinite(W)) > 0",
+    "Re-initialise the tensor; check the checkpoint for corruption or a diverged run.",
+    "Any NaN/Inf entry: error.",
+)
+_code(
+    "IC202", "constant-weights", "warning",
+    "Every entry of a weight matrix is the same: all units compute the same function and the symmetry is "
+    "never broken (non-zero), or no signal passes at all (zero).",
+    "min(W) == max(W)",
+    "Use a random init (e.g. std = g / sqrt(fan_in)); an all-zero last layer of a residual branch is a deliberate "
+    "choice (it starts the block as the identity) and can be ignored.",
+    "Constant non-zero weight matrix: error; all-zero: warning.",
+)
+_code(
+    "IC301", "unsupported-op", "warning",
+    "An op on the signal path has no rule: its input moments are passed through unchanged and every number "
+    "downstream of it is an approximation.",
+    "-",
+    "Run the empirical probe for measured numbers, or export the op in its decomposed form.",
+    "Any unsupported op on the signal path: warning.",
+)

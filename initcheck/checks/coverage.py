@@ -1,0 +1,27 @@
+"""Ops on the signal path without a rule (IC301): never silent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.ir import Graph
+from initcheck.report.model import Finding
+
+
+def coverage_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
+    by_op = defaultdict(list)
+    for node in graph.nodes:
+        if result.status.get(node) == "unsupported":
+            by_op[node.source_op].append(node)
+    findings = []
+    for op, nodes in sorted(by_op.items()):
+        reason = result.errors.get(nodes[0], "no rule for this op")
+        findings.append(Finding(
+            "IC301", "warning", "coverage",
+            f"{len(nodes)} '{op}' node(s) on the signal path are not modeled ({reason}); moments are passed through "
+            f"and downstream numbers are approximate (first: '{nodes[0].label}')",
+            nodes[0].name, nodes[0].scope, float(len(nodes)), None,
+            "run the empirical probe for measured numbers, or export the op in decomposed form",
+        ))
+    return findings

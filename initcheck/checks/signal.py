@@ -1,0 +1,77 @@
+"""Exploding and vanishing forward signals and gradients (IC101, IC102, IC111, IC112; theory.md §13)."""
+
+from __future__ import annotations
+
+import math
+
+from initcheck.report.model import Finding, LayerRow
+
+FORWARD_WARN, FORWARD_ERROR = 1.0, 2.0
+BACKWARD_WARN, BACKWARD_ERROR = 1.0, 3.0
+
+
+def _severity(size: float, warn: float, error: float) -> str | None:
+    if size >= error:
+        return "error"
+    if size >= warn:
+        return "warning"
+    return None
+
+
+def _worst_weight(rows: list[LayerRow], upto: LayerRow) -> LayerRow | None:
+    """The weighted layer (up to `upto`) whose std is furthest from its target."""
+    weighted = [r for r in rows if r.index <= upto.index and r.weight_std and r.target_std]
+    if not weighted:
+        return None
+    return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
+
+
+def _fix(rows: list[LayerRow], row: LayerRow) -> tuple[str, float | None]:
+    worst = _worst_weight(rows, row)
+    if worst is None or abs(math.log(worst.weight_std / worst.target_std)) < math.log(1.2):
+        return "add a normalisation layer or rescale the branch that changes the scale", None
+    factor = worst.target_std / worst.weight_std
+    act = f" before {worst.activation}" if worst.activation else ""
+    return (
+        f"initialise weights with std {worst.target_std:.3g} = g/sqrt(fan_in){act} (now {worst.weight_std:.3g}); "
+        f"e.g. multiply '{worst.label}' and layers like it by {factor:.3g}",
+        factor,
+    )
+
+
+def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
+    candidates = [r for r in rows if getattr(r, attr) is not None and sign * getattr(r, attr) > 0]
+    return max(candidates, key=lambda r: sign * getattr(r, attr), default=None)
+
+
+def _directional(rows, attr, sign, code, warn, error, kind, what) -> list[Finding]:
+    findings = []
+    for normalized in (False, True):
+        group = [r for r in rows if r.normalized_downstream == normalized]
+        row = _extreme(group, attr, sign)
+        if row is None:
+            continue
+        value = getattr(row, attr)
+        size = abs(value) if math.isfinite(value) else math.inf
+        severity = _severity(size, warn, error)
+        if severity is None:
+            continue
+        if normalized:
+            severity = "info"
+        fix, factor = _fix(rows, row)
+        direction = "grows" if sign > 0 else "shrinks"
+        decades = f"{size:.2f}" if math.isfinite(size) else "all"
+        message = f"{what} {direction} by {decades} decades by '{row.label}' ({row.op})"
+        if normalized:
+            message += "; every path from it meets a normalisation, so only epsilon and the normalisation's 1/v see it"
+        findings.append(Finding(code, severity, kind, message, row.node, row.scope, value, warn, fix, factor))
+    return findings
+
+
+def signal_findings(rows: list[LayerRow]) -> list[Finding]:
+    return (
+        _directional(rows, "forward_log10", 1, "IC101", FORWARD_WARN, FORWARD_ERROR, "forward", "forward second moment")
+        + _directional(rows, "forward_log10", -1, "IC102", FORWARD_WARN, FORWARD_ERROR, "forward", "forward second moment")
+        + _directional(rows, "backward_log10", 1, "IC111", BACKWARD_WARN, BACKWARD_ERROR, "backward", "gradient second moment")
+        + _directional(rows, "backward_log10", -1, "IC112", BACKWARD_WARN, BACKWARD_ERROR, "backward", "gradient second moment")
+    )

@@ -1,0 +1,105 @@
+"""The report: plain data produced by analysis, consumed by reporters (which never compute)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEVERITIES = ("info", "warning", "error")
+SCHEMA_VERSION = "1.0"
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    kind: str  # forward | backward | weights | coverage
+    message: str
+    node: str = ""
+    scope: str = ""
+    value: float | None = None
+    threshold: float | None = None
+    fix: str = ""
+    fix_value: float | None = None
+
+
+@dataclass
+class LayerRow:
+    """One row of the per-layer table: the last value of a layer (activations folded in)."""
+
+    index: int
+    node: str
+    scope: str
+    op: str
+    source_op: str
+    shape: list[int | None] | None
+    fan_in: int | None
+    fan_out: int | None
+    weight_std: float | None
+    target_std: float | None
+    activation: str | None
+    mean: float | None
+    second_moment: float | None
+    coherent: float | None
+    gain_log10: float | None  # log10(K_out / K_in) of this row
+    forward_log10: float | None  # log10(K / K_ref), K_ref = nearest upstream normalisation or input
+    grad_second_moment: float | None  # per element, unit-variance cotangent at every output
+    weight_grad: float | None  # E[(dL/dW)^2] ~ positions * K_in * G_out, weighted layers only
+    backward_log10: float | None  # log10(weight_grad / weight_grad of the weighted layer nearest the output)
+    exact: bool
+    grad_exact: bool
+    status: str  # modeled | approximated | unsupported
+    normalized_downstream: bool
+    flags: list[str] = field(default_factory=list)
+    phase_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.scope or self.node
+
+
+@dataclass
+class Coverage:
+    modeled: dict[str, int] = field(default_factory=dict)
+    approximated: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    model: str
+    producer: str
+    opset: int | None
+    mode: str  # eval | train
+    inputs: dict[str, list[int]]
+    depth: int
+    width: int | None
+    layers: list[LayerRow]
+    findings: list[Finding]
+    coverage: Coverage
+    notes: list[str] = field(default_factory=list)
+    all_nodes: bool = False
+
+    def worst_severity(self) -> str | None:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=severity_rank)
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    def fails(self, fail_on: str) -> bool:
+        """True when a finding reaches `fail_on` (info | warning | error | never)."""
+        if fail_on == "never":
+            return False
+        return any(severity_rank(f.severity) >= severity_rank(fail_on) for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        data["summary"] = {s: self.count(s) for s in SEVERITIES}
+        return data

@@ -1,0 +1,111 @@
+"""The per-layer table and summary (rich). Formatting only: every number comes from the Report."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from initcheck.report.model import LayerRow, Report
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if not math.isfinite(x):
+        return "inf" if x > 0 else "-inf"
+    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _decades(x: float | None) -> Text:
+    if x is None:
+        return Text("-")
+    text = _num(x, 2) if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+    size = abs(x)
+    style = "red" if size >= 2 else "yellow" if size >= 1 else ""
+    return Text(("+" if x > 0 and math.isfinite(x) else "") + text, style=style)
+
+
+def _shape(row: LayerRow) -> str:
+    return "x".join("?" if d is None else str(d) for d in row.shape) if row.shape is not None else "?"
+
+
+def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
+    marks = list(flagged.get(row.node, []))
+    if row.status == "unsupported":
+        marks.append("unsupported")
+    elif not row.exact:
+        marks.append("~")
+    if row.normalized_downstream:
+        marks.append("norm↓")
+    return " ".join(marks)
+
+
+def layer_table(report: Report) -> Table:
+    table = Table(title=f"initcheck: {report.model}", title_justify="left", header_style="bold", pad_edge=False)
+    for name, justify in [("#", "right"), ("layer", "left"), ("op", "left"), ("shape", "left"), ("fan in/out", "right"),
+                          ("w std/target", "right"), ("mean", "right"), ("K", "right"), ("fwd log10", "right"),
+                          ("G", "right"), ("bwd log10", "right"), ("flags", "left")]:
+        table.add_column(name, justify=justify, no_wrap=name in ("#", "shape"))
+    flagged: dict[str, list[str]] = {}
+    for f in report.findings:
+        flagged.setdefault(f.node, []).append(f.code)
+    for row in report.layers:
+        fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
+        stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
+        table.add_row(
+            str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.mean), _num(row.second_moment),
+            _decades(row.forward_log10), _num(row.grad_second_moment), _decades(row.backward_log10), _flags(row, flagged),
+        )
+    return table
+
+
+def summary(report: Report) -> Group:
+    lines = []
+    counts = ", ".join(f"{report.count(s)} {s}" for s in ("error", "warning", "info"))
+    lines.append(Text(f"findings: {counts}", style="bold"))
+    for f in report.findings:
+        where = f.scope or f.node
+        line = Text(f"  {f.code} ", style=_STYLE[f.severity])
+        line.append(f"[{f.severity}] {f.message}")
+        if where:
+            line.append(f"  @ {where}", style="dim")
+        lines.append(line)
+        if f.fix:
+            lines.append(Text(f"      fix: {f.fix}", style="green"))
+    cov = report.coverage
+    n_mod, n_apx, n_uns = (sum(d.values()) for d in (cov.modeled, cov.approximated, cov.unsupported))
+    lines.append(Text(f"op coverage: {n_mod} modeled, {n_apx} approximated, {n_uns} unsupported", style="bold"))
+    if cov.approximated:
+        lines.append(Text("  approximated: " + ", ".join(f"{k} ×{v}" for k, v in cov.approximated.items())))
+    if cov.unsupported:
+        lines.append(Text("  unsupported: " + ", ".join(f"{k} ×{v}" for k, v in cov.unsupported.items()), style="yellow"))
+    width = report.width if report.width is not None else "-"
+    inputs = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in report.inputs.items())
+    lines.append(Text(f"depth {report.depth} weighted layers, median width {width}; mode {report.mode}; inputs {inputs}"))
+    lines.append(Text("K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
+                      "G: gradient second moment, unit cotangent at outputs; ~ approximate; norm↓ rescaled by a later norm",
+                      style="dim"))
+    for note in report.notes:
+        lines.append(Text(f"note: {note}", style="dim"))
+    return Group(*lines)
+
+
+def make_console() -> Console:
+    """The terminal's width on a TTY; a wide fixed width and no colour codes when piped."""
+    import sys
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=200, color_system=None, force_terminal=False)
+
+
+def render_table(report: Report, console: Console) -> None:
+    console.print(layer_table(report))
+    console.print(summary(report))
