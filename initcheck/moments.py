@@ -19,6 +19,10 @@ class Moments:
     gaussian: entries are close to Gaussian (sums over many inputs); elementwise rules on a
       non-Gaussian input are approximations (theory.md §4, "Gaussian closure").
     phases: per output phase K of an up-sampling op (checkerboard, §3), None elsewhere.
+    spread: predicted CV^2 of K across weight draws at this width (finite width, §12); the rules
+      are exact in expectation, a single network deviates by about sqrt(spread).
+    cross: E[x_a^2 x_b^2] / K^2 - 1 for two different inputs a, b (the cross-input 4-point vertex
+      that the next weighted layer turns into spread).
     """
 
     m: float
@@ -30,6 +34,8 @@ class Moments:
     simplex: bool = False
     gaussian: bool = True
     phases: tuple[float, ...] | None = None
+    spread: float = 0.0
+    cross: float = 0.0
 
     @property
     def var(self) -> float:

@@ -19,7 +19,9 @@ NORMS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
 RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
 MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
 OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
-REFERENCE_OPS = NORMS | {"embedding"}  # forward gains are measured from these (or from the input)
+AVERAGING = {"global_avg_pool", "avg_pool", "reduce_mean"}
+REFERENCE_OPS = NORMS | {"embedding", "softmax", "log_softmax"}  # forward gains are measured from these outputs
+BACKWARD_REFERENCE_OPS = NORMS | AVERAGING | {"softmax", "log_softmax"}  # backward gains are measured from these inputs
 
 
 def signal_inputs(node: Node) -> list[Value]:
@@ -114,6 +116,7 @@ def _log10(x: float | None) -> float | None:
 
 def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) -> list[LayerRow]:
     refs = reference_moments(graph, result)
+    grad_refs = backward_references(graph, result)
     normalized = normalized_downstream(graph)
     rows = []
     for index, (first, last) in enumerate(select_rows(graph, result, all_nodes)):
@@ -133,7 +136,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
         rows.append(LayerRow(
             index=index,
             node=last.name,
-            scope=last.scope or first.scope,
+            scope=first.scope or last.scope,
             op=first.op + (f"+{activation}" if activation else ""),
             source_op=first.source_op,
             shape=list(out.shape) if out.shape is not None else None,
@@ -148,37 +151,41 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
             gain_log10=_log10(fwd.K / k_in) if k_in else None,
             forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,
             grad_second_moment=grad,
-            weight_grad=_weight_grad(first, out, k_in, result),
-            backward_log10=None,
+            backward_log10=_log10(grad * out.numel / grad_refs[out]) if grad and out.numel and grad_refs.get(out) else None,
+            spread=math.sqrt(fwd.spread),
             exact=fwd.exact,
             grad_exact=result.backward_exact.get(out, False),
             status=_row_status(first, last, result),
             normalized_downstream=out in normalized,
             phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf) if fwd.phases else None,
         ))
-    _relative_backward(rows)
     return rows
 
 
-def _weight_grad(first: Node, out: Value, k_in: float | None, result: SymbolicResult) -> float | None:
-    """E[(dL/dW)^2] = P K_in G_y: each weight sums x g over the P positions that share it. Unlike the
-    per-element G, this is preserved across width and resolution changes at criticality (a healthy CNN
-    with global pooling keeps it flat), so it is what says whether a layer trains."""
-    g_out = result.backward.get(first.outputs[0])
-    value = first.outputs[0]
-    if first.op not in ("linear", "conv", "conv_transpose") or g_out is None or k_in is None or not value.numel:
-        return None
-    shape = value.shape
-    units = shape[1] if first.op != "linear" and len(shape) > 1 else shape[-1]
-    return value.numel / max(units or 1, 1) * k_in * g_out
+def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, float]:
+    """E_ref per value, E = G * numel (gradient energy per sample). At criticality E is preserved through
+    width changes, strided convs, max pooling and nearest up-sampling (it is the product of chi_perp,
+    theory.md §4); averaging ops and normalisations change it by design, so, like the forward
+    reference, the backward reference is the nearest downstream output, normalisation or averaging input."""
+    def energy(v: Value) -> float | None:
+        g = result.backward.get(v)
+        return g * v.numel if g is not None and v.numel else None
 
-
-def _relative_backward(rows: list[LayerRow]) -> None:
-    """B_l = log10 of the weight gradient relative to the weighted layer nearest the output."""
-    ref = next((r.weight_grad for r in reversed(rows) if r.weight_grad), None)
-    for r in rows:
-        if r.weight_grad is not None and ref:
-            r.backward_log10 = _log10(r.weight_grad / ref)
+    ref: dict[Value, float] = {}
+    for v in graph.outputs:
+        if energy(v):
+            ref[v] = energy(v)
+    for node in reversed(graph.nodes):
+        for v in node.inputs:
+            if v is None or energy(v) is None or v in ref:
+                continue
+            if any(c.op in BACKWARD_REFERENCE_OPS for c in v.consumers):
+                ref[v] = energy(v)
+                continue
+            downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]
+            if downstream:
+                ref[v] = max(downstream)[1]
+    return ref
 
 
 def _row_status(first: Node, last: Node, result: SymbolicResult) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from initcheck.analysis.finite_width import with_spread
 from initcheck.ir import Graph, Node, Value
 from initcheck.moments import Moments, standard_input
 from initcheck.passes import is_signal
@@ -77,8 +78,8 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         upstream_exact = all(m.exact for m in ins if m is not None)
         result.status[node] = "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
     for value, moments in zip(node.outputs, outs):
-        if moments is not None and value.is_float or (moments is not None and value.dtype == "unknown"):
-            result.forward[value] = moments
+        if moments is not None and (value.is_float or value.dtype == "unknown"):
+            result.forward[value] = with_spread(node, ins, moments)
 
 
 def _backward_node(node: Node, result: SymbolicResult) -> None:

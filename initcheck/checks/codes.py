@@ -46,8 +46,10 @@ _code(
 _code(
     "IC111", "gradient-explodes", "error",
     "The gradient second moment grows by orders of magnitude from the outputs back to this layer.",
-    "Backward with G = 1 at the outputs: linear G_x = fan_out E[W^2] G_y; activation G_x = <phi'^2> G_y; "
-    "B_l = log10(G_l / G_out) (theory.md §2, §4).",
+    "Backward with G = 1 at the outputs: linear G_x = fan_out E[W^2] G_y; activation G_x = <phi'^2> G_y "
+    "(theory.md §2, §4). B_l = log10(E_l / E_ref) with E = G * numel, the gradient energy per sample: at criticality "
+    "it is preserved through width changes, strided convs, max pooling and up-sampling (B is the product of chi_perp); "
+    "E_ref is the nearest downstream output, normalisation or averaging op, which change E by design.",
     "Choose weight stds with chi_perp = C_W <phi'^2> = 1 per layer (ReLU: He init); add normalisation; "
     "scale residual branches (theory.md §5).",
     "B >= 1 decade: warning; >= 3 decades (approaching fp16 range limits): error.",

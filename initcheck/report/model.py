@@ -47,9 +47,9 @@ class LayerRow:
     coherent: float | None
     gain_log10: float | None  # log10(K_out / K_in) of this row
     forward_log10: float | None  # log10(K / K_ref), K_ref = nearest upstream normalisation or input
-    grad_second_moment: float | None  # per element, unit-variance cotangent at every output
-    weight_grad: float | None  # E[(dL/dW)^2] ~ positions * K_in * G_out, weighted layers only
-    backward_log10: float | None  # log10(weight_grad / weight_grad of the weighted layer nearest the output)
+    grad_second_moment: float | None  # G per element, unit-variance cotangent at every output
+    backward_log10: float | None  # log10(E / E_ref), E = G * numel: gradient energy vs nearest downstream reference
+    spread: float  # predicted relative instance-to-instance deviation of K at this width (sqrt of CV^2, §12)
     exact: bool
     grad_exact: bool
     status: str  # modeled | approximated | unsupported

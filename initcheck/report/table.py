@@ -42,6 +42,8 @@ def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
         marks.append("unsupported")
     elif not row.exact:
         marks.append("~")
+    if row.spread >= 0.15:
+        marks.append(f"±{row.spread:.0%}")
     if row.normalized_downstream:
         marks.append("norm↓")
     return " ".join(marks)
@@ -90,7 +92,7 @@ def summary(report: Report) -> Group:
     inputs = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in report.inputs.items())
     lines.append(Text(f"depth {report.depth} weighted layers, median width {width}; mode {report.mode}; inputs {inputs}"))
     lines.append(Text("K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
-                      "G: gradient second moment, unit cotangent at outputs; ~ approximate; norm↓ rescaled by a later norm",
+                      "G: gradient second moment, unit cotangent at outputs; ~ approximate; ±: expected instance-to-instance deviation at this width; norm↓ rescaled by a later norm",
                       style="dim"))
     for note in report.notes:
         lines.append(Text(f"note: {note}", style="dim"))

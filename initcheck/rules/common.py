@@ -63,3 +63,21 @@ def conv_profile(
         valid = (idx >= 0) & (idx < n_in)
         result.append(np.where(valid, p[np.clip(idx, 0, n_in - 1)], 0.0).sum(axis=1) / k)
     return tuple(result)
+
+
+def transposed_profile(
+    in_lengths: list[int | None], out_lengths: list[int | None], kernel: list[int], strides: list[int],
+    dilations: list[int], pads_begin: list[int],
+) -> tuple[np.ndarray, ...] | None:
+    """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
+    taps of its phase in the interior (edges and output_padding rows get fewer, theory.md §3)."""
+    if any(n is None for n in in_lengths + out_lengths):
+        return None
+    result = []
+    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+        o = np.arange(n_out)[:, None] + pb - np.arange(k)[None, :] * d
+        hits = (o % s == 0)
+        interior = hits.sum(axis=1)
+        valid = (hits & (o // s >= 0) & (o // s < n_in)).sum(axis=1)
+        result.append(np.where(interior > 0, valid / np.maximum(interior, 1), 1.0))
+    return tuple(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_factor
-from initcheck.rules.common import conv_profile, dim, spatial_lengths
+from initcheck.rules.common import conv_profile, dim, spatial_lengths, transposed_profile
 from initcheck.rules.registry import backward_rule, forward_rule
 from initcheck.stats import LinearStats
 
@@ -86,12 +86,19 @@ def conv_transpose_forward(node, ins, ctx):
     """Per output phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + 2 m Sb_r + b2 (theory.md §3)."""
     x = ins[0]
     w: LinearStats = node.params["weight"]
+    a = node.attrs
+    n = len(a["kernel"])
+    profile = transposed_profile(spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
+                                 a["kernel"], a["strides"], a["dilations"], a["pads_begin"])
+    border = profile_factor(profile)
     energy = np.array(w.phase_energy)
-    phases = x.var * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb) + w.bias_sq
-    coherent = max(x.M - x.m**2, 0.0) * energy + x.m**2 * np.array(w.phase_row_sum_sq)
-    coherent = coherent + 2 * x.m * np.array(w.phase_sb) + w.bias_sq
+    driven = x.var * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb)
+    phases = driven + w.bias_sq
+    coherent = max(x.M - x.m**2, 0.0) * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb)
     mean = w.bias_mean  # tap sums of zero-mean weights average out over phases
-    return clean(mean, phases.mean(), coherent.mean(), x.exact, phases=tuple(float(p) for p in phases))
+    exact = x.exact and profile is not None
+    return clean(mean, driven.mean() * border + w.bias_sq, coherent.mean() * border + w.bias_sq, exact,
+                 phases=tuple(float(p) for p in phases), profile=normalize_profile(profile))
 
 
 def _contracted(node) -> int | None:
