@@ -25,7 +25,8 @@ def analyze(
 
     inputs: shapes for inputs with dynamic dimensions, e.g. {"input_ids": (1, 128)}.
     all_nodes: one table row per node instead of one per layer.
-    training: analyse dropout and batch norm as in training mode where the file does not say.
+    training: analyse dropout and batch norm as in training mode (batch statistics, active dropout),
+      whatever mode the file was exported in.
     """
     graph = frontends.load(model, inputs, training)
     return analyze_graph(graph, all_nodes=all_nodes, mode="train" if training else "eval")

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on", choices=["info", "warning", "error", "never"], default="error",
                    help="exit 1 when a finding reaches this severity (default: error)")
     a.add_argument("--all-nodes", action="store_true", help="one row per node instead of one per layer")
-    a.add_argument("--train", action="store_true", help="analyse in training mode where the file does not say")
+    a.add_argument("--train", action="store_true", help="analyse batch norm and dropout as in training (batch statistics, active dropout)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     e = sub.add_parser("explain", help="explain a finding code: meaning, formula, fix")
     e.add_argument("code")

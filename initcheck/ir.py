@@ -27,6 +27,7 @@ class Value:
     array: np.ndarray | None = None  # kept only for small constants (shapes, scalars, masks)
     is_input: bool = False
     is_output: bool = False
+    is_weight: bool = False  # stored in the file (initializer / state dict), not computed or folded
 
     @property
     def is_float(self) -> bool:

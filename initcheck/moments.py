@@ -52,7 +52,7 @@ def clean(m: float, K: float, M: float, exact: bool = True, **extra) -> Moments:
     """Build Moments, enforcing m^2 <= M <= K against rounding."""
     K = max(float(K), 0.0)
     M = min(max(float(M), float(m) ** 2), K)
-    return Moments(float(m), K, M, exact, **extra)
+    return Moments(float(m), K, M, bool(exact), **extra)
 
 
 def standard_input() -> Moments:

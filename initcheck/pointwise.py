@@ -73,6 +73,9 @@ UNARY: dict[str, tuple[Callable, Callable[[dict], tuple[float, ...]]]] = {
     "reciprocal": (_safe(lambda z: 1.0 / z), lambda a: ()),
     "abs": (np.abs, lambda a: (0.0,)),
     "clip": (lambda z, min=-np.inf, max=np.inf: np.clip(z, min, max), lambda a: tuple(v for v in (a.get("min"), a.get("max")) if v is not None and np.isfinite(v))),
+    "sign": (np.sign, lambda a: (0.0,)),
+    "shrink": (lambda z, bias=0.0, lambd=0.5: np.where(z < -lambd, z + bias, np.where(z > lambd, z - bias, 0.0)),
+               lambda a: (-a.get("lambd", 0.5), a.get("lambd", 0.5))),
     "thresholded_relu": (lambda z, alpha=1.0: np.where(z > alpha, z, 0.0), lambda a: (a.get("alpha", 1.0),)),
 }
 

@@ -24,6 +24,7 @@ class TensorStats:
     nan_count: int
     inf_count: int
     is_constant: bool  # every finite entry equal (e.g. all zeros)
+    coherent: float = 0.0  # mean over channels (last non-singleton axis) of the squared mean over the rest
 
     @property
     def std(self) -> float:
@@ -46,6 +47,7 @@ def tensor_stats(array: np.ndarray) -> TensorStats:
     mean_sq = float(np.mean(vals * vals)) if n_finite else 0.0
     is_constant = bool(n_finite > 0 and vals.min() == vals.max())
     return TensorStats(
+        coherent=_coherent(a.astype(np.float64, copy=False)) if n_finite == a64.size else mean_sq,
         shape=tuple(int(d) for d in a.shape),
         numel=int(a64.size),
         mean=mean,
@@ -83,6 +85,17 @@ class LinearStats:
     def gain(self) -> float:
         """fan_in * E[W^2]: the forward gain on a zero-mean input."""
         return self.fan_in * self.w_sq
+
+
+def _coherent(a: np.ndarray) -> float:
+    """Energy of a constant that is the same for every position of a channel (what survives averaging
+    over positions when it is added to a signal): a bias vector is all coherent, a position table mostly not."""
+    axes = [i for i, d in enumerate(a.shape) if d > 1]
+    if len(axes) <= 1:
+        return float(np.mean(a * a)) if a.size else 0.0
+    channel = axes[-1]
+    means = a.mean(axis=tuple(i for i in range(a.ndim) if i != channel))
+    return float(np.mean(means * means))
 
 
 def _finite(a: np.ndarray) -> np.ndarray:

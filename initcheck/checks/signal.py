@@ -18,16 +18,18 @@ def _severity(size: float, warn: float, error: float) -> str | None:
     return None
 
 
-def _worst_weight(rows: list[LayerRow], upto: LayerRow) -> LayerRow | None:
-    """The weighted layer (up to `upto`) whose std is furthest from its target."""
-    weighted = [r for r in rows if r.index <= upto.index and r.weight_std and r.target_std]
+def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> LayerRow | None:
+    """The weighted layer whose std is furthest from its target: upstream of `at` for forward problems,
+    downstream of it for gradient problems (gradients are shaped by the layers after them)."""
+    weighted = [r for r in rows if (r.index >= at.index if downstream else r.index <= at.index)
+                and r.weight_std and r.target_std]
     if not weighted:
         return None
     return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
 
 
-def _fix(rows: list[LayerRow], row: LayerRow) -> tuple[str, float | None]:
-    worst = _worst_weight(rows, row)
+def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool) -> tuple[str, float | None]:
+    worst = _worst_weight(rows, row, downstream)
     if worst is None or abs(math.log(worst.weight_std / worst.target_std)) < math.log(1.2):
         return "add a normalisation layer or rescale the branch that changes the scale", None
     factor = worst.target_std / worst.weight_std
@@ -58,10 +60,11 @@ def _directional(rows, attr, sign, code, warn, error, kind, what) -> list[Findin
             continue
         if normalized:
             severity = "info"
-        fix, factor = _fix(rows, row)
+        fix, factor = _fix(rows, row, downstream=kind == "backward")
         direction = "grows" if sign > 0 else "shrinks"
         decades = f"{size:.2f}" if math.isfinite(size) else "all"
-        message = f"{what} {direction} by {decades} decades by '{row.label}' ({row.op})"
+        origin = "from the outputs back to" if kind == "backward" else "from its reference up to"
+        message = f"{what} {direction} by {decades} decades {origin} '{row.label}' ({row.op})"
         if normalized:
             message += "; every path from it meets a normalisation, so only epsilon and the normalisation's 1/v see it"
         findings.append(Finding(code, severity, kind, message, row.node, row.scope, value, warn, fix, factor))

@@ -6,16 +6,18 @@ from initcheck.ir import Graph
 from initcheck.report.model import Finding
 
 _MATRIX_OPS = {"linear", "conv", "conv_transpose", "embedding", "rnn", "lstm", "gru"}
+_MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
 def weight_findings(graph: Graph) -> list[Finding]:
     findings = []
     for node in graph.nodes:
         for index, value in enumerate(node.inputs):
-            if value is None or value.const is None or value.producer is not None:
+            if value is None or value.const is None or not value.is_weight:
                 continue
             stats = value.const
-            bad = stats.nan_count + stats.inf_count
+            # -inf is a legitimate fill value of attention masks; NaN never is
+            bad = stats.nan_count + (stats.inf_count if node.op not in _MASK_OPS else 0)
             if bad:
                 findings.append(Finding(
                     "IC201", "error", "weights",

@@ -22,6 +22,7 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     fixed = resolve_input_shapes(model, input_shapes)
     arrays = _initial_constants(graph, path)
+    notes = _assume_full_masks(graph, fixed, arrays)
     nodes = _topological(graph)
     shapes = infer_shapes(model, fixed, {})
     folded = _fold(nodes, arrays, opset, shapes)
@@ -30,7 +31,9 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     signal = _signal_values(graph, nodes, arrays)
     ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal))
     values = _make_values(graph, arrays, shapes, signal, fixed)
-    ir_nodes, notes = [], []
+    for tensor in graph.initializer:
+        values[tensor.name].is_weight = True
+    ir_nodes = []
     absorbed_adds = set(ctx.absorbed)
     for node in nodes:
         if not any(name in signal for name in node.input) and node.op_type != "Gather":
@@ -60,6 +63,22 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
         if value.array is not None and value.array.size > SMALL_CONST:
             value.array = None
     return ir
+
+
+def _assume_full_masks(graph, fixed: dict, arrays: dict) -> list[str]:
+    """Integer/bool inputs named like masks are taken as all ones (every token valid), so the causal
+    structure built from them folds into constants that the softmax rule can count."""
+    from onnx import helper
+
+    notes = []
+    for inp in graph.input:
+        if inp.name in arrays or "mask" not in inp.name.lower() or inp.name not in fixed:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        if dtype.kind in "iub":
+            arrays[inp.name] = np.ones(fixed[inp.name], dtype=dtype)
+            notes.append(f"input '{inp.name}' is taken as all ones (no padding)")
+    return notes
 
 
 def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:

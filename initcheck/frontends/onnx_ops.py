@@ -67,13 +67,13 @@ def attributes(node) -> dict:
 UNARY_OPS = {
     "Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "HardSwish": "hard_swish", "Softplus": "softplus",
     "Softsign": "softsign", "Mish": "mish", "Sin": "sin", "Cos": "cos", "Erf": "erf", "Exp": "exp", "Log": "log",
-    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Abs": "abs", "Neg": "neg", "Swish": "silu",
+    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Abs": "abs", "Neg": "neg", "Swish": "silu", "Sign": "sign",
 }
 UNARY_ATTRS = {
     "LeakyRelu": ("leaky_relu", {"alpha": 0.01}), "Elu": ("elu", {"alpha": 1.0}), "Celu": ("celu", {"alpha": 1.0}),
     "Selu": ("selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
     "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}), "ThresholdedRelu": ("thresholded_relu", {"alpha": 1.0}),
-    "Gelu": ("gelu", {"approximate": "none"}),
+    "Gelu": ("gelu", {"approximate": "none"}), "Shrink": ("shrink", {"bias": 0.0, "lambd": 0.5}),
 }
 BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min", "Sum": "sum"}
 REARRANGE = {
@@ -212,7 +212,8 @@ def _norm_params(ctx, scale_name: str, bias_name: str) -> dict:
 @handles("BatchNormalization")
 def _batch_norm(node, ctx):
     a = attributes(node)
-    training = bool(a.get("training_mode", 0)) or (ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
+    training = ctx.training or bool(a.get("training_mode", 0)) or (
+        ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
     gamma, beta, mu, var = (ctx.array(n) for n in node.input[1:5])
     if any(x is None for x in (gamma, beta, mu, var)):
         return None
@@ -225,6 +226,13 @@ def _batch_norm(node, ctx):
     params = _norm_params(ctx, node.input[1], node.input[2])
     params["eval"] = {k: float(v) for k, v in stats.items()}
     return "batch_norm", {"epsilon": eps, "training": training}, params
+
+
+@handles("LRN")
+def _lrn(node, ctx):
+    a = attributes(node)
+    return "lrn", {"alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
+                   "bias": float(a.get("bias", 1.0)), "size": int(a["size"])}, {}
 
 
 @handles("LayerNormalization")
@@ -289,7 +297,7 @@ def _dropout(node, ctx):
     a = attributes(node)
     ratio = float(a.get("ratio", ctx.scalar(node.input[1] if len(node.input) > 1 else "", 0.5)))
     training_input = ctx.scalar(node.input[2] if len(node.input) > 2 else "", None)
-    training = bool(training_input) if training_input is not None else (ctx.opset < 7 and not a.get("is_test", 0))
+    training = ctx.training or (bool(training_input) if training_input is not None else (ctx.opset < 7 and not a.get("is_test", 0)))
     return "dropout", {"ratio": ratio, "training": training}, {}
 
 

@@ -36,6 +36,11 @@ def _mix_profiles(parts: list[Moments]) -> tuple[np.ndarray, ...] | None:
     return normalize_profile(tuple(mixed))
 
 
+def _is_additive_mask(value) -> bool:
+    return value is not None and value.array is not None and value.array.dtype.kind == "f" and bool(
+        (value.array <= -1e4).any())
+
+
 def _signed_sum(node, ins, signs) -> Moments:
     m = K = M = 0.0
     exact, gaussian, parts = True, True, []
@@ -43,9 +48,10 @@ def _signed_sum(node, ins, signs) -> Moments:
         x = ins[i]
         if x is None:
             c = _const(node, i)
-            if c is None:  # a mask or other non-signal tensor: assumed all-valid (adds 0)
+            # a mask (very negative = masked, counted by _mask_keys) or another non-signal tensor: adds 0
+            if c is None or _is_additive_mask(node.inputs[i]):
                 continue
-            x = Moments(c.mean, c.mean_sq, c.mean_sq)
+            x = Moments(c.mean, c.mean_sq, c.coherent)
         else:
             parts.append(x)
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
@@ -59,7 +65,7 @@ def _signed_sum(node, ins, signs) -> Moments:
 def _mask_keys(node) -> np.ndarray | None:
     """Unmasked keys per row when one operand is a constant additive mask (very negative = masked)."""
     for v in node.inputs:
-        if v is not None and v.array is not None and v.array.ndim >= 2 and np.issubdtype(v.array.dtype, np.floating):
+        if _is_additive_mask(v) and v.array.ndim >= 2:
             rows = (v.array > -1e4).reshape(-1, v.array.shape[-1]).sum(axis=1)
             if rows.min() < v.array.shape[-1]:
                 return rows
@@ -86,7 +92,7 @@ def _operand(node, ins, i) -> Moments | None:
     if ins[i] is not None:
         return ins[i]
     c = _const(node, i)
-    return Moments(c.mean, c.mean_sq, c.mean_sq) if c is not None else None
+    return Moments(c.mean, c.mean_sq, c.coherent) if c is not None else None
 
 
 @forward_rule("mul")
@@ -159,7 +165,7 @@ def concat_forward(node, ins, ctx):
             c = _const(node, i)
             if c is None:
                 continue
-            x = Moments(c.mean, c.mean_sq, c.mean_sq)
+            x = Moments(c.mean, c.mean_sq, c.coherent)
         parts.append(x)
         weights.append(dim(node.inputs[i], axis))
     known = all(w is not None for w in weights)
@@ -169,7 +175,9 @@ def concat_forward(node, ins, ctx):
     K = float(sum(wi * p.K for wi, p in zip(w, parts)))
     M = float(sum(wi * p.M for wi, p in zip(w, parts)))
     exact = known and all(p.exact for p in parts)
-    return clean(m, K, M, exact, gaussian=all(p.gaussian for p in parts))
+    # parts of different scale make a mixture, not one Gaussian
+    alike = max(p.K for p in parts) <= 1.1 * min(p.K for p in parts) and max(abs(p.m) for p in parts) <= 0.1 * K**0.5 + 1e-12
+    return clean(m, K, M, exact, gaussian=all(p.gaussian for p in parts) and alike)
 
 
 @backward_rule("concat")

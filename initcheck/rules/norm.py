@@ -141,3 +141,22 @@ def batch_norm_backward(node, ins, outs, grads, ctx):
     if node.attrs.get("training"):
         return _backward(node, ins, grads, max(x.K - x.M, 0.0), _batch_size(node))
     return [grads[0] * node.params["eval"]["a2"]] + [None] * (len(ins) - 1)
+
+
+def _lrn_scale(node, x) -> float:
+    """1 / (bias + alpha/size * sum of `size` squares)^(2 beta), the sum taken at its mean size * K."""
+    a = node.attrs
+    return (a["bias"] + a["alpha"] * x.K) ** (-2 * a["beta"])
+
+
+@forward_rule("lrn", approximate=True)
+def lrn_forward(node, ins, ctx):
+    """Local response normalisation with the window's sum of squares replaced by its mean."""
+    x = ins[0]
+    s = _lrn_scale(node, x)
+    return clean(x.m * s**0.5, x.K * s, x.M * s, False, profile=x.profile, gaussian=x.gaussian)
+
+
+@backward_rule("lrn")
+def lrn_backward(node, ins, outs, grads, ctx):
+    return [grads[0] * _lrn_scale(node, ins[0])]
