@@ -81,3 +81,25 @@ def transposed_profile(
         valid = (hits & (o // s >= 0) & (o // s < n_in)).sum(axis=1)
         result.append(np.where(interior > 0, valid / np.maximum(interior, 1), 1.0))
     return tuple(result)
+
+
+def backward_border(
+    in_lengths: list[int | None], out_lengths: list[int | None], kernel: list[int], strides: list[int],
+    dilations: list[int], pads_begin: list[int], transposed: bool = False,
+) -> float:
+    """Fraction of the interior backward fan-out that border inputs keep under zero padding: the
+    (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs)."""
+    if any(n is None for n in in_lengths + out_lengths):
+        return 1.0
+    factor = 1.0
+    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+        taps = np.arange(k)[None, :] * d
+        if transposed:
+            o = np.arange(n_in)[:, None] * s + taps - pb
+            valid = ((o >= 0) & (o < n_out)).sum()
+            factor *= valid / (n_in * k)
+        else:
+            i = np.arange(n_out)[:, None] * s + taps - pb
+            valid = ((i >= 0) & (i < n_in)).sum()
+            factor *= valid / (n_in * k / s)
+    return float(factor)

@@ -88,10 +88,35 @@ def max_pool_forward(node, ins, ctx):
 
 @backward_rule("max_pool", "global_max_pool")
 def max_pool_backward(node, ins, outs, grads, ctx):
-    """Each output's gradient goes to its window's argmax: G_x = G_y / prod(s) on average."""
-    if node.op == "global_max_pool":
-        return [grads[0] / (_spatial_size(node) or 1)]
-    return [grads[0] / float(np.prod(node.attrs["strides"]))]
+    """Each output's gradient goes to its window's argmax: G_x = G_y A / (A prod(s)) on average.
+
+    Behind a monotone activation the argmax is where phi' is largest (a ReLU window's max is positive
+    with probability 1 - 2^-A), not a random point; the activation's rule assumes independence and
+    applies <phi'^2>, so the ratio <phi'(max)^2> / <phi'^2> is applied here to keep the gradient that
+    reaches the pre-activation (and the weights) right."""
+    share = 1.0 / (_spatial_size(node) or 1) if node.op == "global_max_pool" else 1.0 / float(np.prod(node.attrs["strides"]))
+    program, source = _source_program(node, ctx)
+    if source is not None:
+        area = _window(node) if node.op == "max_pool" else _spatial_size(node) or 1
+        share *= _argmax_slope_ratio(source, area, program)
+    return [grads[0] * share]
+
+
+def _argmax_slope_ratio(x: Moments, area: int, program) -> float:
+    fn = pointwise.as_function(program)
+    t, w = nodes(0.0, 1.0)
+    from math import erf, sqrt
+
+    from initcheck.gaussian import derivative
+
+    density = w * area * np.array([0.5 * (1 + erf(v / sqrt(2))) for v in t]) ** (area - 1)
+    s = np.sqrt(max(x.K - x.M, 0.0))
+    cx, cw = np.polynomial.hermite_e.hermegauss(24)
+    cw = cw / cw.sum()
+    offsets = x.m + np.sqrt(max(x.M - x.m**2, 0.0)) * cx
+    at_max = float(cw @ ((derivative(fn, offsets[:, None] + s * t[None, :]) ** 2) @ density))
+    anywhere = float(cw @ ((derivative(fn, offsets[:, None] + s * t[None, :]) ** 2) @ w))
+    return at_max / anywhere if anywhere > 0 else 1.0
 
 
 def _spatial_size(node) -> int | None:
@@ -115,11 +140,27 @@ def global_avg_pool_backward(node, ins, outs, grads, ctx):
     return [grads[0] / hw**2]
 
 
-def _linear_phase_energy(scale: float) -> float:
-    """Mean over output phases of w0^2 + w1^2 for linear interpolation at an integer scale (half-pixel)."""
-    s = max(int(round(scale)), 1)
-    frac = ((np.arange(s) + 0.5) / s - 0.5) % 1.0
-    return float(np.mean((1 - frac) ** 2 + frac**2))
+def _linear_phase_energy(scale: float, n_in: int | None = None, profile: np.ndarray | None = None) -> float:
+    """Mean over output positions of the squared interpolation weights (half-pixel linear). Interior:
+    w0^2 + w1^2 per phase (x2: 0.625); with the input length known, border outputs clamp onto the edge
+    pixel (energy 1)."""
+    if not n_in:
+        s = max(int(round(scale)), 1)
+        frac = ((np.arange(s) + 0.5) / s - 0.5) % 1.0
+        return float(np.mean((1 - frac) ** 2 + frac**2))
+    coord = (np.arange(int(round(n_in * scale))) + 0.5) / scale - 0.5
+    left = np.floor(coord)
+    frac = coord - left
+    lo, hi = np.clip(left, 0, n_in - 1).astype(int), np.clip(left + 1, 0, n_in - 1).astype(int)
+    p = profile if profile is not None and len(profile) == n_in else np.ones(n_in)  # relative K per input position
+    return float(np.mean(np.where(lo == hi, p[lo], (1 - frac) ** 2 * p[lo] + frac**2 * p[hi])))
+
+
+def _axis_energies(node, profile=None) -> list[float]:
+    scales = node.attrs.get("scales") or []
+    lengths = spatial_lengths(node.inputs[0], len(scales))
+    profiles = list(profile) if profile and len(profile) == len(scales) else [None] * len(scales)
+    return [_linear_phase_energy(s, n, p) if s > 1 else 1.0 for s, n, p in zip(scales, lengths, profiles)]
 
 
 @forward_rule("resize")
@@ -129,7 +170,7 @@ def resize_forward(node, ins, ctx):
     scales = node.attrs.get("scales") or []
     if node.attrs.get("mode", "nearest") == "nearest" or not scales:
         return x.with_(profile=None, exact=x.exact and node.attrs.get("mode", "nearest") == "nearest")
-    energy = float(np.prod([_linear_phase_energy(s) for s in scales if s > 1] or [1.0]))
+    energy = float(np.prod(_axis_energies(node, x.profile)))
     integral = all(abs(s - round(s)) < 1e-6 for s in scales)
     return clean(x.m, x.M + energy * (x.K - x.M), x.M, x.exact and integral, gaussian=x.gaussian)
 
@@ -139,7 +180,8 @@ def resize_backward(node, ins, outs, grads, ctx):
     """Each input feeds s outputs per axis: nearest ×s, linear ×s·(phase energy) (×2: 1.25)."""
     scales = node.attrs.get("scales") or [1.0]
     linear = node.attrs.get("mode", "nearest") != "nearest"
-    factor = float(np.prod([s * (_linear_phase_energy(s) if linear and s > 1 else 1.0) for s in scales]))
+    energies = _axis_energies(node) if linear else [1.0] * len(scales)
+    factor = float(np.prod([s * e for s, e in zip(scales, energies)]))
     return [grads[0] * factor] + [None] * (len(ins) - 1)
 
 

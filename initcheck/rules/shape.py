@@ -26,7 +26,15 @@ def identity_forward(node, ins, ctx):
 
 @backward_rule(*REARRANGE, *SELECT, "identity", "cast", "where")
 def rearrange_backward(node, ins, outs, grads, ctx):
-    g = sum(x for x in grads if x is not None) / max(sum(1 for x in grads if x is not None), 1)
+    """Every output element is a copy of one input element: G_x = sum_o G_o numel_o / numel_x
+    (unselected elements of a slice get no gradient; a reshape keeps G)."""
+    i, _ = first_signal(ins)
+    n_in = node.inputs[i].numel
+    sizes = [v.numel for v in node.outputs]
+    if n_in and all(sizes):
+        g = sum(gr * n for gr, n in zip(grads, sizes) if gr is not None) / n_in
+    else:
+        g = sum(x for x in grads if x is not None) / max(sum(1 for x in grads if x is not None), 1)
     return all_gradients(ins, g)
 
 
