@@ -16,14 +16,14 @@ HERE = Path(__file__).resolve().parent
 
 # sample -> finding codes it must raise at warning/error level (healthy samples: none)
 EXPECTED: dict[str, set[str]] = {
-    "tanh_mlp_glorot": {"IC102"},
+    "tanh_mlp_glorot": {"IC102", "IC112"},  # K ~ 1/(2l) and chi_perp < 1: both directions fade
     "relu_mlp_he": set(),
-    "relu_mlp_glorot": {"IC102"},
-    "residual_mlp": {"IC101"},
+    "relu_mlp_glorot": {"IC102", "IC112"},  # half the He variance: x1/2 per layer, forward and backward
+    "residual_mlp": {"IC101", "IC111"},  # unscaled x + f(x) with g = 1: 2^L both ways
     "unet_block": set(),
     "dcgan_generator": set(),
     "prenorm_transformer": set(),
-    "lstm": set(),
+    "lstm": {"IC102"},  # torch's default U(+-1/sqrt(H)) LSTM init: hidden state std ~0.1 for unit inputs
 }
 
 

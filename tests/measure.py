@@ -16,8 +16,9 @@ def random_inputs(session, rng: np.random.Generator, vocab: int = 100) -> dict[s
     return feeds
 
 
-def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100) -> dict[str, tuple[float, float]]:
-    """Mean and second moment of each named value, averaged over `runs` N(0,1) (or uniform-id) inputs."""
+def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100) -> dict[str, tuple[float, float, float]]:
+    """Mean, second moment and the second moment's relative standard error of each named value,
+    averaged over `runs` N(0,1) (or uniform-id) inputs."""
     import onnx
     import onnxruntime as ort
 
@@ -31,10 +32,52 @@ def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
-    sums = {n: np.zeros(2) for n in names}
+    sums = {n: np.zeros(3) for n in names}
     for _ in range(runs):
         outs = session.run(names, random_inputs(session, rng, vocab))
         for name, out in zip(names, outs):
             x = np.asarray(out, dtype=np.float64)
-            sums[name] += (x.mean(), (x * x).mean())
-    return {n: (s[0] / runs, s[1] / runs) for n, s in sums.items()}
+            k = (x * x).mean()
+            sums[name] += (x.mean(), k, k * k)
+    result = {}
+    for name, (s_mean, s_k, s_k2) in sums.items():
+        mean_k = s_k / runs
+        var = max(s_k2 / runs - mean_k**2, 0.0) / max(runs - 1, 1)
+        result[name] = (s_mean / runs, mean_k, np.sqrt(var) / mean_k if mean_k > 0 else 0.0)
+    return result
+
+
+def compare_with_onnxruntime(path, runs: int = 48, inputs: dict | None = None):
+    """Symbolic pass vs onnxruntime on every exactly-modeled value.
+
+    Returns (checked, tight, failures): values compared under theory.md's criterion
+    |ln(K_sym/K_meas)| <= ln 1.15 + 3 SE (SE = predicted finite-width spread of this one network), and
+    the values whose predicted spread is <= 5%, which must agree within 15% outright. SE also counts the
+    measurement's own standard error over the runs (a single input's K fluctuates). Masked attention
+    logits are skipped: by convention the pass excludes masked entries, the measurement includes the fill.
+    """
+    import math
+
+    from initcheck.analysis.symbolic import run_symbolic
+    from initcheck.frontends import load
+    from initcheck.passes import fuse_pointwise
+
+    graph = load(path, inputs)
+    fuse_pointwise(graph)
+    result = run_symbolic(graph)
+    values = [v for v, m in result.forward.items() if not v.is_input and m.exact and m.valid_keys is None]
+    measured = measure(path, [v.name for v in values], runs=runs)
+    checked, tight, failures = 0, 0, []
+    for v in values:
+        predicted, (_, observed, noise) = result.forward[v], measured[v.name]
+        if not np.isfinite(observed) or observed <= 0 or predicted.K <= 0:
+            continue
+        checked += 1
+        error = abs(math.log(predicted.K / observed))
+        if error > math.log(1.15) + 3 * math.sqrt(predicted.spread + noise**2):
+            failures.append(f"{v.name}: predicted K {predicted.K:.4g}, measured {observed:.4g} (spread {predicted.spread:.3g})")
+        if predicted.spread <= 0.05**2:
+            tight += 1
+            if abs(predicted.K / observed - 1) > 0.15 + 3 * noise:
+                failures.append(f"{v.name}: predicted K {predicted.K:.4g}, measured {observed:.4g}, not within 15%")
+    return checked, tight, failures
