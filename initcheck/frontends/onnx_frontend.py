@@ -16,6 +16,22 @@ from initcheck.stats import SMALL_CONST, tensor_stats
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
 
+def node_inputs(node) -> list[str]:
+    """Explicit inputs plus outer-scope values read inside If/Loop/Scan subgraphs."""
+    names = list(node.input)
+    if node.op_type not in _SUBGRAPH_OPS:
+        return names
+    for attr in node.attribute:
+        for graph in list(attr.g.node and [attr.g] or []) + list(attr.graphs):
+            local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                for name in node_inputs(inner):
+                    if name and name not in local and name not in names:
+                        names.append(name)
+                local.update(inner.output)
+    return names
+
+
 def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bool = False) -> Graph:
     model = read_model(path)
     graph = model.graph
@@ -36,7 +52,7 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     ir_nodes = []
     absorbed_adds = set(ctx.absorbed)
     for node in nodes:
-        if not any(name in signal for name in node.input) and node.op_type != "Gather":
+        if not any(name in signal for name in node_inputs(node)) and node.op_type != "Gather":
             continue
         if node.op_type == "Gather" and node.output[0] not in signal:
             continue
@@ -156,7 +172,7 @@ def _signal_values(graph, nodes, arrays) -> set[str]:
             node.op_type == "Gather" and node.input[0] in arrays and arrays[node.input[0]].dtype.kind == "f"
             and node.input[1] not in arrays
         )
-        if embedding or any(name in signal for name in node.input if name):
+        if embedding or any(name in signal for name in node_inputs(node) if name):
             for name in node.output:
                 if name and not _is_index_output(node, name):
                     signal.add(name)
@@ -259,7 +275,7 @@ def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: se
         name=node.name or f"{node.op_type}_{node.output[0]}",
         op=op,
         source_op=source,
-        inputs=[values[n] if n else None for n in node.input],
+        inputs=[values[n] if n else None for n in node_inputs(node)],
         outputs=[values[n] for n in outputs if n],
         attrs=attrs,
         params=params,
