@@ -4,8 +4,8 @@ Monte Carlo in float64 torch with the same weights."""
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import warnings
 
 import torch

@@ -113,3 +113,31 @@ def test_pre_ln_stream_growth_is_information_not_error():
     report = initcheck.analyze(SAMPLES / "prenorm_transformer.onnx")
     assert report.worst_severity() in (None, "info")
     assert any(r.normalized_downstream for r in report.layers)
+
+
+def test_every_translated_op_has_a_rule():
+    """Each canonical op an ONNX handler can produce has a forward rule (elementwise ops become `pointwise`)."""
+    from initcheck import pointwise
+    from initcheck.frontends.onnx_ops import BINARY_OPS, REARRANGE, UNARY_ATTRS, UNARY_OPS
+    from initcheck.rules import FORWARD, load_all
+
+    load_all()
+    produced = set(REARRANGE.values()) | {"linear", "matmul", "conv", "conv_transpose", "batch_norm", "layer_norm",
+                                          "rms_norm", "group_norm", "instance_norm", "max_pool", "avg_pool",
+                                          "global_avg_pool", "global_max_pool", "resize", "dropout", "softmax",
+                                          "log_softmax", "reduce_mean", "reduce_sum", "reduce_max", "embedding",
+                                          "gather", "concat", "pad", "lrn", "prelu", "rnn", "lstm", "gru"}
+    elementwise = set(UNARY_OPS.values()) | {op for op, _ in UNARY_ATTRS.values()} | {"clip"}
+    assert elementwise <= set(pointwise.UNARY)
+    assert produced - set(FORWARD) == set()
+    assert set(BINARY_OPS.values()) - set(FORWARD) == {"pow", "max", "min"}  # only as fused pointwise chains
+
+
+def test_registry_rejects_duplicates():
+    import pytest
+
+    from initcheck.rules.registry import forward_rule, load_all
+
+    load_all()
+    with pytest.raises(ValueError, match="duplicate"):
+        forward_rule("relu_unused_name", "linear")(lambda *a: None)

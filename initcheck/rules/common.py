@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from initcheck.ir import Node, Value
+from initcheck.ir import Value
 from initcheck.moments import Moments
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from initcheck.gaussian import expect
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import broadcast_factor, dim
-from initcheck.stats import TensorStats
 from initcheck.rules.registry import backward_rule, forward_rule
+from initcheck.stats import TensorStats
 
 
 def _const(node, index: int) -> TensorStats | None:

@@ -23,9 +23,10 @@ class Unsupported:
 
 def _register(table: dict[str, Callable], ops: tuple[str, ...], approximate: bool):
     def decorate(fn: Callable) -> Callable:
+        taken = [op for op in ops if op in table]
+        if taken:
+            raise ValueError(f"duplicate rule for op {taken[0]!r}")
         for op in ops:
-            if op in table:
-                raise ValueError(f"duplicate rule for op {op!r}")
             table[op] = fn
             if approximate:
                 APPROXIMATE.add(op)
