@@ -1,5 +1,5 @@
-from initcheck.api import analyze
+from initcheck.api import InitcheckFailed, analyze, check
 from initcheck.report.model import Finding, LayerRow, Report
 
 __version__ = "0.1.0"
-__all__ = ["Finding", "LayerRow", "Report", "__version__", "analyze"]
+__all__ = ["Finding", "InitcheckFailed", "LayerRow", "Report", "__version__", "analyze", "check"]

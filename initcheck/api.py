@@ -1,4 +1,4 @@
-"""The Python API: `initcheck.analyze(path, ...) -> Report`. The CLI is one caller of it."""
+"""The Python API: `initcheck.analyze(model, ...) -> Report`. The CLI is one caller of it."""
 
 from __future__ import annotations
 
@@ -9,27 +9,81 @@ from initcheck import frontends
 from initcheck.analysis.layers import build_rows, depth_and_width
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import run_checks
+from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.passes import fuse_pointwise
-from initcheck.report.model import Coverage, Report
+from initcheck.report.model import SEVERITIES, Coverage, Report, severity_rank
+
+
+class InitcheckFailed(AssertionError):
+    """Raised by `check` when findings reach the requested severity; carries the report."""
+
+    def __init__(self, report: Report, fail_on: str):
+        self.report = report
+        bad = [f for f in report.findings if severity_rank(f.severity) >= severity_rank(fail_on)]
+        lines = [f"{f.code} [{f.severity}] {f.message} (fix: {f.fix})" for f in bad]
+        super().__init__(f"initcheck: {len(bad)} finding(s) at or above '{fail_on}':\n  " + "\n  ".join(lines))
 
 
 def analyze(
-    model: str | Path,
-    inputs: dict[str, tuple[int, ...]] | None = None,
+    model,
+    inputs=None,
     *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
     all_nodes: bool = False,
-    training: bool = False,
+    training: bool | None = None,
 ) -> Report:
-    """Load a model file, run the symbolic pass and the checks, return the report.
+    """Analyse a model file or a live torch nn.Module and return the report.
 
-    inputs: shapes for inputs with dynamic dimensions, e.g. {"input_ids": (1, 128)}.
+    model: a path (.onnx, .pt2, TorchScript, or a state dict with `arch`) or an nn.Module.
+    inputs: for files, shapes of inputs with dynamic dimensions, e.g. {"input_ids": ((1, 128), "int64")} or
+      {"x": (1, 3, 224, 224)}; for a module, example inputs (a tensor, a tuple of tensors, or a dict of keyword
+      tensors) exactly as forward() takes them.
+    arch: "package.module:factory" returning the nn.Module a state dict belongs to (imports that code).
+    trust_pickle: allow unpickling a whole pickled model (runs code from the file).
     all_nodes: one table row per node instead of one per layer.
-    training: analyse dropout and batch norm as in training mode (batch statistics, active dropout),
-      whatever mode the file was exported in.
+    training: analyse batch norm and dropout as in training (default: the module's own mode; eval for files).
     """
-    graph = frontends.load(model, inputs, training)
+    if _is_module(model):
+        graph = _module_graph(model, inputs, training)
+        mode = "train" if (model.training if training is None else training) else "eval"
+        return analyze_graph(graph, all_nodes=all_nodes, mode=mode)
+    graph = frontends.load(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
     return analyze_graph(graph, all_nodes=all_nodes, mode="train" if training else "eval")
+
+
+def check(model, inputs=None, *, fail_on: str = "error", **options) -> Report:
+    """analyze(), then raise InitcheckFailed if a finding reaches `fail_on`: one line in a test or before fit()."""
+    if fail_on not in SEVERITIES:
+        raise ValueError(f"fail_on must be one of {SEVERITIES}")
+    report = analyze(model, inputs, **options)
+    if report.fails(fail_on):
+        raise InitcheckFailed(report, fail_on)
+    return report
+
+
+def _is_module(model) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _module_graph(module, inputs, training: bool | None) -> Graph:
+    import torch
+
+    if inputs is None:
+        raise InitcheckError("analyze(module, inputs): pass example inputs as forward() takes them")
+    kwargs = None
+    if isinstance(inputs, dict):
+        args, kwargs = (), inputs
+    elif isinstance(inputs, torch.Tensor):
+        args = (inputs,)
+    else:
+        args = tuple(inputs)
+    mode = module.training if training is None else training
+    return frontends.module_graph(module, args, mode, type(module).__name__, kwargs)
 
 
 def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval") -> Report:

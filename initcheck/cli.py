@@ -19,17 +19,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"initcheck: error: {message}\n")
 
 
-def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.rpartition("=")
+def parse_shape(text: str) -> tuple[str, tuple[tuple[int, ...], str | None]]:
+    """NAME=DIMxDIM...[:dtype] -> (name, (shape, dtype or None))."""
+    name, sep, spec = text.rpartition("=")
     if not sep or not name:
         raise UsageError(f"--input '{text}': expected NAME=DIMxDIM..., e.g. input=1x3x224x224")
+    dims, _, dtype = spec.partition(":")
     try:
         shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
     except ValueError:
         raise UsageError(f"--input '{text}': dimensions must be integers, e.g. {name}=1x3x224x224") from None
     if any(d <= 0 for d in shape):
         raise UsageError(f"--input '{text}': dimensions must be positive")
-    return name, shape
+    return name, (shape, dtype or None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"initcheck {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("analyze", help="analyse a model file and print the per-layer table")
-    a.add_argument("model", help="model file (.onnx)")
-    a.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE",
-                   help="shape of an input with dynamic dimensions, e.g. input_ids=1x128 (repeatable)")
+    a.add_argument("model", help="model file: .onnx, .pt2, TorchScript, or a .pt/.pth/.bin/.safetensors state dict")
+    a.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
+                   help="input shape (and dtype for torch files), e.g. input_ids=1x128:int64 (repeatable)")
+    a.add_argument("--arch", metavar="MODULE:FACTORY",
+                   help="for a state dict: the callable that builds the model (imports that module)")
+    a.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a whole pickled model (runs code from the file)")
     a.add_argument("--format", choices=["table", "json"], default="table")
     a.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
     a.add_argument("--fail-on", choices=["info", "warning", "error", "never"], default="error",
@@ -80,7 +86,8 @@ def _analyze(args) -> int:
     from initcheck.report.table import make_console, render_table
 
     shapes = dict(parse_shape(s) for s in args.input)
-    report = analyze(args.model, shapes, all_nodes=args.all_nodes, training=args.train)
+    report = analyze(args.model, shapes, arch=args.arch, trust_pickle=args.trust_pickle, all_nodes=args.all_nodes,
+                     training=args.train)
     if args.format == "json":
         text = render_json(report)
         if args.output:

@@ -41,9 +41,21 @@ def nodes(mu: float, s: float, kinks: Sequence[float] = ()) -> tuple[np.ndarray,
     return mu + s * u, wu / wu.sum()
 
 
+def _defined(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop nodes where the function is undefined (e.g. sqrt of a mean of squares, whose Gaussian stand-in
+    reaches below zero in its far tail) and renormalise the weights over the rest."""
+    ok = np.isfinite(values)
+    if ok.all():
+        return values, w
+    kept = np.where(ok, w, 0.0)
+    total = kept.sum()
+    return np.where(ok, values, 0.0), (kept / total if total > 0 else kept)
+
+
 def expect(fn: Fn, mu: float, var: float, kinks: Sequence[float] = ()) -> float:
     z, w = nodes(mu, float(np.sqrt(max(var, 0.0))), kinks)
-    return float(np.dot(w, fn(z)))
+    values, w = _defined(fn(z), w)
+    return float(np.dot(w, values))
 
 
 def derivative(fn: Fn, z: np.ndarray) -> np.ndarray:
@@ -58,10 +70,11 @@ def moments_of(fn: Fn, m: float, K: float, M: float, kinks: Sequence[float] = ()
     """
     var = max(K - m * m, 0.0)
     z, w = nodes(m, np.sqrt(var), kinks)
-    f = fn(z)
+    f, w = _defined(fn(z), w)
     mean = float(np.dot(w, f))
     second = float(np.dot(w, f * f))
-    grad_sq = float(np.dot(w, derivative(fn, z) ** 2))
+    slope, slope_w = _defined(derivative(fn, z), w)
+    grad_sq = float(np.dot(slope_w, slope**2))
     return mean, second, coherent_energy(fn, m, K, M, mean), grad_sq
 
 
@@ -78,5 +91,10 @@ def coherent_energy(fn: Fn, m: float, K: float, M: float, mean: float) -> float:
         return mean * mean
     cx, cw = _hermite()
     e, ew = nodes(0.0, float(np.sqrt(max(K - M, 0.0))))
-    channel_means = fn(m + np.sqrt(offset_var) * cx[:, None] + e[None, :]) @ ew
+    values = fn(m + np.sqrt(offset_var) * cx[:, None] + e[None, :])
+    ok = np.isfinite(values)
+    weights = np.where(ok, ew[None, :], 0.0)
+    channel_means = (np.where(ok, values, 0.0) * weights).sum(axis=1)
+    norms = weights.sum(axis=1)
+    channel_means = np.divide(channel_means, norms, out=np.zeros_like(channel_means), where=norms > 0)
     return float(np.dot(cw, channel_means**2))

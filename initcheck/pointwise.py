@@ -71,6 +71,7 @@ UNARY: dict[str, tuple[Callable, Callable[[dict], tuple[float, ...]]]] = {
     "log": (_safe(np.log), lambda a: ()),
     "sqrt": (_safe(np.sqrt), lambda a: ()),
     "reciprocal": (_safe(lambda z: 1.0 / z), lambda a: ()),
+    "rsqrt": (_safe(lambda z: 1.0 / np.sqrt(z)), lambda a: ()),
     "abs": (np.abs, lambda a: (0.0,)),
     "clip": (lambda z, min=-np.inf, max=np.inf: np.clip(z, min, max), lambda a: tuple(v for v in (a.get("min"), a.get("max")) if v is not None and np.isfinite(v))),
     "sign": (np.sign, lambda a: (0.0,)),

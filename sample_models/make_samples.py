@@ -157,6 +157,9 @@ class LSTMModel(nn.Module):
         return self.head(y)
 
 
+TRAINING_MODE = {"dcgan_generator"}  # exported as it trains: batch norm with batch statistics
+
+
 def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
     torch.manual_seed(0)
     return {
@@ -166,7 +169,7 @@ def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
         "relu_mlp_glorot": (mlp(16, 96, nn.ReLU(), nn.init.xavier_normal_), (torch.randn(1, 96),), ["x"]),
         "residual_mlp": (ResidualMLP(), (torch.randn(1, 64),), ["x"]),
         "unet_block": (UNetBlock(), (torch.randn(1, 3, 16, 16),), ["image"]),
-        "dcgan_generator": (DCGANGenerator(), (torch.randn(1, 32),), ["z"]),
+        "dcgan_generator": (DCGANGenerator(), (torch.randn(4, 32),), ["z"]),
         "prenorm_transformer": (PreLNTransformer(), (torch.randint(0, 100, (1, 16)),), ["input_ids"]),
         "lstm": (LSTMModel(), (torch.randn(12, 1, 16),), ["x"]),
     }
@@ -174,10 +177,12 @@ def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
 
 def export(name: str, model: nn.Module, args: tuple, input_names: list[str], folder: Path) -> Path:
     path = folder / f"{name}.onnx"
-    model.eval()
+    training = name in TRAINING_MODE
+    model.train(training)
+    mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     with torch.no_grad():
         torch.onnx.export(model, args, str(path), dynamo=False, input_names=input_names, output_names=["output"],
-                          opset_version=17)
+                          opset_version=17, training=mode, do_constant_folding=not training)
     return path
 
 

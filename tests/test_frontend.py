@@ -22,6 +22,8 @@ def test_scope_from_legacy_node_names():
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/layers.0/attention/q_proj/MatMul")
     assert scope_of(node) == "layers.0.attention.q_proj"
     assert scope_of(helper.make_node("Relu", ["x"], ["y"], name="Relu_3")) == ""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/blocks/blocks.0/expand/expand.0/Conv")
+    assert scope_of(node) == "blocks.0.expand.0"
 
 
 def test_scope_from_dynamo_metadata():

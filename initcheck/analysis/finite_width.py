@@ -21,8 +21,9 @@ from initcheck import pointwise
 from initcheck.gaussian import coherent_energy, moments_of
 from initcheck.ir import Node
 from initcheck.moments import Moments
+from initcheck.rules.common import normalizes
 
-_NORMS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "softmax", "log_softmax"}
+_RESETS = {"softmax", "log_softmax"}
 _WEIGHTED = {"linear", "conv", "conv_transpose"}
 
 
@@ -76,7 +77,7 @@ def _units(node: Node) -> tuple[int, int]:
 
 def with_spread(node: Node, ins: list[Moments | None], out: Moments) -> Moments:
     signal = [m for m in ins if m is not None]
-    if not signal or node.op in _NORMS:
+    if not signal or node.op in _RESETS or normalizes(node):
         return out.with_(spread=0.0, cross=0.0)
     x = signal[0]
     if node.op in _WEIGHTED:

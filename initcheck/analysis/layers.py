@@ -13,9 +13,10 @@ from initcheck.gaussian import moments_of
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import LayerRow
+from initcheck.rules.common import NORMALIZATIONS, normalizes
 
 WEIGHTED = {"linear", "conv", "conv_transpose", "matmul", "embedding", "rnn", "lstm", "gru"}
-NORMS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
+NORMS = NORMALIZATIONS
 RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
 MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
 OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
@@ -73,7 +74,7 @@ def reference_moments(graph: Graph, result: SymbolicResult) -> dict[Value, float
         for out in node.outputs:
             if out not in result.forward:
                 continue
-            if node.op in REFERENCE_OPS:
+            if node.op in REFERENCE_OPS and (node.op not in NORMS or normalizes(node)):
                 ref[out] = result.forward[out].K
                 continue
             ins = [v for v in node.inputs if v in result.forward]
@@ -93,10 +94,10 @@ def normalized_downstream(graph: Graph) -> set[Value]:
         for v in node.outputs:
             if v.is_output or not v.consumers:
                 continue
-            if all(c.op in NORMS or any(o in covered for o in c.outputs) for c in v.consumers):
+            if all(normalizes(c) or any(o in covered for o in c.outputs) for c in v.consumers):
                 covered.add(v)
     for v in graph.inputs:
-        if v.consumers and all(c.op in NORMS or any(o in covered for o in c.outputs) for c in v.consumers):
+        if v.consumers and all(normalizes(c) or any(o in covered for o in c.outputs) for c in v.consumers):
             covered.add(v)
     return covered
 
@@ -179,7 +180,7 @@ def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, flo
         for v in node.inputs:
             if v is None or energy(v) is None or v in ref:
                 continue
-            if any(c.op in BACKWARD_REFERENCE_OPS for c in v.consumers):
+            if any(c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c)) for c in v.consumers):
                 ref[v] = energy(v)
                 continue
             downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]

@@ -1,24 +1,92 @@
-"""Frontends translate a model file into the graph IR. They compute weight statistics; they never analyse."""
+"""Frontends translate a model into the graph IR. They compute weight statistics; they never analyse."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from initcheck.errors import ModelLoadError
+from initcheck.errors import ModelLoadError, UsageError
 from initcheck.ir import Graph
 
+TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".pt2", ".safetensors", ".ckpt", ".tar"}
 
-def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None, training: bool = False) -> Graph:
+# input specs: name -> shape, or name -> (shape, dtype)
+InputSpecs = dict[str, tuple]
+
+
+def shapes_only(specs: InputSpecs | None) -> dict[str, tuple[int, ...]]:
+    return {name: (s[0] if s and isinstance(s[0], tuple) else s) for name, s in (specs or {}).items()}
+
+
+def load(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
+         trust_pickle: bool = False) -> Graph:
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected a model file")
-    if path.suffix.lower() == ".onnx" or _looks_like_onnx(path):
+    if path.suffix.lower() == ".onnx" or (path.suffix.lower() not in TORCH_SUFFIXES and _looks_like_onnx(path)):
         from initcheck.frontends.onnx_frontend import load_onnx
 
-        return load_onnx(path, input_shapes or {}, training)
-    raise ModelLoadError(f"{path}: unsupported model format '{path.suffix}' (supported: .onnx)")
+        return load_onnx(path, shapes_only(inputs), training)
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return _load_torch(path, inputs or {}, training, arch, trust_pickle)
+    raise ModelLoadError(f"{path}: unsupported model format '{path.suffix}' (supported: .onnx, .pt2, TorchScript, "
+                         ".pt/.pth/.bin/.safetensors state dicts with --arch)")
+
+
+def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None, trust_pickle: bool) -> Graph:
+    from initcheck.frontends import torch_load
+
+    kind = torch_load.kind_of(path)
+    if kind == "pt2":
+        from initcheck.frontends.torch_frontend import from_exported_program
+
+        return from_exported_program(torch_load.load_pt2(path), training, str(path))
+    if kind == "torchscript":
+        from initcheck.frontends.onnx_frontend import load_onnx
+
+        data = torch_load.torchscript_to_onnx(path, inputs)
+        with tempfile.TemporaryDirectory() as folder:
+            converted = Path(folder) / f"{path.stem}.onnx"
+            converted.write_bytes(data)
+            graph = load_onnx(converted, shapes_only(inputs), training)
+        graph.source = str(path)
+        return graph
+    checkpoint = torch_load.read_checkpoint(path, trust_pickle)
+    if hasattr(checkpoint, "forward") and hasattr(checkpoint, "state_dict") and arch is None:
+        module = checkpoint  # a whole nn.Module, unpickled because the user trusts the file
+    else:
+        if arch is None:
+            raise UsageError(f"{path}: holds weights only (a state_dict); pass --arch package.module:factory to say "
+                             "which model they belong to")
+        module = torch_load.build_module(arch)
+        state = torch_load.find_state_dict(checkpoint, set(module.state_dict()))
+        torch_load.load_weights(module, state, path)
+    return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
+
+
+def module_graph(module, args: tuple, training: bool, source: str, kwargs: dict | None = None) -> Graph:
+    """Export a live module (restoring its mode, buffers and RNG afterwards) and translate it."""
+    import torch
+
+    from initcheck.frontends import torch_load
+    from initcheck.frontends.torch_frontend import from_exported_program
+
+    was_training = module.training
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    rng = torch.get_rng_state()
+    try:
+        module.train(training)
+        program = torch_load.export_module(module, args, kwargs)
+    finally:
+        module.train(was_training)
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        torch.set_rng_state(rng)
+    return from_exported_program(program, training, source)
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -27,4 +95,4 @@ def _looks_like_onnx(path: Path) -> bool:
             head = f.read(64)
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
-    return b"pytorch" in head or head[:1] == b"\x08"
+    return head[:1] == b"\x08"

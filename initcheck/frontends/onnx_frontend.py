@@ -254,10 +254,13 @@ def scope_of(node) -> str:
             except (ValueError, SyntaxError):
                 pass
     if node.name.startswith("/"):
-        scope = ""
+        segments: list[str] = []
         for part in node.name.strip("/").split("/")[:-1]:
-            scope = part if scope and part.startswith(scope + ".") else f"{scope}.{part}" if scope else part
-        return scope
+            if segments and part.startswith(segments[-1] + "."):  # Sequential children: 'expand' then 'expand.0'
+                segments[-1] = part
+            else:
+                segments.append(part)
+        return ".".join(segments)
     return ""
 
 

@@ -146,12 +146,19 @@ def infer_shapes(model, input_shapes: dict[str, tuple[int, ...]], known: dict[st
     return shapes
 
 
+# onnx.reference's GatherElements fails on broadcast-shaped indices (onnx 1.23): numpy instead
+_NUMPY_FOLDS = {
+    "GatherElements": lambda inputs, attrs: np.take_along_axis(inputs[0], inputs[1].astype(np.int64), attrs.get("axis", 0)),
+}
+
+
 def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> list[np.ndarray] | None:
     """Evaluate a node whose inputs are all known constants (weights, shapes, masks)."""
     if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in ("Shape", "Size"):
-        shape = shapes.get(node.input[0], (None,))[0]
+        known = arrays.get(node.input[0])
+        shape = known.shape if known is not None else shapes.get(node.input[0], (None,))[0]
         if shape is None or any(d is None for d in shape):
             return None
         full = np.array(shape, dtype=np.int64)
@@ -164,6 +171,12 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
         return None
     if node.op_type not in _CHEAP and sum(a.size for a in inputs if a is not None) > _FOLD_LIMIT:
         return None
+    if node.op_type in _NUMPY_FOLDS:
+        attrs = {a.name: a.i for a in node.attribute}
+        try:
+            return [_NUMPY_FOLDS[node.op_type](inputs, attrs)]
+        except (ValueError, IndexError):
+            return None
     from onnx.reference import ReferenceEvaluator
 
     try:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from initcheck.ir import Value
+from initcheck.ir import Node, Value
 from initcheck.moments import Moments
+
+NORMALIZATIONS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
+
+
+def normalizes(node: Node) -> bool:
+    """Normalisations rescale by statistics of the signal; eval-mode batch norm is a fixed affine map."""
+    return node.op in NORMALIZATIONS and not (node.op == "batch_norm" and not node.attrs.get("training"))
 
 
 def first_signal(ins: list[Moments | None]) -> tuple[int, Moments]:

@@ -161,6 +161,8 @@ def concat_forward(node, ins, ctx):
     axis = node.attrs.get("axis", 0)
     parts, weights = [], []
     for i, x in enumerate(ins):
+        if node.inputs[i] is not None and node.inputs[i].numel == 0:  # an empty cache tensor adds nothing
+            continue
         if x is None:
             c = _const(node, i)
             if c is None:

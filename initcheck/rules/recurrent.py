@@ -61,7 +61,7 @@ def run_mean_field(kind: str, gates: list[dict], K_x: float, steps: int) -> tupl
 @forward_rule("rnn", "lstm", "gru", approximate=True)
 def recurrent_forward(node, ins, ctx):
     x = ins[0]
-    steps = dim(node.inputs[0], 0) or 1
+    steps = node.attrs.get("steps") or dim(node.inputs[0], 0) or 1
     history, _, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, steps)
     sequence = clean(0.0, float(np.mean(history)), 0.0, False, gaussian=False)
     last = clean(0.0, history[-1], 0.0, False, gaussian=False)
@@ -74,7 +74,7 @@ def recurrent_backward(node, ins, outs, grads, ctx):
     """Input gradient through the candidate path of one step: G_x ~ (fan_out E[W_ih^2]) drive G_h.
     The other gates' paths and the recurrence over time are left out (an approximation)."""
     gates = node.params["gates"]
-    steps = dim(node.inputs[0], 0) or 1
+    steps = node.attrs.get("steps") or dim(node.inputs[0], 0) or 1
     _, _, drive = run_mean_field(node.attrs["kind"], gates, ins[0].K, steps)
     g = sum(x for x in grads if x is not None)
     return [g * gates[-1]["in_fan_out_gain"] * drive] + [None] * (len(ins) - 1)

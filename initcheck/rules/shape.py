@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from initcheck.moments import clean
 from initcheck.rules.common import all_gradients, broadcast_factor, first_signal
 from initcheck.rules.registry import backward_rule, forward_rule
@@ -24,7 +26,18 @@ def identity_forward(node, ins, ctx):
     return first_signal(ins)[1]
 
 
-@backward_rule(*REARRANGE, *SELECT, "identity", "cast", "where")
+@forward_rule("causal_mask")
+def causal_mask_forward(node, ins, ctx):
+    """is_causal attention: query row i sees keys up to i (aligned at the end when S > T)."""
+    x = ins[0]
+    shape = node.inputs[0].shape
+    if not shape or len(shape) < 2 or None in shape[-2:]:
+        return x.approx()
+    rows, keys = shape[-2], shape[-1]
+    return x.with_(valid_keys=np.minimum(np.arange(1, rows + 1) + max(keys - rows, 0), keys))
+
+
+@backward_rule(*REARRANGE, *SELECT, "identity", "cast", "where", "causal_mask")
 def rearrange_backward(node, ins, outs, grads, ctx):
     """Every output element is a copy of one input element: G_x = sum_o G_o numel_o / numel_x
     (unselected elements of a slice get no gradient; a reshape keeps G)."""

@@ -1,0 +1,251 @@
+"""torch.export ExportedProgram -> graph IR.
+
+Weights come from the program's state dict and constants. Everything that does not depend on the signal
+(positions, causal masks, shapes) is computed by running those ATen ops once on the real constants, so the
+rules see masks as constants, exactly as the ONNX frontend does after folding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
+from initcheck.ir import Graph, Node, Value
+from initcheck.stats import SMALL_CONST, tensor_stats
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.numpy()
+
+
+def _flat_nodes(args) -> Iterable:
+    import torch.fx
+
+    for a in args:
+        if isinstance(a, torch.fx.Node):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _flat_nodes(a)
+        elif isinstance(a, dict):
+            yield from _flat_nodes(a.values())
+
+
+def _fake(node):
+    return node.meta.get("val")
+
+
+def _shape(node) -> tuple | None:
+    val = _fake(node)
+    shape = getattr(val, "shape", None)
+    if shape is None:
+        return None
+    return tuple(int(d) if str(d).lstrip("-").isdigit() else None for d in shape)
+
+
+def _is_float(node) -> bool:
+    val = _fake(node)
+    dtype = getattr(val, "dtype", None)
+    return dtype is not None and dtype.is_floating_point
+
+
+def scope_of(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return str(path)
+
+
+class _Builder:
+    def __init__(self, ep, training: bool, source: str):
+        self.ep, self.training, self.source = ep, training, source
+        self.tensors: dict[str, object] = {}  # fx name -> torch value for constants and folded results
+        self.signal: set[str] = set()
+        self.alias: dict[str, str] = {}  # getitem fx name -> IR value name
+        self.values: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.inputs: list[str] = []
+        self.notes: list[str] = []
+
+    # -- placeholders and folding ---------------------------------------------------------------------
+    def collect_inputs(self) -> None:
+        import torch
+        from torch.export.graph_signature import InputKind
+
+        state, constants = self.ep.state_dict, self.ep.constants
+        for spec in self.ep.graph_signature.input_specs:
+            name = spec.arg.name
+            if spec.kind == InputKind.USER_INPUT:
+                self.inputs.append(name)
+                continue
+            target = spec.target
+            tensor = state.get(target) if target in state else constants.get(target)
+            if isinstance(tensor, torch.Tensor):
+                self.tensors[name] = tensor
+        placeholders = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        for name in self.inputs:
+            node = placeholders[name]
+            if _is_float(node):
+                self.signal.add(name)
+            elif "mask" in name.lower() and _shape(node) and None not in _shape(node):
+                self.tensors[name] = torch.ones(_shape(node), dtype=_fake(node).dtype)
+                self.notes.append(f"input '{name}' is taken as all ones (no padding)")
+
+    def fold(self, node) -> bool:
+        """Run a node whose inputs are all known constants; False if it cannot be folded."""
+        import torch
+
+        args_known = all(n.name in self.tensors for n in _flat_nodes(node.args)) and all(
+            n.name in self.tensors for n in _flat_nodes(node.kwargs.values()))
+        if not args_known:
+            return False
+
+        def sub(a):
+            if isinstance(a, torch.fx.Node):
+                return self.tensors[a.name]
+            if isinstance(a, (list, tuple)):
+                return type(a)(sub(x) for x in a)
+            return a
+
+        try:
+            with torch.no_grad():
+                self.tensors[node.name] = node.target(*sub(node.args), **{k: sub(v) for k, v in node.kwargs.items()})
+            return True
+        except Exception:  # an op that cannot run on real tensors here stays unknown
+            return False
+
+    # -- values ---------------------------------------------------------------------------------------
+    def value(self, name: str, shape=None, dtype: str = "float32") -> Value:
+        name = self.alias.get(name, name)
+        if name not in self.values:
+            self.values[name] = Value(name=name, shape=shape, dtype=dtype)
+        return self.values[name]
+
+    def constant(self, key: str, array: np.ndarray) -> Value:
+        v = self.value(key, tuple(array.shape), str(array.dtype))
+        if v.const is None:
+            v.const = tensor_stats(array) if array.dtype.kind in "fiub" else None
+            v.array = array if array.size <= SMALL_CONST else None
+            v.is_weight = key in self.weight_names
+        return v
+
+    def ir_input(self, arg, owner: str, index: int) -> Value | None:
+        import torch
+
+        if isinstance(arg, torch.fx.Node):
+            name = self.alias.get(arg.name, arg.name)
+            if name in self.signal:
+                return self.value(name, _shape(arg))
+            if arg.name in self.tensors and isinstance(self.tensors[arg.name], torch.Tensor):
+                return self.constant(arg.name, _to_numpy(self.tensors[arg.name]))
+            return self.value(name, _shape(arg), "unknown")
+        if isinstance(arg, str):  # an intermediate emitted by a lowering
+            return self.value(arg)
+        if isinstance(arg, (int, float, bool)):
+            return self.constant(f"{owner}__const{index}", np.array(float(arg)))
+        return None
+
+    # -- translation ----------------------------------------------------------------------------------
+    def translate(self, node) -> None:
+        name = op_name(node.target)
+        if name == "getitem":
+            self.alias[node.name] = f"{self.alias.get(node.args[0].name, node.args[0].name)}.{node.args[1]}"
+            if self.alias[node.name] in self.signal or node.args[0].name in self.signal:
+                self.signal.add(self.alias[node.name])
+            return
+        if name in NO_OPS:
+            return
+        handler = HANDLERS.get(name)
+        ctx = TorchContext({k: _to_numpy(t) for k, t in self._small_constants(node).items()}, self.signal, self.training,
+                           {"shape": lambda a: _shape(a) if hasattr(a, "meta") else None})
+        emits = None
+        if handler is not None:
+            try:
+                emits = handler(node, ctx)
+            except (KeyError, IndexError, TypeError, ValueError):
+                emits = None
+        if emits is None:
+            signal_args = [a for a in _flat_nodes(node.args) if self.alias.get(a.name, a.name) in self.signal]
+            emits = [Emit("unsupported", signal_args)]
+        for emit in emits:
+            self.emit(node, emit, source=str(node.target))
+
+    def _small_constants(self, node) -> dict:
+        import torch
+
+        return {a.name: self.tensors[a.name] for a in _flat_nodes(list(node.args) + list(node.kwargs.values()))
+                if a.name in self.tensors and isinstance(self.tensors[a.name], torch.Tensor)}
+
+    def emit(self, node, emit: Emit, source: str) -> None:
+        out_names = emit.outputs or [node.name]
+        inputs = [self.ir_input(a, out_names[0], i) for i, a in enumerate(emit.inputs)]
+        outputs = []
+        for out in out_names:
+            shape = _shape(node) if out == node.name else self._derived_shape(node, out)
+            outputs.append(self.value(out, shape))
+            self.signal.add(out)
+        self.signal.add(node.name)
+        self.nodes.append(Node(name=out_names[0], op=emit.op, source_op=source, inputs=inputs, outputs=outputs,
+                               attrs=emit.attrs, params=emit.params, scope=scope_of(node)))
+
+    def _derived_shape(self, node, out: str):
+        """Shapes of values a lowering creates: tuple elements, and attention internals."""
+        val = _fake(node)
+        if "." in out and isinstance(val, (list, tuple)):
+            index = int(out.rsplit(".", 1)[1])
+            item = val[index] if index < len(val) else None
+            return tuple(item.shape) if hasattr(item, "shape") else None
+        if op_name(node.target) == "scaled_dot_product_attention":
+            q, k = (_shape(a) for a in node.args[:2])
+            if q and k:
+                if out.endswith("__kt"):
+                    return k[:-2] + (k[-1], k[-2])
+                return q[:-1] + (k[-2],)
+        return None
+
+    def build(self) -> Graph:
+        self.weight_names = {s.arg.name for s in self.ep.graph_signature.input_specs if s.kind.name != "USER_INPUT"}
+        self.collect_inputs()
+        outputs = []
+        for node in self.ep.graph.nodes:
+            if node.op == "output":
+                outputs = [self.alias.get(n.name, n.name) for n in _flat_nodes(node.args)]
+                continue
+            if node.op != "call_function":
+                continue
+            uses_signal = any(self.alias.get(a.name, a.name) in self.signal
+                              for a in _flat_nodes(list(node.args) + list(node.kwargs.values())))
+            if uses_signal:
+                if _is_float(node) or isinstance(_fake(node), (list, tuple)) or op_name(node.target) == "getitem":
+                    self.translate(node)
+                continue
+            if self.fold(node):
+                continue
+            if op_name(node.target) == "embedding" and node.args[0].name in self.tensors:
+                self.translate(node)  # token ids -> table rows: where the signal starts
+        for name in self.inputs:
+            self.value(name, None).is_input = True
+        placeholders = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        for name in self.inputs:
+            v = self.values.get(name) or self.value(name)
+            v.shape = _shape(placeholders[name])
+            v.dtype = str(_fake(placeholders[name]).dtype).replace("torch.", "")
+        graph_outputs = [self.values[n] for n in outputs if n in self.values]
+        for v in graph_outputs:
+            v.is_output = True
+        graph = Graph(nodes=self.nodes, inputs=[self.values[n] for n in self.inputs if n in self.values],
+                      outputs=graph_outputs, values=self.values, source=self.source,
+                      producer_name="torch.export", opset=None, notes=self.notes)
+        graph.rewire()
+        return graph
+
+
+def from_exported_program(ep, training: bool = False, source: str = "") -> Graph:
+    return _Builder(ep, training, source).build()

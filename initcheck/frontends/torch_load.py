@@ -1,0 +1,225 @@
+"""Loading PyTorch files safely into an ExportedProgram, then the IR.
+
+- .pt2 (torch.export.save): loaded as is.
+- TorchScript archives: TorchScript code runs in torch's own interpreter, not Python; analysed through
+  the ONNX exporter (which accepts ScriptModules), needs --input shapes.
+- state dicts (.pt/.pth/.bin/.safetensors): need --arch module:factory; loaded with weights_only=True;
+  nested training checkpoints and DDP/compile prefixes are recognised.
+- full pickles: refused unless trust_pickle (unpickling runs code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+from initcheck.errors import ModelLoadError, UsageError
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema", "weights")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def kind_of(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ModelLoadError(f"{path}: corrupt archive ({e})") from None
+        if any(n.endswith("models/model.json") or n.endswith("/archive_format") for n in names):
+            return "pt2"
+        if any("/code/" in n for n in names):
+            return "torchscript"
+        return "pickle"
+    return "pickle"
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("PyTorch files need torch: pip install 'initcheck[torch]'") from None
+    return torch
+
+
+def export_error(e: Exception) -> ModelLoadError:
+    first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return ModelLoadError(f"torch.export failed: {type(e).__name__}: {first[:200]}. Export the model to ONNX "
+                          "(torch.onnx.export) and analyse the .onnx file instead")
+
+
+def load_pt2(path: Path):
+    torch = _torch()
+    try:
+        return torch.export.load(str(path))
+    except Exception as e:  # corrupt or incompatible archive
+        raise ModelLoadError(f"{path}: cannot load the exported program ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+
+
+def read_checkpoint(path: Path, trust_pickle: bool):
+    """The object in a torch.save / safetensors file, loaded without running code unless trusted."""
+    torch = _torch()
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UsageError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        try:
+            return load_file(str(path))
+        except Exception as e:  # header or data corrupt
+            raise ModelLoadError(f"{path}: not a valid safetensors file ({type(e).__name__})") from None
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+            raise ModelLoadError(
+                f"{path}: contains pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the "
+                "file, so it is refused. Pass --trust-pickle if you trust its source, or save a state_dict") from None
+        raise ModelLoadError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {text.splitlines()[0][:160] if text else ''})") from None
+
+
+def find_state_dict(obj, expected: set[str]) -> dict:
+    """The tensor dict inside a checkpoint that best matches the model's keys, prefixes stripped."""
+    torch = _torch()
+    candidates = []
+
+    def visit(o, depth=0):
+        if isinstance(o, dict) and depth < 3:
+            tensors = {k: v for k, v in o.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+            if tensors:
+                candidates.append(tensors)
+            for key in _NESTED_KEYS:
+                if key in o:
+                    visit(o[key] if not hasattr(o[key], "state_dict") else o[key].state_dict(), depth + 1)
+
+    visit(obj if not hasattr(obj, "state_dict") else obj.state_dict())
+    best, best_score = {}, -1
+    for tensors in candidates:
+        for prefix in ("",) + _PREFIXES:
+            stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+            score = len(expected & set(stripped))
+            if score > best_score:
+                best, best_score = stripped, score
+    return best
+
+
+def resolve_factory(spec: str):
+    """'package.module:factory' -> the callable (like uvicorn's module:attr); imports user code on request."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--arch '{spec}': expected package.module:factory")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module failed to import
+        raise UsageError(f"--arch '{spec}': cannot import '{module_name}' ({type(e).__name__}: {e})") from None
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise UsageError(f"--arch '{spec}': '{module_name}' has no attribute '{attr}'")
+        target = getattr(target, part)
+    return target
+
+
+def build_module(spec: str):
+    torch = _torch()
+    factory = resolve_factory(spec)
+    try:
+        module = factory() if not isinstance(factory, torch.nn.Module) else factory
+    except Exception as e:  # the factory raised
+        raise ModelLoadError(f"--arch '{spec}': the factory raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"--arch '{spec}': the factory returned {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def load_weights(module, state: dict, path: Path) -> None:
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        parts = ([f"missing {len(missing)} key(s): {show(missing)}"] if missing else []) + (
+            [f"unexpected {len(unexpected)} key(s): {show(unexpected)}"] if unexpected else [])
+        raise ModelLoadError(f"{path}: weights do not match the --arch model: " + "; ".join(parts))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path}: weights do not fit the --arch model ({str(e).splitlines()[-1].strip()[:200]})") from None
+
+
+def forward_names(module) -> list[str]:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def vocabulary(module) -> int:
+    torch = _torch()
+    sizes = [m.num_embeddings for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+    return min(sizes) if sizes else 2
+
+
+def example_inputs(module, specs: dict[str, tuple], path: Path | str = "model") -> tuple:
+    """Random example inputs from --input NAME=SHAPE[:dtype]: floats N(0,1), masks ones, ids uniform."""
+    torch = _torch()
+    names = forward_names(module)
+    if not specs:
+        raise UsageError(f"{path}: pass the example input shapes with --input NAME=SHAPE "
+                         f"(forward takes: {', '.join(names) or 'positional tensors'})")
+    unknown = [n for n in specs if names and n not in names]
+    if unknown:
+        raise UsageError(f"--input {unknown[0]}: forward() has no parameter '{unknown[0]}' (it takes: {', '.join(names)})")
+    ordered = [n for n in names if n in specs] if names else list(specs)
+    args = []
+    generator = torch.Generator().manual_seed(0)
+    for name in ordered:
+        shape, dtype = specs[name] if isinstance(specs[name][0], tuple) else (specs[name], None)
+        dtype = dtype or ("int64" if name.endswith(("ids", "mask")) else "float32")
+        torch_dtype = getattr(torch, dtype, None)
+        if torch_dtype is None:
+            raise UsageError(f"--input {name}: unknown dtype '{dtype}'")
+        if "mask" in name:
+            args.append(torch.ones(shape, dtype=torch_dtype))
+        elif torch_dtype.is_floating_point:
+            args.append(torch.randn(shape, generator=generator).to(torch_dtype))
+        else:
+            args.append(torch.randint(0, vocabulary(module), shape, generator=generator).to(torch_dtype))
+    return tuple(args)
+
+
+def export_module(module, args: tuple, kwargs: dict | None = None):
+    torch = _torch()
+    try:
+        return torch.export.export(module, args, kwargs=kwargs or {}, strict=False)
+    except Exception as e:  # torch.export cannot trace this model
+        raise export_error(e) from None
+
+
+def torchscript_to_onnx(path: Path, specs: dict):
+    """TorchScript archive -> ONNX bytes via torch's exporter (TorchScript is not Python: loading is safe)."""
+    torch = _torch()
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # corrupt archive
+        raise ModelLoadError(f"{path}: cannot load the TorchScript archive ({type(e).__name__})") from None
+    names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
+    if not specs:
+        raise UsageError(f"{path}: TorchScript stores no input shapes; pass --input NAME=SHAPE for: {', '.join(names)}")
+    args = example_inputs(module, specs, path)
+    buffer = io.BytesIO()
+    try:
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17, input_names=[n for n in names if n in specs])
+    except Exception as e:  # the exporter rejected an op
+        raise ModelLoadError(f"{path}: cannot convert the TorchScript module ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    return buffer.getvalue()

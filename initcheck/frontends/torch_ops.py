@@ -1,0 +1,458 @@
+"""Translation of torch.export ATen ops to canonical IR ops: one handler per op family.
+
+A handler gets the fx node and a context (constants as numpy arrays, which values carry signal) and
+returns a list of (op, inputs, outputs, attrs, params) for the IR: usually one node, several where an op
+is lowered onto existing rules (scaled_dot_product_attention -> matmul, softmax, matmul).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from initcheck.stats import conv_transpose_stats, linear_stats, tensor_stats
+
+UNARY = {
+    "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
+    "silu": "silu", "silu_": "silu", "mish": "mish", "hardswish": "hard_swish", "hardswish_": "hard_swish",
+    "softplus": "softplus", "sin": "sin", "cos": "cos", "exp": "exp", "log": "log", "sqrt": "sqrt",
+    "reciprocal": "reciprocal", "rsqrt": "rsqrt", "abs": "abs", "neg": "neg", "erf": "erf", "sign": "sign",
+}
+REARRANGE = {
+    "view": "reshape", "reshape": "reshape", "_unsafe_view": "reshape", "flatten": "flatten", "permute": "transpose",
+    "transpose": "transpose", "t": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze", "expand": "expand",
+    "contiguous": "identity", "clone": "identity", "to": "cast", "_to_copy": "cast", "type_as": "cast",
+    "detach": "identity", "detach_": "identity", "alias": "identity", "lift_fresh_copy": "identity",
+    "select": "gather", "slice": "slice", "narrow": "slice", "index_select": "gather", "index": "gather",
+    "repeat": "tile", "pixel_unshuffle": "space_to_depth", "dropout_": "identity", "feature_dropout": "identity",
+}
+BINARY = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "rsub": "rsub", "mul": "mul", "mul_": "mul",
+          "div": "div", "div_": "div", "pow": "pow", "maximum": "max", "minimum": "min"}
+
+
+@dataclass
+class TorchContext:
+    constants: dict[str, np.ndarray]  # fx node name -> array (weights, folded masks and positions)
+    signal: set[str]
+    training: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def array(self, arg) -> np.ndarray | None:
+        name = getattr(arg, "name", None)
+        return self.constants.get(name) if name else None
+
+
+@dataclass
+class Emit:
+    op: str
+    inputs: list  # fx nodes, constants (numbers / arrays) or None
+    attrs: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    outputs: list[str] | None = None  # default: the fx node's own value
+
+
+HANDLERS: dict[str, Callable] = {}
+
+
+def handles(*names: str):
+    def decorate(fn):
+        for n in names:
+            HANDLERS[n] = fn
+        return fn
+
+    return decorate
+
+
+def op_name(target) -> str:
+    """'aten.conv2d.default' -> 'conv2d'."""
+    text = str(target)
+    if text.startswith("aten."):
+        return text.split(".")[1]
+    return getattr(target, "__name__", text)
+
+
+def _arg(node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+@handles(*UNARY)
+def _unary(node, ctx):
+    return [Emit(UNARY[op_name(node.target)], [node.args[0]])]
+
+
+@handles("gelu", "gelu_")
+def _gelu(node, ctx):
+    return [Emit("gelu", [node.args[0]], {"approximate": node.kwargs.get("approximate", _arg(node, 1, "approximate", "none"))})]
+
+
+@handles("leaky_relu", "leaky_relu_")
+def _leaky(node, ctx):
+    return [Emit("leaky_relu", [node.args[0]], {"alpha": float(_arg(node, 1, "negative_slope", 0.01))})]
+
+
+@handles("elu", "elu_", "celu", "celu_", "selu", "selu_")
+def _elu(node, ctx):
+    name = op_name(node.target).rstrip("_")
+    attrs = {} if name == "selu" else {"alpha": float(_arg(node, 1, "alpha", 1.0))}
+    return [Emit(name, [node.args[0]], attrs)]
+
+
+@handles("hardsigmoid", "hardsigmoid_")
+def _hardsigmoid(node, ctx):
+    return [Emit("hard_sigmoid", [node.args[0]], {"alpha": 1 / 6, "beta": 0.5})]
+
+
+@handles("clamp", "clamp_", "clip", "hardtanh", "hardtanh_", "relu6", "relu6_", "clamp_min", "clamp_max")
+def _clamp(node, ctx):
+    name = op_name(node.target).rstrip("_")
+    lo, hi = {"hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0)}.get(name, (None, None))
+    if name in ("clamp", "clip", "hardtanh"):
+        lo, hi = _arg(node, 1, "min", lo), _arg(node, 2, "max", hi)
+    elif name == "clamp_min":
+        lo = _arg(node, 1, "min")
+    elif name == "clamp_max":
+        hi = _arg(node, 1, "max")
+    return [Emit("clip", [node.args[0]], {"min": -math.inf if lo is None else float(lo), "max": math.inf if hi is None else float(hi)})]
+
+
+@handles("prelu", "_prelu_kernel")
+def _prelu(node, ctx):
+    slope = ctx.array(node.args[1])
+    if slope is None:
+        return None
+    if slope.size == 1:
+        return [Emit("leaky_relu", [node.args[0]], {"alpha": float(slope.reshape(()))})]
+    return [Emit("prelu", [node.args[0]], params={"slope": tensor_stats(slope)})]
+
+
+@handles(*BINARY)
+def _binary(node, ctx):
+    name = op_name(node.target)
+    a, b = node.args[0], node.args[1]
+    alpha = node.kwargs.get("alpha", 1)
+    if name == "rsub":
+        a, b, name = b, a, "sub"
+    op = BINARY[name] if name != "rsub" else "sub"
+    params = {}
+    if op == "div" and ctx.array(b) is not None:
+        with np.errstate(divide="ignore"):
+            params["reciprocal"] = tensor_stats(1.0 / ctx.array(b).astype(np.float64))
+    elif op == "div" and isinstance(b, (int, float)):
+        params["reciprocal"] = tensor_stats(np.array(1.0 / b))
+    if alpha != 1 and op in ("add", "sub"):
+        return [Emit("mul", [b, float(alpha)], outputs=[f"{node.name}__alpha"]),
+                Emit(op, [a, f"{node.name}__alpha"], params=params)]
+    return [Emit(op, [a, b], params=params)]
+
+
+@handles(*REARRANGE)
+def _rearrange(node, ctx):
+    return [Emit(REARRANGE[op_name(node.target)], [node.args[0]])]
+
+
+@handles("pixel_shuffle")
+def _pixel_shuffle(node, ctx):
+    return [Emit("depth_to_space", [node.args[0]], {"blocksize": int(node.args[1])})]
+
+
+@handles("dropout", "native_dropout", "alpha_dropout")
+def _dropout(node, ctx):
+    p = float(_arg(node, 1, "p", 0.5))
+    train = bool(_arg(node, 2, "train", False)) or ctx.training
+    return [Emit("dropout", [node.args[0]], {"ratio": p, "training": train})]
+
+
+def _weight_out_in(ctx, arg, transpose: bool = False) -> np.ndarray | None:
+    w = ctx.array(arg)
+    if w is None or w.ndim != 2:
+        return None
+    return w.T if transpose else w
+
+
+@handles("linear")
+def _linear(node, ctx):
+    w = _weight_out_in(ctx, node.args[1])
+    if w is None:
+        return [Emit("matmul", [node.args[0], node.args[1]])]
+    bias = ctx.array(_arg(node, 2, "bias"))
+    return [Emit("linear", [node.args[0]], params={"weight": linear_stats(w, bias)})]
+
+
+@handles("addmm")
+def _addmm(node, ctx):
+    """addmm(bias, x, W): GPT-2's Conv1D keeps W as (in, out)."""
+    w = _weight_out_in(ctx, node.args[2], transpose=True)
+    if w is None or node.args[1].name not in ctx.signal:
+        return [Emit("matmul", [node.args[1], node.args[2]])]
+    return [Emit("linear", [node.args[1]], params={"weight": linear_stats(w, ctx.array(node.args[0]))})]
+
+
+@handles("mm", "bmm", "matmul")
+def _matmul(node, ctx):
+    a, b = node.args[0], node.args[1]
+    w = _weight_out_in(ctx, b, transpose=True)
+    if w is not None and getattr(a, "name", None) in ctx.signal:
+        return [Emit("linear", [a], params={"weight": linear_stats(w, None)})]
+    return [Emit("matmul", [a, b])]
+
+
+def _ints(value, n: int) -> list[int]:
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in (value * n if len(value) == 1 else value)]
+
+
+@handles("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def _conv(node, ctx):
+    name = op_name(node.target)
+    w = ctx.array(node.args[1])
+    if w is None:
+        return None
+    n = w.ndim - 2
+    bias = ctx.array(_arg(node, 2, "bias"))
+    strides = _ints(_arg(node, 3, "stride", 1), n)
+    pads = _arg(node, 4, "padding", 0)
+    if name == "convolution":
+        dilations, transposed = _ints(_arg(node, 5, "dilation", 1), n), bool(_arg(node, 6, "transposed", False))
+        groups = int(_arg(node, 8, "groups", 1))
+    elif name.startswith("conv_transpose"):
+        dilations, transposed, groups = _ints(_arg(node, 7, "dilation", 1), n), True, int(_arg(node, 6, "groups", 1))
+    else:
+        dilations, transposed, groups = _ints(_arg(node, 5, "dilation", 1), n), False, int(_arg(node, 6, "groups", 1))
+    kernel = list(w.shape[2:])
+    if isinstance(pads, str):  # 'same' / 'valid'
+        total = [(k - 1) * d for k, d in zip(kernel, dilations)] if pads == "same" else [0] * n
+        begin = [t // 2 for t in total]
+        pads_begin, pads_end = begin, [t - b for t, b in zip(total, begin)]
+    else:
+        pads_begin = pads_end = _ints(pads, n)
+    attrs = {"kernel": kernel, "strides": strides, "dilations": dilations, "pads_begin": pads_begin,
+             "pads_end": pads_end, "groups": groups}
+    if transposed:
+        return [Emit("conv_transpose", [node.args[0]], attrs, {"weight": conv_transpose_stats(w, bias, groups, strides, dilations)})]
+    stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(kernel)))
+    return [Emit("conv", [node.args[0]], attrs, {"weight": stats})]
+
+
+def _affine_params(ctx, weight, bias) -> dict:
+    params = {}
+    for key, arg in (("scale", weight), ("bias", bias)):
+        arr = ctx.array(arg)
+        if arr is not None:
+            params[key] = tensor_stats(arr)
+    return params
+
+
+@handles("layer_norm", "native_layer_norm")
+def _layer_norm(node, ctx):
+    shape = node.args[1]
+    eps = float(_arg(node, 4, "eps", 1e-5))
+    params = _affine_params(ctx, _arg(node, 2, "weight"), _arg(node, 3, "bias"))
+    return [Emit("layer_norm", [node.args[0]], {"axis": -len(shape), "epsilon": eps}, params)]
+
+
+@handles("rms_norm")
+def _rms_norm(node, ctx):
+    eps = _arg(node, 3, "eps", None)
+    params = _affine_params(ctx, _arg(node, 2, "weight"), None)
+    return [Emit("rms_norm", [node.args[0]], {"axis": -len(node.args[1]), "epsilon": float(eps) if eps else 1e-6}, params)]
+
+
+@handles("group_norm")
+def _group_norm(node, ctx):
+    params = _affine_params(ctx, _arg(node, 2, "weight"), _arg(node, 3, "bias"))
+    return [Emit("group_norm", [node.args[0]], {"num_groups": int(node.args[1]), "epsilon": float(_arg(node, 4, "eps", 1e-5))}, params)]
+
+
+@handles("instance_norm")
+def _instance_norm(node, ctx):
+    params = _affine_params(ctx, _arg(node, 1, "weight"), _arg(node, 2, "bias"))
+    return [Emit("instance_norm", [node.args[0]], {"epsilon": float(_arg(node, 7, "eps", 1e-5))}, params)]
+
+
+@handles("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+         "native_batch_norm", "_native_batch_norm_legit")
+def _batch_norm(node, ctx):
+    name = op_name(node.target)
+    weight, bias, mean, var = (_arg(node, i, k) for i, k in ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")))
+    if name == "_native_batch_norm_legit_no_training":
+        training, eps = False, float(_arg(node, 6, "eps", 1e-5))
+    else:
+        training, eps = bool(_arg(node, 5, "training", False)), float(_arg(node, 7, "eps", 1e-5))
+    training = training or ctx.training
+    c = None
+    arrays = [ctx.array(a) for a in (weight, bias, mean, var)]
+    for arr in arrays:
+        if arr is not None:
+            c = arr.size
+    if c is None:
+        return None
+    g, b, mu, v = (np.asarray(a, np.float64).ravel() if a is not None else d for a, d in
+                   zip(arrays, (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))))
+    scale = g / np.sqrt(np.maximum(v, 0) + eps)
+    stats = {"a": scale.mean(), "a2": (scale**2).mean(), "amu": (scale * mu).mean(), "a2mu": (scale**2 * mu).mean(),
+             "a2mu2": (scale**2 * mu**2).mean(), "ab": (scale * b).mean(), "abmu": (scale * b * mu).mean(),
+             "b": b.mean(), "b2": (b**2).mean()}
+    params = _affine_params(ctx, weight, bias)
+    params["eval"] = {k: float(val) for k, val in stats.items()}
+    return [Emit("batch_norm", [node.args[0]], {"epsilon": eps, "training": training}, params)]
+
+
+@handles("embedding")
+def _embedding(node, ctx):
+    table = ctx.array(node.args[0])
+    if table is None:
+        return None
+    t = table.astype(np.float64)
+    return [Emit("embedding", [node.args[1]], params={"table": tensor_stats(t), "coherent": float(np.mean(t.mean(axis=0) ** 2))})]
+
+
+@handles("softmax", "_softmax", "log_softmax", "_log_softmax")
+def _softmax(node, ctx):
+    name = op_name(node.target).lstrip("_")
+    dim = int(node.args[1])
+    shape = ctx.extra["shape"](node.args[0])
+    size = shape[dim] if shape and shape[dim] is not None else None
+    return [Emit(name, [node.args[0]], {"axis": dim, "size": size})]
+
+
+@handles("scaled_dot_product_attention")
+def _sdpa(node, ctx):
+    """Lowered onto existing rules: q k^T, scaling, optional mask, softmax, times v."""
+    q, k, v = node.args[:3]
+    mask = _arg(node, 3, "attn_mask")
+    causal = bool(_arg(node, 5, "is_causal", False))
+    shape_q = ctx.extra["shape"](q)
+    d = shape_q[-1] if shape_q else None
+    scale = node.kwargs.get("scale") or (1 / math.sqrt(d) if d else 1.0)
+    n = node.name
+    emits = [Emit("transpose", [k], outputs=[f"{n}__kt"]),
+             Emit("matmul", [q, f"{n}__kt"], outputs=[f"{n}__logits"]),
+             Emit("mul", [f"{n}__logits", float(scale)], outputs=[f"{n}__scaled"])]
+    logits = f"{n}__scaled"
+    if mask is not None:
+        emits.append(Emit("add" if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f" else "where",
+                          [logits, mask] if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f" else [mask, logits, -1e9],
+                          outputs=[f"{n}__masked"]))
+        logits = f"{n}__masked"
+    if causal:
+        emits.append(Emit("causal_mask", [logits], outputs=[f"{n}__causal"]))
+        logits = f"{n}__causal"
+    emits += [Emit("softmax", [logits], {"axis": -1, "size": ctx.extra["shape"](k)[-2] if ctx.extra["shape"](k) else None},
+                   outputs=[f"{n}__probs"]),
+              Emit("matmul", [f"{n}__probs", v])]
+    return emits
+
+
+def _pool_attrs(node, n: int, kernel_index: int = 1) -> dict:
+    kernel = _ints(node.args[kernel_index], n)
+    stride = _arg(node, kernel_index + 1, "stride", None)
+    strides = _ints(stride, n) if stride else kernel
+    pads = _ints(_arg(node, kernel_index + 2, "padding", 0), n)
+    dil = _ints(_arg(node, kernel_index + 3, "dilation", 1), n) if "max" in op_name(node.target) else [1] * n
+    return {"kernel": kernel, "strides": strides, "pads_begin": pads, "pads_end": pads, "dilations": dil}
+
+
+@handles("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices")
+def _max_pool(node, ctx):
+    n = len(ctx.extra["shape"](node.args[0])) - 2
+    return [Emit("max_pool", [node.args[0]], _pool_attrs(node, n))]
+
+
+@handles("avg_pool1d", "avg_pool2d", "avg_pool3d")
+def _avg_pool(node, ctx):
+    n = len(ctx.extra["shape"](node.args[0])) - 2
+    return [Emit("avg_pool", [node.args[0]], _pool_attrs(node, n))]
+
+
+@handles("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool1d")
+def _adaptive_pool(node, ctx):
+    shape = ctx.extra["shape"](node.args[0])
+    out = _ints(node.args[1], len(shape) - 2)
+    is_max = "max" in op_name(node.target)
+    if all(o == 1 for o in out):
+        return [Emit("global_max_pool" if is_max else "global_avg_pool", [node.args[0]])]
+    kernel = [max(i // o, 1) for i, o in zip(shape[2:], out)]
+    attrs = {"kernel": kernel, "strides": kernel, "pads_begin": [0] * len(out), "pads_end": [0] * len(out),
+             "dilations": [1] * len(out)}
+    return [Emit("max_pool" if is_max else "avg_pool", [node.args[0]], attrs)]
+
+
+@handles("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d",
+         "upsample_trilinear3d", "_upsample_nearest_exact2d", "upsample_bicubic2d")
+def _upsample(node, ctx):
+    shape_in, shape_out = ctx.extra["shape"](node.args[0]), ctx.extra["shape"](node)
+    scales = [o / i for o, i in zip(shape_out[2:], shape_in[2:])] if shape_in and shape_out else []
+    mode = "nearest" if "nearest" in op_name(node.target) else "linear"
+    return [Emit("resize", [node.args[0]], {"mode": mode, "scales": scales})]
+
+
+@handles("cat", "concat", "stack")
+def _cat(node, ctx):
+    dim = int(_arg(node, 1, "dim", 0))
+    return [Emit("concat", list(node.args[0]), {"axis": dim})]
+
+
+@handles("split", "split_with_sizes", "chunk", "unbind", "tensor_split")
+def _split(node, ctx):
+    count = len(node.meta.get("val", ()))
+    return [Emit("split", [node.args[0]], outputs=[f"{node.name}.{i}" for i in range(count)])]
+
+
+@handles("mean", "sum", "amax")
+def _reduce(node, ctx):
+    name = op_name(node.target)
+    dims = _arg(node, 1, "dim", None)
+    axes = [int(d) for d in (dims if isinstance(dims, (list, tuple)) else [dims])] if dims is not None else None
+    op = {"mean": "reduce_mean", "sum": "reduce_sum", "amax": "reduce_max"}[name]
+    return [Emit(op, [node.args[0]], {"axes": axes, "keepdims": int(bool(_arg(node, 2, "keepdim", False)))})]
+
+
+@handles("constant_pad_nd", "pad")
+def _pad(node, ctx):
+    mode = node.kwargs.get("mode", _arg(node, 2, "mode", "constant")) if op_name(node.target) == "pad" else "constant"
+    value = float(_arg(node, 3 if op_name(node.target) == "pad" else 2, "value", 0.0) or 0.0)
+    return [Emit("pad", [node.args[0]], {"mode": mode if mode == "constant" else "reflect", "value": value})]
+
+
+@handles("where")
+def _where(node, ctx):
+    return [Emit("where", list(node.args[:3]))]
+
+
+_GATES = {"lstm": ([0, 3, 1, 2], 4), "gru": ([1, 0, 2], 3), "rnn_tanh": ([0], 1), "rnn_relu": ([0], 1)}
+
+
+@handles("lstm", "gru", "rnn_tanh", "rnn_relu")
+def _recurrent(node, ctx):
+    """torch packs gates as (i, f, g, o) for LSTM and (r, z, n) for GRU; the rule expects ONNX's (i, o, f, c)
+    and (z, r, h)."""
+    name = op_name(node.target)
+    order, n_gates = _GATES[name]
+    flat = list(node.args[2])
+    arrays = [ctx.array(a) for a in flat[:4]]
+    if arrays[0] is None or arrays[1] is None:
+        return None
+    w, r = arrays[0].astype(np.float64), arrays[1].astype(np.float64)
+    hidden = r.shape[1]
+    bias = (arrays[2] + arrays[3]) if arrays[2] is not None and arrays[3] is not None else np.zeros(n_gates * hidden)
+    gates = []
+    for g in order:
+        rows = slice(g * hidden, (g + 1) * hidden)
+        gates.append({"in_gain": w.shape[1] * float(np.mean(w[rows] ** 2)), "rec_gain": hidden * float(np.mean(r[rows] ** 2)),
+                      "bias_sq": float(np.mean(bias[rows] ** 2)), "bias_mean": float(np.mean(bias[rows])),
+                      "in_fan_out_gain": hidden * float(np.mean(w[rows] ** 2))})
+    kind = "rnn" if name.startswith("rnn") else name
+    count = len(node.meta.get("val", ())) or 2
+    shape = ctx.extra["shape"](node.args[0])
+    steps = (shape[1] if bool(_arg(node, 8, "batch_first", False)) else shape[0]) if shape else None
+    return [Emit(kind, [node.args[0]], {"kind": kind, "hidden_size": hidden, "steps": steps}, {"gates": gates},
+                 outputs=[f"{node.name}.{i}" for i in range(count)])]
+
+
+NO_OPS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "_assert_async"}
