@@ -79,6 +79,8 @@ def module_graph(module, args: tuple, training: bool, source: str, kwargs: dict 
     try:
         module.train(training)
         program = torch_load.export_module(module, args, kwargs)
+        module.train(was_training)
+        return from_exported_program(program, training, source)
     finally:
         module.train(was_training)
         with torch.no_grad():
@@ -86,7 +88,6 @@ def module_graph(module, args: tuple, training: bool, source: str, kwargs: dict 
                 if name in buffers:
                     b.copy_(buffers[name])
         torch.set_rng_state(rng)
-    return from_exported_program(program, training, source)
 
 
 def _looks_like_onnx(path: Path) -> bool:

@@ -88,7 +88,8 @@ class _Builder:
             target = spec.target
             tensor = state.get(target) if target in state else constants.get(target)
             if isinstance(tensor, torch.Tensor):
-                self.tensors[name] = tensor
+                # buffers share storage with the user's module: never let an op touch the original
+                self.tensors[name] = tensor.detach().clone() if spec.kind == InputKind.BUFFER else tensor.detach()
         placeholders = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
         for name in self.inputs:
             node = placeholders[name]
@@ -102,6 +103,9 @@ class _Builder:
         """Run a node whose inputs are all known constants; False if it cannot be folded."""
         import torch
 
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None and schema.is_mutable:  # in-place ops (running-stat updates) are never run
+            return False
         args_known = all(n.name in self.tensors for n in _flat_nodes(node.args)) and all(
             n.name in self.tensors for n in _flat_nodes(node.kwargs.values()))
         if not args_known:
