@@ -277,3 +277,43 @@ def test_token_ids_are_valid_for_the_embedding(tmp_path, capsys, monkeypatch):
                           "--input", "attention_mask=1x16", "--format", "json"], capsys, monkeypatch)
     assert code in (0, 1), err
     assert json.loads(out)["coverage"]["unsupported"] == {}
+
+
+class KitchenSink(nn.Module):
+    """One module using the ATen families the frontend must map (issue 3's list)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = nn.Conv2d(4, 16, 3, padding=1)
+        self.gn, self.inorm = nn.GroupNorm(4, 16), nn.InstanceNorm2d(16, affine=True)
+        self.up = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)
+        self.shuffle_conv = nn.Conv2d(8, 32, 3, padding=1)
+        self.head = nn.Linear(8, 8)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.prelu = nn.PReLU(8)
+
+    def forward(self, x):
+        h = nn.functional.hardswish(self.gn(self.conv(x)))
+        h = nn.functional.leaky_relu(self.inorm(h), 0.1)
+        a, b = h.chunk(2, dim=1)
+        h = torch.cat([nn.functional.max_pool2d(a, 2), nn.functional.adaptive_avg_pool2d(b, (4, 4))], dim=1)
+        h = nn.functional.interpolate(self.up(h), scale_factor=2, mode="bilinear", align_corners=False)
+        h = nn.functional.pixel_shuffle(torch.tanh(self.shuffle_conv(h)), 2)  # (B, 8, 32, 32)
+        seq = nn.functional.adaptive_max_pool2d(self.prelu(h), (1, 8)).flatten(2).transpose(1, 2)  # (B, 8, 8)
+        seq = torch.stack([seq, seq * 0.5], dim=0).sum(0)
+        out, _ = self.gru(self.head(seq))
+        scores = torch.baddbmm(torch.zeros(out.shape[0], 8, 8), out, out.transpose(1, 2), alpha=0.3)
+        return torch.softmax(scores, -1) @ out
+
+
+def test_aten_families_are_all_modeled_and_match_onnx(tmp_path):
+    model = KitchenSink().eval()
+    x = torch.randn(2, 4, 8, 8)
+    report = initcheck.analyze(model, x)
+    assert report.coverage.unsupported == {}
+    via_onnx = initcheck.analyze(_onnx(model, (x,), tmp_path / "sink.onnx"))
+    assert via_onnx.coverage.unsupported == {}
+    a, b = weighted(via_onnx), weighted(report)
+    assert [s for s, _ in a] == [s for s, _ in b]
+    assert [k for _, k in a] == pytest.approx([k for _, k in b], rel=0.01)

@@ -188,7 +188,8 @@ class _Builder:
                 if a.name in self.tensors and isinstance(self.tensors[a.name], torch.Tensor)}
 
     def emit(self, node, emit: Emit, source: str) -> None:
-        out_names = emit.outputs or [node.name]
+        tuple_valued = isinstance(_fake(node), (list, tuple))  # e.g. max_pool2d_with_indices: (values, indices)
+        out_names = emit.outputs or [f"{node.name}.0" if tuple_valued else node.name]
         inputs = [self.ir_input(a, out_names[0], i) for i, a in enumerate(emit.inputs)]
         outputs = []
         for out in out_names:
@@ -206,6 +207,8 @@ class _Builder:
             index = int(out.rsplit(".", 1)[1])
             item = val[index] if index < len(val) else None
             return tuple(item.shape) if hasattr(item, "shape") else None
+        if op_name(node.target) == "baddbmm":
+            return _shape(node)
         if op_name(node.target) == "scaled_dot_product_attention":
             q, k = (_shape(a) for a in node.args[:2])
             if q and k:

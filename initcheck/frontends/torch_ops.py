@@ -207,6 +207,17 @@ def _ints(value, n: int) -> list[int]:
     return [int(v) for v in (value * n if len(value) == 1 else value)]
 
 
+@handles("baddbmm")
+def _baddbmm(node, ctx):
+    """beta * input + alpha * (b1 @ b2)."""
+    n = node.name
+    beta, alpha = float(node.kwargs.get("beta", 1)), float(node.kwargs.get("alpha", 1))
+    return [Emit("matmul", [node.args[1], node.args[2]], outputs=[f"{n}__mm"]),
+            Emit("mul", [f"{n}__mm", alpha], outputs=[f"{n}__scaled"]),
+            Emit("mul", [node.args[0], beta], outputs=[f"{n}__bias"]),
+            Emit("add", [f"{n}__bias", f"{n}__scaled"])]
+
+
 @handles("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def _conv(node, ctx):
     name = op_name(node.target)
