@@ -172,3 +172,14 @@ def conv_transpose_stats(
         phase_row_sum_sq=tuple(row_sq),
         phase_sb=tuple(sbs),
     )
+
+
+def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float]:
+    """Moments over channels of a = gamma/sqrt(var+eps), mu and beta that the eval-mode rule needs
+    (theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""
+    g, b, mu, v = (np.asarray(x, dtype=np.float64).ravel() for x in (gamma, beta, mean, var))
+    a = g / np.sqrt(np.maximum(v, 0) + eps)
+    stats = {"a": a.mean(), "a2": (a**2).mean(), "amu": (a * mu).mean(), "a2mu": (a**2 * mu).mean(),
+             "a2mu2": (a**2 * mu**2).mean(), "ab": (a * b).mean(), "abmu": (a * b * mu).mean(),
+             "b": b.mean(), "b2": (b**2).mean()}
+    return {k: float(x) for k, x in stats.items()}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from initcheck.stats import conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
 
 Translation = tuple[str, dict, dict]
 
@@ -218,13 +218,8 @@ def _batch_norm(node, ctx):
     if any(x is None for x in (gamma, beta, mu, var)):
         return None
     eps = float(a.get("epsilon", 1e-5))
-    g, b, mu, var = (np.asarray(x, dtype=np.float64).ravel() for x in (gamma, beta, mu, var))
-    scale = g / np.sqrt(np.maximum(var, 0) + eps)
-    stats = {"a": scale.mean(), "a2": (scale**2).mean(), "amu": (scale * mu).mean(), "a2mu": (scale**2 * mu).mean(),
-             "a2mu2": (scale**2 * mu**2).mean(), "ab": (scale * b).mean(), "abmu": (scale * b * mu).mean(),
-             "b": b.mean(), "b2": (b**2).mean()}
     params = _norm_params(ctx, node.input[1], node.input[2])
-    params["eval"] = {k: float(v) for k, v in stats.items()}
+    params["eval"] = batch_norm_eval_stats(gamma, beta, mu, var, eps)
     return "batch_norm", {"epsilon": eps, "training": training}, params
 
 

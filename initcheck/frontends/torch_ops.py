@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from initcheck.stats import conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
 
 UNARY = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
@@ -303,14 +303,9 @@ def _batch_norm(node, ctx):
             c = arr.size
     if c is None:
         return None
-    g, b, mu, v = (np.asarray(a, np.float64).ravel() if a is not None else d for a, d in
-                   zip(arrays, (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))))
-    scale = g / np.sqrt(np.maximum(v, 0) + eps)
-    stats = {"a": scale.mean(), "a2": (scale**2).mean(), "amu": (scale * mu).mean(), "a2mu": (scale**2 * mu).mean(),
-             "a2mu2": (scale**2 * mu**2).mean(), "ab": (scale * b).mean(), "abmu": (scale * b * mu).mean(),
-             "b": b.mean(), "b2": (b**2).mean()}
+    defaults = (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))
     params = _affine_params(ctx, weight, bias)
-    params["eval"] = {k: float(val) for k, val in stats.items()}
+    params["eval"] = batch_norm_eval_stats(*(a if a is not None else d for a, d in zip(arrays, defaults)), eps)
     return [Emit("batch_norm", [node.args[0]], {"epsilon": eps, "training": training}, params)]
 
 
