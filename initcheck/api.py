@@ -6,12 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 from initcheck import frontends
+from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure
 from initcheck.analysis.layers import build_rows, depth_and_width
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import run_checks
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.passes import fuse_pointwise
+from initcheck.probes.common import ProbeOptions
 from initcheck.report.model import SEVERITIES, Coverage, Report, severity_rank
 
 
@@ -33,6 +35,7 @@ def analyze(
     trust_pickle: bool = False,
     all_nodes: bool = False,
     training: bool | None = None,
+    probe: bool | ProbeOptions = False,
 ) -> Report:
     """Analyse a model file or a live torch nn.Module and return the report.
 
@@ -44,13 +47,17 @@ def analyze(
     trust_pickle: allow unpickling a whole pickled model (runs code from the file).
     all_nodes: one table row per node instead of one per layer.
     training: analyse batch norm and dropout as in training (default: the module's own mode; eval for files).
+    probe: also run the model and measure the same quantities (True, or ProbeOptions for device, batch,
+      seeds, ...). The CLI probes by default; the API does not, so a pre-training check stays cheap.
     """
     if _is_module(model):
-        graph = _module_graph(model, inputs, training)
+        graph, runner = _module_graph(model, inputs, training)
         mode = "train" if (model.training if training is None else training) else "eval"
-        return analyze_graph(graph, all_nodes=all_nodes, mode=mode)
-    graph = frontends.load(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
-    return analyze_graph(graph, all_nodes=all_nodes, mode="train" if training else "eval")
+    else:
+        graph, runner = frontends.load_model(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
+        mode = "train" if training else "eval"
+    options = probe if isinstance(probe, ProbeOptions) else ProbeOptions() if probe else None
+    return analyze_graph(graph, all_nodes=all_nodes, mode=mode, runner=runner if options else None, probe_options=options)
 
 
 def check(model, inputs=None, *, fail_on: str = "error", **options) -> Report:
@@ -70,7 +77,7 @@ def _is_module(model) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def _module_graph(module, inputs, training: bool | None) -> Graph:
+def _module_graph(module, inputs, training: bool | None):
     import torch
 
     if inputs is None:
@@ -86,11 +93,26 @@ def _module_graph(module, inputs, training: bool | None) -> Graph:
     return frontends.module_graph(module, args, mode, type(module).__name__, kwargs)
 
 
-def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval") -> Report:
+def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", runner=None,
+                  probe_options: ProbeOptions | None = None) -> Report:
     fuse_pointwise(graph)
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     findings = run_checks(graph, result, rows)
+    probe_summary = None
+    if runner is not None:
+        try:
+            measured = runner(graph, probe_options)
+        except InitcheckError:
+            raise  # the user's options are wrong (device, input data): say so
+        except Exception as e:  # the model does not run here: keep the symbolic results, report the failure
+            measured = None
+            findings.append(probe_failure(e))
+        if measured is not None:
+            attach_measurements(rows, graph, result, measured)
+            findings += mismatch_findings(rows, measured)
+            probe_summary = _probe_summary(measured)
+        findings.sort(key=lambda f: (-severity_rank(f.severity), f.code, f.node))
     depth, width = depth_and_width(graph)
     return Report(
         model=graph.source,
@@ -105,7 +127,15 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval") 
         coverage=_coverage(result),
         notes=list(graph.notes),
         all_nodes=all_nodes,
+        probe=probe_summary,
     )
+
+
+def _probe_summary(measured) -> dict:
+    return {"device": measured.device, "samples": measured.samples, "runs": measured.runs, "loss": measured.loss,
+            "resampled_weights": measured.resampled_weights,
+            "max_relative_difference": measured.max_relative_difference,
+            "max_difference_at": measured.max_difference_at, "notes": list(measured.notes)}
 
 
 def _coverage(result) -> Coverage:

@@ -52,11 +52,65 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 1 when a finding reaches this severity (default: error)")
     a.add_argument("--all-nodes", action="store_true", help="one row per node instead of one per layer")
     a.add_argument("--train", action="store_true", help="analyse batch norm and dropout as in training (batch statistics, active dropout)")
+    p = a.add_argument_group("empirical probe (runs the model; on by default when torch/onnxruntime are installed)")
+    p.add_argument("--no-probe", action="store_true", help="symbolic pass only")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch", type=_positive, default=16, help="samples per seed (default 16)")
+    p.add_argument("--seeds", type=_positive, default=4, help="fresh input batches (default 4)")
+    p.add_argument("--resample-weights", action="store_true",
+                   help="each seed also permutes every weight tensor: instance-to-instance spread (PyTorch models)")
+    p.add_argument("--input-data", metavar="FILE.npz", help="real inputs, arrays named like the model's inputs")
+    p.add_argument("--loss", choices=["cotangent", "cross_entropy"], default="cotangent",
+                   help="backward seed: unit-variance random cotangent (default) or cross-entropy on random labels")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop probing after this long, keep what was measured")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     e = sub.add_parser("explain", help="explain a finding code: meaning, formula, fix")
     e.add_argument("code")
     sub.add_parser("rules", help="list every finding code with its thresholds")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _probe_options(args):
+    """ProbeOptions from the flags, or None when the probe is off or cannot run here (then said in a note)."""
+    from initcheck.probes.common import ProbeOptions
+
+    if args.no_probe:
+        return None, None
+    missing = [m for m in ("torch",) + (("onnxruntime",) if args.model.endswith(".onnx") else ()) if not _importable(m)]
+    if missing:
+        return None, f"probe skipped: {', '.join(missing)} not installed (pip install 'initcheck[probe,torch]')"
+    return ProbeOptions(device=args.device, batch=args.batch, seeds=args.seeds, resample_weights=args.resample_weights,
+                        loss=args.loss, input_data=args.input_data, timeout=args.timeout), None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _with_progress(options):
+    """A transient progress bar on stderr for long probes (only on a terminal)."""
+    import contextlib
+
+    if options is None or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.progress import Progress
+
+    progress = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    task = progress.add_task("probing", total=None)
+    options.progress = lambda done, total: progress.update(task, completed=done, total=total)
+    return progress
 
 
 def _version() -> str:
@@ -86,8 +140,12 @@ def _analyze(args) -> int:
     from initcheck.report.table import make_console, render_table
 
     shapes = dict(parse_shape(s) for s in args.input)
-    report = analyze(args.model, shapes, arch=args.arch, trust_pickle=args.trust_pickle, all_nodes=args.all_nodes,
-                     training=args.train)
+    options, skipped = _probe_options(args)
+    with _with_progress(options):
+        report = analyze(args.model, shapes, arch=args.arch, trust_pickle=args.trust_pickle, all_nodes=args.all_nodes,
+                         training=args.train, probe=options or False)
+    if skipped:
+        report.notes.append(skipped)
     if args.format == "json":
         text = render_json(report)
         if args.output:

@@ -137,6 +137,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
         rows.append(LayerRow(
             index=index,
             node=last.name,
+            value=out.name,
             scope=first.scope or last.scope,
             op=first.op + (f"+{activation}" if activation else ""),
             source_op=first.source_op,

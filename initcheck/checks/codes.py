@@ -85,3 +85,28 @@ _code(
     "Run the empirical probe for measured numbers, or export the op in its decomposed form.",
     "Any unsupported op on the signal path: warning.",
 )
+_code(
+    "IC401", "symbolic-empirical-mismatch", "warning",
+    "The probe's measured second moment differs from the prediction beyond sampling error and finite-width "
+    "spread at a layer the pass models exactly: the model breaks one of its assumptions (two branches that are "
+    "the same tensor, weights correlated with their inputs, structured weights on correlated inputs).",
+    "|ln(K_sym / K_meas)| > ln 1.15 + 3 sqrt(spread + SE_probe^2) (theory.md §12-13)",
+    "Trust the measured numbers for this layer and downstream; look for the correlation the pass cannot see.",
+    "Any exactly-modeled layer beyond the bound: warning.",
+)
+_code(
+    "IC402", "probe-cross-check-failed", "error",
+    "For ONNX models the gradients come from a torch form of the graph; its forward values differ from "
+    "onnxruntime's, so the measured gradients cannot be trusted.",
+    "relative L2 difference of any intermediate > 1e-3",
+    "Report the op named in the finding; analyse the PyTorch model, or use --no-probe.",
+    "Above 1e-3: error.",
+)
+_code(
+    "IC403", "probe-failed", "warning",
+    "The empirical probe could not run the model (an op the runtime rejects, an input it cannot build); the "
+    "symbolic results are reported alone.",
+    "-",
+    "Check the named op or input; --no-probe skips the probe.",
+    "Any probe failure: warning.",
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from initcheck.errors import ModelLoadError, UsageError
@@ -20,6 +21,15 @@ def shapes_only(specs: InputSpecs | None) -> dict[str, tuple[int, ...]]:
 
 def load(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
          trust_pickle: bool = False) -> Graph:
+    return load_model(path, inputs, training, arch=arch, trust_pickle=trust_pickle)[0]
+
+
+# A probe runner: (graph, ProbeOptions) -> ProbeResult, closed over the framework object it executes.
+ProbeRunner = Callable[[Graph, object], object]
+
+
+def load_model(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
+               trust_pickle: bool = False) -> tuple[Graph, ProbeRunner]:
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -28,21 +38,51 @@ def load(path: str | Path, inputs: InputSpecs | None = None, training: bool = Fa
     if path.suffix.lower() == ".onnx" or (path.suffix.lower() not in TORCH_SUFFIXES and _looks_like_onnx(path)):
         from initcheck.frontends.onnx_frontend import load_onnx
 
-        return load_onnx(path, shapes_only(inputs), training)
+        return load_onnx(path, shapes_only(inputs), training), _onnx_runner(path)
     if path.suffix.lower() in TORCH_SUFFIXES:
         return _load_torch(path, inputs or {}, training, arch, trust_pickle)
     raise ModelLoadError(f"{path}: unsupported model format '{path.suffix}' (supported: .onnx, .pt2, TorchScript, "
                          ".pt/.pth/.bin/.safetensors state dicts with --arch)")
 
 
-def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None, trust_pickle: bool) -> Graph:
+def _onnx_runner(path: Path) -> ProbeRunner:
+    def run(graph, options):
+        from initcheck.probes.onnx_probe import probe_onnx
+
+        return probe_onnx(path, graph, options)
+
+    return run
+
+
+def _onnx_bytes_runner(data: bytes) -> ProbeRunner:
+    def run(graph, options):
+        with tempfile.TemporaryDirectory() as folder:
+            converted = Path(folder) / "model.onnx"
+            converted.write_bytes(data)
+            return _onnx_runner(converted)(graph, options)
+
+    return run
+
+
+def _program_runner(program) -> ProbeRunner:
+    def run(graph, options):
+        from initcheck.probes.torch_probe import probe_program
+
+        return probe_program(program, graph, options)
+
+    return run
+
+
+def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None,
+                trust_pickle: bool) -> tuple[Graph, ProbeRunner]:
     from initcheck.frontends import torch_load
 
     kind = torch_load.kind_of(path)
     if kind == "pt2":
         from initcheck.frontends.torch_frontend import from_exported_program
 
-        return from_exported_program(torch_load.load_pt2(path), training, str(path))
+        program = torch_load.load_pt2(path)
+        return from_exported_program(program, training, str(path)), _program_runner(program)
     if kind == "torchscript":
         from initcheck.frontends.onnx_frontend import load_onnx
 
@@ -52,7 +92,7 @@ def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None
             converted.write_bytes(data)
             graph = load_onnx(converted, shapes_only(inputs), training)
         graph.source = str(path)
-        return graph
+        return graph, _onnx_bytes_runner(data)
     checkpoint = torch_load.read_checkpoint(path, trust_pickle)
     if hasattr(checkpoint, "forward") and hasattr(checkpoint, "state_dict") and arch is None:
         module = checkpoint  # a whole nn.Module, unpickled because the user trusts the file
@@ -66,8 +106,10 @@ def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None
     return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
 
 
-def module_graph(module, args: tuple, training: bool, source: str, kwargs: dict | None = None) -> Graph:
-    """Export a live module (restoring its mode, buffers and RNG afterwards) and translate it."""
+def module_graph(module, args: tuple, training: bool, source: str,
+                 kwargs: dict | None = None) -> tuple[Graph, ProbeRunner]:
+    """Export a live module (restoring its mode, buffers and RNG afterwards) and translate it. The probe runs
+    on the exported program's own copy of the module, never on the user's."""
     import torch
 
     from initcheck.frontends import torch_load
@@ -80,7 +122,7 @@ def module_graph(module, args: tuple, training: bool, source: str, kwargs: dict 
         module.train(training)
         program = torch_load.export_module(module, args, kwargs)
         module.train(was_training)
-        return from_exported_program(program, training, source)
+        return from_exported_program(program, training, source), _program_runner(program)
     finally:
         module.train(was_training)
         with torch.no_grad():

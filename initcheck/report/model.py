@@ -56,6 +56,17 @@ class LayerRow:
     normalized_downstream: bool
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
+    value: str = ""  # the IR value this row reports
+    # filled when the empirical probe ran
+    measured_mean: float | None = None
+    measured_K: float | None = None
+    measured_G: float | None = None
+    agreement: float | None = None  # K_sym / K_meas
+    agrees: bool | None = None  # within ln 1.15 + 3 SE
+    dead_fraction: float | None = None
+    saturation: float | None = None
+    cosine: float | None = None
+    measured_phase_ratio: float | None = None
 
     @property
     def label(self) -> str:
@@ -83,6 +94,7 @@ class Report:
     coverage: Coverage
     notes: list[str] = field(default_factory=list)
     all_nodes: bool = False
+    probe: dict[str, Any] | None = None  # device, samples, runs, loss, cross-check, notes; None when not run
 
     def worst_severity(self) -> str | None:
         if not self.findings:

@@ -46,14 +46,31 @@ def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
         marks.append(f"±{row.spread:.0%}")
     if row.normalized_downstream:
         marks.append("norm↓")
+    if row.dead_fraction is not None and row.dead_fraction >= 0.05:
+        marks.append(f"dead {row.dead_fraction:.0%}")
+    if row.saturation is not None and row.saturation >= 0.05:
+        marks.append(f"sat {row.saturation:.0%}")
+    if row.cosine is not None and row.cosine >= 0.9:
+        marks.append(f"cos {row.cosine:.2f}")
     return " ".join(marks)
 
 
+def _agreement(row: LayerRow) -> Text:
+    if row.agreement is None:
+        return Text("-")
+    text = f"x{1 / row.agreement:.2f}"
+    return Text(text, style="" if row.agrees or not row.exact else "red")
+
+
 def layer_table(report: Report) -> Table:
+    probed = report.probe is not None
     table = Table(title=f"initcheck: {report.model}", title_justify="left", header_style="bold", pad_edge=False)
-    for name, justify in [("#", "right"), ("layer", "left"), ("op", "left"), ("shape", "left"), ("fan in/out", "right"),
-                          ("w std/target", "right"), ("mean", "right"), ("K", "right"), ("fwd log10", "right"),
-                          ("G", "right"), ("bwd log10", "right"), ("flags", "left")]:
+    columns = [("#", "right"), ("layer", "left"), ("op", "left"), ("shape", "left"), ("fan in/out", "right"),
+               ("w std/target", "right"), ("mean", "right"), ("K", "right")]
+    columns += [("K meas", "right"), ("meas/pred", "right")] if probed else []
+    columns += [("fwd log10", "right"), ("G", "right")] + ([("G meas", "right")] if probed else [])
+    columns += [("bwd log10", "right"), ("flags", "left")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("#", "shape"))
     flagged: dict[str, list[str]] = {}
     for f in report.findings:
@@ -61,10 +78,14 @@ def layer_table(report: Report) -> Table:
     for row in report.layers:
         fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
         stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
-        table.add_row(
-            str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.mean), _num(row.second_moment),
-            _decades(row.forward_log10), _num(row.grad_second_moment), _decades(row.backward_log10), _flags(row, flagged),
-        )
+        cells = [str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.mean), _num(row.second_moment)]
+        if probed:
+            cells += [_num(row.measured_K), _agreement(row)]
+        cells += [_decades(row.forward_log10), _num(row.grad_second_moment)]
+        if probed:
+            cells += [_num(row.measured_G)]
+        cells += [_decades(row.backward_log10), _flags(row, flagged)]
+        table.add_row(*cells)
     return table
 
 
@@ -94,6 +115,13 @@ def summary(report: Report) -> Group:
     lines.append(Text("K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
                       "G: gradient second moment, unit cotangent at outputs; ~ approximate; ±: expected instance-to-instance deviation at this width; norm↓ rescaled by a later norm",
                       style="dim"))
+    if report.probe:
+        p = report.probe
+        check = f"; torch form vs onnxruntime {p['max_relative_difference']:.1e}" if p.get("max_relative_difference") is not None else ""
+        lines.append(Text(f"probe: {p['samples']} samples in {p['runs']} runs on {p['device']}, backward seed "
+                          f"{p['loss']}{'; weights resampled per seed' if p['resampled_weights'] else ''}{check}"))
+        for note in p["notes"]:
+            lines.append(Text(f"probe note: {note}", style="yellow"))
     for note in report.notes:
         lines.append(Text(f"note: {note}", style="dim"))
     return Group(*lines)

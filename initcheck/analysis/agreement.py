@@ -1,0 +1,70 @@
+"""Measured beside predicted: fills the probe columns of the rows and judges their agreement.
+
+A value the symbolic pass models exactly agrees when |ln(K_sym / K_meas)| <= ln 1.15 + 3 SE, SE combining
+the predicted finite-width spread of this network (theory.md §12) and the probe's own sampling error
+(theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
+branches that are the same tensor), and becomes a finding.
+"""
+
+from __future__ import annotations
+
+import math
+
+from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.ir import Graph
+from initcheck.report.model import Finding, LayerRow
+
+TOLERANCE = math.log(1.15)
+CROSS_CHECK_TOLERANCE = 1e-3
+
+
+def agreement_bound(spread: float, sampling_se: float) -> float:
+    return TOLERANCE + 3 * math.sqrt(spread + sampling_se**2)
+
+
+def attach_measurements(rows: list[LayerRow], graph: Graph, result: SymbolicResult, probe) -> None:
+    by_name = {v.name: v for v in graph.values.values()}
+    for row in rows:
+        value = by_name.get(row.value)
+        measured = probe.measured.get(row.value) if value is not None else None
+        if measured is None:
+            continue
+        row.measured_mean, row.measured_K, row.measured_G = measured.mean, measured.K, measured.G
+        row.dead_fraction, row.saturation, row.cosine = measured.dead_fraction, measured.saturation, measured.cosine
+        if measured.phases and min(measured.phases) > 0:
+            row.measured_phase_ratio = max(measured.phases) / min(measured.phases)
+        predicted = result.forward.get(value)
+        if predicted is None or predicted.K <= 0 or measured.K <= 0:
+            continue
+        row.agreement = predicted.K / measured.K
+        row.agrees = abs(math.log(row.agreement)) <= agreement_bound(predicted.spread, measured.K_se)
+
+
+def mismatch_findings(rows: list[LayerRow], probe) -> list[Finding]:
+    findings = []
+    for row in rows:
+        if row.agrees is False and row.exact and row.status == "modeled":
+            findings.append(Finding(
+                "IC401", "warning", "probe",
+                f"measured K {row.measured_K:.4g} vs predicted {row.second_moment:.4g} (x{1 / row.agreement:.3g}) at "
+                f"'{row.label}' ({row.op}): beyond sampling error and finite-width spread, so the model breaks an "
+                "assumption of the symbolic pass (e.g. correlated branches such as x + x, or weights correlated "
+                "with their inputs)",
+                row.node, row.scope, row.measured_K / row.second_moment, TOLERANCE,
+                "trust the measured numbers for this layer and the ones after it"))
+    diff = probe.max_relative_difference
+    if diff is not None and diff > CROSS_CHECK_TOLERANCE:
+        findings.append(Finding(
+            "IC402", "error", "probe",
+            f"the torch form of the graph differs from onnxruntime by {diff:.3g} (relative L2) at "
+            f"'{probe.max_difference_at}'; measured gradients are not trustworthy",
+            probe.max_difference_at or "", "", diff, CROSS_CHECK_TOLERANCE,
+            "report the op at that value; use --no-probe or the PyTorch model for gradients"))
+    return findings
+
+
+def probe_failure(error: Exception) -> Finding:
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    return Finding("IC403", "warning", "probe", f"the probe could not run the model ({type(error).__name__}: {first[:200]}); "
+                   "the symbolic results stand alone", "", "", None, None,
+                   "check that onnxruntime/torch can execute every op of the model, or pass --no-probe")

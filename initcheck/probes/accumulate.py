@@ -1,0 +1,144 @@
+"""Streaming statistics per value, accumulated on the tensor's device in float64 and synced once.
+
+Nothing here keeps an activation: each tensor updates a handful of sums and is released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Measured:
+    """What the probe measured for one value (None where it did not apply)."""
+
+    mean: float
+    K: float
+    M: float
+    K_se: float  # relative standard error of K over the runs
+    G: float | None = None
+    dead_fraction: float | None = None  # ReLU-family: units <= 0 on the whole batch
+    saturation: float | None = None  # tanh/sigmoid-family: entries in the flat tails
+    cosine: float | None = None  # mean cosine similarity between different samples' outputs
+    phases: list[float] | None = None  # K per output phase after up-sampling
+
+
+def channel_axis(ndim: int) -> int:
+    """The axis M is taken over (as in the symbolic pass): channels of NC(D)HW maps, else the last axis."""
+    return 1 if ndim in (4, 5) else ndim - 1
+
+
+@dataclass
+class _Slot:
+    """Device tensors for one value: runs, sum, sum of squares, per-run K sums, channel sums, gradient sums."""
+
+    count: int = 0
+    runs: int = 0
+    grad_count: int = 0
+    sums: object = None  # tensor [sum, sum_sq, sum_K, sum_K2, grad_sq, dead_sum, sat_sum, cos_sum, extras_runs]
+    channels: object = None  # per-channel sums
+    channel_count: int = 0
+    phases: object = None
+    phase_grid: tuple[int, int] | None = None
+
+
+@dataclass
+class Accumulator:
+    kinds: dict[str, str] = field(default_factory=dict)  # value name -> "relu" | "tanh" | "sigmoid"
+    phase_grids: dict[str, tuple[int, int]] = field(default_factory=dict)  # value -> (s_h, s_w)
+    slots: dict[str, _Slot] = field(default_factory=dict)
+
+    def forward(self, name: str, tensor) -> None:
+        import torch
+
+        x = tensor.detach()
+        if not x.is_floating_point() or x.numel() == 0:
+            return
+        x = x.to(torch.float64)
+        slot = self.slots.setdefault(name, _Slot())
+        if slot.sums is None:
+            slot.sums = torch.zeros(9, dtype=torch.float64, device=x.device)
+        k = (x * x).mean()
+        kind = self.kinds.get(name, "")
+        dead = sat = cos = torch.zeros((), dtype=torch.float64, device=x.device)
+        batch = x.shape[0] if x.ndim > 1 else 1
+        if kind == "relu" and batch > 1:
+            dead = (x.reshape(batch, -1) <= 0).all(dim=0).to(torch.float64).mean()
+        elif kind == "tanh":
+            sat = (x.abs() > 0.99).to(torch.float64).mean()
+        elif kind == "sigmoid":
+            sat = ((x < 0.01) | (x > 0.99)).to(torch.float64).mean()
+        if batch > 1:
+            flat = x.reshape(batch, -1)
+            unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            gram = unit @ unit.T
+            cos = (gram.sum() - gram.diagonal().sum()) / (batch * (batch - 1))
+        slot.sums += torch.stack([x.sum(), (x * x).sum(), k, k * k, torch.zeros_like(k), dead, sat, cos, torch.ones_like(k)])
+        slot.count += x.numel()
+        slot.runs += 1
+        axis = channel_axis(x.ndim) if x.ndim > 1 else 0
+        sums = x.transpose(0, axis).reshape(x.shape[axis], -1).sum(dim=1) if x.ndim > 1 else x.sum().reshape(1)
+        slot.channels = sums if slot.channels is None or slot.channels.shape != sums.shape else slot.channels + sums
+        slot.channel_count += x.numel() // max(sums.numel(), 1)
+        grid = self.phase_grids.get(name)
+        if grid and x.ndim == 4:
+            sh, sw = grid
+            energy = torch.stack([(x[:, :, i::sh, j::sw] ** 2).mean() for i in range(sh) for j in range(sw)])
+            slot.phases = energy if slot.phases is None else slot.phases + energy
+            slot.phase_grid = grid
+
+    def backward(self, name: str, grad) -> None:
+        import torch
+
+        if grad is None:
+            return
+        slot = self.slots.setdefault(name, _Slot())
+        g = grad.detach().to(torch.float64)
+        if slot.sums is None:
+            slot.sums = torch.zeros(9, dtype=torch.float64, device=g.device)
+        slot.sums[4] += (g * g).sum()
+        slot.grad_count += g.numel()
+
+    def results(self) -> dict[str, Measured]:
+        """Everything in one device-to-host copy."""
+        import torch
+
+        names = [n for n, s in self.slots.items() if s.sums is not None and s.count]
+        if not names:
+            return {}
+        parts, sizes = [], []
+        for n in names:
+            slot = self.slots[n]
+            pieces = [slot.sums, slot.channels] + ([slot.phases] if slot.phases is not None else [])
+            sizes.append([p.numel() for p in pieces])
+            parts.extend(p.to("cpu" if p.device.type == "cpu" else p.device) for p in pieces)
+        device = parts[0].device
+        flat = torch.cat([p.to(device) for p in parts]).cpu().tolist()
+        out, offset = {}, 0
+        for name, lengths in zip(names, sizes):
+            chunks = []
+            for length in lengths:
+                chunks.append(flat[offset:offset + length])
+                offset += length
+            out[name] = self._finish(name, *chunks)
+        return out
+
+    def _finish(self, name: str, sums: list, channels: list, phases: list | None = None) -> Measured:
+        slot = self.slots[name]
+        total, total_sq, sum_k, sum_k2, grad_sq, dead, sat, cos, runs_with_extras = sums
+        runs = max(slot.runs, 1)
+        mean_k = sum_k / runs
+        var_k = max(sum_k2 / runs - mean_k**2, 0.0) / max(runs - 1, 1)
+        per_channel = [c / max(slot.channel_count, 1) for c in channels]
+        kind = self.kinds.get(name, "")
+        return Measured(
+            mean=total / slot.count,
+            K=total_sq / slot.count,
+            M=sum(c * c for c in per_channel) / max(len(per_channel), 1),
+            K_se=(var_k**0.5 / mean_k) if mean_k > 0 else 0.0,
+            G=grad_sq / slot.grad_count if slot.grad_count else None,
+            dead_fraction=dead / runs if kind == "relu" else None,
+            saturation=sat / runs if kind in ("tanh", "sigmoid") else None,
+            cosine=cos / runs if runs_with_extras else None,
+            phases=[p / runs for p in phases] if phases else None,
+        )

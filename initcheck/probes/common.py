@@ -1,0 +1,172 @@
+"""Options, results and the pieces both probes share: device choice, inputs, what to measure, the run loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from initcheck.errors import UsageError
+from initcheck.ir import Graph
+from initcheck.probes.accumulate import Accumulator, Measured
+
+RELU_FAMILY = {"relu", "leaky_relu", "prelu", "clip"}
+SATURATING = {"tanh": "tanh", "sigmoid": "sigmoid", "hard_sigmoid": "sigmoid"}
+
+
+@dataclass
+class ProbeOptions:
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    batch: int = 16  # samples per seed where the model's batch dimension allows it
+    seeds: int = 4  # fresh input batches (and, with resample_weights, fresh weight permutations)
+    resample_weights: bool = False
+    loss: str = "cotangent"  # cotangent: unit-variance random cotangent at every output; cross_entropy: random labels
+    input_data: str | None = None  # .npz with arrays named like the inputs
+    timeout: float | None = None  # seconds; the probe stops and reports what it measured so far
+    progress: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class ProbeResult:
+    measured: dict[str, Measured]
+    device: str
+    samples: int
+    runs: int
+    loss: str
+    resampled_weights: bool
+    max_relative_difference: float | None = None  # ONNX: torch form vs onnxruntime, relative L2
+    max_difference_at: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return f"cuda:{index}"
+    raise UsageError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+
+
+def measured_kinds(graph: Graph) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """Which values get dead-unit / saturation counts, and which get per-phase K (up-sampling outputs)."""
+    kinds, grids = {}, {}
+    for node in graph.nodes:
+        out = node.outputs[0].name if node.outputs else None
+        if out is None:
+            continue
+        function = node.attrs.get("function") if node.op == "pointwise" else node.op
+        if function in RELU_FAMILY:
+            kinds[out] = "relu"
+        elif function in SATURATING:
+            kinds[out] = SATURATING[function]
+        if node.op == "conv_transpose" and len(node.attrs.get("strides", [])) == 2:
+            grids[out] = tuple(node.attrs["strides"])
+        elif node.op == "depth_to_space":
+            b = int(node.attrs.get("blocksize", 2))
+            grids[out] = (b, b)
+        elif node.op == "resize" and len(node.attrs.get("scales") or []) == 2:
+            s = node.attrs["scales"]
+            if all(abs(x - round(x)) < 1e-6 and x > 1 for x in s):
+                grids[out] = (int(round(s[0])), int(round(s[1])))
+    return kinds, grids
+
+
+def vocabulary(graph: Graph) -> int:
+    sizes = [n.params["table"].shape[0] for n in graph.nodes if n.op == "embedding" and "table" in n.params]
+    return min(sizes) if sizes else 2
+
+
+def make_input(name: str, shape, dtype, vocab: int, generator, data: dict | None, run: int, device):
+    """N(0,1) floats, all-ones masks, uniform token ids; or the next slice of --input-data."""
+    import torch
+
+    if data is not None and name in data:
+        array = data[name]
+        batch = shape[0] if shape else 1
+        start = (run * batch) % max(array.shape[0], 1)
+        rows = torch.as_tensor(array[start:start + batch])
+        if rows.shape[0] < batch:
+            rows = torch.cat([rows, torch.as_tensor(array[: batch - rows.shape[0]])])
+        return rows.to(device=device, dtype=dtype).reshape(shape)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    if "mask" in name.lower():
+        return torch.ones(shape, dtype=dtype, device=device)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.randint(0, vocab, shape, generator=generator).to(device=device, dtype=dtype)
+
+
+def load_input_data(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--input-data {path}: cannot read ({e})") from None
+
+
+def by_input(data: dict | None, names: list[str]) -> dict | None:
+    """--input-data arrays by input name; when the names differ (torch renames inputs), by position."""
+    if data is None or all(n in data for n in names):
+        return data
+    if len(data) == len(names):
+        return dict(zip(names, data.values()))
+    raise UsageError(f"--input-data: arrays {sorted(data)} do not match the model's inputs {names}")
+
+
+def seed_backward(outputs: list, loss: str, generator) -> None:
+    """Unit-variance random cotangent at every output (default) or cross-entropy against random labels."""
+    import torch
+
+    floats = [o for o in outputs if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad]
+    if not floats:
+        return
+    if loss == "cross_entropy":
+        logits = floats[0].reshape(-1, floats[0].shape[-1])
+        labels = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=generator).to(logits.device)
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+        return
+    cotangents = [torch.randn(o.shape, generator=generator).to(o.device, o.dtype) for o in floats]
+    torch.autograd.backward(floats, cotangents)
+
+
+def run_loop(options: ProbeOptions, runs_per_seed: int, step: Callable[[int, int], None], notes: list[str]) -> int:
+    """Call step(seed, run) for every run; stops at the timeout. Returns the number of runs done."""
+    total = options.seeds * runs_per_seed
+    started, done = time.monotonic(), 0
+    for seed in range(options.seeds):
+        for run in range(runs_per_seed):
+            if options.timeout is not None and time.monotonic() - started > options.timeout:
+                notes.append(f"probe stopped at the {options.timeout:g} s timeout after {done} of {total} runs")
+                return done
+            step(seed, run)
+            done += 1
+            if options.progress:
+                options.progress(done, total)
+    return done
+
+
+def runs_for(batch_in_model: int | None, wanted: int) -> tuple[int, int]:
+    """(per-run batch, runs per seed) to reach `wanted` samples when the model fixes its batch."""
+    if not batch_in_model:
+        return wanted, 1
+    return batch_in_model, max(1, math.ceil(wanted / batch_in_model))
+
+
+def new_accumulator(graph: Graph) -> Accumulator:
+    kinds, grids = measured_kinds(graph)
+    return Accumulator(kinds=kinds, phase_grids=grids)

@@ -1,0 +1,172 @@
+"""Probe for ONNX models: forward statistics from onnxruntime with every intermediate exposed; gradients from
+the executable torch form of the same graph, whose forward values are cross-checked against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from initcheck.errors import UsageError
+from initcheck.ir import Graph
+from initcheck.probes.common import (
+    ProbeOptions,
+    ProbeResult,
+    by_input,
+    load_input_data,
+    make_input,
+    new_accumulator,
+    resolve_device,
+    run_loop,
+    seed_backward,
+    vocabulary,
+)
+
+CROSS_CHECK_TOLERANCE = 1e-3  # relative L2 difference allowed between the torch form and onnxruntime (fp32)
+
+
+def _session(model, outputs: list[str], device: str):
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    existing = {o.name for o in model.graph.output}
+    for name in outputs:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    available = set(ort.get_available_providers())
+    return ort.InferenceSession(model.SerializeToString(), options, providers=[p for p in providers if p in available])
+
+
+def _input_specs(model, graph: Graph, batch: int) -> tuple[list[tuple[str, tuple, str]], bool]:
+    """Input shapes: the file's (or --input's), with a symbolic batch dimension set to the probe batch."""
+    from initcheck.frontends.onnx_load import dims_of
+
+    declared = {i.name: dims_of(i.type) for i in model.graph.input}
+    specs, batched = [], False
+    for value in graph.inputs:
+        shape = list(value.shape or ())
+        dims = declared.get(value.name) or []
+        if shape and dims and not isinstance(dims[0], int):
+            shape[0], batched = batch, True
+        specs.append((value.name, tuple(shape), value.dtype))
+    return specs, batched
+
+
+class _TorchForm:
+    """Runs the ONNX nodes with torch ops, recording gradients of the wanted values."""
+
+    def __init__(self, model, device: str, opset: int):
+        import torch
+        from onnx import numpy_helper
+
+        from initcheck.frontends.onnx_frontend import _topological
+
+        self.nodes = _topological(model.graph)
+        self.opset, self.device = opset, device
+        self.constants = {}
+        for t in model.graph.initializer:
+            self.constants[t.name] = torch.from_numpy(np.array(numpy_helper.to_array(t))).to(device)
+
+    def run(self, feeds: dict, wanted: set[str], accumulator, record: dict | None = None):
+        import torch
+        from onnx import numpy_helper
+
+        from initcheck.probes.onnx_torch import run_node
+
+        values = dict(self.constants)
+        values.update(feeds)
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                attr = node.attribute[0]
+                array = numpy_helper.to_array(attr.t) if attr.name == "value" else np.array(
+                    attr.f if attr.name == "value_float" else attr.floats if attr.name == "value_floats" else
+                    attr.i if attr.name == "value_int" else list(attr.ints))
+                values[node.output[0]] = torch.as_tensor(np.array(array)).to(self.device)
+                continue
+            out = run_node(node, [values.get(n) if n else None for n in node.input], self.opset)
+            outs = list(out) if isinstance(out, (tuple, list)) else [out]
+            for name, t in zip(node.output, outs):
+                if name in wanted and isinstance(t, torch.Tensor) and t.is_floating_point() and t.grad_fn is None:
+                    t = t.detach().requires_grad_(True)  # where the signal starts (an embedding lookup): differentiate here
+                values[name] = t
+                if name in wanted and isinstance(t, torch.Tensor) and t.is_floating_point():
+                    if record is not None:
+                        record[name] = t.detach()
+                    if t.requires_grad:
+                        t.register_hook(lambda g, name=name: accumulator.backward(name, g))
+        return values
+
+
+def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
+    import torch
+
+    from initcheck.frontends.onnx_load import read_model
+    from initcheck.probes.onnx_torch import NotExecutable
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UsageError("probing ONNX models needs onnxruntime: pip install 'initcheck[probe]' (or --no-probe)") from None
+    device = resolve_device(options.device)
+    model = read_model(Path(path))
+    opset = graph.opset or 13
+    acc = new_accumulator(graph)
+    produced = {o for n in model.graph.node for o in n.output}
+    wanted = [v.name for n in graph.nodes for v in n.outputs if v.name in produced and v.is_float]
+    specs, batched = _input_specs(model, graph, options.batch)
+    session = _session(model, wanted, device)
+    form = _TorchForm(model, device, opset)
+    data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
+    run_batch = specs[0][1][0] if specs and specs[0][1] else 1
+    runs_per_seed = 1 if batched else max(1, -(-options.batch // max(run_batch, 1)))
+    generator = torch.Generator().manual_seed(0)
+    state = {"backward": True, "max_diff": None}
+    torch_dtypes = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
+                    "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
+
+    def step(seed: int, run: int) -> None:
+        feeds = {name: make_input(name, shape, torch_dtypes.get(dtype, torch.float32), vocab, generator, data,
+                                  seed * runs_per_seed + run, "cpu") for name, shape, dtype in specs}
+        arrays = session.run(wanted, {k: v.numpy() for k, v in feeds.items()})
+        for name, array in zip(wanted, arrays):
+            acc.forward(name, torch.from_numpy(np.asarray(array)))
+        if not state["backward"]:
+            return
+        inputs = {k: v.to(device).requires_grad_(v.is_floating_point()) for k, v in feeds.items()}
+        record = {} if seed == 0 and run == 0 else None
+        try:
+            values = form.run(inputs, set(wanted), acc, record)
+        except NotExecutable as e:
+            state["backward"] = False
+            notes.append(f"gradients not measured: {e}")
+            return
+        if record is not None:
+            state["max_diff"] = _max_difference(record, dict(zip(wanted, arrays)))
+        outputs = [values[o.name] for o in model.graph.output if o.name in values]
+        seed_backward(outputs, options.loss, generator)
+
+    if options.resample_weights:
+        notes.append("--resample-weights applies to PyTorch models; ONNX weights were used as stored")
+    runs = run_loop(options, runs_per_seed, step, notes)
+    diff, where = state["max_diff"] or (None, None)
+    return ProbeResult(acc.results(), device, runs * (options.batch if batched else run_batch), runs, options.loss,
+                       False, max_relative_difference=diff, max_difference_at=where, notes=notes)
+
+
+def _max_difference(torch_values: dict, ort_values: dict) -> tuple[float, str] | None:
+    worst = None
+    for name, t in torch_values.items():
+        ref = np.asarray(ort_values.get(name), dtype=np.float64)
+        got = t.double().cpu().numpy()
+        if ref.shape != got.shape or not np.isfinite(ref).all():
+            continue
+        scale = np.linalg.norm(ref)
+        diff = float(np.linalg.norm(got - ref) / scale) if scale > 0 else float(np.abs(got).max(initial=0.0))
+        if worst is None or diff > worst[0]:
+            worst = (diff, name)
+    return worst

@@ -1,0 +1,83 @@
+"""Probe for torch.export programs: an fx Interpreter over a copy of the program's module records every
+value it computes and hooks its gradient; the user's own module is never run or touched."""
+
+from __future__ import annotations
+
+import torch
+
+from initcheck.ir import Graph
+from initcheck.probes.common import (
+    ProbeOptions,
+    ProbeResult,
+    by_input,
+    load_input_data,
+    make_input,
+    new_accumulator,
+    resolve_device,
+    run_loop,
+    seed_backward,
+    vocabulary,
+)
+
+
+class _Recorder(torch.fx.Interpreter):
+    def __init__(self, module, wanted: set[str], accumulator):
+        super().__init__(module)
+        self.wanted, self.acc = wanted, accumulator
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and n.name in self.wanted and out.is_floating_point() and out.grad_fn is None:
+            out = out.detach().requires_grad_(True)  # where the signal starts (an embedding lookup): differentiate here
+        items = [(n.name, out)] if isinstance(out, torch.Tensor) else [
+            (f"{n.name}.{i}", t) for i, t in enumerate(out) if isinstance(t, torch.Tensor)] if isinstance(out, (tuple, list)) else []
+        for name, t in items:
+            if name in self.wanted and t.is_floating_point():
+                self.acc.forward(name, t)
+                if t.requires_grad:
+                    t.register_hook(lambda g, name=name: self.acc.backward(name, g))
+        return out
+
+
+def _permute_weights(module, generator) -> None:
+    """Same statistics, new instance: a random permutation of each weight tensor's entries (theory §12)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            flat = p.detach().reshape(-1)
+            p.copy_(flat[torch.randperm(flat.numel(), generator=generator).to(flat.device)].reshape(p.shape))
+
+
+def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
+    device = resolve_device(options.device)
+    module = program.module()
+    # program.module() shares parameters with the user's model: work on detached copies, without gradients,
+    # so neither permutations nor .grad ever reach the user's tensors
+    copies = {k: v.detach().clone().to(device) for k, v in module.state_dict(keep_vars=True).items()}
+    module.load_state_dict(copies, assign=True)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    acc = new_accumulator(graph)
+    wanted = {v.name for v in graph.values.values() if not v.is_input}
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
+    data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
+    batch = specs[0][1][0] if specs and specs[0][1] else 1
+    runs_per_seed = max(1, -(-options.batch // max(batch, 1)))
+    generator = torch.Generator().manual_seed(0)
+    original = {k: v.detach().clone() for k, v in module.state_dict().items()} if options.resample_weights else None
+
+    def step(seed: int, run: int) -> None:
+        if options.resample_weights and run == 0 and seed > 0:
+            module.load_state_dict(original)
+            _permute_weights(module, generator)
+        inputs = [make_input(name, shape, dtype, vocab, generator, data, seed * runs_per_seed + run, device)
+                  for name, shape, dtype in specs]
+        for x in inputs:
+            if x.is_floating_point():
+                x.requires_grad_(True)
+        outputs = _Recorder(module, wanted, acc).run(*inputs)
+        flat = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        seed_backward(flat, options.loss, generator)
+
+    runs = run_loop(options, runs_per_seed, step, notes)
+    return ProbeResult(acc.results(), device, runs * batch, runs, options.loss, options.resample_weights, notes=notes)
