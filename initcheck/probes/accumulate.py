@@ -49,41 +49,48 @@ class Accumulator:
     slots: dict[str, _Slot] = field(default_factory=dict)
 
     def forward(self, name: str, tensor) -> None:
+        """Per-tensor reductions in float32 (BLAS-speed; ~1e-6 relative), accumulated across runs in float64."""
         import torch
 
         x = tensor.detach()
         if not x.is_floating_point() or x.numel() == 0:
             return
-        x = x.to(torch.float64)
+        if x.dtype != torch.float32:
+            x = x.float()
         slot = self.slots.setdefault(name, _Slot())
         if slot.sums is None:
             slot.sums = torch.zeros(9, dtype=torch.float64, device=x.device)
-        k = (x * x).mean()
-        kind = self.kinds.get(name, "")
-        dead = sat = cos = torch.zeros((), dtype=torch.float64, device=x.device)
+        flat = x.reshape(-1)
+        total, squares = flat.sum(), torch.dot(flat, flat)
+        k = squares / flat.numel()
+        zero = torch.zeros((), device=x.device)
+        dead = sat = cos = zero
         batch = x.shape[0] if x.ndim > 1 else 1
+        kind = self.kinds.get(name, "")
         if kind == "relu" and batch > 1:
-            dead = (x.reshape(batch, -1) <= 0).all(dim=0).to(torch.float64).mean()
+            dead = (x.reshape(batch, -1) <= 0).all(dim=0).float().mean()
         elif kind == "tanh":
-            sat = (x.abs() > 0.99).to(torch.float64).mean()
+            sat = (x.abs() > 0.99).float().mean()
         elif kind == "sigmoid":
-            sat = ((x < 0.01) | (x > 0.99)).to(torch.float64).mean()
+            sat = ((x < 0.01) | (x > 0.99)).float().mean()
         if batch > 1:
-            flat = x.reshape(batch, -1)
-            unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            gram = unit @ unit.T
-            cos = (gram.sum() - gram.diagonal().sum()) / (batch * (batch - 1))
-        slot.sums += torch.stack([x.sum(), (x * x).sum(), k, k * k, torch.zeros_like(k), dead, sat, cos, torch.ones_like(k)])
-        slot.count += x.numel()
+            rows = x.reshape(batch, -1)
+            gram = rows @ rows.T
+            norms = gram.diagonal().clamp_min(1e-30).sqrt()
+            cosines = gram / norms[:, None] / norms[None, :]
+            cos = (cosines.sum() - cosines.diagonal().sum()) / (batch * (batch - 1))
+        slot.sums += torch.stack([total, squares, k, k * k, zero, dead, sat, cos, torch.ones_like(k)]).double()
+        slot.count += flat.numel()
         slot.runs += 1
         axis = channel_axis(x.ndim) if x.ndim > 1 else 0
-        sums = x.transpose(0, axis).reshape(x.shape[axis], -1).sum(dim=1) if x.ndim > 1 else x.sum().reshape(1)
+        dims = tuple(d for d in range(x.ndim) if d != axis)
+        sums = (x.sum(dim=dims) if dims else x).double()
         slot.channels = sums if slot.channels is None or slot.channels.shape != sums.shape else slot.channels + sums
-        slot.channel_count += x.numel() // max(sums.numel(), 1)
+        slot.channel_count += flat.numel() // max(sums.numel(), 1)
         grid = self.phase_grids.get(name)
         if grid and x.ndim == 4:
             sh, sw = grid
-            energy = torch.stack([(x[:, :, i::sh, j::sw] ** 2).mean() for i in range(sh) for j in range(sw)])
+            energy = torch.stack([x[:, :, i::sh, j::sw].pow(2).mean() for i in range(sh) for j in range(sw)]).double()
             slot.phases = energy if slot.phases is None else slot.phases + energy
             slot.phase_grid = grid
 
@@ -93,10 +100,12 @@ class Accumulator:
         if grad is None:
             return
         slot = self.slots.setdefault(name, _Slot())
-        g = grad.detach().to(torch.float64)
+        g = grad.detach().reshape(-1)
+        if g.dtype != torch.float32:
+            g = g.float()
         if slot.sums is None:
             slot.sums = torch.zeros(9, dtype=torch.float64, device=g.device)
-        slot.sums[4] += (g * g).sum()
+        slot.sums[4] += torch.dot(g, g).double()
         slot.grad_count += g.numel()
 
     def results(self) -> dict[str, Measured]:
