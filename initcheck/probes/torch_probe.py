@@ -50,10 +50,11 @@ def _permute_weights(module, generator) -> None:
 def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
     device = resolve_device(options.device)
     module = program.module()
-    # program.module() shares parameters with the user's model: work on detached copies, without gradients,
-    # so neither permutations nor .grad ever reach the user's tensors
-    copies = {k: v.detach().clone().to(device) for k, v in module.state_dict(keep_vars=True).items()}
-    module.load_state_dict(copies, assign=True)
+    # program.module() shares parameters with the user's model: work on detached tensors without gradients,
+    # so .grad never reaches the user's; copies only where weights get permuted in place
+    detached = {k: (v.detach().clone() if options.resample_weights else v.detach()).to(device)
+                for k, v in module.state_dict(keep_vars=True).items()}
+    module.load_state_dict(detached, assign=True)
     for p in module.parameters():
         p.requires_grad_(False)
     acc = new_accumulator(graph)
@@ -62,6 +63,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
     data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
     batch = specs[0][1][0] if specs and specs[0][1] else 1
+    acc.batch = batch
     runs_per_seed = max(1, -(-options.batch // max(batch, 1)))
     generator = torch.Generator().manual_seed(0)
     original = {k: v.detach().clone() for k, v in module.state_dict().items()} if options.resample_weights else None
