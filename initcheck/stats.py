@@ -35,26 +35,43 @@ class TensorStats:
         return self.nan_count == 0 and self.inf_count == 0
 
 
+CHUNK = 1 << 20  # elements per pass: weights are streamed, never copied whole to float64
+
+
+def _chunks(flat: np.ndarray):
+    for start in range(0, flat.size, CHUNK):
+        yield flat[start:start + CHUNK].astype(np.float64)
+
+
 def tensor_stats(array: np.ndarray) -> TensorStats:
     a = np.asarray(array)
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
         a = a.astype(np.float64)
-    a64 = a.astype(np.float64, copy=False).ravel()
-    finite = np.isfinite(a64)
-    n_finite = int(finite.sum())
-    vals = a64 if n_finite == a64.size else a64[finite]
-    mean = float(vals.mean()) if n_finite else 0.0
-    mean_sq = float(np.mean(vals * vals)) if n_finite else 0.0
-    is_constant = bool(n_finite > 0 and vals.min() == vals.max())
+    flat = a.reshape(-1)
+    n_finite = nan = inf = 0
+    total = squares = 0.0
+    low, high = np.inf, -np.inf
+    for part in _chunks(flat):
+        finite = np.isfinite(part)
+        nan += int(np.isnan(part).sum())
+        inf += int(np.isinf(part).sum())
+        vals = part if finite.all() else part[finite]
+        n_finite += vals.size
+        total += float(vals.sum())
+        squares += float(np.dot(vals, vals))
+        if vals.size:
+            low, high = min(low, float(vals.min())), max(high, float(vals.max()))
+    mean = total / n_finite if n_finite else 0.0
+    mean_sq = squares / n_finite if n_finite else 0.0
     return TensorStats(
-        coherent=_coherent(a.astype(np.float64, copy=False)) if n_finite == a64.size else mean_sq,
+        coherent=_coherent(a) if n_finite == flat.size else mean_sq,
         shape=tuple(int(d) for d in a.shape),
-        numel=int(a64.size),
+        numel=int(flat.size),
         mean=mean,
         mean_sq=mean_sq,
-        nan_count=int(np.isnan(a64).sum()),
-        inf_count=int(np.isinf(a64).sum()),
-        is_constant=is_constant,
+        nan_count=nan,
+        inf_count=inf,
+        is_constant=bool(n_finite > 0 and low == high),
     )
 
 
@@ -92,9 +109,10 @@ def _coherent(a: np.ndarray) -> float:
     over positions when it is added to a signal): a bias vector is all coherent, a position table mostly not."""
     axes = [i for i, d in enumerate(a.shape) if d > 1]
     if len(axes) <= 1:
-        return float(np.mean(a * a)) if a.size else 0.0
+        flat = a.reshape(-1)
+        return sum(float(np.dot(p, p)) for p in _chunks(flat)) / flat.size if a.size else 0.0
     channel = axes[-1]
-    means = a.mean(axis=tuple(i for i in range(a.ndim) if i != channel))
+    means = a.mean(axis=tuple(i for i in range(a.ndim) if i != channel), dtype=np.float64)
     return float(np.mean(means * means))
 
 
@@ -104,17 +122,22 @@ def _finite(a: np.ndarray) -> np.ndarray:
 
 
 def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | None = None) -> LinearStats:
-    """weight: (out, ...) with everything after the first axis summed into each output."""
-    w = _finite(weight).reshape(weight.shape[0], -1)
-    rows = w.sum(axis=1)
+    """weight: (out, ...) with everything after the first axis summed into each output. Streamed by rows."""
+    w = np.asarray(weight).reshape(weight.shape[0], -1)
+    step = max(1, CHUNK // max(w.shape[1], 1))
+    rows, squares = np.empty(w.shape[0]), 0.0
+    for start in range(0, w.shape[0], step):
+        block = _finite(w[start:start + step])
+        rows[start:start + step] = block.sum(axis=1)
+        squares += float(np.einsum("ij,ij->", block, block))
     b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
     if b.size != w.shape[0]:
         b = np.resize(b, w.shape[0])
     return LinearStats(
         fan_in=int(w.shape[1]),
         fan_out=int(fan_out if fan_out is not None else w.shape[0]),
-        w_mean=float(w.mean()),
-        w_sq=float(np.mean(w * w)),
+        w_mean=float(rows.sum() / w.size),
+        w_sq=squares / w.size,
         row_sum_mean=float(rows.mean()),
         row_sum_sq=float(np.mean(rows * rows)),
         bias_mean=float(b.mean()),

@@ -333,9 +333,8 @@ def _reduce(node, ctx):
 def _gather(node, ctx):
     table = ctx.array(node.input[0])
     if table is not None and node.input[0] not in ctx.signal and table.dtype.kind == "f" and table.ndim == 2:
-        t = table.astype(np.float64)
-        columns = np.nan_to_num(t).mean(axis=0)
-        return "embedding", {}, {"table": tensor_stats(t), "coherent": float(np.mean(columns**2))}
+        columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
+        return "embedding", {}, {"table": tensor_stats(table), "coherent": float(np.mean(columns**2))}
     return "gather", attributes(node), {}
 
 

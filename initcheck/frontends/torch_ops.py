@@ -314,8 +314,8 @@ def _embedding(node, ctx):
     table = ctx.array(node.args[0])
     if table is None:
         return None
-    t = table.astype(np.float64)
-    return [Emit("embedding", [node.args[1]], params={"table": tensor_stats(t), "coherent": float(np.mean(t.mean(axis=0) ** 2))})]
+    columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
+    return [Emit("embedding", [node.args[1]], params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))})]
 
 
 @handles("softmax", "_softmax", "log_softmax", "_log_softmax")
