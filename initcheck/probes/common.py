@@ -144,6 +144,20 @@ def seed_backward(outputs: list, loss: str, generator) -> None:
     torch.autograd.backward(floats, cotangents)
 
 
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a run. Interpreted runs free tensors in another order than a
+    module's forward, and glibc then keeps growing the heap run after run (measured: +850 MiB per GPT-2-small
+    run, returned by malloc_trim)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def run_loop(options: ProbeOptions, runs_per_seed: int, step: Callable[[int, int], None], notes: list[str]) -> int:
     """Call step(seed, run) for every run; stops at the timeout. Returns the number of runs done."""
     total = options.seeds * runs_per_seed
@@ -154,6 +168,7 @@ def run_loop(options: ProbeOptions, runs_per_seed: int, step: Callable[[int, int
                 notes.append(f"probe stopped at the {options.timeout:g} s timeout after {done} of {total} runs")
                 return done
             step(seed, run)
+            release_memory()
             done += 1
             if options.progress:
                 options.progress(done, total)
