@@ -34,10 +34,12 @@ def attach_measurements(rows: list[LayerRow], graph: Graph, result: SymbolicResu
         if measured.phases and min(measured.phases) > 0:
             row.measured_phase_ratio = max(measured.phases) / min(measured.phases)
         predicted = result.forward.get(value)
-        if predicted is None or predicted.K <= 0 or measured.K <= 0:
+        # a measurement that overflowed float32 (activations ~1e19, already an IC101 finding) is not compared
+        if predicted is None or not (0 < predicted.K < math.inf and 0 < measured.K < math.inf):
             continue
         row.agreement = predicted.K / measured.K
-        row.agrees = abs(math.log(row.agreement)) <= agreement_bound(predicted.spread, measured.K_se)
+        se = measured.K_se if math.isfinite(measured.K_se) else 0.0
+        row.agrees = abs(math.log(row.agreement)) <= agreement_bound(predicted.spread, se)
 
 
 def mismatch_findings(rows: list[LayerRow], probe) -> list[Finding]:
