@@ -19,9 +19,9 @@ EXPECTED: dict[str, set[str]] = {
     "tanh_mlp_glorot": {"IC102", "IC112"},  # K ~ 1/(2l) and chi_perp < 1: both directions fade
     "relu_mlp_he": set(),
     "relu_mlp_glorot": {"IC102", "IC112"},  # half the He variance: x1/2 per layer, forward and backward
-    "residual_mlp": {"IC101", "IC111"},  # unscaled x + f(x) with g = 1: 2^L both ways
+    "residual_mlp": {"IC101", "IC111", "IC502"},  # unscaled x + f(x) with g = 1: 2^L both ways
     "unet_block": set(),
-    "dcgan_generator": set(),
+    "dcgan_generator": {"IC501"},  # ConvTranspose k=3, s=2: per-phase K ratio ~4 (checkerboard)
     "prenorm_transformer": set(),
     "lstm": {"IC102"},  # torch's default U(+-1/sqrt(H)) LSTM init: hidden state std ~0.1 for unit inputs
 }

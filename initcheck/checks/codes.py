@@ -110,3 +110,34 @@ _code(
     "Check the named op or input; --no-probe skips the probe.",
     "Any probe failure: warning.",
 )
+_code(
+    "IC501", "checkerboard-upsampling", "error",
+    "A transposed convolution gives its output phases unequal second moments: the network starts by painting a "
+    "checkerboard, which training must first undo.",
+    "per phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + b2 with the actual per-tap energies E_t (theory.md §3); "
+    "ratio max_r K_r / min_r K_r (k=3, s=2: 4; k=4, s=2: 1).",
+    "Kernel divisible by the stride (k=4 for s=2), resize-then-conv, or phase-balanced taps; rescaling to the average "
+    "fan-in fixes the mean gain, not the pattern.",
+    "ratio >= 1.5: warning; >= 2 or a phase without taps: error (random-init noise gives 1.05-1.5).",
+)
+_code(
+    "IC502", "unscaled-residual-stream", "warning",
+    "Residual blocks y = x + f(x) add the branch's energy every block: K and the gradient grow like Pi(1 + g_l).",
+    "K_y = K_x + K_f = K_x (1 + g), g = K_f / K_x; G_x = G_y (1 + chi_f) (theory.md §5).",
+    "(x + f(x)) / sqrt(1 + g), a branch scale alpha with alpha^2 g = 1/L, zero-init of f's last layer, or a norm.",
+    "K grows >= 1.9x per block in >= 4 blocks: warning.",
+)
+_code(
+    "IC503", "over-corrected-residual", "warning",
+    "A residual stream whose scaling over-corrects: K shrinks every block (e.g. /sqrt(2) with g = 1/2: 0.75^L).",
+    "per block K_y / K_x = s^2 (1 + g) < 1 for the applied scale s (theory.md §5).",
+    "Use s = 1/sqrt(1 + g) for the actual branch gain g.",
+    "K shrinks to <= 0.9x per block in >= 4 blocks: warning.",
+)
+_code(
+    "IC504", "attention-logit-scale", "error",
+    "Attention logits q k^T are too spread within a row: the softmax starts saturated and its gradient is small.",
+    "E[s^2] = c^2 d_k E[q^2] E[k^2]; within-row std sigma; softmax statistics for N keys (theory.md §9).",
+    "Scale logits by 1/sqrt(d_k) if missing, else by 1/sigma (or q and k weights by 1/sqrt(sigma) each).",
+    "sigma >= 2: warning (H/ln N <= 0.78); >= 4 or a missing 1/sqrt(d_k): error.",
+)

@@ -1,0 +1,139 @@
+"""Issue 5 checks: each has a model that must trigger it and a healthy twin that must not, and the numbers
+in the finding are checked against Monte Carlo."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import initcheck
+
+
+def codes(report):
+    return {f.code for f in report.findings}
+
+
+def finding(report, code):
+    return next(f for f in report.findings if f.code == code)
+
+
+class Up(nn.Module):
+    def __init__(self, k, s, p, op, channels=64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.up = nn.ConvTranspose2d(channels, channels, k, s, p, op)
+
+    def forward(self, x):
+        return self.up(x)
+
+
+def phase_energies(model, x, s=2):
+    with torch.no_grad():
+        y = model(x)
+    # interior only: the border rows/columns see fewer taps
+    y = y[:, :, 2:-2, 2:-2]
+    return [float(y[:, :, i::s, j::s].pow(2).mean()) for i in range(s) for j in range(s)]
+
+
+def test_checkerboard_k3_s2_triggers_with_the_measured_ratio():
+    model = Up(3, 2, 1, 1)
+    report = initcheck.analyze(model, torch.randn(4, 64, 16, 16))
+    f = finding(report, "IC501")
+    assert f.severity == "error" and f.fix_value == 4.0  # k=4 is the next kernel divisible by s=2
+    energies = phase_energies(model, torch.randn(64, 64, 16, 16))
+    measured = max(energies) / min(energies)
+    assert f.value == pytest.approx(measured, rel=0.1)  # per-phase rule with the actual tap energies (theory §3)
+    assert f.value == pytest.approx(4.0, rel=0.3)  # iid theory: 4 for k=3, s=2
+
+
+def test_checkerboard_healthy_twin_k4_s2():
+    report = initcheck.analyze(Up(4, 2, 1, 0), torch.randn(4, 64, 16, 16))
+    assert "IC501" not in codes(report)
+
+
+class Residual(nn.Module):
+    """x + f(x) blocks, f = Linear-ReLU-Linear; `gain2` sets the branch gain g, `scale` multiplies each block."""
+
+    def __init__(self, blocks=8, width=256, std_in=2 ** 0.5, std_out=1.0, scale=1.0):
+        super().__init__()
+        torch.manual_seed(1)
+        self.scale = scale
+        self.branches = nn.ModuleList()
+        for _ in range(blocks):
+            a, b = nn.Linear(width, width), nn.Linear(width, width)
+            nn.init.normal_(a.weight, 0, std_in / width ** 0.5)
+            nn.init.normal_(b.weight, 0, std_out / width ** 0.5)
+            nn.init.zeros_(a.bias)
+            nn.init.zeros_(b.bias)
+            self.branches.append(nn.Sequential(a, nn.ReLU(), b))
+
+    def forward(self, x):
+        for f in self.branches:
+            x = (x + f(x)) * self.scale
+        return x
+
+
+def test_unscaled_residual_triggers_with_2_to_the_L():
+    model = Residual()
+    x = torch.randn(512, 256)
+    report = initcheck.analyze(model, x)
+    f = finding(report, "IC502")
+    with torch.no_grad():
+        measured = float(model(x).pow(2).mean() / x.pow(2).mean())
+    assert f.value == pytest.approx(measured, rel=0.25) and f.value == pytest.approx(2 ** 8, rel=0.25)
+    assert f.fix_value == pytest.approx(1 / math.sqrt(2), rel=0.05)
+    fixed = initcheck.analyze(Residual(scale=f.fix_value), x)  # applying the fix removes the finding
+    assert not codes(fixed) & {"IC502", "IC503"}
+
+
+def test_over_corrected_residual_is_recognised():
+    """Glorot-like branch gain g = 1/2 with /sqrt(2): 0.75 per block (theory.md §5)."""
+    model = Residual(std_in=1.0, std_out=1.0, scale=1 / math.sqrt(2))
+    report = initcheck.analyze(model, torch.randn(512, 256))
+    f = finding(report, "IC503")
+    assert f.value == pytest.approx(0.75 ** 8, rel=0.3)
+    assert f.fix_value == pytest.approx(1 / math.sqrt(0.75), rel=0.05)
+    assert "IC502" not in codes(report)
+
+
+class Attention(nn.Module):
+    def __init__(self, d=64, scaled=True):
+        super().__init__()
+        torch.manual_seed(2)
+        self.q, self.k, self.v = (nn.Linear(d, d, bias=False) for _ in range(3))
+        for lin in (self.q, self.k, self.v):
+            nn.init.normal_(lin.weight, 0, d ** -0.5)
+        self.scaled = scaled
+
+    def forward(self, x):
+        logits = self.q(x) @ self.k(x).transpose(-1, -2)
+        if self.scaled:
+            logits = logits / x.shape[-1] ** 0.5
+        return torch.softmax(logits, -1) @ self.v(x)
+
+
+def test_missing_attention_scale_triggers():
+    model = Attention(scaled=False)
+    x = torch.randn(8, 32, 64)
+    report = initcheck.analyze(model, x)
+    f = finding(report, "IC504")
+    assert f.severity == "error" and "1/sqrt(d_k)" in f.message and f.fix_value == pytest.approx(1 / 8)
+    with torch.no_grad():
+        logits = model.q(x) @ model.k(x).transpose(-1, -2)
+    assert f.value == pytest.approx(float(logits.std()), rel=0.15)  # sigma = sqrt(d_k) E[q^2]^1/2 E[k^2]^1/2
+
+
+def test_scaled_attention_is_healthy():
+    assert "IC504" not in codes(initcheck.analyze(Attention(scaled=True), torch.randn(8, 32, 64)))
+
+
+def test_explain_documents_the_new_codes(capsys):
+    from initcheck.cli import main
+
+    for code in ("IC501", "IC502", "IC503", "IC504"):
+        assert main(["explain", code]) == 0
+        out = capsys.readouterr().out
+        assert "Formula" in out and "Fix" in out
