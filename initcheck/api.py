@@ -98,7 +98,8 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
     fuse_pointwise(graph)
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
-    findings = run_checks(graph, result, rows)
+    depth, width = depth_and_width(graph)
+    findings = run_checks(graph, result, rows, depth, width)
     probe_summary = None
     if runner is not None:
         try:
@@ -113,7 +114,6 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
             findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
         findings.sort(key=lambda f: (-severity_rank(f.severity), f.code, f.node))
-    depth, width = depth_and_width(graph)
     return Report(
         model=graph.source,
         producer=graph.producer_name,

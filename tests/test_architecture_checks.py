@@ -137,3 +137,63 @@ def test_explain_documents_the_new_codes(capsys):
         assert main(["explain", code]) == 0
         out = capsys.readouterr().out
         assert "Formula" in out and "Fix" in out
+
+
+def relu_net(depth, width, seed):
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        lin = nn.Linear(width, width, bias=False)
+        nn.init.normal_(lin.weight, 0, (2 / width) ** 0.5)
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, width, bias=False))
+
+
+def test_deep_narrow_network_is_flagged_and_the_spread_is_right():
+    depth, width = 20, 32
+    report = initcheck.analyze(relu_net(depth, width, 0), torch.randn(64, width))
+    f = finding(report, "IC505")
+    # measure the instance-to-instance spread of the input-averaged K over independent initialisations
+    x = torch.randn(512, width)
+    values = []
+    for seed in range(24):
+        net = relu_net(depth, width, seed + 100)
+        with torch.no_grad():
+            values.append(float(net[:-1](x).pow(2).mean()))
+    values = torch.tensor(values).log()
+    measured_cv2 = math.expm1(float(values.var()))  # log-normal: CV^2 = exp(Var ln K) - 1
+    assert f.value >= 1.0  # 'overly deep' (nu L / n ~ 3 for ReLU)
+    assert measured_cv2 >= 0.5  # the instances really do differ that much
+    assert f.value == pytest.approx(measured_cv2, rel=2.0)  # leading order, 24 draws: within a factor of 3
+
+
+def test_shallow_wide_twin_is_not_flagged():
+    report = initcheck.analyze(relu_net(3, 256, 0), torch.randn(64, 256))
+    assert "IC505" not in codes(report)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, orthogonal=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.rnn = nn.RNN(64, 64)
+        if orthogonal:
+            nn.init.orthogonal_(self.rnn.weight_hh_l0)
+            nn.init.normal_(self.rnn.weight_ih_l0, 0, (0.1 / 64) ** 0.5)  # input drive K_in ~ 0.1
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def test_vanishing_rnn_gradient_triggers_with_theorys_chi():
+    """torch's default tanh RNN (c = 1/3, input width = hidden width) with unit inputs: chi = 0.21 per step
+    (theory.md §10)."""
+    report = initcheck.analyze(Recurrent(), torch.randn(50, 8, 64))
+    f = finding(report, "IC506")
+    assert f.fix_value == pytest.approx(0.21, rel=0.15)
+    assert f.value == pytest.approx(f.fix_value ** 50, rel=1e-6)
+
+
+def test_orthogonal_rnn_over_a_short_sequence_is_healthy():
+    report = initcheck.analyze(Recurrent(orthogonal=True), torch.randn(8, 8, 64))
+    assert "IC506" not in codes(report)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.architecture import attention_findings, checkerboard_findings, residual_findings
+from initcheck.checks.architecture import (
+    attention_findings,
+    checkerboard_findings,
+    depth_width_findings,
+    recurrent_findings,
+    residual_findings,
+)
 from initcheck.checks.codes import CODES
 from initcheck.checks.coverage import coverage_findings
 from initcheck.checks.signal import signal_findings
@@ -14,7 +20,9 @@ from initcheck.report.model import Finding, LayerRow, severity_rank
 __all__ = ["CODES", "run_checks"]
 
 
-def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow]) -> list[Finding]:
+def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth: int = 0,
+               width: int | None = None) -> list[Finding]:
     findings = weight_findings(graph) + signal_findings(rows) + coverage_findings(graph, result)
     findings += checkerboard_findings(graph, result) + residual_findings(graph, result) + attention_findings(graph, result)
+    findings += depth_width_findings(graph, result, depth, width) + recurrent_findings(graph, result)
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))

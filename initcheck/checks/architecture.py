@@ -175,3 +175,85 @@ def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
              "to reach logit std 1") + "; the softmax backward grows accordingly",
             1 / math.sqrt(d_k) if missing else 1 / sigma))
     return findings
+
+
+DEPTH_WARN, DEPTH_ERROR = 0.5, 1.0
+_WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
+
+
+def _hidden_spread(value: Value, result: SymbolicResult) -> float:
+    """Spread of the last hidden representation: the input of the final weighted layer, so that an output
+    layer with few units (whose own averaging adds 2/C_out) does not count as depth."""
+    v = value
+    for _ in range(64):
+        producer = v.producer
+        if producer is None:
+            break
+        inputs = [i for i in producer.inputs if i is not None and i in result.forward]
+        if producer.op in _WEIGHTED and inputs:
+            return result.forward[inputs[0]].spread
+        if not inputs:
+            break
+        v = inputs[0]
+    return result.forward[value].spread if value in result.forward else 0.0
+
+
+def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width: int | None) -> list[Finding]:
+    """Effective theory (theory.md §12): the instance-to-instance CV^2 of the output second moment; the
+    expansion parameter is nu L / n (nu = 5 for ReLU), not L / n. >= 0.5: effectively too deep for its width."""
+    spreads = [(_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
+    if not spreads or not width:
+        return []
+    cv2, value = max(spreads, key=lambda s: s[0])
+    if cv2 < DEPTH_WARN:
+        return []
+    typical = math.exp(-math.log1p(cv2) / 2)  # log-normal: the median network's K relative to the preserved mean
+    regime = "overly deep" if cv2 >= DEPTH_ERROR else "deep for its width"
+    return [Finding(
+        "IC505", "warning", "finite-width",
+        f"depth {depth} at width {width} (L/n = {depth / width:.3g}): the output second moment varies between "
+        f"initialisations with CV^2 ~ {cv2:.2f} ({regime}); beyond leading order the spread is log-normal, so a typical "
+        f"network keeps ~{typical:.0%} of the ensemble's signal even though the mean is preserved",
+        value.producer.name if value.producer else value.name, value.producer.scope if value.producer else "",
+        cv2, DEPTH_WARN,
+        f"widen the network (CV^2 ~ nu L / n: x{cv2 / DEPTH_WARN:.2g} the width halves the excess), make it shallower, "
+        "or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN)]
+
+
+RNN_LOW, RNN_HIGH = 1e-2, 1e2
+
+
+def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
+    """RNN/LSTM/GRU: per-step gradient factor chi from the mean field at the stationary state; chi^T over the
+    sequence (theory.md §10). LSTM/GRU values are lower bounds (tied weights interfere constructively)."""
+    from initcheck.rules.recurrent import run_mean_field
+
+    findings = []
+    for node in graph.nodes:
+        x = result.forward.get(node.inputs[0]) if node.op in ("rnn", "lstm", "gru") and node.inputs else None
+        if x is None:
+            continue
+        steps = node.attrs.get("steps") or (node.inputs[0].shape[0] if node.inputs[0].shape else None) or 1
+        _, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
+        total = chi ** steps
+        forget = node.params["gates"][2]["bias_mean"] if node.op == "lstm" else None
+        if total < RNN_LOW or total > RNN_HIGH:
+            vanishing = total < RNN_LOW
+            memory = -1 / math.log(chi) if 0 < chi < 1 else math.inf
+            fix = ("orthogonal W_hh with gain 1 and a stronger input drive" if node.op == "rnn" else
+                   f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)" if node.op == "lstm"
+                   else "update-gate bias >= 1") if vanishing else "reduce W_hh's spectral radius (orthogonal, gain < 1)"
+            findings.append(Finding(
+                "IC506", "warning", "recurrent",
+                f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
+                f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
+                + (" (a lower bound for gated cells)" if node.op != "rnn" else ""),
+                node.name, node.scope, total, RNN_LOW if vanishing else RNN_HIGH,
+                fix + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
+                chi))
+        elif node.op == "lstm" and forget is not None and forget < 1:
+            findings.append(Finding(
+                "IC506", "info", "recurrent",
+                f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{-1 / math.log(chi):.2g} steps at init",
+                node.name, node.scope, forget, 1.0, "forget-gate bias 1 (or chrono init) for long dependencies", 1.0))
+    return findings

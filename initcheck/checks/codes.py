@@ -141,3 +141,20 @@ _code(
     "Scale logits by 1/sqrt(d_k) if missing, else by 1/sigma (or q and k weights by 1/sqrt(sigma) each).",
     "sigma >= 2: warning (H/ln N <= 0.78); >= 4 or a missing 1/sqrt(d_k): error.",
 )
+_code(
+    "IC505", "depth-to-width", "warning",
+    "The network is deep for its width: one initialisation's output second moment differs from another's by a "
+    "large factor (finite-width fluctuations); typical networks lose signal although the ensemble mean is kept.",
+    "V^(l+1) = chi_par^2 V^(l) + (cross-input 4-point excess)/n; CV^2 = V/(n K^2) ~ 5 (L-1)/n for ReLU, (2/3) L/n for "
+    "critical tanh (theory.md §12); log-normal beyond leading order.",
+    "Widen, make shallower, or reset the spread with normalisation / scaled residuals.",
+    "CV^2 >= 0.5: warning ('deep for its width'); >= 1: 'overly deep'.",
+)
+_code(
+    "IC506", "recurrent-gradient-decay", "warning",
+    "A recurrent layer's gradient shrinks (or grows) by orders of magnitude over the sequence at init.",
+    "tanh RNN: chi = c <tanh'^2> at the stationary pre-activation; LSTM: E[f^2] on the cell path (a lower bound); "
+    "GRU: E[z^2] (theory.md §10); over T steps chi^T.",
+    "Orthogonal W_hh, forget/update-gate bias >= 1 (chrono init), shorter truncation.",
+    "chi^T < 1e-2 or > 1e2: warning; LSTM forget bias < 1: info.",
+)
