@@ -197,3 +197,29 @@ def test_vanishing_rnn_gradient_triggers_with_theorys_chi():
 def test_orthogonal_rnn_over_a_short_sequence_is_healthy():
     report = initcheck.analyze(Recurrent(orthogonal=True), torch.randn(8, 8, 64))
     assert "IC506" not in codes(report)
+
+
+def dropout_mlp(p):
+    torch.manual_seed(4)
+    layers = []
+    for _ in range(3):
+        lin = nn.Linear(128, 128)
+        nn.init.normal_(lin.weight, 0, 128 ** -0.5)
+        nn.init.zeros_(lin.bias)
+        layers += [nn.Dropout(p), lin]
+    return nn.Sequential(*layers)
+
+
+def test_dropout_train_eval_factor_matches_measurement():
+    model = dropout_mlp(0.5)
+    x = torch.randn(4096, 128)
+    f = finding(initcheck.analyze(model.eval(), x), "IC507")
+    with torch.no_grad():
+        train = float(model.train()(x).pow(2).mean())
+        evaluation = float(model.eval()(x).pow(2).mean())
+    assert f.severity == "warning" and f.value == pytest.approx(8.0)  # (1/(1-0.5))^3
+    assert f.value == pytest.approx(train / evaluation, rel=0.1)
+
+
+def test_no_dropout_no_finding():
+    assert "IC507" not in codes(initcheck.analyze(dropout_mlp(0.0), torch.randn(64, 128)))

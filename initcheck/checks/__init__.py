@@ -7,6 +7,7 @@ from initcheck.checks.architecture import (
     attention_findings,
     checkerboard_findings,
     depth_width_findings,
+    dropout_findings,
     recurrent_findings,
     residual_findings,
 )
@@ -25,4 +26,5 @@ def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth
     findings = weight_findings(graph) + signal_findings(rows) + coverage_findings(graph, result)
     findings += checkerboard_findings(graph, result) + residual_findings(graph, result) + attention_findings(graph, result)
     findings += depth_width_findings(graph, result, depth, width) + recurrent_findings(graph, result)
+    findings += dropout_findings(graph)
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))

@@ -10,6 +10,7 @@ from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.attention import softmax_statistics
+from initcheck.rules.common import normalizes
 
 CHECKERBOARD_WARN, CHECKERBOARD_ERROR = 1.5, 2.0
 RESIDUAL_GROWTH, RESIDUAL_BLOCKS = 1.9, 4
@@ -257,3 +258,38 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{-1 / math.log(chi):.2g} steps at init",
                 node.name, node.scope, forget, 1.0, "forget-gate bias 1 (or chrono init) for long dependencies", 1.0))
     return findings
+
+
+DROPOUT_INFO, DROPOUT_WARN = 1.0, 4.0
+
+
+def dropout_findings(graph: Graph) -> list[Finding]:
+    """Inverted dropout multiplies K by 1/(1-p) in training mode and not in eval mode (theory.md §8): along a
+    chain of dropout layers the two modes drift apart by prod 1/(1-p)."""
+    layers = [n for n in graph.nodes if n.op == "dropout" and n.attrs.get("ratio", 0) > 0 and any(
+        is_signal(v) for v in n.inputs)]
+    if not layers:
+        return []
+    depth: dict[int, float] = {}  # value id -> largest train/eval factor on any path to it
+    for node in graph.nodes:
+        here = max((depth.get(id(v), 1.0) for v in node.inputs if v is not None), default=1.0)
+        if normalizes(node):
+            here = 1.0  # a normalisation rescales by the signal's own statistics: the modes agree again
+        if node in layers:
+            here /= 1 - node.attrs["ratio"]
+        for v in node.outputs:
+            depth[id(v)] = here
+    factor = max((depth.get(id(v), 1.0) for v in graph.outputs), default=1.0)
+    if factor <= DROPOUT_INFO:
+        return []
+    rates = sorted({round(n.attrs["ratio"], 3) for n in layers})
+    last = layers[-1]
+    return [Finding(
+        "IC507", "warning" if factor >= DROPOUT_WARN else "info", "dropout",
+        f"{len(layers)} dropout layer(s) (p = {', '.join(map(str, rates))}): in training mode K is up to x{factor:.3g} "
+        "its eval-mode value at the output (inverted dropout: 1/(1-p) per layer on the path), so layers after them "
+        "see a different scale in training and evaluation",
+        last.name, last.scope, factor, DROPOUT_INFO,
+        "expected with inverted dropout; scaling the weights by sqrt(1-p) to keep training mode at 1 shrinks eval "
+        f"mode by (1-p) per layer instead (x{1 / factor:.3g} here); keep a normalisation after dropout-heavy blocks",
+        factor)]

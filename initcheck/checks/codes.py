@@ -158,3 +158,12 @@ _code(
     "Orthogonal W_hh, forget/update-gate bias >= 1 (chrono init), shorter truncation.",
     "chi^T < 1e-2 or > 1e2: warning; LSTM forget bias < 1: info.",
 )
+_code(
+    "IC507", "dropout-train-eval-scale", "warning",
+    "Inverted dropout scales K by 1/(1-p) in training mode only: train and eval scales drift apart along a chain "
+    "of dropout layers.",
+    "train: K_y = K_x / (1-p), G_x = G_y / (1-p); eval: identity (theory.md §8).",
+    "Expected with inverted dropout; compensating the init by (1-p) fixes training mode and shrinks eval mode by "
+    "(1-p)^L instead; a normalisation after dropout-heavy blocks removes the difference.",
+    "any dropout on the path: info; train/eval factor >= 4: warning.",
+)
