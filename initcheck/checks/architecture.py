@@ -217,8 +217,8 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
         f"network keeps ~{typical:.0%} of the ensemble's signal even though the mean is preserved",
         value.producer.name if value.producer else value.name, value.producer.scope if value.producer else "",
         cv2, DEPTH_WARN,
-        f"widen the network (CV^2 ~ nu L / n: x{cv2 / DEPTH_WARN:.2g} the width halves the excess), make it shallower, "
-        "or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN)]
+        f"widen the network x{cv2 / DEPTH_WARN:.2g} (CV^2 ~ nu L / n, so that brings it to {DEPTH_WARN}), or make it "
+        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN)]
 
 
 RNN_LOW, RNN_HIGH = 1e-2, 1e2
