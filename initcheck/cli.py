@@ -105,9 +105,10 @@ def _with_progress(options):
 
     if options is None or not sys.stderr.isatty():
         return contextlib.nullcontext()
+    from rich.console import Console
     from rich.progress import Progress
 
-    progress = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    progress = Progress(transient=True, console=Console(stderr=True))
     task = progress.add_task("probing", total=None)
     options.progress = lambda done, total: progress.update(task, completed=done, total=total)
     return progress

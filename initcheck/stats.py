@@ -206,3 +206,8 @@ def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float
              "a2mu2": (a**2 * mu**2).mean(), "ab": (a * b).mean(), "abmu": (a * b * mu).mean(),
              "b": b.mean(), "b2": (b**2).mean()}
     return {k: float(x) for k, x in stats.items()}
+
+
+def affine_stats(scale: np.ndarray | None, bias: np.ndarray | None) -> dict[str, TensorStats]:
+    """Statistics of a normalisation's scale and bias, where present (rules default to 1 and 0)."""
+    return {key: tensor_stats(arr) for key, arr in (("scale", scale), ("bias", bias)) if arr is not None}

@@ -86,7 +86,8 @@ def test_live_module_probe_measures_what_is_predicted():
     assert all(p.grad is None and p.requires_grad for p in model.parameters())  # the probe ran on its own copy
     for row in report.layers:
         assert row.agrees, (row.label, row.agreement)
-        assert row.measured_G == pytest.approx(row.grad_second_moment, rel=0.5)
+        # measured 1.00-1.09 here: six ReLU layers of width 128 and 256 samples
+        assert row.measured_G == pytest.approx(row.grad_second_moment, rel=0.15)
         assert row.dead_fraction is not None and row.dead_fraction < 0.2  # He ReLU, 64 samples: few dead units
         assert 0 <= row.cosine < 0.9
 
@@ -101,8 +102,9 @@ def test_saturation_and_rank_collapse_are_measured():
 def test_upsampling_phases_are_measured():
     report = initcheck.analyze(SAMPLES / "dcgan_generator.onnx", training=True, probe=ProbeOptions(seeds=2))
     rows = [r for r in report.layers if r.op == "conv_transpose"]
-    assert rows and all(r.measured_phase_ratio and r.measured_phase_ratio > 1 for r in rows)
-    assert rows[0].phase_ratio and rows[0].measured_phase_ratio == pytest.approx(rows[0].phase_ratio, rel=0.35)
+    # the probe measures the whole map, edges included; the symbolic phase ratio is interior-only (theory §3),
+    # so the quantitative comparison lives in test_architecture_checks (interior, within 10%)
+    assert rows and all(r.measured_phase_ratio and r.measured_phase_ratio > 2 and r.phase_ratio > 2 for r in rows)
 
 
 def test_cross_entropy_seed_and_resampled_weights():
@@ -150,18 +152,12 @@ def test_cli_probe_switches(capsys, monkeypatch):
         code = main(["analyze", str(SAMPLES / "unet_block.onnx"), "--device", "cuda"])
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and "CUDA" in err
-    for bad in (["--seeds", "0"], ["--device", "tpu"]):
-        with pytest.raises(SystemExit) if bad[0] == "--seeds" else _nothing():
-            code = main(["analyze", str(SAMPLES / "unet_block.onnx"), *bad])
-            assert code == 2
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    with pytest.raises(SystemExit):
+        main(["analyze", str(SAMPLES / "unet_block.onnx"), "--seeds", "0"])
+    capsys.readouterr()
+    code = main(["analyze", str(SAMPLES / "unet_block.onnx"), "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device tpu" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cross_check_disagreement_is_an_error():

@@ -204,7 +204,7 @@ def test_torchscript_archive(tmp_path, capsys, monkeypatch):
         [r.second_moment for r in direct.layers], rel=1e-6)
 
 
-def test_export_failure_is_one_line_with_advice(tmp_path, capsys, monkeypatch):
+def test_export_failure_is_one_line_with_advice():
     class DataDependent(nn.Module):
         def forward(self, x):
             return x * 2 if x.sum() > 0 else x.nonzero().float().sum() * x

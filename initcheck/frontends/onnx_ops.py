@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from initcheck.stats import batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import affine_stats, batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
 
 Translation = tuple[str, dict, dict]
 
@@ -201,12 +201,7 @@ def _conv_transpose(node, ctx):
 
 
 def _norm_params(ctx, scale_name: str, bias_name: str) -> dict:
-    params = {}
-    for key, name in (("scale", scale_name), ("bias", bias_name)):
-        arr = ctx.array(name)
-        if arr is not None:
-            params[key] = tensor_stats(arr)
-    return params
+    return affine_stats(ctx.array(scale_name), ctx.array(bias_name))
 
 
 @handles("BatchNormalization")

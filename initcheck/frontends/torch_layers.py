@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from initcheck.frontends.torch_ops import Emit, _arg, _ints, handles, op_name
-from initcheck.stats import batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import affine_stats, batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
 
 
 @handles("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -44,12 +44,7 @@ def _conv(node, ctx):
 
 
 def _affine_params(ctx, weight, bias) -> dict:
-    params = {}
-    for key, arg in (("scale", weight), ("bias", bias)):
-        arr = ctx.array(arg)
-        if arr is not None:
-            params[key] = tensor_stats(arr)
-    return params
+    return affine_stats(ctx.array(weight), ctx.array(bias))
 
 
 @handles("layer_norm", "native_layer_norm")

@@ -39,7 +39,6 @@ class _Slot:
     channels: object = None  # per-channel sums
     channel_count: int = 0
     phases: object = None
-    phase_grid: tuple[int, int] | None = None
 
 
 @dataclass
@@ -94,7 +93,6 @@ class Accumulator:
             sh, sw = grid
             energy = torch.stack([x[:, :, i::sh, j::sw].pow(2).mean() for i in range(sh) for j in range(sw)]).double()
             slot.phases = energy if slot.phases is None else slot.phases + energy
-            slot.phase_grid = grid
 
     def backward(self, name: str, grad) -> None:
         import torch
@@ -122,9 +120,8 @@ class Accumulator:
             slot = self.slots[n]
             pieces = [slot.sums, slot.channels] + ([slot.phases] if slot.phases is not None else [])
             sizes.append([p.numel() for p in pieces])
-            parts.extend(p.to("cpu" if p.device.type == "cpu" else p.device) for p in pieces)
-        device = parts[0].device
-        flat = torch.cat([p.to(device) for p in parts]).cpu().tolist()
+            parts.extend(pieces)
+        flat = torch.cat([p.to(parts[0].device) for p in parts]).cpu().tolist()
         out, offset = {}, 0
         for name, lengths in zip(names, sizes):
             chunks = []

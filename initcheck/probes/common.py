@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,13 +172,6 @@ def run_loop(options: ProbeOptions, runs_per_seed: int, step: Callable[[int, int
             if options.progress:
                 options.progress(done, total)
     return done
-
-
-def runs_for(batch_in_model: int | None, wanted: int) -> tuple[int, int]:
-    """(per-run batch, runs per seed) to reach `wanted` samples when the model fixes its batch."""
-    if not batch_in_model:
-        return wanted, 1
-    return batch_in_model, max(1, math.ceil(wanted / batch_in_model))
 
 
 def new_accumulator(graph: Graph) -> Accumulator:

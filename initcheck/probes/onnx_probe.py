@@ -22,8 +22,6 @@ from initcheck.probes.common import (
     vocabulary,
 )
 
-CROSS_CHECK_TOLERANCE = 1e-3  # relative L2 difference allowed between the torch form and onnxruntime (fp32)
-
 
 def _session(model, outputs: list[str], device: str):
     import onnx
