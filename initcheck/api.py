@@ -6,7 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from initcheck import frontends
-from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure
+from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure, quote_measurements
+from initcheck.analysis.criticality import attach_susceptibilities, susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import run_checks
@@ -99,7 +100,9 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     depth, width = depth_and_width(graph)
-    findings = run_checks(graph, result, rows, depth, width)
+    chis = susceptibilities(graph, result)
+    attach_susceptibilities(rows, chis)
+    findings = run_checks(graph, result, rows, depth, width, chis)
     probe_summary = None
     if runner is not None:
         try:
@@ -111,6 +114,7 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
             findings.append(probe_failure(e))
         if measured is not None:
             attach_measurements(rows, graph, result, measured)
+            quote_measurements(findings, graph, measured)
             findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
         findings.sort(key=lambda f: (-severity_rank(f.severity), f.code, f.node))

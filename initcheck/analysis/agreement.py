@@ -65,6 +65,34 @@ def mismatch_findings(rows: list[LayerRow], probe) -> list[Finding]:
     return findings
 
 
+def quote_measurements(findings: list[Finding], graph: Graph, probe) -> None:
+    """Put the probe's measurement of each finding's number beside the prediction, as the finding's `measure`
+    asks: ("K_ratio", a, b), ("phase_ratio", a), ("G_energy_ratio", a, b), ("spread", a), ("cosine", a)."""
+    for finding in findings:
+        if finding.measure:
+            finding.measured = _measure(finding.measure, graph, probe)
+
+
+def _measure(spec: tuple, graph: Graph, probe) -> float | None:
+    kind, *names = spec
+    got = [probe.measured.get(n) for n in names]
+    if not names or any(m is None for m in got):
+        return None
+    a = got[0]
+    if kind == "K_ratio" and got[1].K > 0:
+        return a.K / got[1].K
+    if kind == "G_energy_ratio" and a.G is not None and got[1].G:
+        numel = [graph.values[n].numel if n in graph.values else None for n in names]
+        return a.G * numel[0] / (got[1].G * numel[1]) if None not in numel else None
+    if kind == "phase_ratio" and a.phases and min(a.phases) > 0:
+        return max(a.phases) / min(a.phases)
+    if kind == "spread" and probe.resampled_weights and probe.runs > 1 and math.isfinite(a.K_se):
+        return a.K_se**2 * probe.runs  # CV^2 of K across weight draws (K_se is the relative SE of the mean)
+    if kind == "cosine":
+        return a.cosine
+    return None
+
+
 def probe_failure(error: Exception) -> Finding:
     first = next((line for line in str(error).splitlines() if line.strip()), "")
     return Finding("IC403", "warning", "probe", f"the probe could not run the model ({type(error).__name__}: {first[:200]}); "

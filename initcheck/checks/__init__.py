@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from initcheck.analysis.criticality import Susceptibility, susceptibilities
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.architecture import (
     attention_findings,
@@ -13,18 +14,22 @@ from initcheck.checks.architecture import (
 )
 from initcheck.checks.codes import CODES
 from initcheck.checks.coverage import coverage_findings
+from initcheck.checks.criticality import bias_findings, criticality_findings, weight_mean_findings
+from initcheck.checks.merges import branch_sum_findings, concat_findings
 from initcheck.checks.signal import signal_findings
 from initcheck.checks.weights import weight_findings
-from initcheck.ir import Graph
+from initcheck.ir import Graph, Node
 from initcheck.report.model import Finding, LayerRow, severity_rank
 
 __all__ = ["CODES", "run_checks"]
 
 
 def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth: int = 0,
-               width: int | None = None) -> list[Finding]:
+               width: int | None = None, chis: dict[Node, Susceptibility] | None = None) -> list[Finding]:
     findings = weight_findings(graph) + signal_findings(rows) + coverage_findings(graph, result)
     findings += checkerboard_findings(graph, result) + residual_findings(graph, result) + attention_findings(graph, result)
     findings += depth_width_findings(graph, result, depth, width) + recurrent_findings(graph, result)
-    findings += dropout_findings(graph)
+    findings += dropout_findings(graph) + branch_sum_findings(graph, result) + concat_findings(graph, result)
+    findings += weight_mean_findings(graph, result) + bias_findings(graph, result)
+    findings += criticality_findings(chis if chis is not None else susceptibilities(graph, result), result)
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))

@@ -43,7 +43,7 @@ def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]
             f"use kernel {suggestion} (divisible by the stride), or nearest-resize then a stride-1 conv, or "
             "phase-balanced taps (k=3,s=2: per-axis profile [1,2,1]); rescaling the weights to the average fan-in "
             "fixes the mean gain, not the pattern; the backward pass has the same phase structure on its input",
-            float(suggestion[0])))
+            float(suggestion[0]), measure=("phase_ratio", node.outputs[0].name)))
     return findings
 
 
@@ -104,6 +104,7 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     total = math.prod(growth)
     typical_g = sorted(gains)[len(gains) // 2]
     last = blocks[-1][0]
+    stream = ("K_ratio", stream_value(last).name, blocks[0][1].name)  # measured growth over the whole stream
     findings = []
     exploding = sum(1 for r in growth if r >= RESIDUAL_GROWTH)
     if exploding >= RESIDUAL_BLOCKS:
@@ -117,7 +118,7 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
             f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
             "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
-            scale))
+            scale, measure=stream))
     shrinking = sum(1 for r in growth if r <= OVERCORRECTED)
     if shrinking >= RESIDUAL_BLOCKS:
         per_block = sorted(growth)[len(growth) // 2]
@@ -127,7 +128,7 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
             last.name, last.scope, total, OVERCORRECTED,
             f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
-            f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block)))
+            f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block), measure=stream))
     return findings
 
 
@@ -182,7 +183,7 @@ DEPTH_WARN, DEPTH_ERROR = 0.5, 1.0
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
 
 
-def _hidden_spread(value: Value, result: SymbolicResult) -> float:
+def _hidden_spread(value: Value, result: SymbolicResult) -> tuple[float, Value]:
     """Spread of the last hidden representation: the input of the final weighted layer, so that an output
     layer with few units (whose own averaging adds 2/C_out) does not count as depth."""
     v = value
@@ -192,20 +193,20 @@ def _hidden_spread(value: Value, result: SymbolicResult) -> float:
             break
         inputs = [i for i in producer.inputs if i is not None and i in result.forward]
         if producer.op in _WEIGHTED and inputs:
-            return result.forward[inputs[0]].spread
+            return result.forward[inputs[0]].spread, inputs[0]
         if not inputs:
             break
         v = inputs[0]
-    return result.forward[value].spread if value in result.forward else 0.0
+    return (result.forward[value].spread if value in result.forward else 0.0), value
 
 
 def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width: int | None) -> list[Finding]:
     """Effective theory (theory.md §12): the instance-to-instance CV^2 of the output second moment; the
     expansion parameter is nu L / n (nu = 5 for ReLU), not L / n. >= 0.5: effectively too deep for its width."""
-    spreads = [(_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
+    spreads = [(*_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
     if not spreads or not width:
         return []
-    cv2, value = max(spreads, key=lambda s: s[0])
+    cv2, hidden, value = max(spreads, key=lambda s: s[0])
     if cv2 < DEPTH_WARN:
         return []
     typical = math.exp(-math.log1p(cv2) / 2)  # log-normal: the median network's K relative to the preserved mean
@@ -218,7 +219,8 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
         value.producer.name if value.producer else value.name, value.producer.scope if value.producer else "",
         cv2, DEPTH_WARN,
         f"widen the network x{cv2 / DEPTH_WARN:.2g} (CV^2 ~ nu L / n, so that brings it to {DEPTH_WARN}), or make it "
-        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN)]
+        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN,
+        measure=("spread", hidden.name))]
 
 
 RNN_LOW, RNN_HIGH = 1e-2, 1e2

@@ -167,3 +167,58 @@ _code(
     "(1-p)^L instead; a normalisation after dropout-heavy blocks removes the difference.",
     "any dropout on the path: info; train/eval factor >= 4: warning.",
 )
+_code(
+    "IC508", "unscaled-branch-sum", "warning",
+    "N parallel branches of one input are summed without scaling (Inception/multi-branch blocks): K grows by the "
+    "sum of the branch gains, ~N for balanced branches, and every branch receives the full gradient of the sum.",
+    "K_y = sum_i K_i for branches with independent zero-mean last layers; block gain sum_i g_i, g_i = K_i / K_x "
+    "(theory.md §5; zero-padding borders lower each g_i, §2).",
+    "Scale the sum by 1/sqrt(sum_i g_i) (1/sqrt(N) for balanced branches) or each branch by its own gain; forward "
+    "K and the gradient into every branch change by the same factor squared, in both modes.",
+    ">= 3 branches and K >= 1.9x both across the block and at the sum itself: warning.",
+)
+_code(
+    "IC509", "concat-fan-in", "warning",
+    "A conv or linear layer reads a concatenation (U-Net skip): the merge changes the fan-in the init was computed "
+    "for, so forward and backward gains shift differently; parts of very different scale let one drown the other.",
+    "forward gain fan_in E[W^2], backward gain per input element (C_out k^2 / s^2) E[W^2]; Glorot recomputed for "
+    "a 2c -> c merge: 4c/(2c+c_out) = 4/3 forward, 2c_out/(2c+c_out) = 2/3 backward; 2c -> 2c: 1 and 1 (theory.md §5).",
+    "Weights x 1/sqrt(forward gain) keep the signal, x 1/sqrt(backward gain) keep the gradient, x (fwd*bwd)^(-1/4) "
+    "balances both; normalise each part before the concat when their K differ.",
+    "forward or backward gain off by >= 1.25x: info; parts' K differing >= 4x: warning.",
+)
+_code(
+    "IC510", "nonzero-mean-weights", "warning",
+    "A weight matrix has a clear mean: every row sum carries fan_in * mean, so all units share one component and "
+    "an input mean is amplified; the units start nearly identical.",
+    "common share mu_W^2 / E[W^2] of the output energy (zero-mean input); mean path m_x^2 R with R = mean_c S_c^2 "
+    "= fan_in E[W^2] x amplification (theory.md §1-2: 61x the naive rule for all-positive weights).",
+    "Subtract the mean from the weights, or re-initialise zero-mean with the same std.",
+    "mu_W^2 / E[W^2] >= 0.2: warning.",
+)
+_code(
+    "IC511", "dominant-bias", "warning",
+    "A layer's bias carries most of its output's second moment: the output is nearly the same for every input.",
+    "share = E[b^2] / K_y, K_y = fan_in E[W^2] (K_x - m^2) + m^2 R + 2 m Sb + E[b^2] (theory.md §2).",
+    "Zero-init or shrink the bias (the fix gives the factor for 10% of K); if the input signal has vanished, fix that.",
+    "share >= 0.5: warning.",
+)
+_code(
+    "IC512", "off-critical-chain", "warning",
+    "A plain chain of activation layers is off criticality: chi_perp per layer compounds into vanishing (ordered "
+    "phase, distinct inputs converge) or exploding (chaotic phase, nearby inputs decorrelate) gradients.",
+    "chi_perp = C_W <phi'^2>_K, chi_par = C_W d<phi^2>/dK with C_W = fan_in E[W^2] of the layer each activation "
+    "feeds; Pi chi_perp over the chain (theory.md §4). Critical (C_b, C_W): ReLU (0, 2), tanh (0, 1) as K -> 0, GELU "
+    "(0.173, 1.983), SiLU (0.555, 1.988); none for sigmoid, softplus, ELU, SELU.",
+    "Scale the weights by sqrt(C_W* / C_W), C_W* = 1 / <phi'^2>_K; or normalise.",
+    ">= 3 activations in the chain and |log10 Pi chi_perp| >= 1: warning.",
+)
+_code(
+    "IC513", "input-correlation-collapse", "warning",
+    "Different inputs' pre-activations become almost perfectly correlated along a chain: at init the network maps "
+    "every input to nearly the same representation, and gradients barely depend on the input.",
+    "rho = M / K of the pre-activation (the kernel map: E over the shared component of <phi>^2, theory.md §1, §4); "
+    "ReLU at criticality: rho -> 1 with 1 - rho ~ 1/L^2; biases speed it up.",
+    "Zero-init biases, fewer layers per normalisation, residual connections or normalisation.",
+    "rho >= 0.95 after rising >= 0.2 along a chain of >= 3 activations: warning.",
+)

@@ -117,6 +117,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     produced = {o for n in model.graph.node for o in n.output}
     wanted = [v.name for n in graph.nodes for v in n.outputs if v.name in produced and v.is_float]
     specs, batched = _input_specs(model, graph, options.batch)
+    inputs_wanted = [name for name, _, _ in specs if name in graph.values and graph.values[name].is_float]
     session = _session(model, wanted, device)
     form = _TorchForm(model, device, opset)
     data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
@@ -132,6 +133,8 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
         feeds = {name: make_input(name, shape, torch_dtypes.get(dtype, torch.float32), vocab, generator, data,
                                   seed * runs_per_seed + run, "cpu") for name, shape, dtype in specs}
         arrays = forward_statistics(session, wanted, feeds, acc)
+        for name in inputs_wanted:
+            acc.forward(name, feeds[name].to(device))
         if not state["backward"]:
             return
         inputs = {k: v.to(device).requires_grad_(v.is_floating_point()) for k, v in feeds.items()}

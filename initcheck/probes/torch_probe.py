@@ -59,6 +59,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
         p.requires_grad_(False)
     acc = new_accumulator(graph)
     wanted = {v.name for v in graph.values.values() if not v.is_input}
+    inputs_wanted = {v.name for v in graph.inputs if v.is_float}
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
     data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
@@ -74,9 +75,12 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
             _permute_weights(module, generator)
         inputs = [make_input(name, shape, dtype, vocab, generator, data, seed * runs_per_seed + run, device)
                   for name, shape, dtype in specs]
-        for x in inputs:
+        for (name, _, _), x in zip(specs, inputs):
             if x.is_floating_point():
                 x.requires_grad_(True)
+                if name in inputs_wanted:  # the reference many findings measure against
+                    acc.forward(name, x)
+                    x.register_hook(lambda g, name=name: acc.backward(name, g))
         outputs = _Recorder(module, wanted, acc).run(*inputs)
         flat = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
         seed_backward(flat, options.loss, generator)

@@ -25,6 +25,10 @@ class Finding:
     threshold: float | None = None
     fix: str = ""
     fix_value: float | None = None
+    details: dict[str, float] = field(default_factory=dict)  # further numbers of the finding, by name
+    measured: float | None = None  # the probe's measurement of `value`, when it ran and the check has one
+    # how to read `measured` from the probe: (kind, value names...), see analysis.agreement.quote_measurements
+    measure: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -56,6 +60,8 @@ class LayerRow:
     normalized_downstream: bool
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
+    chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (theory §4)
+    chi_par: float | None = None  # C_W d<phi^2>/dK
     value: str = ""  # the IR value this row reports
     # filled when the empirical probe ran
     measured_mean: float | None = None
@@ -112,6 +118,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for finding in data["findings"]:
+            del finding["measure"]
         data["schema_version"] = SCHEMA_VERSION
         data["summary"] = {s: self.count(s) for s in SEVERITIES}
         return data

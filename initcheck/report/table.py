@@ -97,6 +97,8 @@ def summary(report: Report) -> Group:
         where = f.scope or f.node
         line = Text(f"  {f.code} ", style=_STYLE[f.severity])
         line.append(f"[{f.severity}] {f.message}")
+        if f.measured is not None:
+            line.append(f" (measured: {f.measured:.3g})", style="cyan")
         if where:
             line.append(f"  @ {where}", style="dim")
         lines.append(line)
