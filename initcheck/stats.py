@@ -197,6 +197,25 @@ def conv_transpose_stats(
     )
 
 
+def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = True) -> float | None:
+    """Mean cosine between the r^2 sub-pixel kernels of each output block of a conv feeding PixelShuffle /
+    DepthToSpace (theory.md §3): 1 for ICNR (conv + nearest up-sampling), ~0 for a random init. For a white
+    input it is the correlation of a block's sub-pixels. channel_first: channel c r^2 + phase (PixelShuffle,
+    DepthToSpace CRD); else phase C + c (DepthToSpace DCR)."""
+    w = _finite(weight)
+    phases = block * block
+    if w.shape[0] % phases:
+        return None
+    flat = w.reshape(w.shape[0], -1)
+    groups = flat.reshape(-1, phases, flat.shape[1]) if channel_first else \
+        flat.reshape(phases, -1, flat.shape[1]).transpose(1, 0, 2)
+    norms = np.linalg.norm(groups, axis=2, keepdims=True)
+    unit = groups / np.where(norms > 0, norms, 1.0)
+    gram = np.einsum("gpd,gqd->gpq", unit, unit)
+    off_diagonal = (gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (phases * (phases - 1))
+    return float(off_diagonal.mean())
+
+
 def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float]:
     """Moments over channels of a = gamma/sqrt(var+eps), mu and beta that the eval-mode rule needs
     (theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""

@@ -6,16 +6,16 @@ from initcheck.analysis.criticality import Susceptibility, susceptibilities
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.architecture import (
     attention_findings,
-    checkerboard_findings,
     depth_width_findings,
     dropout_findings,
     recurrent_findings,
-    residual_findings,
 )
 from initcheck.checks.codes import CODES
 from initcheck.checks.coverage import coverage_findings
 from initcheck.checks.criticality import bias_findings, criticality_findings, weight_mean_findings
 from initcheck.checks.merges import branch_sum_findings, concat_findings
+from initcheck.checks.residual import norm_placement_findings, residual_findings
+from initcheck.checks.sampling import checkerboard_findings, strided_gradient_findings, subpixel_findings
 from initcheck.checks.signal import signal_findings
 from initcheck.checks.weights import weight_findings
 from initcheck.ir import Graph, Node
@@ -31,5 +31,7 @@ def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth
     findings += depth_width_findings(graph, result, depth, width) + recurrent_findings(graph, result)
     findings += dropout_findings(graph) + branch_sum_findings(graph, result) + concat_findings(graph, result)
     findings += weight_mean_findings(graph, result) + bias_findings(graph, result)
+    findings += subpixel_findings(graph) + strided_gradient_findings(graph, result)
+    findings += norm_placement_findings(graph, result)
     findings += criticality_findings(chis if chis is not None else susceptibilities(graph, result), result)
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))

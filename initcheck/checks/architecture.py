@@ -1,5 +1,5 @@
-"""Architecture checks with concrete fixes (issue 5): checkerboard up-sampling, residual streams, attention
-logit scale. Each names the layer, the numbers, the reason and the fix as a number (theory.md §3, §5, §9)."""
+"""Architecture checks with concrete fixes (issue 5): attention logit scale, depth-to-width, recurrence,
+dropout. Each names the layer, the numbers, the reason and the fix as a number (theory.md §5-§12)."""
 
 from __future__ import annotations
 
@@ -12,124 +12,7 @@ from initcheck.report.model import Finding
 from initcheck.rules.attention import softmax_statistics
 from initcheck.rules.common import normalizes
 
-CHECKERBOARD_WARN, CHECKERBOARD_ERROR = 1.5, 2.0
-RESIDUAL_GROWTH, RESIDUAL_BLOCKS = 1.9, 4
-OVERCORRECTED = 0.9
 LOGIT_WARN, LOGIT_ERROR = 2.0, 4.0
-
-
-def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """ConvTranspose: per-output-phase K from the actual per-tap weights; ratio max/min (theory.md §3)."""
-    findings = []
-    for node in graph.nodes:
-        out = result.forward.get(node.outputs[0]) if node.op == "conv_transpose" else None
-        if out is None or not out.phases:
-            continue
-        low, high = min(out.phases), max(out.phases)
-        ratio = high / low if low > 0 else math.inf
-        if ratio < CHECKERBOARD_WARN:
-            continue
-        kernel, strides = node.attrs["kernel"], node.attrs["strides"]
-        divisible = all(k % s == 0 for k, s in zip(kernel, strides))
-        suggestion = [max(s, -(-k // s) * s) for k, s in zip(kernel, strides)]
-        cause = ("a phase receives no tap at all" if ratio == math.inf else
-                 f"kernel {kernel} is not divisible by stride {strides}, so output phases get unequal tap counts"
-                 if not divisible else "the actual tap sums differ between phases")
-        findings.append(Finding(
-            "IC501", "error" if ratio >= CHECKERBOARD_ERROR else "warning", "checkerboard",
-            f"'{node.label}' (ConvTranspose k={kernel}, s={strides}): per-phase second moment ratio "
-            f"{ratio:.3g} (max/min over {len(out.phases)} phases): {cause}; the output starts as a checkerboard",
-            node.name, node.scope, ratio, CHECKERBOARD_WARN,
-            f"use kernel {suggestion} (divisible by the stride), or nearest-resize then a stride-1 conv, or "
-            "phase-balanced taps (k=3,s=2: per-axis profile [1,2,1]); rescaling the weights to the average fan-in "
-            "fixes the mean gain, not the pattern; the backward pass has the same phase structure on its input",
-            float(suggestion[0]), measure=("phase_ratio", node.outputs[0].name)))
-    return findings
-
-
-def _reaches(start: Value, target: Value, limit: int = 400) -> bool:
-    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
-    seen, stack = set(), [start]
-    while stack and len(seen) < limit:
-        v = stack.pop()
-        if v is target:
-            return True
-        if id(v) in seen or v.producer is None:
-            continue
-        seen.add(id(v))
-        stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
-    return False
-
-
-def residual_blocks(graph: Graph) -> list[tuple[Node, Value, Value]]:
-    """(add node, skip input x, branch input f(x)) for every y = x + f(x)."""
-    blocks = []
-    for node in graph.nodes:
-        if node.op not in ("add", "sum") or len([v for v in node.inputs if is_signal(v)]) != 2:
-            continue
-        a, b = (v for v in node.inputs if is_signal(v))
-        if _reaches(b, a):
-            blocks.append((node, a, b))
-        elif _reaches(a, b):
-            blocks.append((node, b, a))
-    return blocks
-
-
-def _is_rescaling(node: Node) -> bool:
-    """A scalar multiply/divide of the stream (a block's own 1/sqrt(2), say), possibly fused."""
-    if node.op == "pointwise":
-        program = node.attrs["program"]
-        return program[0] in ("mul", "div") and ("x",) in program[2:] and any(a[0] == "const" for a in program[2:])
-    return node.op in ("mul", "div") and sum(1 for v in node.inputs if is_signal(v)) == 1
-
-
-def stream_value(add: Node) -> Value:
-    """The residual stream after the block: the Add's output followed through scalar rescalings."""
-    value = add.outputs[0]
-    while len(value.consumers) == 1 and _is_rescaling(value.consumers[0]):
-        value = value.consumers[0].outputs[0]
-    return value
-
-
-def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over the stream (theory.md §5)."""
-    blocks = [(n, x, f) for n, x, f in residual_blocks(graph)
-              if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))]
-    if not blocks:
-        return []
-    growth = [result.forward[stream_value(n)].K / result.forward[x].K for n, x, _ in blocks if result.forward[x].K > 0]
-    gains = [result.forward[f].K / result.forward[x].K for _, x, f in blocks if result.forward[x].K > 0]
-    if not growth:
-        return []
-    total = math.prod(growth)
-    typical_g = sorted(gains)[len(gains) // 2]
-    last = blocks[-1][0]
-    stream = ("K_ratio", stream_value(last).name, blocks[0][1].name)  # measured growth over the whole stream
-    findings = []
-    exploding = sum(1 for r in growth if r >= RESIDUAL_GROWTH)
-    if exploding >= RESIDUAL_BLOCKS:
-        scale = 1 / math.sqrt(1 + typical_g)
-        findings.append(Finding(
-            "IC502", "warning", "residual",
-            f"{len(blocks)} residual blocks y = x + f(x) with branch gain g = K_f/K_x ~ {typical_g:.3g}: K grows "
-            f"x{sorted(growth)[len(growth) // 2]:.3g} per block, x{total:.3g} over the stream (Pi(1+g); 2^L only when "
-            "g = 1), and the gradient grows alike toward the input",
-            last.name, last.scope, total, RESIDUAL_GROWTH,
-            f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
-            f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
-            "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
-            scale, measure=stream))
-    shrinking = sum(1 for r in growth if r <= OVERCORRECTED)
-    if shrinking >= RESIDUAL_BLOCKS:
-        per_block = sorted(growth)[len(growth) // 2]
-        findings.append(Finding(
-            "IC503", "warning", "residual",
-            f"{len(blocks)} residual blocks shrink K x{per_block:.3g} per block (x{total:.3g} over the stream): the "
-            "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
-            last.name, last.scope, total, OVERCORRECTED,
-            f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
-            f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block), measure=stream))
-    return findings
 
 
 def _logit_source(node: Node) -> tuple[Node | None, bool]:

@@ -222,3 +222,33 @@ _code(
     "Zero-init biases, fewer layers per normalisation, residual connections or normalisation.",
     "rho >= 0.95 after rising >= 0.2 along a chain of >= 3 activations: warning.",
 )
+_code(
+    "IC514", "subpixel-without-icnr", "info",
+    "A conv feeding PixelShuffle/DepthToSpace has independent sub-pixel kernels: the r^2 sub-pixels of each block "
+    "are uncorrelated, so even a constant input comes out as a random periodic pattern.",
+    "coherence = mean cosine between the r^2 sub-pixel kernels of a block = the correlation of the block's sub-pixels "
+    "for a white input; ICNR gives 1, a random init ~0 (theory.md §3).",
+    "ICNR: one kernel per output channel copied to every sub-pixel position (= conv + nearest up-sampling at init).",
+    "coherence < 0.5: info.",
+)
+_code(
+    "IC515", "strided-gradient-checkerboard", "warning",
+    "A strided conv whose kernel is not divisible by its stride sends its gradient back with a per-phase pattern "
+    "(or none at all to some positions when k < s), and no other path evens it out.",
+    "G_x,r = G_y sum_{t in T_r} E_t on the input grid, T_r = taps of phase r (theory.md §3): k=3, s=2: 4; k=1, s=2: "
+    "3/4 of the positions get no gradient. Judged where no other path merges (a fork sums the phase grids).",
+    "Kernel divisible by the stride, or blur/pool then a stride-1 conv.",
+    "ratio >= 1.5: info; >= 2 or positions without gradient: warning.",
+)
+_code(
+    "IC516", "norm-placement", "warning",
+    "Where a transformer stack normalises: Pre-LN streams grow linearly with depth (harmless when every branch and "
+    "the output read them through a normalisation); Post-LN resets K every block but scales the gradient by "
+    "(1 + chi_f)/(1 + g) per block, which compounds toward the input.",
+    "Pre-LN: K_l = K_0 + c l, G_0/G_L = K_L/K_0 for matched branches; Post-LN: per block (1 + chi_f)/(1 + g) "
+    "(theory.md §5).",
+    "Pre-LN: a final normalisation after the last block; Post-LN: Pre-LN placement, DeepNorm (alpha = (2N)^(1/4)), "
+    "or warm-up.",
+    "Pre-LN: info, warning without a final normalisation; Post-LN: info, warning when the gradient changes >= 1 "
+    "decade over the stack.",
+)

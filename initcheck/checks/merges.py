@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.architecture import residual_blocks, stream_value
+from initcheck.checks.residual import residual_blocks, stream_value
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding

@@ -45,7 +45,11 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     if folded:
         shapes = infer_shapes(model, fixed, {k: arrays[k] for k in folded}) or shapes
     signal = _signal_values(graph, nodes, arrays)
-    ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal))
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal), consumers)
     values = _make_values(graph, arrays, shapes, signal, fixed)
     for tensor in graph.initializer:
         values[tensor.name].is_weight = True

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from initcheck.stats import affine_stats, batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import (
+    affine_stats,
+    batch_norm_eval_stats,
+    conv_transpose_stats,
+    linear_stats,
+    subpixel_coherence,
+    tensor_stats,
+)
 
 Translation = tuple[str, dict, dict]
 
@@ -25,6 +32,7 @@ class OpContext:
     opset: int
     training: bool
     absorbed: dict[str, str] = field(default_factory=dict)  # bias Add output -> MatMul it was fused into
+    consumers: dict[str, list] = field(default_factory=dict)  # value name -> ONNX nodes reading it
 
     def array(self, name: str) -> np.ndarray | None:
         return self.arrays.get(name) if name else None
@@ -186,7 +194,21 @@ def _conv(node, ctx):
     attrs = _window_attrs(node, ctx, list(w.shape[2:]))
     groups = attrs["groups"]
     stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(w.shape[2:])))
-    return "conv", attrs, {"weight": stats}
+    return "conv", attrs, {"weight": stats, **_subpixel(node, ctx, w)}
+
+
+def _subpixel(node, ctx, w) -> dict:
+    """A conv feeding DepthToSpace (directly or through one elementwise op): its sub-pixel kernels' coherence."""
+    readers = ctx.consumers.get(node.output[0], [])
+    if len(readers) == 1 and readers[0].op_type != "DepthToSpace" and len(readers[0].output) == 1:
+        readers = ctx.consumers.get(readers[0].output[0], [])
+    shuffle = next((r for r in readers if r.op_type == "DepthToSpace"), None)
+    if shuffle is None:
+        return {}
+    attrs = attributes(shuffle)
+    block = int(attrs.get("blocksize", 1))
+    coherence = subpixel_coherence(w, block, channel_first=attrs.get("mode", "DCR") == "CRD")
+    return {"subpixel": {"block": block, "coherence": coherence}} if coherence is not None else {}
 
 
 @handles("ConvTranspose")

@@ -8,7 +8,14 @@ import math
 import numpy as np
 
 from initcheck.frontends.torch_ops import Emit, _arg, _ints, handles, op_name
-from initcheck.stats import affine_stats, batch_norm_eval_stats, conv_transpose_stats, linear_stats, tensor_stats
+from initcheck.stats import (
+    affine_stats,
+    batch_norm_eval_stats,
+    conv_transpose_stats,
+    linear_stats,
+    subpixel_coherence,
+    tensor_stats,
+)
 
 
 @handles("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -40,7 +47,20 @@ def _conv(node, ctx):
     if transposed:
         return [Emit("conv_transpose", [node.args[0]], attrs, {"weight": conv_transpose_stats(w, bias, groups, strides, dilations)})]
     stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(kernel)))
-    return [Emit("conv", [node.args[0]], attrs, {"weight": stats})]
+    return [Emit("conv", [node.args[0]], attrs, {"weight": stats, **_subpixel(node, w)})]
+
+
+def _subpixel(node, w) -> dict:
+    """A conv feeding pixel_shuffle (directly or through one elementwise op): its sub-pixel kernels' coherence."""
+    readers = list(node.users)
+    if len(readers) == 1 and op_name(readers[0].target) != "pixel_shuffle":
+        readers = list(readers[0].users)
+    shuffle = next((r for r in readers if op_name(r.target) == "pixel_shuffle"), None)
+    if shuffle is None:
+        return {}
+    block = int(shuffle.args[1])
+    coherence = subpixel_coherence(w, block)
+    return {"subpixel": {"block": block, "coherence": coherence}} if coherence is not None else {}
 
 
 def _affine_params(ctx, weight, bias) -> dict:

@@ -1,0 +1,170 @@
+"""Residual streams (theory.md §5): unscaled growth (IC502), over-correction (IC503), and where the
+normalisation sits in a transformer stack, Pre-LN or Post-LN (IC516)."""
+
+from __future__ import annotations
+
+import math
+
+from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.ir import Graph, Node, Value
+from initcheck.passes import is_signal
+from initcheck.report.model import Finding
+from initcheck.rules.common import normalizes
+
+RESIDUAL_GROWTH, RESIDUAL_BLOCKS = 1.9, 4
+OVERCORRECTED = 0.9
+
+
+def _reaches(start: Value, target: Value, limit: int = 400) -> bool:
+    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
+    seen, stack = set(), [start]
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if v is target:
+            return True
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
+    return False
+
+
+def residual_blocks(graph: Graph) -> list[tuple[Node, Value, Value]]:
+    """(add node, skip input x, branch input f(x)) for every y = x + f(x)."""
+    blocks = []
+    for node in graph.nodes:
+        if node.op not in ("add", "sum") or len([v for v in node.inputs if is_signal(v)]) != 2:
+            continue
+        a, b = (v for v in node.inputs if is_signal(v))
+        if _reaches(b, a):
+            blocks.append((node, a, b))
+        elif _reaches(a, b):
+            blocks.append((node, b, a))
+    return blocks
+
+
+def _is_rescaling(node: Node) -> bool:
+    """A scalar multiply/divide of the stream (a block's own 1/sqrt(2), say), possibly fused."""
+    if node.op == "pointwise":
+        program = node.attrs["program"]
+        return program[0] in ("mul", "div") and ("x",) in program[2:] and any(a[0] == "const" for a in program[2:])
+    return node.op in ("mul", "div") and sum(1 for v in node.inputs if is_signal(v)) == 1
+
+
+def stream_value(add: Node) -> Value:
+    """The residual stream after the block: the Add's output followed through scalar rescalings."""
+    value = add.outputs[0]
+    while len(value.consumers) == 1 and _is_rescaling(value.consumers[0]):
+        value = value.consumers[0].outputs[0]
+    return value
+
+
+def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
+    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over the stream (theory.md §5)."""
+    blocks = [(n, x, f) for n, x, f in residual_blocks(graph)
+              if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))]
+    if not blocks:
+        return []
+    growth = [result.forward[stream_value(n)].K / result.forward[x].K for n, x, _ in blocks if result.forward[x].K > 0]
+    gains = [result.forward[f].K / result.forward[x].K for _, x, f in blocks if result.forward[x].K > 0]
+    if not growth:
+        return []
+    total = math.prod(growth)
+    typical_g = sorted(gains)[len(gains) // 2]
+    last = blocks[-1][0]
+    stream = ("K_ratio", stream_value(last).name, blocks[0][1].name)  # measured growth over the whole stream
+    findings = []
+    exploding = sum(1 for r in growth if r >= RESIDUAL_GROWTH)
+    if exploding >= RESIDUAL_BLOCKS:
+        scale = 1 / math.sqrt(1 + typical_g)
+        findings.append(Finding(
+            "IC502", "warning", "residual",
+            f"{len(blocks)} residual blocks y = x + f(x) with branch gain g = K_f/K_x ~ {typical_g:.3g}: K grows "
+            f"x{sorted(growth)[len(growth) // 2]:.3g} per block, x{total:.3g} over the stream (Pi(1+g); 2^L only when "
+            "g = 1), and the gradient grows alike toward the input",
+            last.name, last.scope, total, RESIDUAL_GROWTH,
+            f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
+            f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
+            "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
+            scale, measure=stream))
+    shrinking = sum(1 for r in growth if r <= OVERCORRECTED)
+    if shrinking >= RESIDUAL_BLOCKS:
+        per_block = sorted(growth)[len(growth) // 2]
+        findings.append(Finding(
+            "IC503", "warning", "residual",
+            f"{len(blocks)} residual blocks shrink K x{per_block:.3g} per block (x{total:.3g} over the stream): the "
+            "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
+            last.name, last.scope, total, OVERCORRECTED,
+            f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
+            f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block), measure=stream))
+    return findings
+
+
+
+
+POST_LN_DECADES = 1.0
+
+
+def _placement(add: Node, x: Value, f: Value) -> str | None:
+    """'pre' for x + f(LN(x)), 'post' for LN(x + f(x)), None otherwise."""
+    if any(c is not add and normalizes(c) and _reaches(f, c.outputs[0]) for c in x.consumers):
+        return "pre"
+    out = stream_value(add)
+    if len(out.consumers) == 1 and normalizes(out.consumers[0]):
+        return "post"
+    return None
+
+
+def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
+    """Pre-LN streams grow linearly, K_l = K_0 + c l, and the gradient toward the input grows alike (G_0/G_L =
+    K_L/K_0 for matched branches); Post-LN keeps K fixed and scales the gradient by (1 + chi_f)/(1 + g) per block."""
+    blocks = [(n, x, f, _placement(n, x, f)) for n, x, f in residual_blocks(graph)]
+    findings = []
+    for kind in ("pre", "post"):
+        mine = [(n, x) for n, x, _, p in blocks if p == kind]
+        if len(mine) < 2:
+            continue
+        start = mine[0][1]
+        end = stream_value(mine[-1][0])
+        if kind == "post":
+            end = end.consumers[0].outputs[0]
+        if start not in result.forward or end not in result.forward or not result.backward.get(end):
+            continue
+        growth = result.forward[end].K / result.forward[start].K
+        gradient = result.backward.get(start, 0.0) / result.backward[end]
+        findings.append(_pre_ln(mine, start, end, growth, gradient) if kind == "pre" else
+                        _post_ln(mine, start, end, gradient))
+    return findings
+
+
+def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float) -> Finding:
+    final_norm = any(normalizes(c) for c in end.consumers)
+    last = blocks[-1][0]
+    return Finding(
+        "IC516", "info" if final_norm else "warning", "residual",
+        f"Pre-LN stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
+        f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor); every branch reads the "
+        "stream through a normalisation, so this is harmless"
+        + ("" if final_norm else ", but nothing normalises the stream at its end: the output reads a stream "
+           f"{growth:.3g}x its start"),
+        last.name, last.scope, gradient, None,
+        "nothing to do" if final_norm else "add a final normalisation after the last block (as GPT-2's ln_f)",
+        None, details={"blocks": len(blocks), "stream_growth": growth},
+        measure=("G_energy_ratio", start.name, end.name))
+
+
+def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
+    last = blocks[-1][0]
+    shrinking = gradient > 0 and abs(math.log10(gradient)) >= POST_LN_DECADES
+    alpha = (2 * len(blocks)) ** 0.25
+    return Finding(
+        "IC516", "warning" if shrinking else "info", "residual",
+        f"Post-LN stack of {len(blocks)} residual blocks: K is reset every block and the gradient reaching the "
+        f"stack's input is x{gradient:.3g} the gradient at its output (per block (1 + chi_f)/(1 + g))"
+        + ("; early blocks train much slower than late ones, the reason Post-LN needs learning-rate warm-up"
+           if shrinking else ""),
+        last.name, last.scope, gradient, 10 ** -POST_LN_DECADES,
+        "Pre-LN placement, or DeepNorm (stream x alpha + f(x) with alpha = (2N)^(1/4) = "
+        f"{alpha:.3g}, branch init scaled down), or warm-up" if shrinking else "nothing to do",
+        alpha if shrinking else None, details={"blocks": len(blocks)},
+        measure=("G_energy_ratio", start.name, end.name))
