@@ -37,6 +37,7 @@ def analyze(
     all_nodes: bool = False,
     training: bool | None = None,
     probe: bool | ProbeOptions = False,
+    degree: int | None = None,
 ) -> Report:
     """Analyse a model file or a live torch nn.Module and return the report.
 
@@ -50,6 +51,7 @@ def analyze(
     training: analyse batch norm and dropout as in training (default: the module's own mode; eval for files).
     probe: also run the model and measure the same quantities (True, or ProbeOptions for device, batch,
       seeds, ...). The CLI probes by default; the API does not, so a pre-training check stays cheap.
+    degree: for graph attention whose graph does not carry its neighbour counts, the typical node degree.
     """
     if _is_module(model):
         graph, runner = _module_graph(model, inputs, training)
@@ -58,7 +60,8 @@ def analyze(
         graph, runner = frontends.load_model(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
         mode = "train" if training else "eval"
     options = probe if isinstance(probe, ProbeOptions) else ProbeOptions() if probe else None
-    return analyze_graph(graph, all_nodes=all_nodes, mode=mode, runner=runner if options else None, probe_options=options)
+    return analyze_graph(graph, all_nodes=all_nodes, mode=mode, runner=runner if options else None, probe_options=options,
+                         hints={"degree": degree} if degree else None)
 
 
 def check(model, inputs=None, *, fail_on: str = "error", **options) -> Report:
@@ -95,14 +98,14 @@ def _module_graph(module, inputs, training: bool | None):
 
 
 def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", runner=None,
-                  probe_options: ProbeOptions | None = None) -> Report:
+                  probe_options: ProbeOptions | None = None, hints: dict | None = None) -> Report:
     fuse_pointwise(graph)
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     depth, width = depth_and_width(graph)
     chis = susceptibilities(graph, result)
     attach_susceptibilities(rows, chis)
-    findings = run_checks(graph, result, rows, depth, width, chis)
+    findings = run_checks(graph, result, rows, depth, width, chis, hints)
     probe_summary = None
     if runner is not None:
         try:

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 1 when a finding reaches this severity (default: error)")
     a.add_argument("--all-nodes", action="store_true", help="one row per node instead of one per layer")
     a.add_argument("--train", action="store_true", help="analyse batch norm and dropout as in training (batch statistics, active dropout)")
+    a.add_argument("--degree", type=_positive, metavar="D",
+                   help="graph attention: typical node degree when the graph does not carry its neighbour counts")
     p = a.add_argument_group("empirical probe (runs the model; on by default when torch/onnxruntime are installed)")
     p.add_argument("--no-probe", action="store_true", help="symbolic pass only")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -144,7 +146,7 @@ def _analyze(args) -> int:
     options, skipped = _probe_options(args)
     with _with_progress(options):
         report = analyze(args.model, shapes, arch=args.arch, trust_pickle=args.trust_pickle, all_nodes=args.all_nodes,
-                         training=args.train, probe=options or False)
+                         training=args.train, probe=options or False, degree=args.degree)
     if skipped:
         report.notes.append(skipped)
     if args.format == "json":

@@ -13,6 +13,12 @@ from itertools import product
 import numpy as np
 
 SMALL_CONST = 4096  # constants up to this many elements keep their values (shapes, scalars, masks)
+MASK_CONST = 1 << 22  # boolean masks (attention, graph adjacency) are kept up to this many elements
+
+
+def keeps_values(array: np.ndarray) -> bool:
+    """Whether the IR keeps a constant's values, not only its statistics: small ones and boolean masks."""
+    return array.size <= SMALL_CONST or (array.dtype == np.bool_ and array.size <= MASK_CONST)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from initcheck.errors import ModelLoadError
 from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext
 from initcheck.ir import Graph, Node, Value
-from initcheck.stats import SMALL_CONST, tensor_stats
+from initcheck.stats import keeps_values, tensor_stats
 
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
@@ -80,7 +80,7 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     )
     ir.rewire()
     for value in values.values():  # weights are summarised on nodes now; keep only small constants
-        if value.array is not None and value.array.size > SMALL_CONST:
+        if value.array is not None and not keeps_values(value.array):
             value.array = None
     return ir
 

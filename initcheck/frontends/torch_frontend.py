@@ -13,7 +13,7 @@ import numpy as np
 
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
 from initcheck.ir import Graph, Node, Value
-from initcheck.stats import SMALL_CONST, tensor_stats
+from initcheck.stats import keeps_values, tensor_stats
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -136,7 +136,7 @@ class _Builder:
         v = self.value(key, tuple(array.shape), str(array.dtype))
         if v.const is None:
             v.const = tensor_stats(array) if array.dtype.kind in "fiub" else None
-            v.array = array if array.size <= SMALL_CONST else None
+            v.array = array if keeps_values(array) else None
             v.is_weight = key in self.weight_names
         return v
 

@@ -24,7 +24,7 @@ UNARY = {
 }
 REARRANGE = {
     "view": "reshape", "reshape": "reshape", "_unsafe_view": "reshape", "flatten": "flatten", "permute": "transpose",
-    "transpose": "transpose", "t": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze", "expand": "expand",
+    "transpose": "transpose", "t": "transpose", "numpy_T": "transpose", "mT": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze", "expand": "expand",
     "contiguous": "identity", "clone": "identity", "to": "cast", "_to_copy": "cast", "type_as": "cast",
     "detach": "identity", "detach_": "identity", "alias": "identity", "lift_fresh_copy": "identity",
     "select": "gather", "slice": "slice", "narrow": "slice", "index_select": "gather", "index": "gather",
@@ -249,6 +249,13 @@ def _pad(node, ctx):
 @handles("where")
 def _where(node, ctx):
     return [Emit("where", list(node.args[:3]))]
+
+
+@handles("masked_fill", "masked_fill_")
+def _masked_fill(node, ctx):
+    """x.masked_fill(mask, v) = where(mask, v, x): masked entries are replaced (attention and adjacency masks)."""
+    value = node.args[2]
+    return [Emit("where", [node.args[1], float(value) if isinstance(value, (int, float)) else value, node.args[0]])]
 
 
 _GATES = {"lstm": ([0, 3, 1, 2], 4), "gru": ([1, 0, 2], 3), "rnn_tanh": ([0], 1), "rnn_relu": ([0], 1)}
