@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import check_samples  # noqa: E402  (the issue-5 check samples live beside this file)
 
 # sample -> finding codes it must raise at warning/error level (healthy samples: none)
 EXPECTED: dict[str, set[str]] = {
@@ -31,7 +33,9 @@ EXPECTED: dict[str, set[str]] = {
     # forgets within ~1 step, so the gradient over 12 steps vanishes
     # (the read-out's default bias then carries most of its output: IC511)
     "lstm": {"IC102", "IC506", "IC511"},
+    **check_samples.EXPECTED,
 }
+INFO: dict[str, set[str]] = {**check_samples.INFO}  # info-level codes a sample must raise
 
 
 def mlp(depth: int, width: int, act: nn.Module, init) -> nn.Sequential:
@@ -179,6 +183,7 @@ def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
         "dcgan_generator": (DCGANGenerator(), (torch.randn(4, 32),), ["z"]),
         "prenorm_transformer": (PreLNTransformer(), (torch.randint(0, 100, (1, 16)),), ["input_ids"]),
         "lstm": (LSTMModel(), (torch.randn(12, 1, 16),), ["x"]),
+        **check_samples.samples(),
     }
 
 

@@ -167,6 +167,16 @@ def test_deep_narrow_network_is_flagged_and_the_spread_is_right():
     assert f.value == pytest.approx(measured_cv2, rel=2.0)  # leading order, 24 draws: within a factor of 3
 
 
+def test_resampled_probe_puts_the_measured_spread_beside_the_prediction():
+    """--resample-weights: each seed permutes every weight tensor, so the probe's run-to-run spread of K is the
+    instance-to-instance spread the finding predicts (theory §12, 'probe across S weight draws')."""
+    depth, width = 20, 32
+    options = initcheck.ProbeOptions(batch=64, seeds=16, resample_weights=True)
+    f = finding(initcheck.analyze(relu_net(depth, width, 0), torch.randn(64, width), probe=options), "IC505")
+    assert f.measured is not None and f.measured >= 0.3
+    assert f.value == pytest.approx(f.measured, rel=2.0)  # 16 draws: an order-of-magnitude estimate (§12)
+
+
 def test_shallow_wide_twin_is_not_flagged():
     report = initcheck.analyze(relu_net(3, 256, 0), torch.randn(64, 256))
     assert "IC505" not in codes(report)

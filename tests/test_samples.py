@@ -21,6 +21,8 @@ def test_expected_findings(name):
     report = initcheck.analyze(SAMPLES / f"{name}.onnx")
     raised = {f.code for f in report.findings if f.severity in ("warning", "error")}
     assert raised == make_samples.EXPECTED[name], [f.message for f in report.findings]
+    info = {f.code for f in report.findings if f.severity == "info"}
+    assert make_samples.INFO.get(name, set()) <= info, [f.message for f in report.findings]
     assert not report.coverage.unsupported
 
 
