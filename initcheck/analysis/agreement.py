@@ -11,15 +11,13 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph
 from initcheck.report.model import Finding, LayerRow
 
-TOLERANCE = math.log(1.15)
-CROSS_CHECK_TOLERANCE = 1e-3
-
 
 def agreement_bound(spread: float, sampling_se: float) -> float:
-    return TOLERANCE + 3 * math.sqrt(spread + sampling_se**2)
+    return math.log(limit("IC401", "tolerance")) + 3 * math.sqrt(spread + sampling_se**2)
 
 
 def attach_measurements(rows: list[LayerRow], graph: Graph, result: SymbolicResult, probe) -> None:
@@ -52,15 +50,15 @@ def mismatch_findings(rows: list[LayerRow], probe) -> list[Finding]:
                 f"'{row.label}' ({row.op}): beyond sampling error and finite-width spread, so the model breaks an "
                 "assumption of the symbolic pass (e.g. correlated branches such as x + x, or weights correlated "
                 "with their inputs)",
-                row.node, row.scope, row.measured_K / row.second_moment, TOLERANCE,
+                row.node, row.scope, row.measured_K / row.second_moment, limit("IC401", "tolerance"),
                 "trust the measured numbers for this layer and the ones after it"))
     diff = probe.max_relative_difference
-    if diff is not None and diff > CROSS_CHECK_TOLERANCE:
+    if diff is not None and diff > limit("IC402", "error"):
         findings.append(Finding(
             "IC402", "error", "probe",
             f"the torch form of the graph differs from onnxruntime by {diff:.3g} (relative L2) at "
             f"'{probe.max_difference_at}'; measured gradients are not trustworthy",
-            probe.max_difference_at or "", "", diff, CROSS_CHECK_TOLERANCE,
+            probe.max_difference_at or "", "", diff, limit("IC402", "error"),
             "report the op at that value; use --no-probe or the PyTorch model for gradients"))
     return findings
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.attention import softmax_statistics
 from initcheck.rules.common import normalizes
-
-LOGIT_WARN, LOGIT_ERROR = 2.0, 4.0
 
 
 def _logit_source(node: Node) -> tuple[Node | None, bool]:
@@ -43,18 +42,18 @@ def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         sigma = math.sqrt(logits.var)
         keys = node.attrs.get("size") or (node.inputs[0].shape[-1] if node.inputs[0].shape else None) or 1
         d_k = matmul.inputs[0].shape[-1] if matmul.inputs[0].shape else None
-        if sigma < LOGIT_WARN:
+        if sigma < limit("IC504", "warning"):
             continue
         stats = softmax_statistics(round(sigma, 3), int(keys))
         missing = not scaled and d_k and d_k > 1
         reason = (f"no 1/sqrt(d_k) scaling between q k^T and the softmax (d_k = {d_k})" if missing
                   else "the q/k projections are too large for their inputs")
         findings.append(Finding(
-            "IC504", "error" if sigma >= LOGIT_ERROR or missing else "warning", "attention",
+            "IC504", "error" if sigma >= limit("IC504", "error") or missing else "warning", "attention",
             f"'{node.label}': within-row logit std {sigma:.3g} over {keys} keys: {reason}; the softmax starts "
             f"saturated (expected max probability {stats['max_p']:.2f}, entropy {stats['entropy_ratio']:.0%} of ln N), "
             "so its gradient is small and attention locks onto few keys",
-            node.name, node.scope, sigma, LOGIT_WARN,
+            node.name, node.scope, sigma, limit("IC504", "warning"),
             (f"scale the logits by 1/sqrt(d_k) = {1 / math.sqrt(d_k):.3g}" if missing else
              f"scale the logits (or the q and k weights by {1 / math.sqrt(sigma):.3g} each) by {1 / sigma:.3g} "
              "to reach logit std 1") + "; the softmax backward grows accordingly",
@@ -62,7 +61,6 @@ def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     return findings
 
 
-DEPTH_WARN, DEPTH_ERROR = 0.5, 1.0
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
 
 
@@ -90,23 +88,23 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
     if not spreads or not width:
         return []
     cv2, hidden, value = max(spreads, key=lambda s: s[0])
-    if cv2 < DEPTH_WARN:
+    warn = limit("IC505", "warning")
+    if cv2 < warn:
         return []
     typical = math.exp(-math.log1p(cv2) / 2)  # log-normal: the median network's K relative to the preserved mean
-    regime = "overly deep" if cv2 >= DEPTH_ERROR else "deep for its width"
+    regime = "overly deep" if cv2 >= limit("IC505", "overly_deep") else "deep for its width"
     return [Finding(
         "IC505", "warning", "finite-width",
         f"depth {depth} at width {width} (L/n = {depth / width:.3g}): the output second moment varies between "
         f"initialisations with CV^2 ~ {cv2:.2f} ({regime}); beyond leading order the spread is log-normal, so a typical "
         f"network keeps ~{typical:.0%} of the ensemble's signal even though the mean is preserved",
         value.producer.name if value.producer else value.name, value.producer.scope if value.producer else "",
-        cv2, DEPTH_WARN,
-        f"widen the network x{cv2 / DEPTH_WARN:.2g} (CV^2 ~ nu L / n, so that brings it to {DEPTH_WARN}), or make it "
-        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / DEPTH_WARN,
+        cv2, warn,
+        f"widen the network x{cv2 / warn:.2g} (CV^2 ~ nu L / n, so that brings it to {warn}), or make it "
+        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / warn,
         measure=("spread", hidden.name))]
 
 
-RNN_LOW, RNN_HIGH = 1e-2, 1e2
 
 
 def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
@@ -123,8 +121,9 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         _, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
         total = chi ** steps
         forget = node.params["gates"][2]["bias_mean"] if node.op == "lstm" else None
-        if total < RNN_LOW or total > RNN_HIGH:
-            vanishing = total < RNN_LOW
+        low, high = limit("IC506", "low"), limit("IC506", "high")
+        if total < low or total > high:
+            vanishing = total < low
             memory = -1 / math.log(chi) if 0 < chi < 1 else math.inf
             fix = ("orthogonal W_hh with gain 1 and a stronger input drive" if node.op == "rnn" else
                    f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)" if node.op == "lstm"
@@ -134,7 +133,7 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
                 f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
                 + (" (a lower bound for gated cells)" if node.op != "rnn" else ""),
-                node.name, node.scope, total, RNN_LOW if vanishing else RNN_HIGH,
+                node.name, node.scope, total, low if vanishing else high,
                 fix + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
                 chi))
         elif node.op == "lstm" and forget is not None and forget < 1:
@@ -145,7 +144,6 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     return findings
 
 
-DROPOUT_INFO, DROPOUT_WARN = 1.0, 4.0
 
 
 def dropout_findings(graph: Graph) -> list[Finding]:
@@ -165,16 +163,16 @@ def dropout_findings(graph: Graph) -> list[Finding]:
         for v in node.outputs:
             depth[id(v)] = here
     factor = max((depth.get(id(v), 1.0) for v in graph.outputs), default=1.0)
-    if factor <= DROPOUT_INFO:
+    if factor <= limit("IC507", "info"):
         return []
     rates = sorted({round(n.attrs["ratio"], 3) for n in layers})
     last = layers[-1]
     return [Finding(
-        "IC507", "warning" if factor >= DROPOUT_WARN else "info", "dropout",
+        "IC507", "warning" if factor >= limit("IC507", "warning") else "info", "dropout",
         f"{len(layers)} dropout layer(s) (p = {', '.join(map(str, rates))}): in training mode K is up to x{factor:.3g} "
         "its eval-mode value at the output (inverted dropout: 1/(1-p) per layer on the path), so layers after them "
         "see a different scale in training and evaluation",
-        last.name, last.scope, factor, DROPOUT_INFO,
+        last.name, last.scope, factor, limit("IC507", "info"),
         "expected with inverted dropout; scaling the weights by sqrt(1-p) to keep training mode at 1 shrinks eval "
         f"mode by (1-p) per layer instead (x{1 / factor:.3g} here); keep a normalisation after dropout-heavy blocks",
         factor)]

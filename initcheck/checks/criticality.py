@@ -7,13 +7,10 @@ import math
 
 from initcheck.analysis.criticality import CRITICAL, Susceptibility, through
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node
 from initcheck.report.model import Finding
 
-COMMON_MODE = 0.2  # share of a layer's output energy that is the same for every unit
-BIAS_SHARE = 0.5
-CHAIN_DECADES, CHAIN_MIN = 1.0, 3
-COLLAPSE, COLLAPSE_RISE = 0.95, 0.2
 _MATRICES = ("linear", "conv", "conv_transpose")
 
 
@@ -26,7 +23,7 @@ def weight_mean_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         if w is None or w.w_sq <= 0 or w.fan_in < 2 or w.w_sq - w.w_mean**2 <= 1e-12 * w.w_sq:
             continue  # constant matrices are IC202's
         common = w.w_mean**2 / w.w_sq
-        if common < COMMON_MODE:
+        if common < limit("IC510", "common_share"):
             continue
         amplification = w.row_sum_sq / (w.fan_in * w.w_sq)
         std = math.sqrt(w.w_sq - w.w_mean**2)
@@ -36,7 +33,7 @@ def weight_mean_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             f"~{w.row_sum_mean:.3g}, so all units share one component ({common:.0%} of the output energy on a "
             f"zero-mean input) and an input mean is amplified x{amplification:.3g} (x1 for zero-mean weights); the "
             "units start nearly identical and the gradient pushes them alike",
-            node.name, node.scope, common, COMMON_MODE,
+            node.name, node.scope, common, limit("IC510", "common_share"),
             f"subtract the mean ({-w.w_mean:.3g}) from every weight, or re-initialise with a zero-mean init of std "
             f"{std:.3g}; this changes the backward pass alike (rows and columns share the offset)", -w.w_mean,
             details={"weight_mean": w.w_mean, "weight_std": std, "mean_amplification": amplification}))
@@ -52,7 +49,7 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         if out is None or out.K <= 0 or w.bias_sq <= 0:
             continue
         share = w.bias_sq / out.K
-        if share < BIAS_SHARE:
+        if share < limit("IC511", "share"):
             continue
         signal = max(out.K - w.bias_sq, 0.0)
         scale = math.sqrt(signal / (9 * w.bias_sq)) if signal > 0 else 0.0  # bias at 10% of K
@@ -61,7 +58,7 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             f"'{node.label}': the bias's energy E[b^2] = {w.bias_sq:.3g} is {share:.0%} of the output's second moment "
             f"K = {out.K:.3g}: the output is nearly the same for every input, and the layers after it see mostly "
             "a constant",
-            node.name, node.scope, share, BIAS_SHARE,
+            node.name, node.scope, share, limit("IC511", "share"),
             (f"scale the bias by {scale:.3g} (to 10% of K) or zero-init it" if scale > 0 else "zero-init the bias")
             + (", and fix the vanishing input signal that lets it dominate" if signal < 0.1 * out.K else ""),
             scale, details={"bias_sq": w.bias_sq, "K": out.K}))
@@ -90,7 +87,7 @@ def chains(found: dict[Node, Susceptibility]) -> list[list[Susceptibility]]:
 def criticality_findings(found: dict[Node, Susceptibility], result: SymbolicResult) -> list[Finding]:
     findings = []
     for chain in chains(found):
-        if len(chain) < CHAIN_MIN:
+        if len(chain) < limit("IC512", "layers"):
             continue
         findings += _off_critical(chain) + _collapse(chain, result)
     return findings
@@ -100,7 +97,8 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
     """Pi chi_perp over the chain is its gradient factor (theory §4): the ordered phase (< 1) vanishes and
     collapses inputs, the chaotic phase (> 1) explodes and decorrelates nearby inputs."""
     product = math.prod(s.chi_perp for s in chain)
-    if product > 0 and abs(math.log10(product)) < CHAIN_DECADES:
+    decades = limit("IC512", "decades")
+    if product > 0 and abs(math.log10(product)) < decades:
         return []
     first = chain[0]
     mean_chi = product ** (1 / len(chain)) if product > 0 else 0.0
@@ -120,7 +118,7 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
         + ("ordered phase: gradients vanish toward the input and distinct inputs converge" if ordered else
            "chaotic phase: gradients explode toward the input and nearby inputs decorrelate")
         + f"; the weights have C_W = fan_in E[W^2] ~ {chain[len(chain) // 2].C_W:.3g}" + (f", {point}" if point else ""),
-        first.weighted.name, first.weighted.scope, product, 10 ** (-CHAIN_DECADES if ordered else CHAIN_DECADES),
+        first.weighted.name, first.weighted.scope, product, 10 ** (-decades if ordered else decades),
         f"scale the chain's weights by {scale:.3g} (C_W -> 1/<phi'^2>_K, chi_perp = 1 at the current K); for a "
         "non-homogeneous activation re-check after the change, since K moves with C_W", scale,
         details={"chi_perp_mean": mean_chi, "layers": len(chain)})]
@@ -131,14 +129,14 @@ def _collapse(chain: list[Susceptibility], result: SymbolicResult) -> list[Findi
     §1 and §4): near 1, the network sees every input alike."""
     rhos = [result.forward[s.preactivation].M / result.forward[s.preactivation].K for s in chain]
     last = chain[-1]
-    if rhos[-1] < COLLAPSE or rhos[-1] - min(rhos) < COLLAPSE_RISE:
+    if rhos[-1] < limit("IC513", "rho") or rhos[-1] - min(rhos) < limit("IC513", "rise"):
         return []
     return [Finding(
         "IC513", "warning", "correlation",
         f"'{last.weighted.label}': two different inputs' pre-activations correlate at rho = {rhos[-1]:.3g} after "
         f"{len(chain)} {last.activation} layers (from {min(rhos):.2g}): only {1 - rhos[-1]:.1%} of the energy tells "
         "inputs apart, so outputs and gradients are nearly input-independent at init (ordered-phase collapse)",
-        last.preactivation.producer.name if last.preactivation.producer else "", last.weighted.scope, rhos[-1], COLLAPSE,
+        last.preactivation.producer.name if last.preactivation.producer else "", last.weighted.scope, rhos[-1], limit("IC513", "rho"),
         "zero-init the biases, make the chain shallower, add normalisation or residual connections; at criticality "
         "ReLU chains still collapse polynomially (1 - rho ~ 1/L^2)", None,
         details={"rho_first": rhos[0]}, measure=("cosine", last.preactivation.name))]

@@ -13,11 +13,11 @@ import numpy as np
 
 from initcheck import pointwise
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 
-SHARPNESS_SPREAD = 3.0  # warn when sharpness differs this much between the smallest and largest degree
 REFERENCE_DEGREE = 16
 SWEEP = (4, 64, 1024)
 _ROWS = 1 << 17
@@ -113,14 +113,14 @@ def graph_attention_findings(graph: Graph, result: SymbolicResult, degree_hint: 
         scaled = gat_statistics(sigma_u, sigma_w, high, program, round(scale, 4))
         top = degrees[-1]
         findings.append(Finding(
-            "IC517", "warning" if known and spread >= SHARPNESS_SPREAD else "info", "attention",
+            "IC517", "warning" if known and spread >= limit("IC517", "spread") else "info", "attention",
             f"'{node.label}': graph attention (logits act(u_i + w_j), neighbour-part std {sigma_w:.3g}, node-part std "
             f"{sigma_u:.3g}) at degree {top}: max probability {at[top]['p_max']:.3g}, entropy "
             f"{at[top]['entropy_ratio']:.0%} of ln d; sharpness d * p_max goes from {at[low]['sharpness']:.3g} at "
             f"degree {low} to {at[high]['sharpness']:.3g} at degree {high}"
             + ("" if known else " (degree sweep: the graph does not carry its degrees, pass --degree)")
             + ": high-degree nodes attend relatively sharper, and their output K falls like e^(sigma^2)/d",
-            node.name, node.scope, spread, SHARPNESS_SPREAD,
+            node.name, node.scope, spread, limit("IC517", "spread"),
             f"scale each node's logits by e_{REFERENCE_DEGREE} / e_d (expected max of d Gaussians; {scale:.3g} at "
             f"degree {high}, giving sharpness {scaled['sharpness']:.3g}) to make attention sharpness degree-independent",
             scale, details={"degree_min": low, "degree_max": high, "sharpness_min_degree": at[low]["sharpness"],

@@ -7,12 +7,11 @@ import math
 
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.residual import residual_blocks, stream_value
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 
-BRANCH_GROWTH, BRANCH_MIN = 1.9, 3
-CONCAT_GAIN, CONCAT_IMBALANCE = math.log(1.25), 4.0
 _SUMS = ("add", "sum")
 
 
@@ -62,7 +61,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         terms = _terms(node)
         out = result.forward.get(stream_value(node))
         parts = [result.forward.get(t) for t in terms]
-        if len(terms) < BRANCH_MIN or out is None or any(p is None or p.K <= 0 for p in parts):
+        if len(terms) < limit("IC508", "branches") or out is None or any(p is None or p.K <= 0 for p in parts):
             continue
         if any(a in _ancestors(b) for a in terms for b in terms if a is not b):
             continue  # a residual with several branches: IC502's business
@@ -71,7 +70,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         mean_branch = sum(p.K for p in parts) / len(parts)
         merge_gain = out.K / mean_branch
         block_gain = out.K / reference if reference else merge_gain
-        if merge_gain < BRANCH_GROWTH or block_gain < BRANCH_GROWTH:
+        if merge_gain < limit("IC508", "growth") or block_gain < limit("IC508", "growth"):
             continue
         gains = ", ".join(f"{p.K / reference:.3g}" for p in parts) if reference else ""
         scale = 1 / math.sqrt(block_gain)
@@ -81,7 +80,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             + (f" of '{fork.producer.label if fork.producer else fork.name}' (branch gains {gains})" if reference else "")
             + f": K grows x{block_gain:.3g} across the block (x{merge_gain:.3g} at the sum itself; sum of the branch "
             f"gains, ~N = {len(terms)} for balanced branches), and every branch receives the full gradient of the sum",
-            node.name, node.scope, block_gain, BRANCH_GROWTH,
+            node.name, node.scope, block_gain, limit("IC508", "growth"),
             f"scale the sum by {scale:.3g} (= 1/sqrt(sum of branch gains); 1/sqrt(N) = {1 / math.sqrt(len(terms)):.3g} "
             "for balanced branches) or each branch by its own gain; this scales forward K and the gradient into every "
             "branch by the same factor^2, in training and eval mode alike",
@@ -114,6 +113,7 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     """conv(concat(a, b)): forward gain fan_in E[W^2] and backward gain (C_out k^2 / s^2) E[W^2] per element
     differ when the merge changes the fan-in (Glorot recomputed for 2c -> c: 4/3 and 2/3, theory.md §5);
     parts of very different K let one side drown the other."""
+    gain, imbalance_limit = math.log(limit("IC509", "gain")), limit("IC509", "imbalance")
     findings = []
     for node in graph.nodes:
         concat = _concat_input(node) if node.op in ("conv", "linear") else None
@@ -126,8 +126,8 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         grad_y, grad_x = result.backward.get(y), result.backward.get(x)
         backward = grad_x / grad_y if grad_y and grad_x else None
         imbalance = max(energies) / min(energies) if energies and min(energies) > 0 else math.inf
-        shifted = abs(math.log(forward)) >= CONCAT_GAIN or (backward and abs(math.log(backward)) >= CONCAT_GAIN)
-        if imbalance < CONCAT_IMBALANCE and not shifted:
+        shifted = abs(math.log(forward)) >= gain or (backward and abs(math.log(backward)) >= gain)
+        if imbalance < imbalance_limit and not shifted:
             continue
         channels = "+".join(str(v.shape[1]) if v.shape and len(v.shape) > 1 else "?" for v in parts)
         out_channels = y.shape[1] if y.shape and len(y.shape) > 1 else "?"
@@ -140,15 +140,15 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         if backward:
             fix += (f" (backward then x{backward * keep_forward ** 2:.3g}); x{1 / math.sqrt(backward):.3g} keeps the "
                     f"gradient; x{(forward * backward) ** -0.25:.3g} balances both (geometric mean)")
-        if imbalance >= CONCAT_IMBALANCE:
+        if imbalance >= imbalance_limit:
             loud = max(range(len(parts)), key=lambda i: energies[i])
             message += (f"; the parts' K differ x{imbalance:.3g} (K = {', '.join(f'{e:.3g}' for e in energies)}), so "
                         f"'{parts[loud].name}' dominates the output and the quieter part's signal is drowned")
             fix += "; normalise each part before the concat, or scale the quieter part by sqrt of the K ratio"
         findings.append(Finding(
-            "IC509", "warning" if imbalance >= CONCAT_IMBALANCE else "info", "concat", message,
-            node.name, node.scope, imbalance if imbalance >= CONCAT_IMBALANCE else forward,
-            CONCAT_IMBALANCE if imbalance >= CONCAT_IMBALANCE else math.exp(CONCAT_GAIN),
+            "IC509", "warning" if imbalance >= imbalance_limit else "info", "concat", message,
+            node.name, node.scope, imbalance if imbalance >= imbalance_limit else forward,
+            imbalance_limit if imbalance >= imbalance_limit else math.exp(gain),
             fix + "; the same in training and eval mode", keep_forward,
             details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
             measure=("K_ratio", y.name, x.name)))

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.common import normalizes
-
-RESIDUAL_GROWTH, RESIDUAL_BLOCKS = 1.9, 4
-OVERCORRECTED = 0.9
 
 
 def _reaches(start: Value, target: Value, limit: int = 400) -> bool:
@@ -74,35 +72,32 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     last = blocks[-1][0]
     stream = ("K_ratio", stream_value(last).name, blocks[0][1].name)  # measured growth over the whole stream
     findings = []
-    exploding = sum(1 for r in growth if r >= RESIDUAL_GROWTH)
-    if exploding >= RESIDUAL_BLOCKS:
+    exploding = sum(1 for r in growth if r >= limit("IC502", "growth"))
+    if exploding >= limit("IC502", "blocks"):
         scale = 1 / math.sqrt(1 + typical_g)
         findings.append(Finding(
             "IC502", "warning", "residual",
             f"{len(blocks)} residual blocks y = x + f(x) with branch gain g = K_f/K_x ~ {typical_g:.3g}: K grows "
             f"x{sorted(growth)[len(growth) // 2]:.3g} per block, x{total:.3g} over the stream (Pi(1+g); 2^L only when "
             "g = 1), and the gradient grows alike toward the input",
-            last.name, last.scope, total, RESIDUAL_GROWTH,
+            last.name, last.scope, total, limit("IC502", "growth"),
             f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
             f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
             "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
             scale, measure=stream))
-    shrinking = sum(1 for r in growth if r <= OVERCORRECTED)
-    if shrinking >= RESIDUAL_BLOCKS:
+    shrinking = sum(1 for r in growth if r <= limit("IC503", "shrink"))
+    if shrinking >= limit("IC503", "blocks"):
         per_block = sorted(growth)[len(growth) // 2]
         findings.append(Finding(
             "IC503", "warning", "residual",
             f"{len(blocks)} residual blocks shrink K x{per_block:.3g} per block (x{total:.3g} over the stream): the "
             "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
-            last.name, last.scope, total, OVERCORRECTED,
+            last.name, last.scope, total, limit("IC503", "shrink"),
             f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
             f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block), measure=stream))
     return findings
 
 
-
-
-POST_LN_DECADES = 1.0
 
 
 def _placement(add: Node, x: Value, f: Value) -> str | None:
@@ -155,7 +150,7 @@ def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float) ->
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
     last = blocks[-1][0]
-    shrinking = gradient > 0 and abs(math.log10(gradient)) >= POST_LN_DECADES
+    shrinking = gradient > 0 and abs(math.log10(gradient)) >= limit("IC516", "decades")
     alpha = (2 * len(blocks)) ** 0.25
     return Finding(
         "IC516", "warning" if shrinking else "info", "residual",
@@ -163,7 +158,7 @@ def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
         f"stack's input is x{gradient:.3g} the gradient at its output (per block (1 + chi_f)/(1 + g))"
         + ("; early blocks train much slower than late ones, the reason Post-LN needs learning-rate warm-up"
            if shrinking else ""),
-        last.name, last.scope, gradient, 10 ** -POST_LN_DECADES,
+        last.name, last.scope, gradient, 10 ** -limit("IC516", "decades"),
         "Pre-LN placement, or DeepNorm (stream x alpha + f(x) with alpha = (2N)^(1/4) = "
         f"{alpha:.3g}, branch init scaled down), or warm-up" if shrinking else "nothing to do",
         alpha if shrinking else None, details={"blocks": len(blocks)},

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 from initcheck.stats import taps_per_phase
 
-CHECKERBOARD_WARN, CHECKERBOARD_ERROR = 1.5, 2.0
-SUBPIXEL_COHERENCE = 0.5
 # ops after which gradient position (i, j) still belongs to input position (i, j)
 _POSITIONWISE = {"pointwise", "prelu", "batch_norm", "identity", "cast", "dropout", "mul", "add", "sub", "div"}
 
@@ -26,7 +25,7 @@ def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]
             continue
         low, high = min(out.phases), max(out.phases)
         ratio = high / low if low > 0 else math.inf
-        if ratio < CHECKERBOARD_WARN:
+        if ratio < limit("IC501", "warning"):
             continue
         kernel, strides = node.attrs["kernel"], node.attrs["strides"]
         divisible = all(k % s == 0 for k, s in zip(kernel, strides))
@@ -35,10 +34,10 @@ def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]
                  f"kernel {kernel} is not divisible by stride {strides}, so output phases get unequal tap counts"
                  if not divisible else "the actual tap sums differ between phases")
         findings.append(Finding(
-            "IC501", "error" if ratio >= CHECKERBOARD_ERROR else "warning", "checkerboard",
+            "IC501", "error" if ratio >= limit("IC501", "error") else "warning", "checkerboard",
             f"'{node.label}' (ConvTranspose k={kernel}, s={strides}): per-phase second moment ratio "
             f"{ratio:.3g} (max/min over {len(out.phases)} phases, interior positions): {cause}; the output starts as a checkerboard",
-            node.name, node.scope, ratio, CHECKERBOARD_WARN,
+            node.name, node.scope, ratio, limit("IC501", "warning"),
             f"use kernel {suggestion} (divisible by the stride), or nearest-resize then a stride-1 conv, or "
             "phase-balanced taps (k=3,s=2: per-axis profile [1,2,1]); rescaling the weights to the average fan-in "
             "fixes the mean gain, not the pattern; the backward pass has the same phase structure on its input",
@@ -53,7 +52,7 @@ def subpixel_findings(graph: Graph) -> list[Finding]:
     findings = []
     for node in graph.nodes:
         info = node.params.get("subpixel") if node.op == "conv" else None
-        if not info or info["coherence"] >= SUBPIXEL_COHERENCE:
+        if not info or info["coherence"] >= limit("IC514", "coherence"):
             continue
         r = info["block"]
         findings.append(Finding(
@@ -61,7 +60,7 @@ def subpixel_findings(graph: Graph) -> list[Finding]:
             f"'{node.label}' feeds a {r}x{r} pixel shuffle with sub-pixel kernel coherence {info['coherence']:.2f} (1 = "
             f"ICNR): the {r * r} sub-pixels of every output block are independent, so even a constant input comes "
             "out as a random periodic pattern that training must first remove",
-            node.name, node.scope, info["coherence"], SUBPIXEL_COHERENCE,
+            node.name, node.scope, info["coherence"], limit("IC514", "coherence"),
             f"ICNR init: initialise one kernel per output channel and copy it to all {r * r} sub-pixel positions "
             "(equivalent to conv + nearest up-sampling at init); forward gain and backward gain are unchanged",
             1.0, details={"block": r}))
@@ -101,7 +100,7 @@ def strided_gradient_findings(graph: Graph, result: SymbolicResult) -> list[Find
         if node.op != "conv" or all(s == 1 for s in node.attrs["strides"]):
             continue
         ratio, _ = _gradient_phases(node)
-        target = _pattern_lands_on(node.inputs[0]) if ratio >= CHECKERBOARD_WARN else None
+        target = _pattern_lands_on(node.inputs[0]) if ratio >= limit("IC515", "info") else None
         if target is None:
             continue
         kernel, strides = node.attrs["kernel"], node.attrs["strides"]
@@ -109,13 +108,13 @@ def strided_gradient_findings(graph: Graph, result: SymbolicResult) -> list[Find
         suggestion = [max(s, -(-k // s) * s) for k, s in zip(kernel, strides)]
         where = target.producer.label if target.producer else target.name
         findings.append(Finding(
-            "IC515", "warning" if ratio >= CHECKERBOARD_ERROR else "info", "checkerboard",
+            "IC515", "warning" if ratio >= limit("IC515", "warning") else "info", "checkerboard",
             f"'{node.label}' (conv k={kernel}, s={strides}): "
             + ("some input positions are read by no tap, so they receive no gradient at all" if dead else
                f"its gradient reaches the input positions of '{where}' with a per-phase ratio {ratio:.3g} (taps per "
                "phase differ)")
             + f"; nothing else reads '{where}''s output, so the pattern is not evened out by another path",
-            node.name, node.scope, ratio, CHECKERBOARD_WARN,
+            node.name, node.scope, ratio, limit("IC515", "info"),
             f"use kernel {suggestion} (divisible by the stride), or pool/blur then a stride-1 conv; the forward pass "
             "is unaffected (every output sees the same taps)", float(suggestion[0])))
     return findings

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
+from initcheck.checks.thresholds import limit
 from initcheck.report.model import Finding, LayerRow
-
-FORWARD_WARN, FORWARD_ERROR = 1.0, 2.0
-BACKWARD_WARN, BACKWARD_ERROR = 1.0, 3.0
 
 
 def _severity(size: float, warn: float, error: float) -> str | None:
@@ -46,7 +44,8 @@ def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
     return max(candidates, key=lambda r: sign * getattr(r, attr), default=None)
 
 
-def _directional(rows, attr, sign, code, warn, error, kind, what) -> list[Finding]:
+def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
+    warn, error = limit(code, "warning"), limit(code, "error")
     findings = []
     for normalized in (False, True):
         group = [r for r in rows if r.normalized_downstream == normalized]
@@ -73,8 +72,8 @@ def _directional(rows, attr, sign, code, warn, error, kind, what) -> list[Findin
 
 def signal_findings(rows: list[LayerRow]) -> list[Finding]:
     return (
-        _directional(rows, "forward_log10", 1, "IC101", FORWARD_WARN, FORWARD_ERROR, "forward", "forward second moment")
-        + _directional(rows, "forward_log10", -1, "IC102", FORWARD_WARN, FORWARD_ERROR, "forward", "forward second moment")
-        + _directional(rows, "backward_log10", 1, "IC111", BACKWARD_WARN, BACKWARD_ERROR, "backward", "gradient second moment")
-        + _directional(rows, "backward_log10", -1, "IC112", BACKWARD_WARN, BACKWARD_ERROR, "backward", "gradient second moment")
+        _directional(rows, "forward_log10", 1, "IC101", "forward", "forward second moment")
+        + _directional(rows, "forward_log10", -1, "IC102", "forward", "forward second moment")
+        + _directional(rows, "backward_log10", 1, "IC111", "backward", "gradient second moment")
+        + _directional(rows, "backward_log10", -1, "IC112", "backward", "gradient second moment")
     )
