@@ -18,12 +18,19 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The official SARIF 2.1.0 JSON schema, to validate our SARIF output in the tests: the npm package of
+# Microsoft's SARIF jest matchers ships it (npm's registry is reachable where PyPI is).
+SARIF_PACKAGE ?= @microsoft/jest-sarif@1.0.0-beta.0
+$(VENV)/sarif-schema-2.1.0.json: | $(VENV)/.runtime
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q "$(SARIF_PACKAGE)" >/dev/null && tar xzf *.tgz \
+	  && cp package/lib/schemas/sarif-2.1.0-rtm.5.json $(CURDIR)/$@ && rm -rf $$tmp
+
 demo: $(VENV)/.runtime
 	$(VENV)/bin/initcheck analyze sample_models/relu_mlp_he.onnx
 	$(VENV)/bin/initcheck analyze sample_models/residual_mlp.onnx --fail-on never
 
-test: $(VENV)/.dev
-	$(PY) -m pytest -q -p no:cacheprovider
+test: $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
+	INITCHECK_SARIF_SCHEMA=$(VENV)/sarif-schema-2.1.0.json $(PY) -m pytest -q -p no:cacheprovider
 
 samples: $(VENV)/.dev
 	$(PY) sample_models/make_samples.py

@@ -11,9 +11,13 @@ from initcheck.analysis.criticality import attach_susceptibilities, susceptibili
 from initcheck.analysis.layers import build_rows, depth_and_width
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import run_checks
+from initcheck.checks.thresholds import overridden
+from initcheck.config import Config
+from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.passes import fuse_pointwise
+from initcheck.policy import apply_policy
 from initcheck.probes.common import ProbeOptions
 from initcheck.report.model import SEVERITIES, Coverage, Report, severity_rank
 
@@ -38,6 +42,7 @@ def analyze(
     training: bool | None = None,
     probe: bool | ProbeOptions = False,
     degree: int | None = None,
+    config: Config | str | Path | None = None,
 ) -> Report:
     """Analyse a model file or a live torch nn.Module and return the report.
 
@@ -52,7 +57,15 @@ def analyze(
     probe: also run the model and measure the same quantities (True, or ProbeOptions for device, batch,
       seeds, ...). The CLI probes by default; the API does not, so a pre-training check stays cheap.
     degree: for graph attention whose graph does not carry its neighbour counts, the typical node degree.
+    config: a Config or a config file (pyproject.toml / .initcheck.yaml) whose thresholds, severities, ignores
+      and deviations apply; its per-model inputs, degree, arch and train fill what the arguments leave unset.
+      The API never discovers a config on its own (the CLI does).
     """
+    config = _config_for(config, model)
+    inputs = inputs if inputs is not None else (config.inputs or None)
+    arch = arch or config.arch
+    degree = degree or config.degree
+    training = training if training is not None else config.train
     if _is_module(model):
         graph, runner = _module_graph(model, inputs, training)
         mode = "train" if (model.training if training is None else training) else "eval"
@@ -61,7 +74,15 @@ def analyze(
         mode = "train" if training else "eval"
     options = probe if isinstance(probe, ProbeOptions) else ProbeOptions() if probe else None
     return analyze_graph(graph, all_nodes=all_nodes, mode=mode, runner=runner if options else None, probe_options=options,
-                         hints={"degree": degree} if degree else None)
+                         hints={"degree": degree} if degree else None, config=config)
+
+
+def _config_for(config, model) -> Config:
+    if config is None:
+        return Config()
+    if not isinstance(config, Config):
+        config = load_config(Path(config))
+    return config if _is_module(model) else config.for_model(Path(model))
 
 
 def check(model, inputs=None, *, fail_on: str = "error", **options) -> Report:
@@ -98,7 +119,14 @@ def _module_graph(module, inputs, training: bool | None):
 
 
 def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", runner=None,
-                  probe_options: ProbeOptions | None = None, hints: dict | None = None) -> Report:
+                  probe_options: ProbeOptions | None = None, hints: dict | None = None,
+                  config: Config | None = None) -> Report:
+    config = config or Config()
+    with overridden(config.thresholds):
+        return _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config)
+
+
+def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config: Config) -> Report:
     fuse_pointwise(graph)
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
@@ -120,7 +148,7 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
             quote_measurements(findings, graph, measured)
             findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
-        findings.sort(key=lambda f: (-severity_rank(f.severity), f.code, f.node))
+    findings, suppressed = apply_policy(findings, config)
     return Report(
         model=graph.source,
         producer=graph.producer_name,
@@ -135,6 +163,8 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
         notes=list(graph.notes),
         all_nodes=all_nodes,
         probe=probe_summary,
+        config=config.source,
+        suppressed=suppressed,
     )
 
 

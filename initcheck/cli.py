@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 from initcheck.errors import InitcheckError, UsageError
 
@@ -38,31 +36,40 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="initcheck", description="Check a network's initialisation layer by layer.")
     parser.add_argument("--version", action="version", version=f"initcheck {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    a = sub.add_parser("analyze", help="analyse a model file and print the per-layer table")
-    a.add_argument("model", help="model file: .onnx, .pt2, TorchScript, or a .pt/.pth/.bin/.safetensors state dict")
+    a = sub.add_parser("analyze", help="analyse model files and print the per-layer table")
+    a.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files: .onnx, .pt2, TorchScript, or .pt/.pth/.bin/.safetensors state dicts")
     a.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
                    help="input shape (and dtype for torch files), e.g. input_ids=1x128:int64 (repeatable)")
     a.add_argument("--arch", metavar="MODULE:FACTORY",
                    help="for a state dict: the callable that builds the model (imports that module)")
     a.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a whole pickled model (runs code from the file)")
-    a.add_argument("--format", choices=["table", "json"], default="table")
-    a.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
-    a.add_argument("--fail-on", choices=["info", "warning", "error", "never"], default="error",
-                   help="exit 1 when a finding reaches this severity (default: error)")
+    a.add_argument("--format", choices=["table", "json", "markdown", "sarif", "junit"],
+                   help="what to print on stdout (default: the table; one summary line per model with --output)")
+    a.add_argument("--output", action="append", default=[], metavar="FILE",
+                   help="write a report to FILE, format from the suffix: .json .md .sarif .xml (JUnit) .txt; repeatable")
+    a.add_argument("--fail-on", choices=["info", "warning", "error", "never"],
+                   help="exit 1 when a finding reaches this severity (default: the config's, else error)")
+    a.add_argument("--config", metavar="FILE", help="config file (default: nearest .initcheck.yaml or pyproject.toml "
+                   "with [tool.initcheck], from the model's folder upward)")
+    a.add_argument("--no-config", action="store_true", help="ignore config files")
+    a.add_argument("--baseline", metavar="FILE", help="fail only on findings that are new or worse than in FILE")
+    a.add_argument("--write-baseline", metavar="FILE", help="record the current findings in FILE (exit 0)")
     a.add_argument("--all-nodes", action="store_true", help="one row per node instead of one per layer")
-    a.add_argument("--train", action="store_true", help="analyse batch norm and dropout as in training (batch statistics, active dropout)")
+    a.add_argument("--train", action="store_const", const=True, default=None,
+                   help="analyse batch norm and dropout as in training (batch statistics, active dropout)")
     a.add_argument("--degree", type=_positive, metavar="D",
                    help="graph attention: typical node degree when the graph does not carry its neighbour counts")
     p = a.add_argument_group("empirical probe (runs the model; on by default when torch/onnxruntime are installed)")
     p.add_argument("--no-probe", action="store_true", help="symbolic pass only")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch", type=_positive, default=16, help="samples per seed (default 16)")
-    p.add_argument("--seeds", type=_positive, default=4, help="fresh input batches (default 4)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch", type=_positive, help="samples per seed (default 16)")
+    p.add_argument("--seeds", type=_positive, help="fresh input batches (default 4)")
     p.add_argument("--resample-weights", action="store_true",
                    help="each seed also permutes every weight tensor: instance-to-instance spread (PyTorch models)")
     p.add_argument("--input-data", metavar="FILE.npz", help="real inputs, arrays named like the model's inputs")
-    p.add_argument("--loss", choices=["cotangent", "cross_entropy"], default="cotangent",
+    p.add_argument("--loss", choices=["cotangent", "cross_entropy"],
                    help="backward seed: unit-variance random cotangent (default) or cross-entropy on random labels")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop probing after this long, keep what was measured")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -82,86 +89,16 @@ def _positive(text: str) -> int:
     return value
 
 
-def _probe_options(args):
-    """ProbeOptions from the flags, or None when the probe is off or cannot run here (then said in a note)."""
-    from initcheck.probes.common import ProbeOptions
-
-    if args.no_probe:
-        return None, None
-    missing = [m for m in ("torch",) + (("onnxruntime",) if args.model.endswith(".onnx") else ()) if not _importable(m)]
-    if missing:
-        return None, f"probe skipped: {', '.join(missing)} not installed (pip install 'initcheck[probe,torch]')"
-    return ProbeOptions(device=args.device, batch=args.batch, seeds=args.seeds, resample_weights=args.resample_weights,
-                        loss=args.loss, input_data=args.input_data, timeout=args.timeout), None
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _with_progress(options):
-    """A transient progress bar on stderr for long probes (only on a terminal)."""
-    import contextlib
-
-    if options is None or not sys.stderr.isatty():
-        return contextlib.nullcontext()
-    from rich.console import Console
-    from rich.progress import Progress
-
-    progress = Progress(transient=True, console=Console(stderr=True))
-    task = progress.add_task("probing", total=None)
-    options.progress = lambda done, total: progress.update(task, completed=done, total=total)
-    return progress
-
-
 def _version() -> str:
     from initcheck import __version__
 
     return __version__
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a report."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _analyze(args) -> int:
-    from rich.console import Console
+    from initcheck.cli_analyze import run_analyze
 
-    from initcheck.api import analyze
-    from initcheck.report.json_out import render_json
-    from initcheck.report.table import make_console, render_table
-
-    shapes = dict(parse_shape(s) for s in args.input)
-    options, skipped = _probe_options(args)
-    with _with_progress(options):
-        report = analyze(args.model, shapes, arch=args.arch, trust_pickle=args.trust_pickle, all_nodes=args.all_nodes,
-                         training=args.train, probe=options or False, degree=args.degree)
-    if skipped:
-        report.notes.append(skipped)
-    if args.format == "json":
-        text = render_json(report)
-        if args.output:
-            write_atomic(args.output, text)
-        else:
-            sys.stdout.write(text)
-    elif args.output:
-        console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
-        render_table(report, console)
-        write_atomic(args.output, console.export_text())
-    else:
-        render_table(report, make_console())
-    return EXIT_FINDINGS if report.fails(args.fail_on) else EXIT_OK
+    return run_analyze(args)
 
 
 def _explain(args) -> int:
@@ -177,11 +114,27 @@ def _explain(args) -> int:
 
 
 def _rules(args) -> int:
+    """Every finding code with its default severity and thresholds, then the ops the symbolic pass covers."""
     from initcheck.checks.codes import CODES
+    from initcheck.checks.thresholds import DEFAULTS
 
+    print("code   name                       severity thresholds (config: [tool.initcheck.thresholds] CODE = {name = value})")
     for c in CODES.values():
-        print(f"{c.code}  {c.name:26s} {c.severity:8s} {c.thresholds}")
+        limits = ", ".join(f"{k}={v:g}" for k, v in DEFAULTS.get(c.code, {}).items()) or "-"
+        print(f"{c.code}  {c.name:26s} {c.severity:8s} {limits}\n       {c.thresholds}")
+    for title, ops in _coverage().items():
+        print(f"\n{title} ({len(ops)}):")
+        print("  " + ", ".join(ops))
     return EXIT_OK
+
+
+def _coverage() -> dict[str, list[str]]:
+    from initcheck.frontends import onnx_ops, torch_layers, torch_ops  # noqa: F401  (torch_layers registers ATen handlers)
+    from initcheck.rules import FORWARD, load_all
+
+    load_all()
+    return {"IR ops with a rule": sorted(FORWARD), "ONNX ops translated": sorted(onnx_ops.HANDLERS),
+            "ATen ops translated": sorted(torch_ops.HANDLERS)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("initcheck: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `initcheck rules | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # a bug: still one line unless --debug
         if getattr(args, "debug", False) or os.environ.get("INITCHECK_DEBUG"):
             raise

@@ -64,7 +64,7 @@ def test_all_nodes_shows_more_rows(capsys, monkeypatch):
 def test_json_report_is_complete_and_versioned(capsys, monkeypatch, tmp_path):
     code, out, _ = run(["analyze", BROKEN, "--format", "json"], capsys, monkeypatch=monkeypatch)
     report = json.loads(out)
-    assert report["schema_version"] == "1.0" and code == 1
+    assert report["schema_version"] == "1.1" and code == 1
     row = report["layers"][0]
     for key in ("node", "scope", "op", "shape", "fan_in", "mean", "second_moment", "forward_log10",
                 "grad_second_moment", "backward_log10", "spread", "exact", "status"):

@@ -1,11 +1,12 @@
-"""JSON report: versioned, documented in docs/json-schema.md, stable key order."""
+"""JSON report: versioned, described by initcheck/report/schema.json, stable order: one report object for one
+model; {"schema_version", "models": [...], "errors": [...]} for several."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from initcheck.report.model import Report
+from initcheck.report.model import SCHEMA_VERSION, ModelResult, Report
 
 
 def _finite(obj):
@@ -21,3 +22,12 @@ def _finite(obj):
 
 def render_json(report: Report) -> str:
     return json.dumps(_finite(report.to_dict()), indent=2, sort_keys=False) + "\n"
+
+
+def render_results(results: list[ModelResult]) -> str:
+    if len(results) == 1 and results[0].report is not None:
+        return render_json(results[0].report)
+    data = {"schema_version": SCHEMA_VERSION,
+            "models": [r.report.to_dict() for r in results if r.report is not None],
+            "errors": [{"model": r.model, "error": r.error} for r in results if r.report is None]}
+    return json.dumps(_finite(data), indent=2) + "\n"

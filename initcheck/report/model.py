@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SEVERITIES = ("info", "warning", "error")
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def severity_rank(severity: str) -> int:
@@ -25,8 +25,10 @@ class Finding:
     threshold: float | None = None
     fix: str = ""
     fix_value: float | None = None
-    details: dict[str, float] = field(default_factory=dict)  # further numbers of the finding, by name
+    details: dict[str, float | int | str] = field(default_factory=dict)  # further numbers of the finding, by name
     measured: float | None = None  # the probe's measurement of `value`, when it ran and the check has one
+    declared: str = ""  # the reason, when the config declares this deviation intentional (then severity info)
+    baseline: str | None = None  # new | worsened | unchanged when compared with a baseline, else None
     # how to read `measured` from the probe: (kind, value names...), see analysis.agreement.quote_measurements
     measure: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -80,6 +82,20 @@ class LayerRow:
 
 
 @dataclass
+class ModelResult:
+    """One model of a run: its report, or the one-line error that stopped it; the gate it is held to."""
+
+    model: str
+    report: Report | None
+    error: str | None = None
+    fail_on: str = "error"
+
+    @property
+    def failed(self) -> bool:
+        return self.report is not None and self.report.fails(self.fail_on)
+
+
+@dataclass
 class Coverage:
     modeled: dict[str, int] = field(default_factory=dict)
     approximated: dict[str, int] = field(default_factory=dict)
@@ -101,6 +117,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     all_nodes: bool = False
     probe: dict[str, Any] | None = None  # device, samples, runs, loss, cross-check, notes; None when not run
+    config: str = ""  # the config file that applied ("" = none)
+    suppressed: int = 0  # findings the config's ignore / severity "off" removed
+    fixed: list[dict[str, Any]] = field(default_factory=list)  # baseline findings no longer raised
 
     def worst_severity(self) -> str | None:
         if not self.findings:
@@ -110,16 +129,20 @@ class Report:
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
 
-    def fails(self, fail_on: str) -> bool:
-        """True when a finding reaches `fail_on` (info | warning | error | never)."""
+    def failing(self, fail_on: str) -> list[Finding]:
+        """The findings that fail a gate at `fail_on` (info | warning | error | never); compared with a baseline,
+        only new or worsened ones."""
         if fail_on == "never":
-            return False
-        return any(severity_rank(f.severity) >= severity_rank(fail_on) for f in self.findings)
+            return []
+        return [f for f in self.findings if severity_rank(f.severity) >= severity_rank(fail_on)
+                and f.baseline in (None, "new", "worsened")]
+
+    def fails(self, fail_on: str) -> bool:
+        return bool(self.failing(fail_on))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {"schema_version": SCHEMA_VERSION, **asdict(self)}
         for finding in data["findings"]:
             del finding["measure"]
-        data["schema_version"] = SCHEMA_VERSION
         data["summary"] = {s: self.count(s) for s in SEVERITIES}
         return data

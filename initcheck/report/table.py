@@ -99,6 +99,10 @@ def summary(report: Report) -> Group:
         line.append(f"[{f.severity}] {f.message}")
         if f.measured is not None:
             line.append(f" (measured: {f.measured:.3g})", style="cyan")
+        if f.declared:
+            line.append(f" (declared intentional: {f.declared})", style="green")
+        if f.baseline in ("new", "worsened"):
+            line.append(f" [{f.baseline}]", style="bold")
         if where:
             line.append(f"  @ {where}", style="dim")
         lines.append(line)
@@ -141,3 +145,43 @@ def make_console() -> Console:
 def render_table(report: Report, console: Console) -> None:
     console.print(layer_table(report))
     console.print(summary(report))
+
+
+def render_text(results, width: int = 200) -> str:
+    """Plain text of every model's table and summary (for --output FILE.txt and non-terminal stdout)."""
+    import os
+
+    console = Console(record=True, width=width, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
+    render_results(results, console)
+    return console.export_text()
+
+
+def render_results(results, console: Console) -> None:
+    for result in results:
+        if result.report is None:
+            console.print(Text(f"{result.model}: could not be analysed: {result.error}", style="bold red"))
+            continue
+        render_table(result.report, console)
+        report = result.report
+        if report.config or report.suppressed:
+            console.print(Text(f"config: {report.config or '-'}; {report.suppressed} finding(s) suppressed", style="dim"))
+        states = [f.baseline for f in report.findings if f.baseline]
+        if states or report.fixed:
+            console.print(Text(f"baseline: {states.count('new')} new, {states.count('worsened')} worsened, "
+                               f"{len(report.fixed)} fixed", style="bold"))
+    if len(results) > 1:
+        console.print(Text("summary:", style="bold"))
+        for line in summary_lines(results):
+            console.print(Text(line))
+
+
+def summary_lines(results) -> list[str]:
+    """One line per model: its counts and verdict."""
+    lines = []
+    for r in results:
+        if r.report is None:
+            lines.append(f"  {r.model}: ERROR {r.error.replace(r.model + ': ', '')}")
+            continue
+        counts = ", ".join(f"{r.report.count(s)} {s}" for s in ("error", "warning", "info"))
+        lines.append(f"  {r.model}: {counts} -> {'FAIL' if r.failed else 'pass'} (--fail-on {r.fail_on})")
+    return lines

@@ -1,0 +1,173 @@
+"""`initcheck analyze MODEL...`: per model, find its config, analyse, compare with a baseline; then write every
+requested output and return the aggregate exit code (2 if a model could not be analysed, else 1 if one fails
+its gate, else 0). One broken file does not stop the others."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from initcheck.errors import InitcheckError, UsageError
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def run_analyze(args) -> int:
+    from initcheck import baseline
+    from initcheck.report.model import ModelResult
+    from initcheck.report.outputs import format_for
+
+    outputs = [(str(path), format_for(str(path))) for path in args.output]
+    entries = baseline.load(Path(args.baseline)) if args.baseline else None
+    results = []
+    for model in args.models:
+        result = _one(model, args)
+        if result.report is not None and entries is not None:
+            baseline.compare(result.report, entries.get(baseline.model_key(model, Path(args.baseline)), []))
+        results.append(result)
+    single_error = len(results) == 1 and results[0].report is None
+    if single_error:  # one model, one line: exactly as any other usage or load error
+        raise InitcheckError(results[0].error)
+    for model_result in results:
+        if model_result.report is None:
+            error = model_result.error or ""
+            print(f"initcheck: error: {error if model_result.model in error else f'{model_result.model}: {error}'}",
+                  file=sys.stderr)
+    _write_outputs(results, outputs, args)
+    if args.write_baseline:
+        write_atomic(args.write_baseline, baseline.render([r.report for r in results if r.report], Path(args.write_baseline)))
+    _say_baseline_changes(results)
+    if any(r.report is None for r in results):
+        return EXIT_ERROR
+    if args.write_baseline:
+        return EXIT_OK  # recording the current state accepts it
+    return EXIT_FINDINGS if any(isinstance(r, ModelResult) and r.failed for r in results) else EXIT_OK
+
+
+def _one(model: str, args):
+    """Analyse one model with its config; a failure becomes the result's one-line error."""
+    from initcheck.api import analyze
+    from initcheck.report.model import ModelResult
+
+    try:
+        config = _config(model, args)
+        fail_on = args.fail_on or config.fail_on or "error"
+        options, skipped = _probe_options(model, args, config.probe)
+        inputs = {**config.inputs, **dict(_shapes(args))}
+        with _with_progress(options):
+            report = analyze(model, inputs or None, arch=args.arch or config.arch, trust_pickle=args.trust_pickle,
+                             all_nodes=args.all_nodes, training=args.train if args.train is not None else config.train,
+                             probe=options or False, degree=args.degree or config.degree, config=config)
+        if skipped:
+            report.notes.append(skipped)
+        return ModelResult(model, report, None, fail_on)
+    except InitcheckError as e:
+        return ModelResult(model, None, str(e), args.fail_on or "error")
+    except Exception as e:  # a bug: one line per model unless --debug
+        if args.debug or os.environ.get("INITCHECK_DEBUG"):
+            raise
+        return ModelResult(model, None, f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                           args.fail_on or "error")
+
+
+def _config(model: str, args):
+    from initcheck.config import Config, discover, load
+
+    if args.no_config:
+        return Config().for_model(Path(model))
+    path = Path(args.config) if args.config else discover(Path(model))
+    return load(path).for_model(Path(model)) if path else Config().for_model(Path(model))
+
+
+def _shapes(args):
+    from initcheck.cli import parse_shape
+
+    return [parse_shape(s) for s in args.input]
+
+
+def _probe_options(model: str, args, configured: dict):
+    """ProbeOptions from the flags over the config, or None when the probe is off or cannot run here (then
+    said in a note)."""
+    from initcheck.probes.common import ProbeOptions
+
+    if args.no_probe or not configured.get("enabled", True):
+        return None, None
+    missing = [m for m in ("torch",) + (("onnxruntime",) if model.endswith(".onnx") else ()) if not _importable(m)]
+    if missing:
+        return None, f"probe skipped: {', '.join(missing)} not installed (pip install 'initcheck[probe,torch]')"
+
+    def pick(flag, key, default):
+        value = getattr(args, flag)
+        return value if value is not None else configured.get(key, default)
+
+    return ProbeOptions(device=pick("device", "device", "auto"), batch=pick("batch", "batch", 16),
+                        seeds=pick("seeds", "seeds", 4), resample_weights=args.resample_weights or configured.get(
+                            "resample_weights", False), loss=pick("loss", "loss", "cotangent"),
+                        input_data=args.input_data, timeout=pick("timeout", "timeout", None)), None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _with_progress(options):
+    """A transient progress bar on stderr for long probes (only on a terminal)."""
+    import contextlib
+
+    if options is None or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+    from rich.progress import Progress
+
+    progress = Progress(transient=True, console=Console(stderr=True))
+    task = progress.add_task("probing", total=None)
+    options.progress = lambda done, total: progress.update(task, completed=done, total=total)
+    return progress
+
+
+def _write_outputs(results, outputs, args) -> None:
+    from initcheck import __version__
+    from initcheck.report.outputs import render
+    from initcheck.report.table import make_console, render_results, summary_lines
+
+    for path, fmt in outputs:
+        write_atomic(path, render(fmt, results, __version__))
+    fmt = args.format or ("summary" if outputs else "table")
+    if fmt == "table":
+        render_results(results, make_console())
+    elif fmt == "summary":  # reports went to files: one line per model on stdout
+        sys.stdout.write("\n".join(line.strip() for line in summary_lines(results)) + "\n")
+    else:
+        sys.stdout.write(render(fmt, results, __version__))
+
+
+def _say_baseline_changes(results) -> None:
+    """What changed against the baseline, on stderr (stdout may carry a machine format)."""
+    for r in results:
+        if r.report is None:
+            continue
+        for f in r.report.findings:
+            if f.baseline in ("new", "worsened"):
+                print(f"initcheck: {r.model}: {f.baseline}: {f.code} [{f.severity}] at {f.scope or f.node}", file=sys.stderr)
+        for old in r.report.fixed:
+            print(f"initcheck: {r.model}: fixed: {old.get('code')} at {old.get('layer')}", file=sys.stderr)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a report."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"--output {path}: is a folder")
+    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
