@@ -27,7 +27,8 @@ def model_key(model: str, baseline_path: Path) -> str:
 
 
 def _entry(f: Finding) -> dict:
-    value = f.value if f.value is not None and math.isfinite(f.value) else None
+    # 4 significant digits: a baseline must not churn on the last bits of a float between machines
+    value = float(f"{f.value:.4g}") if f.value is not None and math.isfinite(f.value) else None
     return {"code": f.code, "layer": f.scope or f.node, "severity": f.severity, "value": value}
 
 

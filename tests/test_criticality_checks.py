@@ -127,3 +127,18 @@ def test_collapse_quotes_the_probes_cosine():
                                probe=initcheck.ProbeOptions(batch=32, seeds=2))
     f = finding(report, "IC513")
     assert f.measured == pytest.approx(f.value, abs=0.03)
+
+
+def test_declared_deviation_turns_a_finding_into_information():
+    """Issue 5 §13: a deliberately larger-than-critical init (e.g. meta-learned), declared per layer in the
+    config, is reported as information with the reason, not as a warning."""
+    from initcheck.config import Config, Rule
+
+    model = Chain(24, 256, torch.tanh, 5 / 3)
+    plain = finding(initcheck.analyze(model, torch.randn(4, 256)), "IC512")
+    config = Config(deviations=(Rule(code="IC512", layer="layers.*", reason="meta-learned init"),))
+    declared = finding(initcheck.analyze(model, torch.randn(4, 256), config=config), "IC512")
+    assert plain.severity == "warning" and declared.severity == "info"
+    assert declared.declared == "meta-learned init" and declared.value == plain.value
+    other_layer = Config(deviations=(Rule(code="IC512", layer="out*", reason="x"),))
+    assert finding(initcheck.analyze(model, torch.randn(4, 256), config=other_layer), "IC512").severity == "warning"
