@@ -8,7 +8,7 @@ from pathlib import Path
 from initcheck import frontends
 from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure, quote_measurements
 from initcheck.analysis.criticality import attach_susceptibilities, susceptibilities
-from initcheck.analysis.layers import build_rows, depth_and_width
+from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import run_checks
 from initcheck.checks.thresholds import overridden
@@ -149,6 +149,7 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
             findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
     findings, suppressed = apply_policy(findings, config)
+    spread = output_spread(graph, result)
     return Report(
         model=graph.source,
         producer=graph.producer_name,
@@ -163,6 +164,8 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
         notes=list(graph.notes),
         all_nodes=all_nodes,
         probe=probe_summary,
+        instance_spread=spread[0] if spread else None,
+        width_regime=width_regime(spread[0]) if spread else "",
         config=config.source,
         suppressed=suppressed,
     )

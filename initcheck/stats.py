@@ -222,6 +222,20 @@ def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = Tru
     return float(off_diagonal.mean())
 
 
+def recurrent_gate_stats(w: np.ndarray, r: np.ndarray, bias: np.ndarray, rows: slice) -> dict[str, float]:
+    """One gate of an RNN/LSTM/GRU (input weights w, recurrent weights r, summed biases): the gains the mean
+    field needs, and the spectral radius and norm of the gate's square recurrent block (theory.md §10)."""
+    block = _finite(r[rows])
+    hidden = block.shape[0]
+    square = block[:, :hidden] if block.shape[1] >= hidden else None
+    radius = float(np.max(np.abs(np.linalg.eigvals(square)))) if square is not None and hidden <= 4096 else float("nan")
+    norm = float(np.linalg.norm(square, 2)) if square is not None and hidden <= 4096 else float("nan")
+    w_rows = _finite(w[rows])
+    return {"in_gain": w.shape[1] * float(np.mean(w_rows**2)), "rec_gain": hidden * float(np.mean(block**2)),
+            "bias_sq": float(np.mean(bias[rows] ** 2)), "bias_mean": float(np.mean(bias[rows])),
+            "in_fan_out_gain": hidden * float(np.mean(w_rows**2)), "spectral_radius": radius, "spectral_norm": norm}
+
+
 def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float]:
     """Moments over channels of a = gamma/sqrt(var+eps), mu and beta that the eval-mode rule needs
     (theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""

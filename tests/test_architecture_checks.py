@@ -47,6 +47,10 @@ def test_checkerboard_k3_s2_triggers_with_the_measured_ratio():
     measured = max(energies) / min(energies)
     assert f.value == pytest.approx(measured, rel=0.1)  # per-phase rule with the actual tap energies (theory §3)
     assert f.value == pytest.approx(4.0, rel=0.3)  # iid theory: 4 for k=3, s=2
+    with torch.no_grad():  # the mean path alone: a constant input paints the pattern of the tap sums S_r
+        y = model(torch.ones(1, 64, 16, 16))[:, :, 2:-2, 2:-2] - model.up.bias[None, :, None, None]
+    constant = [float(y[:, :, i::2, j::2].pow(2).mean()) for i in range(2) for j in range(2)]
+    assert f.details["mean_path_ratio"] == pytest.approx(max(constant) / min(constant), rel=0.02)
 
 
 def test_checkerboard_healthy_twin_k4_s2():
@@ -180,6 +184,14 @@ def test_resampled_probe_puts_the_measured_spread_beside_the_prediction():
 def test_shallow_wide_twin_is_not_flagged():
     report = initcheck.analyze(relu_net(3, 256, 0), torch.randn(64, 256))
     assert "IC505" not in codes(report)
+    # at most 5 (L - 1) / n = 0.04 (theory §12; a batch of independent inputs averages some of it away)
+    assert report.width_regime == "near-infinite-width" and report.instance_spread < 0.04
+
+
+def test_width_regimes_follow_the_spread():
+    regimes = {depth: initcheck.analyze(relu_net(depth, 64, 0), torch.randn(8, 64)).width_regime
+               for depth in (2, 5, 12, 20)}
+    assert regimes == {2: "near-infinite-width", 5: "effectively deep", 12: "deep for its width", 20: "overly deep"}
 
 
 class Recurrent(nn.Module):
@@ -202,6 +214,10 @@ def test_vanishing_rnn_gradient_triggers_with_theorys_chi():
     f = finding(report, "IC506")
     assert f.fix_value == pytest.approx(0.21, rel=0.15)
     assert f.value == pytest.approx(f.fix_value ** 50, rel=1e-6)
+    w_hh = Recurrent().rnn.weight_hh_l0.detach().double()
+    assert f.details["spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(w_hh).abs().max()), rel=1e-6)
+    assert f.details["spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(w_hh, 2)), rel=1e-6)
+    assert f.details["spectral_radius"] == pytest.approx(3 ** -0.5, rel=0.2)  # circular law: sigma sqrt(n) (§10)
 
 
 def test_orthogonal_rnn_over_a_short_sequence_is_healthy():

@@ -215,3 +215,41 @@ def depth_and_width(graph: Graph) -> tuple[int, int | None]:
             widths.append(w.fan_out // taps * node.attrs.get("groups", 1) if node.op == "conv" else w.fan_out)
     hidden = widths[:-1] or widths
     return total, int(np.median(hidden)) if hidden else None
+
+
+_WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
+
+
+def _hidden_spread(value: Value, result: SymbolicResult) -> tuple[float, Value]:
+    """Spread of the last hidden representation: the input of the final weighted layer, so that an output
+    layer with few units (whose own averaging adds 2/C_out) does not count as depth."""
+    v = value
+    for _ in range(64):
+        producer = v.producer
+        if producer is None:
+            break
+        inputs = [i for i in producer.inputs if i is not None and i in result.forward]
+        if producer.op in _WEIGHTED and inputs:
+            return result.forward[inputs[0]].spread, inputs[0]
+        if not inputs:
+            break
+        v = inputs[0]
+    return (result.forward[value].spread if value in result.forward else 0.0), value
+
+
+def output_spread(graph: Graph, result: SymbolicResult) -> tuple[float, Value, Value] | None:
+    """(CV^2, hidden value, output) for the output whose last hidden representation varies most between
+    initialisations (theory.md §12)."""
+    spreads = [(*_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
+    return max(spreads, key=lambda s: s[0]) if spreads else None
+
+
+def width_regime(cv2: float) -> str:
+    """theory.md §12 classes: < 0.1 near-infinite-width, 0.1-0.5 effectively deep, then the IC505 thresholds."""
+    from initcheck.checks.thresholds import limit
+
+    if cv2 >= limit("IC505", "overly_deep"):
+        return "overly deep"
+    if cv2 >= limit("IC505", "warning"):
+        return "deep for its width"
+    return "effectively deep" if cv2 >= 0.1 else "near-infinite-width"

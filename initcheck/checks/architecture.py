@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
+from initcheck.analysis.layers import output_spread, width_regime
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.thresholds import limit
-from initcheck.ir import Graph, Node, Value
+from initcheck.ir import Graph, Node
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.attention import softmax_statistics
@@ -64,35 +65,18 @@ def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
 
 
-def _hidden_spread(value: Value, result: SymbolicResult) -> tuple[float, Value]:
-    """Spread of the last hidden representation: the input of the final weighted layer, so that an output
-    layer with few units (whose own averaging adds 2/C_out) does not count as depth."""
-    v = value
-    for _ in range(64):
-        producer = v.producer
-        if producer is None:
-            break
-        inputs = [i for i in producer.inputs if i is not None and i in result.forward]
-        if producer.op in _WEIGHTED and inputs:
-            return result.forward[inputs[0]].spread, inputs[0]
-        if not inputs:
-            break
-        v = inputs[0]
-    return (result.forward[value].spread if value in result.forward else 0.0), value
-
-
 def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width: int | None) -> list[Finding]:
     """Effective theory (theory.md §12): the instance-to-instance CV^2 of the output second moment; the
     expansion parameter is nu L / n (nu = 5 for ReLU), not L / n. >= 0.5: effectively too deep for its width."""
-    spreads = [(*_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
-    if not spreads or not width:
+    found = output_spread(graph, result)
+    if found is None or not width:
         return []
-    cv2, hidden, value = max(spreads, key=lambda s: s[0])
+    cv2, hidden, value = found
     warn = limit("IC505", "warning")
     if cv2 < warn:
         return []
     typical = math.exp(-math.log1p(cv2) / 2)  # log-normal: the median network's K relative to the preserved mean
-    regime = "overly deep" if cv2 >= limit("IC505", "overly_deep") else "deep for its width"
+    regime = width_regime(cv2)
     return [Finding(
         "IC505", "warning", "finite-width",
         f"depth {depth} at width {width} (L/n = {depth / width:.3g}): the output second moment varies between "
@@ -118,7 +102,11 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         if x is None:
             continue
         steps = node.attrs.get("steps") or (node.inputs[0].shape[0] if node.inputs[0].shape else None) or 1
-        _, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
+        history, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
+        candidate = node.params["gates"][-1]  # the tanh candidate / RNN gate: W_hh's own spectrum
+        spectrum = (f"; W_hh (candidate) spectral radius {candidate.get('spectral_radius', math.nan):.3g}, spectral norm "
+                    f"{candidate.get('spectral_norm', math.nan):.3g}, stationary K_h {history[-1]:.3g} (the decay is set by chi, "
+                    "not by the radius)")
         total = chi ** steps
         forget = node.params["gates"][2]["bias_mean"] if node.op == "lstm" else None
         low, high = limit("IC506", "low"), limit("IC506", "high")
@@ -132,10 +120,12 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 "IC506", "warning", "recurrent",
                 f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
                 f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
-                + (" (a lower bound for gated cells)" if node.op != "rnn" else ""),
+                + (" (a lower bound for gated cells)" if node.op != "rnn" else "") + spectrum,
                 node.name, node.scope, total, low if vanishing else high,
                 fix + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
-                chi))
+                chi, details={"chi": chi, "steps": steps, "stationary_K": history[-1],
+                              "spectral_radius": candidate.get("spectral_radius", math.nan),
+                              "spectral_norm": candidate.get("spectral_norm", math.nan)}))
         elif node.op == "lstm" and forget is not None and forget < 1:
             findings.append(Finding(
                 "IC506", "info", "recurrent",

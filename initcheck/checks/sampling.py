@@ -33,15 +33,19 @@ def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]
         cause = ("a phase receives no tap at all" if ratio == math.inf else
                  f"kernel {kernel} is not divisible by stride {strides}, so output phases get unequal tap counts"
                  if not divisible else "the actual tap sums differ between phases")
+        sums = node.params["weight"].phase_row_sum_sq or ()
+        mean_path = max(sums) / min(sums) if sums and min(sums) > 0 else math.inf
         findings.append(Finding(
             "IC501", "error" if ratio >= limit("IC501", "error") else "warning", "checkerboard",
             f"'{node.label}' (ConvTranspose k={kernel}, s={strides}): per-phase second moment ratio "
-            f"{ratio:.3g} (max/min over {len(out.phases)} phases, interior positions): {cause}; the output starts as a checkerboard",
+            f"{ratio:.3g} (max/min over {len(out.phases)} phases, interior positions): {cause}; the output starts as a checkerboard"
+            f" (a constant input alone gives phase ratio {mean_path:.3g}, from the per-phase tap sums)",
             node.name, node.scope, ratio, limit("IC501", "warning"),
             f"use kernel {suggestion} (divisible by the stride), or nearest-resize then a stride-1 conv, or "
             "phase-balanced taps (k=3,s=2: per-axis profile [1,2,1]); rescaling the weights to the average fan-in "
             "fixes the mean gain, not the pattern; the backward pass has the same phase structure on its input",
-            float(suggestion[0]), measure=("phase_ratio", node.outputs[0].name)))
+            float(suggestion[0]), details={"mean_path_ratio": mean_path},
+            measure=("phase_ratio", node.outputs[0].name)))
     return findings
 
 

@@ -15,6 +15,7 @@ from initcheck.stats import (
     batch_norm_eval_stats,
     conv_transpose_stats,
     linear_stats,
+    recurrent_gate_stats,
     subpixel_coherence,
     tensor_stats,
 )
@@ -380,14 +381,5 @@ def _recurrent(node, ctx):
     n_gates, hidden = _GATES[node.op_type], int(a["hidden_size"])
     w, r = w[0].astype(np.float64), r[0].astype(np.float64)  # first direction
     bias = (b[0][: n_gates * hidden] + b[0][n_gates * hidden:]) if b is not None else np.zeros(n_gates * hidden)
-    gates = []
-    for g in range(n_gates):
-        rows = slice(g * hidden, (g + 1) * hidden)
-        gates.append({
-            "in_gain": w.shape[1] * float(np.mean(w[rows] ** 2)),
-            "rec_gain": hidden * float(np.mean(r[rows] ** 2)),
-            "bias_sq": float(np.mean(bias[rows] ** 2)),
-            "bias_mean": float(np.mean(bias[rows])),
-            "in_fan_out_gain": hidden * float(np.mean(w[rows] ** 2)),
-        })
+    gates = [recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in range(n_gates)]
     return node.op_type.lower(), {"kind": node.op_type.lower(), "hidden_size": hidden}, {"gates": gates}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from initcheck.stats import linear_stats, tensor_stats
+from initcheck.stats import linear_stats, recurrent_gate_stats, tensor_stats
 
 UNARY = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
@@ -274,12 +274,7 @@ def _recurrent(node, ctx):
     w, r = arrays[0].astype(np.float64), arrays[1].astype(np.float64)
     hidden = r.shape[1]
     bias = (arrays[2] + arrays[3]) if arrays[2] is not None and arrays[3] is not None else np.zeros(n_gates * hidden)
-    gates = []
-    for g in order:
-        rows = slice(g * hidden, (g + 1) * hidden)
-        gates.append({"in_gain": w.shape[1] * float(np.mean(w[rows] ** 2)), "rec_gain": hidden * float(np.mean(r[rows] ** 2)),
-                      "bias_sq": float(np.mean(bias[rows] ** 2)), "bias_mean": float(np.mean(bias[rows])),
-                      "in_fan_out_gain": hidden * float(np.mean(w[rows] ** 2))})
+    gates = [recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in order]
     kind = "rnn" if name.startswith("rnn") else name
     count = len(node.meta.get("val", ())) or 2
     shape = ctx.extra["shape"](node.args[0])

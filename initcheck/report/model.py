@@ -117,6 +117,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     all_nodes: bool = False
     probe: dict[str, Any] | None = None  # device, samples, runs, loss, cross-check, notes; None when not run
+    instance_spread: float | None = None  # predicted CV^2 of the last hidden K between initialisations (§12)
+    width_regime: str = ""  # near-infinite-width | effectively deep | deep for its width | overly deep
     config: str = ""  # the config file that applied ("" = none)
     suppressed: int = 0  # findings the config's ignore / severity "off" removed
     fixed: list[dict[str, Any]] = field(default_factory=list)  # baseline findings no longer raised

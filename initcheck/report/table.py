@@ -117,7 +117,10 @@ def summary(report: Report) -> Group:
         lines.append(Text("  unsupported: " + ", ".join(f"{k} ×{v}" for k, v in cov.unsupported.items()), style="yellow"))
     width = report.width if report.width is not None else "-"
     inputs = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in report.inputs.items())
-    lines.append(Text(f"depth {report.depth} weighted layers, median width {width}; mode {report.mode}; inputs {inputs}"))
+    regime = (f"; instance spread CV² {report.instance_spread:.2g} ({report.width_regime})"
+              if report.instance_spread is not None else "")
+    lines.append(Text(f"depth {report.depth} weighted layers, median width {width}{regime}; mode {report.mode}; "
+                      f"inputs {inputs}"))
     lines.append(Text("K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
                       "G: gradient second moment, unit cotangent at outputs; ~ approximate; ±: expected instance-to-instance deviation at this width; norm↓ rescaled by a later norm",
                       style="dim"))
