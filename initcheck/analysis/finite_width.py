@@ -77,8 +77,10 @@ def _units(node: Node) -> tuple[int, int]:
 
 def with_spread(node: Node, ins: list[Moments | None], out: Moments) -> Moments:
     signal = [m for m in ins if m is not None]
-    if not signal or node.op in _RESETS or normalizes(node):
+    if not signal or node.op in _RESETS:
         return out.with_(spread=0.0, cross=0.0)
+    if normalizes(node):  # the scale is reset; a component shared by all inputs (e.g. a bias pattern) is not
+        return out.with_(spread=0.0, cross=2 * _correlation(out) ** 2)
     x = signal[0]
     if node.op in _WEIGHTED:
         n_eff, c_out = _units(node)

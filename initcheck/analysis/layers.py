@@ -167,11 +167,17 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
 def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, float]:
     """E_ref per value, E = G * numel (gradient energy per sample). At criticality E is preserved through
     width changes, strided convs, max pooling and nearest up-sampling (it is the product of chi_perp,
-    theory.md §4); averaging ops and normalisations change it by design, so, like the forward
-    reference, the backward reference is the nearest downstream output, normalisation or averaging input."""
+    theory.md §4); averaging ops (pooling, attention's P @ V) and normalisations change it by design, so, like
+    the forward reference, the backward reference is the nearest downstream output, normalisation or averaging
+    input."""
     def energy(v: Value) -> float | None:
         g = result.backward.get(v)
         return g * v.numel if g is not None and v.numel else None
+
+    def averages(c: Node) -> bool:
+        """Attention's P @ V averages over tokens (P's rows sum to one): like pooling, it changes E by design."""
+        first = result.forward.get(c.inputs[0]) if c.op == "matmul" and c.inputs and c.inputs[0] is not None else None
+        return first is not None and first.simplex
 
     ref: dict[Value, float] = {}
     for v in graph.outputs:
@@ -181,7 +187,8 @@ def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, flo
         for v in node.inputs:
             if v is None or energy(v) is None or v in ref:
                 continue
-            if any(c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c)) for c in v.consumers):
+            if any((c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c))) or averages(c)
+                   for c in v.consumers):
                 ref[v] = energy(v)
                 continue
             downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]
