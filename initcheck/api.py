@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from initcheck import frontends
 from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure, quote_measurements
@@ -16,6 +19,7 @@ from initcheck.config import Config
 from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
+from initcheck.limits import elements_at_most
 from initcheck.passes import fuse_pointwise
 from initcheck.policy import apply_policy
 from initcheck.probes.common import ProbeOptions
@@ -62,6 +66,13 @@ def analyze(
       The API never discovers a config on its own (the CLI does).
     """
     config = _config_for(config, model)
+    # overflowing moments become inf and are reported as findings, not warnings; no tensor beyond the limit
+    with np.errstate(all="ignore"), warnings.catch_warnings(), elements_at_most(config.max_elements):
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "mean of empty slice" and the like
+        return _analyze(model, inputs, arch, trust_pickle, all_nodes, training, probe, degree, config)
+
+
+def _analyze(model, inputs, arch, trust_pickle, all_nodes, training, probe, degree, config: Config) -> Report:
     inputs = inputs if inputs is not None else (config.inputs or None)
     arch = arch or config.arch
     degree = degree or config.degree
@@ -122,7 +133,7 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
                   probe_options: ProbeOptions | None = None, hints: dict | None = None,
                   config: Config | None = None) -> Report:
     config = config or Config()
-    with overridden(config.thresholds):
+    with overridden(config.thresholds), np.errstate(all="ignore"):
         return _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config)
 
 

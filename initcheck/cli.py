@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from initcheck.errors import InitcheckError, UsageError
+from initcheck.errors import InitcheckError, UsageError, one_line
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["cotangent", "cross_entropy"],
                    help="backward seed: unit-variance random cotangent (default) or cross-entropy on random labels")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop probing after this long, keep what was measured")
+    lim = a.add_argument_group("limits (for untrusted files)")
+    lim.add_argument("--max-elements", type=_positive, metavar="N",
+                     help="refuse any tensor or shape with more than N elements (default 2^31)")
+    lim.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
+                     help="give up on a model after this long (one error line; the other models go on)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     e = sub.add_parser("explain", help="explain a finding code: meaning, formula, fix")
     e.add_argument("code")
@@ -86,6 +91,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
     return value
 
 
@@ -143,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except InitcheckError as e:
-        print(f"initcheck: error: {e}", file=sys.stderr)
+        print(f"initcheck: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("initcheck: interrupted", file=sys.stderr)
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if getattr(args, "debug", False) or os.environ.get("INITCHECK_DEBUG"):
             raise
-        print(f"initcheck: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"initcheck: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return EXIT_ERROR
 
 

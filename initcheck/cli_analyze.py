@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from initcheck.errors import InitcheckError, UsageError
+from initcheck.errors import InitcheckError, UsageError, one_line
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -47,27 +47,31 @@ def run_analyze(args) -> int:
 
 def _one(model: str, args):
     """Analyse one model with its config; a failure becomes the result's one-line error."""
+    from dataclasses import replace
+
     from initcheck.api import analyze
+    from initcheck.limits import TimeLimitExceeded, time_limit
     from initcheck.report.model import ModelResult
 
     try:
         config = _config(model, args)
+        config = replace(config, max_elements=args.max_elements or config.max_elements)
         fail_on = args.fail_on or config.fail_on or "error"
         options, skipped = _probe_options(model, args, config.probe)
         inputs = {**config.inputs, **dict(_shapes(args))}
-        with _with_progress(options):
+        with _with_progress(options), time_limit(args.time_limit or config.time_limit, model):
             report = analyze(model, inputs or None, arch=args.arch or config.arch, trust_pickle=args.trust_pickle,
                              all_nodes=args.all_nodes, training=args.train if args.train is not None else config.train,
                              probe=options or False, degree=args.degree or config.degree, config=config)
         if skipped:
             report.notes.append(skipped)
         return ModelResult(model, report, None, fail_on)
-    except InitcheckError as e:
-        return ModelResult(model, None, str(e), args.fail_on or "error")
+    except (InitcheckError, TimeLimitExceeded) as e:
+        return ModelResult(model, None, one_line(e), args.fail_on or "error")
     except Exception as e:  # a bug: one line per model unless --debug
         if args.debug or os.environ.get("INITCHECK_DEBUG"):
             raise
-        return ModelResult(model, None, f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+        return ModelResult(model, None, f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
                            args.fail_on or "error")
 
 

@@ -9,6 +9,8 @@ Keys (the same in both files; YAML has them at top level):
   ignore       [CODE | {code: CODE, layer: GLOB}]   drop findings (layer globs match scope or node name)
   deviations   [{layer: GLOB, code: CODE, reason: TEXT}]   intentional: reported as info with the reason
   probe        {enabled, device, batch, seeds, resample_weights, loss, timeout}
+  limits       {max_elements, time_limit}   refuse tensors larger than max_elements; stop a model after
+               time_limit seconds (defaults: 2^31 elements, no time limit)
   models       {GLOB: {inputs: {NAME: "1x3x224x224[:dtype]"}, degree, arch, train, fail_on, ignore, deviations}}
                GLOB matches the model path relative to the config file's folder (or its file name)
 Unknown keys and bad values are errors that name the key and the file.
@@ -27,8 +29,9 @@ SEVERITY_CHOICES = ("info", "warning", "error")
 FAIL_ON_CHOICES = ("info", "warning", "error", "never")
 PROBE_KEYS = {"enabled": bool, "device": str, "batch": int, "seeds": int, "resample_weights": bool, "loss": str,
               "timeout": (int, float)}
+LIMIT_KEYS = {"max_elements": int, "time_limit": (int, float)}
 MODEL_KEYS = ("inputs", "degree", "arch", "train", "fail_on", "ignore", "deviations")
-TOP_KEYS = ("fail_on", "train", "thresholds", "severity", "ignore", "deviations", "probe", "models")
+TOP_KEYS = ("fail_on", "train", "thresholds", "severity", "ignore", "deviations", "probe", "limits", "models")
 FILE_NAMES = (".initcheck.yaml", ".initcheck.yml", "pyproject.toml")
 
 
@@ -66,6 +69,8 @@ class Config:
     degree: int | None = None
     arch: str | None = None
     models: dict[str, dict] = field(default_factory=dict)
+    max_elements: int | None = None
+    time_limit: float | None = None
 
     def for_model(self, model: Path) -> Config:
         """This config with the `models` entries that match `model` merged in (later entries win)."""
@@ -166,6 +171,7 @@ def _build(data: dict, source: str) -> Config:
         deviations=check.rules(data.get("deviations", []), "deviations", need_reason=True),
         probe=check.probe(data.get("probe", {})),
         models=parsed_models,
+        **check.limits(data.get("limits", {})),
     )
 
 
@@ -261,6 +267,15 @@ class _Checker:
         for key in ("batch", "seeds"):
             if key in out and out[key] <= 0:
                 self.fail(f"probe.{key}", "must be positive")
+        return out
+
+    def limits(self, data) -> dict:
+        data = self.mapping(data, "limits")
+        self.known(data, tuple(LIMIT_KEYS), "limits")
+        out = {key: self.typed(value, LIMIT_KEYS[key], f"limits.{key}") for key, value in data.items()}
+        for key, value in out.items():
+            if value is not None and value <= 0:
+                self.fail(f"limits.{key}", "must be positive")
         return out
 
     def model_entry(self, entry: dict, key: str) -> dict:

@@ -63,7 +63,7 @@ def standard_input() -> Moments:
 def profile_factor(profile: tuple[np.ndarray, ...] | None) -> float:
     if not profile:
         return 1.0
-    return float(np.prod([p.mean() for p in profile]))
+    return float(np.prod([p.mean() if p.size else 1.0 for p in profile]))
 
 
 def normalize_profile(profile: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, ...] | None:
@@ -71,7 +71,7 @@ def normalize_profile(profile: tuple[np.ndarray, ...] | None) -> tuple[np.ndarra
         return None
     out = []
     for p in profile:
-        mean = p.mean()
+        mean = p.mean() if p.size else 1.0
         out.append(p / mean if mean > 0 else np.ones_like(p))
     if all(np.allclose(p, 1.0, atol=1e-9) for p in out):
         return None

@@ -210,7 +210,7 @@ def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = Tru
     DepthToSpace CRD); else phase C + c (DepthToSpace DCR)."""
     w = _finite(weight)
     phases = block * block
-    if w.shape[0] % phases:
+    if phases < 2 or w.ndim < 2 or w.shape[0] % phases:
         return None
     flat = w.reshape(w.shape[0], -1)
     groups = flat.reshape(-1, phases, flat.shape[1]) if channel_first else \

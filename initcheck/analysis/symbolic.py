@@ -79,7 +79,16 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         result.status[node] = "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
     for value, moments in zip(node.outputs, outs):
         if moments is not None and (value.is_float or value.dtype == "unknown"):
-            result.forward[value] = with_spread(node, ins, moments)
+            result.forward[value] = _spread_or_unknown(node, ins, moments)
+
+
+def _spread_or_unknown(node: Node, ins: list[Moments | None], moments: Moments) -> Moments:
+    try:
+        return with_spread(node, ins, moments)
+    except (ArithmeticError, ValueError):  # moments beyond float range: the signal checks report the overflow
+        if _debug():
+            raise
+        return moments
 
 
 def _backward_node(node: Node, result: SymbolicResult) -> None:

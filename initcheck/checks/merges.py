@@ -123,8 +123,10 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         parts = [v for v in concat.inputs if is_signal(v) and v in result.forward]
         energies = [result.forward[v].K for v in parts]
         forward = result.forward[y].K / result.forward[x].K
+        if not 0 < forward < math.inf:
+            continue  # a dead or overflowing conv: the signal checks say so
         grad_y, grad_x = result.backward.get(y), result.backward.get(x)
-        backward = grad_x / grad_y if grad_y and grad_x else None
+        backward = grad_x / grad_y if grad_y and grad_x and math.isfinite(grad_x / grad_y) else None
         imbalance = max(energies) / min(energies) if energies and min(energies) > 0 else math.inf
         shifted = abs(math.log(forward)) >= gain or (backward and abs(math.log(backward)) >= gain)
         if imbalance < imbalance_limit and not shifted:

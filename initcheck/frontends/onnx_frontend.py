@@ -9,8 +9,9 @@ import numpy as np
 
 from initcheck.errors import ModelLoadError
 from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes
-from initcheck.frontends.onnx_ops import HANDLERS, OpContext
+from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
 from initcheck.ir import Graph, Node, Value
+from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
@@ -37,19 +38,24 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     fixed = resolve_input_shapes(model, input_shapes)
+    for name, shape in fixed.items():
+        check_shape(f"{path}: input '{name}'", shape)
     arrays = _initial_constants(graph, path)
     notes = _assume_full_masks(graph, fixed, arrays)
     nodes = _topological(graph)
-    shapes = infer_shapes(model, fixed, {})
+    shapes = _checked(infer_shapes(model, fixed, {}), path)
     folded = _fold(nodes, arrays, opset, shapes)
     if folded:
-        shapes = infer_shapes(model, fixed, {k: arrays[k] for k in folded}) or shapes
+        shapes = _checked(infer_shapes(model, fixed, {k: arrays[k] for k in folded}) or shapes, path)
     signal = _signal_values(graph, nodes, arrays)
     consumers: dict[str, list] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal), consumers)
+    ctx.fake_quant = {n.output[0]: consumers[n.output[0]][0].output[0] for n in nodes
+                      if n.op_type == "QuantizeLinear" and n.output and n.output[0] in signal and fake_quant_range(n, ctx)}
+    notes += _integer_ops_note(nodes, signal)
     values = _make_values(graph, arrays, shapes, signal, fixed)
     for tensor in graph.initializer:
         values[tensor.name].is_weight = True
@@ -62,6 +68,8 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
             continue
         if node.op_type == "Add" and node.output[0] in absorbed_adds:
             continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in ctx.fake_quant:
+            continue  # one clip node with its QuantizeLinear
         if not any(name in signal for name in node.output):  # masks, shapes, indices computed from the signal
             continue
         ir_nodes.append(_translate(node, ctx, values, absorbed_adds))
@@ -101,11 +109,21 @@ def _assume_full_masks(graph, fixed: dict, arrays: dict) -> list[str]:
     return notes
 
 
+def _checked(shapes: dict, path: Path) -> dict:
+    """Inferred shapes, refused before anything of a size beyond the limit is folded or analysed."""
+    for name, (shape, _) in shapes.items():
+        check_shape(f"{path}: tensor '{name}'", shape)
+    return shapes
+
+
 def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     arrays = {}
     for tensor in graph.initializer:
+        if any(d < 0 for d in tensor.dims):
+            raise ModelLoadError(f"{path}: weight '{tensor.name}' has a negative dimension {list(tensor.dims)}")
+        check_shape(f"{path}: weight '{tensor.name}'", tensor.dims)
         try:
             arrays[tensor.name] = numpy_helper.to_array(tensor)
         except Exception as e:  # truncated or inconsistent tensor data
@@ -158,6 +176,19 @@ def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
     return folded
 
 
+_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul",
+                "QGemm", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+
+
+def _integer_ops_note(nodes, signal: set[str]) -> list[str]:
+    """Integer-arithmetic quantized ops are outside the symbolic pass: say so plainly, once."""
+    found = sorted({n.op_type for n in nodes if n.op_type in _INTEGER_OPS and any(i in signal for i in n.input)})
+    if not found:
+        return []
+    return [f"integer-quantized graph ({', '.join(found)}): integer arithmetic is not modeled, so the analysis stops "
+            "where the signal becomes integers; check the float (or QDQ fake-quantized) model before quantization"]
+
+
 def _signal_values(graph, nodes, arrays) -> set[str]:
     """Float values that depend on a float input, or on an embedding lookup of token ids."""
     from onnx import helper
@@ -167,7 +198,11 @@ def _signal_values(graph, nodes, arrays) -> set[str]:
         if inp.name in arrays:
             continue
         elem = inp.type.tensor_type.elem_type
-        if helper.tensor_dtype_to_np_dtype(elem).kind == "f":
+        try:
+            kind = helper.tensor_dtype_to_np_dtype(elem).kind
+        except (KeyError, ValueError, TypeError):
+            raise ModelLoadError(f"input '{inp.name}' has an unknown element type {elem}") from None
+        if kind == "f":
             signal.add(inp.name)
     for node in nodes:
         if all(o in arrays for o in node.output if o):
@@ -270,7 +305,12 @@ def scope_of(node) -> str:
 
 def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: set[str]) -> Node:
     handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-    result = handler(node, ctx) if handler else None
+    try:
+        result = handler(node, ctx) if handler else None
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError) as e:
+        # a node whose attributes or weights contradict the op's definition: a corrupt file, said in one line
+        raise ModelLoadError(f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type}) is malformed: "
+                             f"{type(e).__name__}: {str(e)[:160]}") from None
     source = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     if node.op_type in _SUBGRAPH_OPS:
         source += " (subgraph)"
@@ -278,6 +318,9 @@ def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: se
     outputs = list(node.output)
     if op == "linear" and ctx.absorbed.get(node.output[0]):
         outputs = [next(a for a, m in ctx.absorbed.items() if m == node.output[0] and a in absorbed_adds)]
+    if node.op_type == "QuantizeLinear" and op == "clip":
+        outputs = [ctx.fake_quant[node.output[0]]]
+        source = "QuantizeLinear+DequantizeLinear"
     return Node(
         name=node.name or f"{node.op_type}_{node.output[0]}",
         op=op,

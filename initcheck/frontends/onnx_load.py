@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from initcheck.errors import ModelLoadError, UsageError
+from initcheck.limits import check_shape
 from initcheck.stats import SMALL_CONST
 
 _BATCH_NAMES = {"batch", "batch_size", "n", "b", "bs", "batchsize", "n_batch", "num_batch"}
@@ -16,6 +17,7 @@ _CHEAP = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "F
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
                "If", "Loop", "Scan"}
 _FOLD_LIMIT = 1 << 22
+_FOLD_OUTPUT_LIMIT = 1 << 25  # elements: a 4096x4096 attention mask still folds
 
 
 def read_model(path: Path):
@@ -30,8 +32,39 @@ def read_model(path: Path):
         raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
     if not model.graph.node and not model.graph.input:
         raise ModelLoadError(f"{path}: not a valid ONNX file (empty graph)")
+    problem = structural_problem(model)
+    if problem:
+        raise ModelLoadError(f"{path}: not a valid ONNX file ({problem})")
     _load_external_data(model, path)
     return model
+
+
+def structural_problem(model) -> str | None:
+    """What makes a parsed protobuf unusable as a graph: names that are not text (a damaged file decodes them
+    as bytes), nodes without outputs, or fewer inputs than the op's schema requires. None if it is usable."""
+    import onnx.defs
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    named = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
+    if any(not isinstance(v.name, str) for v in named):
+        return "a tensor name is not valid UTF-8 text"
+    for node in graph.node:
+        texts = [node.name, node.op_type, node.domain, *node.input, *node.output]
+        if any(not isinstance(t, str) for t in texts):
+            return "a node's name, type or tensor names are not valid UTF-8 text"
+        if not node.output or not any(node.output):
+            return f"node '{node.name}' ({node.op_type}) has no output"
+        if node.domain in ("", "ai.onnx") and opset and onnx.defs.has(node.op_type):
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+            except onnx.defs.SchemaError:
+                continue  # not defined at this opset: analysed around as unsupported
+            given = len(node.input)
+            if given < schema.min_input or given > schema.max_input:
+                return (f"node '{node.name}' ({node.op_type}) has {given} inputs; opset {opset} takes "
+                        f"{schema.min_input}..{schema.max_input}")
+    return None
 
 
 def _load_external_data(model, path: Path) -> None:
@@ -44,18 +77,36 @@ def _load_external_data(model, path: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
-        target = (base / location).resolve()
+        if not location or "\0" in location:
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has no usable external data location")
+        target = (base / location).resolve()  # symlinks resolved: a link inside the folder may not lead out of it
         if os.path.isabs(location) or base not in target.parents:
             raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor.name}' lies outside the model's folder")
         if not target.is_file():
             raise ModelLoadError(f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing")
-        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        check_shape(f"{path}: weight '{tensor.name}'", tensor.dims)
+        try:
+            offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+        except ValueError:
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a malformed external data offset or length") from None
+        if offset < 0 or length < 0:
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a negative external data offset or length")
         with target.open("rb") as f:
             f.seek(offset)
-            data = f.read(int(length)) if length else f.read()
+            data = f.read(length or _tensor_bytes(tensor, path))  # never the rest of an arbitrarily large file
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = 0
+
+
+def _tensor_bytes(tensor, path: Path) -> int:
+    from onnx import helper
+
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # an unknown element type
+        raise ModelLoadError(f"{path}: tensor '{tensor.name}' has an unknown element type {tensor.data_type}") from None
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
 def dims_of(type_proto) -> list[int | str | None] | None:
@@ -92,6 +143,9 @@ def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[s
         for axis, d in enumerate(dims):
             if isinstance(d, int) and d > 0:
                 concrete.append(d)
+            elif d == 0:
+                raise UsageError(f"input '{inp.name}' declares an empty dimension {axis} (size 0): nothing would flow "
+                                 f"through the model; pass --input {inp.name}=" + "x".join(str(x or "N") for x in dims))
             elif axis == 0 and (d is None or str(d).lower() in _BATCH_NAMES or str(d).startswith(("unk__", "s"))):
                 concrete.append(1)
             else:
@@ -171,6 +225,8 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
         return None
     if node.op_type not in _CHEAP and sum(a.size for a in inputs if a is not None) > _FOLD_LIMIT:
         return None
+    if (_output_size(node, inputs, shapes) or 0) > _FOLD_OUTPUT_LIMIT:
+        return None  # a few bytes can ask for a huge constant (ConstantOfShape, Expand, Tile, Range)
     if node.op_type in _NUMPY_FOLDS:
         attrs = {a.name: a.i for a in node.attribute}
         try:
@@ -187,3 +243,30 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
     except Exception:  # an op the reference runtime cannot evaluate stays unfolded
         return None
     return [np.asarray(o) for o in outs]
+
+
+def _output_size(node, inputs: list, shapes: dict) -> float | None:
+    """Elements the node would produce, from inferred shapes or, for ops whose size is data, from the data
+    (in float: products of hostile values must not overflow)."""
+    inferred = shapes.get(node.output[0], (None,))[0] if node.output else None
+    if inferred is not None and all(isinstance(d, int) for d in inferred):
+        return float(np.prod(inferred, dtype=np.float64))
+    values = [np.abs(np.asarray(a, dtype=np.float64)) if a is not None and a.dtype.kind in "iuf" else None
+              for a in inputs]
+    if not values or values[0] is None or (node.op_type != "ConstantOfShape" and (len(values) < 2 or values[1] is None)):
+        return None
+    first = values[0]
+    with np.errstate(all="ignore"):
+        if node.op_type == "ConstantOfShape":
+            return float(np.prod(first))
+        if node.op_type == "Expand":
+            target, have = list(first.shape), [float(d) for d in values[1].reshape(-1)]
+            width = max(len(target), len(have))
+            target, have = [1] * (width - len(target)) + target, [1.0] * (width - len(have)) + have
+            return float(np.prod([max(a, b) for a, b in zip(target, have)]))
+        if node.op_type in ("Tile", "OneHot"):
+            return first.size * float(np.prod(values[1]))
+        if node.op_type == "Range" and len(values) == 3 and values[2] is not None:
+            start, limit, delta = (float(v.reshape(-1)[0]) if v.size else 0.0 for v in values)
+            return (limit + start) / delta if delta else float("inf")  # an upper bound: values are |.|
+    return None

@@ -34,6 +34,7 @@ class OpContext:
     training: bool
     absorbed: dict[str, str] = field(default_factory=dict)  # bias Add output -> MatMul it was fused into
     consumers: dict[str, list] = field(default_factory=dict)  # value name -> ONNX nodes reading it
+    fake_quant: dict[str, str] = field(default_factory=dict)  # QuantizeLinear output -> its DequantizeLinear's output
 
     def array(self, name: str) -> np.ndarray | None:
         return self.arrays.get(name) if name else None
@@ -137,6 +138,32 @@ def _binary(node, ctx):
 @handles(*REARRANGE)
 def _rearrange(node, ctx):
     return REARRANGE[node.op_type], attributes(node), {}
+
+
+_QUANT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def fake_quant_range(node, ctx) -> tuple[float, float] | None:
+    """QuantizeLinear read only by one DequantizeLinear (QDQ / quantisation-aware graphs) with constant scale:
+    the pair is x clipped to the representable range, plus rounding noise of step^2/12 that is negligible
+    against unit-scale signals. None for anything else (integer graphs stay unmodeled)."""
+    readers = ctx.consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "DequantizeLinear" or readers[0].input[0] != node.output[0]:
+        return None
+    scale = ctx.array(node.input[1]) if len(node.input) > 1 else None
+    zero = ctx.array(node.input[2]) if len(node.input) > 2 else None
+    kind = str(zero.dtype) if zero is not None else "uint8"
+    if scale is None or scale.size == 0 or kind not in _QUANT_RANGES:
+        return None
+    step, offset = float(np.mean(np.abs(scale))), float(np.mean(zero)) if zero is not None and zero.size else 0.0
+    lo, hi = _QUANT_RANGES[kind]
+    return (lo - offset) * step, (hi - offset) * step
+
+
+@handles("QuantizeLinear")
+def _fake_quantize(node, ctx):
+    bounds = fake_quant_range(node, ctx) if node.output[0] in ctx.fake_quant else None
+    return ("clip", {"min": bounds[0], "max": bounds[1]}, {}) if bounds else None
 
 
 def _linear_from(weight_out_in: np.ndarray, bias: np.ndarray | None) -> dict:

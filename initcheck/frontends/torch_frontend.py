@@ -13,6 +13,7 @@ import numpy as np
 
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
 from initcheck.ir import Graph, Node, Value
+from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
 
@@ -219,6 +220,8 @@ class _Builder:
 
     def build(self) -> Graph:
         self.weight_names = {s.arg.name for s in self.ep.graph_signature.input_specs if s.kind.name != "USER_INPUT"}
+        for node in self.ep.graph.nodes:  # before anything of that size is folded or allocated
+            check_shape(f"{self.source or 'model'}: tensor '{node.name}'", _shape(node) or ())
         self.collect_inputs()
         outputs = []
         for node in self.ep.graph.nodes:

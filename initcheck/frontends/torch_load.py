@@ -14,10 +14,12 @@ import importlib
 import inspect
 import io
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
 from initcheck.errors import ModelLoadError, UsageError
+from initcheck.limits import check_shape
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema", "weights")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -29,8 +31,8 @@ def kind_of(path: Path) -> str:
     if zipfile.is_zipfile(path):
         try:
             names = zipfile.ZipFile(path).namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ModelLoadError(f"{path}: corrupt archive ({e})") from None
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, EOFError) as e:  # a damaged directory
+            raise ModelLoadError(f"{path}: corrupt archive ({type(e).__name__}: {str(e)[:120]})") from None
         if any(n.endswith("models/model.json") or n.endswith("/archive_format") for n in names):
             return "pt2"
         if any("/code/" in n for n in names):
@@ -185,6 +187,7 @@ def example_inputs(module, specs: dict[str, tuple], path: Path | str = "model") 
     generator = torch.Generator().manual_seed(0)
     for name in ordered:
         shape, dtype = specs[name] if isinstance(specs[name][0], tuple) else (specs[name], None)
+        check_shape(f"--input {name}", shape)
         dtype = dtype or ("int64" if name.endswith(("ids", "mask")) else "float32")
         torch_dtype = getattr(torch, dtype, None)
         if torch_dtype is None:
@@ -219,7 +222,10 @@ def torchscript_to_onnx(path: Path, specs: dict):
     args = example_inputs(module, specs, path)
     buffer = io.BytesIO()
     try:
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17, input_names=[n for n in names if n in specs])
+        with warnings.catch_warnings():  # the exporter's own chatter is not the user's business
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17,
+                              input_names=[n for n in names if n in specs])
     except Exception as e:  # the exporter rejected an op
         raise ModelLoadError(f"{path}: cannot convert the TorchScript module ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return buffer.getvalue()

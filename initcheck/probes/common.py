@@ -64,8 +64,8 @@ def measured_kinds(graph: Graph) -> tuple[dict[str, str], dict[str, tuple[int, i
         if out is None:
             continue
         function = node.attrs.get("function") if node.op == "pointwise" else node.op
-        if function in RELU_FAMILY:
-            kinds[out] = "relu"
+        if function in RELU_FAMILY and not (function == "clip" and _attr(node, "min", 0.0) < 0):
+            kinds[out] = "relu"  # a clip with a negative floor (ReLU6 has 0; fake quantisation has not) kills nothing
         elif function in SATURATING:
             kinds[out] = SATURATING[function]
         if node.op == "conv_transpose" and len(node.attrs.get("strides", [])) == 2:
@@ -78,6 +78,14 @@ def measured_kinds(graph: Graph) -> tuple[dict[str, str], dict[str, tuple[int, i
             if all(abs(x - round(x)) < 1e-6 and x > 1 for x in s):
                 grids[out] = (int(round(s[0])), int(round(s[1])))
     return kinds, grids
+
+
+def _attr(node, name: str, default: float) -> float:
+    """An attribute of the node or, after pointwise fusion, of the op at the top of its program."""
+    program = node.attrs.get("program")
+    attrs = dict(program[1]) if program and len(program) > 1 and isinstance(program[1], tuple) else node.attrs
+    value = attrs.get(name, default)
+    return float(value) if value is not None else default
 
 
 def vocabulary(graph: Graph) -> int:

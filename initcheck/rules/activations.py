@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 from initcheck import pointwise
 from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean
@@ -25,7 +27,24 @@ def _round(x: float) -> float:
     return float(f"{x:.10g}")
 
 
+_TINY = 1e-20  # below this K the quadrature's scale is degenerate (and a central difference too coarse)
+
+
+@lru_cache(maxsize=1024)
+def _positively_homogeneous(program) -> bool:
+    """phi(a z) = a phi(z) for a > 0 (ReLU, leaky ReLU, PReLU, |z|, scalings of them), checked numerically."""
+    fn = pointwise.as_function(program)
+    z = np.linspace(-3.0, 3.0, 13)
+    with np.errstate(all="ignore"):
+        return bool(np.allclose(fn(2 * z), 2 * fn(z), atol=1e-9) and np.allclose(fn(0.5 * z), 0.5 * fn(z), atol=1e-9))
+
+
 def program_moments(program, x: Moments) -> tuple[float, float, float, float]:
+    if 0 < x.K < _TINY and _positively_homogeneous(program):
+        # tiny signals (denormal weights, a vanishing net): exact by rescaling to unit K
+        scale = x.K**0.5
+        mean, K, M, grad = _pointwise_moments(program, _round(x.m / scale), 1.0, _round(x.M / x.K))
+        return mean * scale, K * x.K, M * x.K, grad
     return _pointwise_moments(program, _round(x.m), _round(x.K), _round(x.M))
 
 

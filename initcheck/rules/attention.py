@@ -16,12 +16,15 @@ from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _SAMPLES = 1 << 18
+_MAX_ROW = 1 << 20  # longer rows are extrapolated: 64 sampled rows of 2^30 logits would need 512 GB
 
 
 @lru_cache(maxsize=1024)
 def softmax_statistics(sigma: float, n: int, valid: tuple[int, ...] | None = None) -> dict[str, float]:
     """For rows of n iid N(0, sigma^2) logits: E sum p^2, E sum p^2 (1 - 2p + sum p^2), E max p,
     entropy / ln n. `valid` lists the number of unmasked keys per row (cycled)."""
+    if n > _MAX_ROW and not valid:
+        return _extrapolated(sigma, n)
     rows = max(64, min(4096, _SAMPLES // max(n, 1)))
     rng = np.random.default_rng(12345)
     logits = rng.standard_normal((rows, n)) * sigma
@@ -41,6 +44,24 @@ def softmax_statistics(sigma: float, n: int, valid: tuple[int, ...] | None = Non
         "max_p": float(p.max(axis=1).mean()),
         "entropy_ratio": float(entropy.mean() / np.log(n)) if n > 1 else 1.0,
     }
+
+
+def _extrapolated(sigma: float, n: int) -> dict[str, float]:
+    """Rows longer than _MAX_ROW: no single logit dominates there, so p ~ e^z / (n E e^z): sums of p^2 scale
+    as 1/n, the max as e^(sigma z_max(n)) / n with z_max the expected maximum of n normals, and the entropy
+    grows by ln(n / n0)."""
+    base = softmax_statistics(sigma, _MAX_ROW)
+    shrink = _MAX_ROW / n
+    entropy = base["entropy_ratio"] * np.log(_MAX_ROW) + np.log(1 / shrink)
+    max_p = base["max_p"] * shrink * np.exp(sigma * (_expected_max(n) - _expected_max(_MAX_ROW)))
+    return {"sum_p2": base["sum_p2"] * shrink, "backward": base["backward"] * shrink, "max_p": float(min(max_p, 1.0)),
+            "entropy_ratio": float(entropy / np.log(n))}
+
+
+def _expected_max(n: int) -> float:
+    """E max of n iid N(0, 1), Gumbel asymptotics."""
+    a = np.sqrt(2 * np.log(n))
+    return float(a - (np.log(np.log(n)) + np.log(4 * np.pi)) / (2 * a) + 0.5772 / a)
 
 
 def logit_spread(x) -> float:

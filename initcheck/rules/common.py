@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.ir import Node, Value
+from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments
 
 NORMALIZATIONS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
@@ -59,7 +60,7 @@ def conv_profile(
 ) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K after a window op with zero padding (theory.md §2):
     p'(o) = (1/k) sum over valid taps t of p(o*s + t*d - pad)."""
-    if any(n is None for n in in_lengths + out_lengths):
+    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
         return None
     result = []
     for axis, (n_in, n_out, k, s, d, pb) in enumerate(
@@ -78,7 +79,7 @@ def transposed_profile(
 ) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
     taps of its phase in the interior (edges and output_padding rows get fewer, theory.md §3)."""
-    if any(n is None for n in in_lengths + out_lengths):
+    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
         return None
     result = []
     for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
@@ -96,7 +97,7 @@ def backward_border(
 ) -> float:
     """Fraction of the interior backward fan-out that border inputs keep under zero padding: the
     (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs)."""
-    if any(n is None for n in in_lengths + out_lengths):
+    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
         return 1.0
     factor = 1.0
     for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):

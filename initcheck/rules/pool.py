@@ -6,6 +6,7 @@ import numpy as np
 
 from initcheck import pointwise
 from initcheck.gaussian import nodes
+from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import conv_profile, spatial_lengths
 from initcheck.rules.registry import backward_rule, forward_rule
@@ -144,8 +145,8 @@ def _linear_phase_energy(scale: float, n_in: int | None = None, profile: np.ndar
     """Mean over output positions of the squared interpolation weights (half-pixel linear). Interior:
     w0^2 + w1^2 per phase (x2: 0.625); with the input length known, border outputs clamp onto the edge
     pixel (energy 1)."""
-    if not n_in:
-        s = max(int(round(scale)), 1)
+    if not n_in or n_in * scale > MAX_PROFILE_LENGTH:
+        s = min(max(int(round(scale)), 1), 4096)  # the phase average has converged long before 4096 phases
         frac = ((np.arange(s) + 0.5) / s - 0.5) % 1.0
         return float(np.mean((1 - frac) ** 2 + frac**2))
     coord = (np.arange(int(round(n_in * scale))) + 0.5) / scale - 0.5
