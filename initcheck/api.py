@@ -19,7 +19,7 @@ from initcheck.config import Config
 from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
-from initcheck.limits import elements_at_most
+from initcheck.limits import check_probe_memory, elements_at_most
 from initcheck.passes import fuse_pointwise
 from initcheck.policy import apply_policy
 from initcheck.probes.common import ProbeOptions
@@ -148,6 +148,7 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
     probe_summary = None
     if runner is not None:
         try:
+            check_probe_memory(graph, probe_options.batch if probe_options else 16)
             measured = runner(graph, probe_options)
         except InitcheckError:
             raise  # the user's options are wrong (device, input data): say so

@@ -540,3 +540,19 @@ def test_denormal_zero_nan_and_empty_weights(tmp_path, monkeypatch):
     code, _, err = run_cli(["analyze", _save(graph, tmp_path / "empty_input.onnx"), "--no-probe"], monkeypatch)
     assert_fails_safely(code, err, "empty input")
     assert code == 2 and "empty dimension 1" in err
+
+
+def test_probe_that_would_exhaust_memory_is_skipped_not_killed(monkeypatch):
+    """An out-of-memory kill would lose the report: above half the machine's memory the probe is skipped with
+    IC403 and the symbolic results stay."""
+    import initcheck
+    import initcheck.limits
+    from initcheck.probes.common import ProbeOptions
+
+    sample = SAMPLES / "unet_block.onnx"
+    monkeypatch.setattr(initcheck.limits, "_memory_bytes", lambda: 4 << 20)  # a 4 MiB machine: 2 MiB for the probe
+    report = initcheck.analyze(sample, probe=ProbeOptions(batch=64, seeds=1))
+    skipped = [f for f in report.findings if f.code == "IC403"]
+    assert skipped and "lower --batch" in skipped[0].message and report.probe is None and report.layers
+    report = initcheck.analyze(sample, probe=ProbeOptions(batch=1, seeds=1))
+    assert report.probe is not None and not any(f.code == "IC403" for f in report.findings)
