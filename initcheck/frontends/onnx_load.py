@@ -245,12 +245,17 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
     return [np.asarray(o) for o in outs]
 
 
+_SIZE_FROM_DATA = {"ConstantOfShape", "Expand", "Tile", "OneHot", "Range"}
+
+
 def _output_size(node, inputs: list, shapes: dict) -> float | None:
     """Elements the node would produce, from inferred shapes or, for ops whose size is data, from the data
     (in float: products of hostile values must not overflow)."""
     inferred = shapes.get(node.output[0], (None,))[0] if node.output else None
     if inferred is not None and all(isinstance(d, int) for d in inferred):
         return float(np.prod(inferred, dtype=np.float64))
+    if node.op_type not in _SIZE_FROM_DATA:
+        return None
     values = [np.abs(np.asarray(a, dtype=np.float64)) if a is not None and a.dtype.kind in "iuf" else None
               for a in inputs]
     if not values or values[0] is None or (node.op_type != "ConstantOfShape" and (len(values) < 2 or values[1] is None)):
@@ -259,14 +264,14 @@ def _output_size(node, inputs: list, shapes: dict) -> float | None:
     with np.errstate(all="ignore"):
         if node.op_type == "ConstantOfShape":
             return float(np.prod(first))
-        if node.op_type == "Expand":
-            target, have = list(first.shape), [float(d) for d in values[1].reshape(-1)]
-            width = max(len(target), len(have))
-            target, have = [1] * (width - len(target)) + target, [1.0] * (width - len(have)) + have
-            return float(np.prod([max(a, b) for a, b in zip(target, have)]))
+        if node.op_type == "Expand":  # broadcast of the input's shape with the requested one
+            shape, requested = list(first.shape), [float(d) for d in values[1].reshape(-1)]
+            rank = max(len(shape), len(requested))
+            shape, requested = [1] * (rank - len(shape)) + shape, [1.0] * (rank - len(requested)) + requested
+            return float(np.prod([max(a, b) for a, b in zip(shape, requested)]))
         if node.op_type in ("Tile", "OneHot"):
             return first.size * float(np.prod(values[1]))
-        if node.op_type == "Range" and len(values) == 3 and values[2] is not None:
+        if len(values) == 3 and values[2] is not None:  # Range
             start, limit, delta = (float(v.reshape(-1)[0]) if v.size else 0.0 for v in values)
             return (limit + start) / delta if delta else float("inf")  # an upper bound: values are |.|
     return None
