@@ -556,3 +556,20 @@ def test_probe_that_would_exhaust_memory_is_skipped_not_killed(monkeypatch):
     assert skipped and "lower --batch" in skipped[0].message and report.probe is None and report.layers
     report = initcheck.analyze(sample, probe=ProbeOptions(batch=1, seeds=1))
     assert report.probe is not None and not any(f.code == "IC403" for f in report.findings)
+
+
+def test_a_failing_check_is_skipped_with_a_note_and_the_rest_stays(monkeypatch):
+    import initcheck
+    import initcheck.checks
+
+    monkeypatch.delenv("INITCHECK_DEBUG", raising=False)
+    sample = SAMPLES / "relu_mlp_glorot.onnx"
+    expected = {f.code for f in initcheck.analyze(sample).findings}
+
+    def broken(graph, result):
+        raise ValueError("math domain error")
+
+    monkeypatch.setattr(initcheck.checks, "concat_findings", broken)
+    report = initcheck.analyze(sample)
+    assert {f.code for f in report.findings} == expected and expected
+    assert "concat check skipped on this model (ValueError: math domain error)" in report.notes
