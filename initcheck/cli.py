@@ -7,9 +7,8 @@ import argparse
 import os
 import sys
 
-from initcheck.errors import InitcheckError, UsageError, one_line
-
-EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+from initcheck.cli_analyze import EXIT_ERROR, EXIT_OK
+from initcheck.errors import InitcheckError, UsageError, debugging, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,24 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+def _positive_of(kind: type, what: str):
+    """An argparse type: a finite number of `kind` above zero, else one clear usage line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got '{text}'")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return value
+_positive = _positive_of(int, "integer")
+_positive_float = _positive_of(float, "number")
 
 
 def _version() -> str:
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as e:  # a bug: still one line unless --debug
-        if getattr(args, "debug", False) or os.environ.get("INITCHECK_DEBUG"):
+        if getattr(args, "debug", False) or debugging():
             raise
         print(f"initcheck: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
               file=sys.stderr)

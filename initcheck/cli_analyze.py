@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from initcheck.errors import InitcheckError, UsageError, one_line
+from initcheck.errors import InitcheckError, UsageError, debugging, one_line
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -69,7 +69,7 @@ def _one(model: str, args):
     except (InitcheckError, TimeLimitExceeded) as e:
         return ModelResult(model, None, one_line(e), args.fail_on or "error")
     except Exception as e:  # a bug: one line per model unless --debug
-        if args.debug or os.environ.get("INITCHECK_DEBUG"):
+        if args.debug or debugging():
             raise
         return ModelResult(model, None, f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
                            args.fail_on or "error")

@@ -17,3 +17,10 @@ def one_line(text: str) -> str:
     """A message as one printable line: names taken from a damaged file may hold newlines or control bytes."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
                    for c in str(text))
+
+
+def debugging() -> bool:
+    """INITCHECK_DEBUG set (the tests set it): failures inside rules and checks raise instead of degrading."""
+    import os
+
+    return bool(os.environ.get("INITCHECK_DEBUG"))

@@ -3,10 +3,10 @@ unit-variance cotangent at every output (theory.md §1-§11, rules in initcheck.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from initcheck.analysis.finite_width import with_spread
+from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
 from initcheck.moments import Moments, standard_input
 from initcheck.passes import is_signal
@@ -22,10 +22,6 @@ class SymbolicResult:
     backward_exact: dict[Value, bool] = field(default_factory=dict)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # rules that failed on this node, with the reason
-
-
-def _debug() -> bool:
-    return bool(os.environ.get("INITCHECK_DEBUG"))
 
 
 def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:
@@ -60,7 +56,7 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         try:
             outs = rule(node, ins, result)
         except Exception as e:  # a rule that cannot handle this node must not end the analysis
-            if _debug():
+            if debugging():
                 raise
             result.errors[node] = f"{type(e).__name__}: {e}"
             outs = None
@@ -86,7 +82,7 @@ def _spread_or_unknown(node: Node, ins: list[Moments | None], moments: Moments) 
     try:
         return with_spread(node, ins, moments)
     except (ArithmeticError, ValueError):  # moments beyond float range: the signal checks report the overflow
-        if _debug():
+        if debugging():
             raise
         return moments
 
@@ -107,7 +103,7 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         try:
             gins = rule(node, ins, outs, filled, result)
         except Exception:
-            if _debug():
+            if debugging():
                 raise
             gins = None
     if gins is None:

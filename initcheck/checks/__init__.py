@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from initcheck.analysis.criticality import Susceptibility, susceptibilities
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.architecture import (
@@ -21,6 +19,7 @@ from initcheck.checks.residual import norm_placement_findings, residual_findings
 from initcheck.checks.sampling import checkerboard_findings, strided_gradient_findings, subpixel_findings
 from initcheck.checks.signal import signal_findings
 from initcheck.checks.weights import weight_findings
+from initcheck.errors import debugging
 from initcheck.ir import Graph, Node
 from initcheck.report.model import Finding, LayerRow, severity_rank
 
@@ -51,7 +50,7 @@ def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth
         try:
             findings += check()
         except Exception as e:
-            if os.environ.get("INITCHECK_DEBUG"):
+            if debugging():
                 raise
             graph.notes.append(f"{name} check skipped on this model ({type(e).__name__}: {str(e)[:120]})")
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))
