@@ -43,11 +43,15 @@ def load(path: Path) -> dict[str, list[dict]]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise UsageError(f"--baseline {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--baseline {path}: not a JSON baseline (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"--baseline {path}: not a JSON baseline ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict) or data.get("initcheck_baseline") != FORMAT or not isinstance(data.get("models"), dict):
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or data.get("initcheck_baseline") != FORMAT or not all(
+            isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in models.values()):
         raise UsageError(f"--baseline {path}: not an initcheck baseline (write one with --write-baseline)")
-    return data["models"]
+    return models
 
 
 def _distance(value, threshold) -> float | None:

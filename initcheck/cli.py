@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from initcheck.cli_analyze import EXIT_ERROR, EXIT_OK
+from initcheck.cli_analyze import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from initcheck.errors import InitcheckError, UsageError, debugging, one_line
 
 
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except InitcheckError as e:
         print(f"initcheck: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the shell convention for SIGINT: 128 + 2
         print("initcheck: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `initcheck rules | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

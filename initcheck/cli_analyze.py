@@ -10,7 +10,7 @@ from pathlib import Path
 
 from initcheck.errors import InitcheckError, UsageError, debugging, one_line
 
-EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run_analyze(args) -> int:
@@ -19,6 +19,8 @@ def run_analyze(args) -> int:
     from initcheck.report.outputs import format_for
 
     outputs = [(str(path), format_for(str(path))) for path in args.output]
+    for path in [p for p, _ in outputs] + ([args.write_baseline] if args.write_baseline else []):
+        check_writable(path, "--output" if path != args.write_baseline else "--write-baseline")
     entries = baseline.load(Path(args.baseline)) if args.baseline else None
     results = []
     for model in args.models:
@@ -158,6 +160,20 @@ def _say_baseline_changes(results) -> None:
                 print(f"initcheck: {r.model}: {f.baseline}: {f.code} [{f.severity}] at {f.scope or f.node}", file=sys.stderr)
         for old in r.report.fixed:
             print(f"initcheck: {r.model}: fixed: {old.get('code')} at {old.get('layer')}", file=sys.stderr)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Before any analysis: a report must be writable where asked, or the run would be wasted."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder")
+    if not folder.exists():
+        raise UsageError(f"{flag} {path}: folder '{folder}' does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: '{folder}' is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 from initcheck.errors import ModelLoadError, UsageError
 from initcheck.ir import Graph
 
-TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".pt2", ".safetensors", ".ckpt", ".tar"}
-
 # input specs: name -> shape, or name -> (shape, dtype)
 InputSpecs = dict[str, tuple]
 
@@ -30,19 +28,26 @@ ProbeRunner = Callable[[Graph, object], object]
 
 def load_model(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
                trust_pickle: bool = False) -> tuple[Graph, ProbeRunner]:
+    """The file's graph and a probe runner. The format is decided by the content, not the name (a TorchScript zip
+    shipped as `.jit` is TorchScript); the suffix only decides for files whose content says nothing."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected a model file")
-    if path.suffix.lower() == ".onnx" or (path.suffix.lower() not in TORCH_SUFFIXES and _looks_like_onnx(path)):
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a regular file")
+    from initcheck.frontends.archives import sniff
+
+    content = sniff(path)
+    if content in ("zip", "safetensors", "pickle"):
+        return _load_torch(path, inputs or {}, training, arch, trust_pickle)
+    if content == "onnx" or path.suffix.lower() == ".onnx":
         from initcheck.frontends.onnx_frontend import load_onnx
 
         return load_onnx(path, shapes_only(inputs), training), _onnx_runner(path)
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        return _load_torch(path, inputs or {}, training, arch, trust_pickle)
-    raise ModelLoadError(f"{path}: unsupported model format '{path.suffix}' (supported: .onnx, .pt2, TorchScript, "
-                         ".pt/.pth/.bin/.safetensors state dicts with --arch)")
+    raise ModelLoadError(f"{path}: not a model file initcheck reads (ONNX, .pt2, TorchScript, torch.save or "
+                         "safetensors state dicts with --arch)")
 
 
 def _onnx_runner(path: Path) -> ProbeRunner:
@@ -81,7 +86,8 @@ def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None
     if kind == "pt2":
         from initcheck.frontends.torch_frontend import from_exported_program
 
-        program = torch_load.load_pt2(path)
+        program = torch_load.load_pt2(path, trust_pickle)
+        torch_load.check_program_inputs(program, inputs, path)
         return from_exported_program(program, training, str(path)), _program_runner(program)
     if kind == "torchscript":
         from initcheck.frontends.onnx_frontend import load_onnx
@@ -130,12 +136,3 @@ def module_graph(module, args: tuple, training: bool, source: str,
                 if name in buffers:
                     b.copy_(buffers[name])
         torch.set_rng_state(rng)
-
-
-def _looks_like_onnx(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
-    return head[:1] == b"\x08"

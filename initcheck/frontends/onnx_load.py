@@ -68,35 +68,56 @@ def structural_problem(model) -> str | None:
 
 
 def _load_external_data(model, path: Path) -> None:
-    """Load external tensor data, refusing locations outside the model's folder."""
+    """Load external tensor data: exactly the tensor's own bytes, from a regular file the model may name."""
     from onnx import external_data_helper as ext
 
-    base = path.resolve().parent
     for tensor in ext._get_all_tensors(model):
         if not ext.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        if not location or "\0" in location:
-            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has no usable external data location")
-        target = (base / location).resolve()  # symlinks resolved: a link inside the folder may not lead out of it
-        if os.path.isabs(location) or base not in target.parents:
-            raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor.name}' lies outside the model's folder")
-        if not target.is_file():
-            raise ModelLoadError(f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing")
+        target = external_data_file(path, tensor.name, info.get("location", ""))
         check_shape(f"{path}: weight '{tensor.name}'", tensor.dims)
         try:
-            offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+            offset, length = int(info.get("offset", 0) or 0), int(info.get("length", -1) or 0)
         except ValueError:
             raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a malformed external data offset or length") from None
-        if offset < 0 or length < 0:
+        if offset < 0 or length < -1:
             raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a negative external data offset or length")
+        size = _tensor_bytes(tensor, path)
+        if length not in (-1, size):  # -1: no length given
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' declares {length:,} bytes of external data but its "
+                                 f"shape {list(tensor.dims)} and type need {size:,}; refused")
+        available = target.stat().st_size - offset
+        if available < size:
+            raise ModelLoadError(f"{path}: external data '{info.get('location')}' holds {max(available, 0):,} bytes at "
+                                 f"offset {offset:,} for tensor '{tensor.name}', which needs {size:,}")
         with target.open("rb") as f:
             f.seek(offset)
-            data = f.read(length or _tensor_bytes(tensor, path))  # never the rest of an arbitrarily large file
-        tensor.raw_data = data
+            tensor.raw_data = f.read(size)  # never more than the tensor's own size
         del tensor.external_data[:]
         tensor.data_location = 0
+
+
+def external_data_file(path: Path, tensor: str, location: str) -> Path:
+    """The file holding a tensor's external data. The location is a relative path that stays inside the model's
+    folder (as written); a symbolic link there may lead elsewhere only into the folder the model file itself
+    resolves into (how the Hugging Face hub cache links `snapshots/<rev>/` files into `blobs/`); and the target
+    must be a regular file, never a device, FIFO or folder."""
+    if not location or "\0" in location:
+        raise ModelLoadError(f"{path}: tensor '{tensor}' has no usable external data location")
+    folder = path.absolute().parent
+    lexical = Path(os.path.normpath(folder / location))
+    if os.path.isabs(location) or folder not in lexical.parents:
+        raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor}' lies outside the model's folder")
+    target = lexical.resolve()
+    allowed = (folder.resolve(), path.resolve().parent)
+    if not any(root == target.parent or root in target.parents for root in allowed):
+        raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor}' links outside the model's folder")
+    if not target.exists():
+        raise ModelLoadError(f"{path}: external data file '{location}' for tensor '{tensor}' is missing")
+    if not target.is_file():
+        raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor}' is not a regular file")
+    return target
 
 
 def _tensor_bytes(tensor, path: Path) -> int:
@@ -123,38 +144,85 @@ def dims_of(type_proto) -> list[int | str | None] | None:
     return out
 
 
+# (op, input slot) pairs that carry shapes, axes, indices or a dtype example, never signal: an empty tensor there is
+# a valid value (Reduce* axes of shape [0] mean "all axes" or "none"; CastLike's example only lends its type)
+_CONTROL_SLOTS = {"CastLike": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3},
+                  "Resize": {1, 2, 3}, "Upsample": {1}, "TopK": {1}, "Squeeze": {1}, "Unsqueeze": {1},
+                  "ConstantOfShape": {0}, "OneHot": {1, 2}, "Split": {1}, "ReduceSum": {1}, "ReduceMean": {1},
+                  "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL1": {1}, "ReduceL2": {1},
+                  "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1}, "Range": {0, 1, 2}}
+
+
+def control_inputs(model) -> set[str]:
+    """Graph inputs used only in control slots (shapes, axes, dtype examples)."""
+    uses: dict[str, bool] = {}
+    for node in model.graph.node:
+        slots = _CONTROL_SLOTS.get(node.op_type, set())
+        for slot, name in enumerate(node.input):
+            uses[name] = uses.get(name, True) and slot in slots
+    return {name for name, control in uses.items() if control}
+
+
 def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes for every graph input: --input overrides, batch-like symbolic dims -> 1."""
+    """Concrete shapes for every graph input: --input overrides (which must agree with every static dimension),
+    batch-like symbolic dims -> 1. Every missing dimension is named in one message."""
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     names = {i.name for i in inputs}
     for name in overrides:
         if name not in names:
             raise UsageError(f"--input {name}: the model has no input named '{name}' (inputs: {', '.join(sorted(names)) or 'none'})")
-    shapes = {}
+    control = control_inputs(model)
+    shapes, missing = {}, []
     for inp in inputs:
-        if inp.name in overrides:
-            shapes[inp.name] = tuple(overrides[inp.name])
-            continue
+        kind = inp.type.WhichOneof("value")
+        if kind != "tensor_type":
+            what = {"sequence_type": "a sequence", "optional_type": "an optional value", "map_type": "a map",
+                    "sparse_tensor_type": "a sparse tensor"}.get(kind, "not a tensor")
+            raise UsageError(f"input '{inp.name}' is {what}; initcheck analyses models whose inputs are tensors")
         dims = dims_of(inp.type)
+        if inp.name in overrides:
+            shapes[inp.name] = _checked_override(inp.name, tuple(overrides[inp.name]), dims)
+            continue
         if dims is None:
-            raise UsageError(f"input '{inp.name}' has no declared shape: pass --input {inp.name}=DIMxDIM...")
-        concrete = []
+            missing.append(f"{inp.name}=DIMxDIM... (no declared shape)")
+            continue
+        concrete, shown = [], []  # shown: the dims as the user would pass them, <name> where a size is needed
         for axis, d in enumerate(dims):
             if isinstance(d, int) and d > 0:
                 concrete.append(d)
+            elif d == 0 and inp.name in control:
+                concrete.append(0)
             elif d == 0:
                 raise UsageError(f"input '{inp.name}' declares an empty dimension {axis} (size 0): nothing would flow "
                                  f"through the model; pass --input {inp.name}=" + "x".join(str(x or "N") for x in dims))
             elif axis == 0 and (d is None or str(d).lower() in _BATCH_NAMES or str(d).startswith(("unk__", "s"))):
                 concrete.append(1)
-            else:
-                raise UsageError(
-                    f"input '{inp.name}' has a dynamic dimension {axis} ('{d}'): pass --input {inp.name}="
-                    + "x".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in dims)
-                )
+            shown.append(str(concrete[-1]) if len(concrete) == axis + 1 else f"<{d or '?'}>")
+            if len(concrete) < axis + 1:
+                concrete.append(-1)
+        if -1 in concrete:
+            missing.append(f"{inp.name}=" + "x".join(shown))
+            continue
         shapes[inp.name] = tuple(concrete)
+    if missing:
+        raise UsageError("dynamic input dimensions need sizes: pass " + " ".join(f"--input {m}" for m in missing))
     return shapes
+
+
+def _checked_override(name: str, shape: tuple[int, ...], dims) -> tuple[int, ...]:
+    """An --input shape may fill dynamic dimensions, never contradict a static one or the rank."""
+    if dims is None:
+        return shape
+    declared = "x".join(str(d) if isinstance(d, int) and d > 0 else str(d or "?") for d in dims)
+    if len(shape) != len(dims):
+        raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: the model declares {name} with {len(dims)} "
+                         f"dimensions ({declared})")
+    for axis, (given, d) in enumerate(zip(shape, dims)):
+        if isinstance(d, int) and d > 0 and given != d:
+            raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: dimension {axis} of {name} is fixed at {d} "
+                             f"in the model ({declared})")
+    return shape
 
 
 def infer_shapes(model, input_shapes: dict[str, tuple[int, ...]], known: dict[str, np.ndarray]):

@@ -13,12 +13,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
+import re
 import sys
-import warnings
-import zipfile
 from pathlib import Path
 
 from initcheck.errors import ModelLoadError, UsageError
+from initcheck.frontends import archives
+from initcheck.frontends.untrusted import CodeFromFileRefused, no_code_from_files, quiet_third_party
 from initcheck.limits import check_shape
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema", "weights")
@@ -26,19 +27,19 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def kind_of(path: Path) -> str:
-    if path.suffix == ".safetensors":
-        return "safetensors"
-    if zipfile.is_zipfile(path):
-        try:
-            names = zipfile.ZipFile(path).namelist()
-        except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, EOFError) as e:  # a damaged directory
-            raise ModelLoadError(f"{path}: corrupt archive ({type(e).__name__}: {str(e)[:120]})") from None
-        if any(n.endswith("models/model.json") or n.endswith("/archive_format") for n in names):
-            return "pt2"
-        if any("/code/" in n for n in names):
-            return "torchscript"
-        return "pickle"
-    return "pickle"
+    """'pt2', 'torchscript', 'torch.save' (a zip state dict or pickle), 'safetensors' or 'pickle' (legacy torch.save),
+    by content; every zip member's declared size checked before anything is inflated."""
+    content = archives.sniff(path)
+    if content == "zip":
+        archive = archives.open_archive(path)
+        kind = archives.archive_kind(path, archive)
+        if kind == "pt2":
+            archives.check_pt2(path, archive)
+        archives.check_pickled_storages(path, archive)
+        return kind
+    if content == "safetensors":
+        archives.check_safetensors(path)
+    return content
 
 
 def _torch():
@@ -51,22 +52,75 @@ def _torch():
 
 def export_error(e: Exception) -> ModelLoadError:
     first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    first = re.sub(r"\s*\(?(see )?https?://\S*", "", first, flags=re.IGNORECASE).rstrip(" .:(")  # no URLs cut mid-way
     return ModelLoadError(f"torch.export failed: {type(e).__name__}: {first[:200]}. Export the model to ONNX "
                           "(torch.onnx.export) and analyse the .onnx file instead")
 
 
-def load_pt2(path: Path):
+def _first_line(e: Exception) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text.strip() else type(e).__name__
+
+
+def load_pt2(path: Path, trust_pickle: bool = False):
+    """The exported program, loaded with no code from the file: torch's loader is guarded, and afterwards the graph
+    may only call operators (never a Python function named by the file) nor run the file's guard code."""
     torch = _torch()
     try:
-        return torch.export.load(str(path))
+        with quiet_third_party(), no_code_from_files(str(path), trust_pickle):
+            program = torch.export.load(str(path))
+    except CodeFromFileRefused:
+        raise
     except Exception as e:  # corrupt or incompatible archive
-        raise ModelLoadError(f"{path}: cannot load the exported program ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        raise ModelLoadError(f"{path}: cannot load the exported program ({_first_line(e)})") from None
+    if not trust_pickle:
+        check_program(program, path)
+    return program
+
+
+def check_program(program, path: Path) -> None:
+    """Refuse a program that could run Python named by the file when executed: call targets other than operators
+    and a few pure arithmetic functions, attribute paths that are not identifiers. Its guard code (Python source
+    that torch would exec when the module is built) is dropped: the probe builds inputs from the program's shapes."""
+    allowed = _pure_python_callables()
+    import torch
+
+    operator_types = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in (graph.nodes if graph is not None else []):
+            bad = None
+            if node.op == "call_function" and not (isinstance(node.target, operator_types) or node.target in allowed):
+                bad = f"calls {getattr(node.target, '__qualname__', None) or node.target!s:.80}"
+            elif node.op == "get_attr" and not all(p.isidentifier() for p in str(node.target).split(".")):
+                bad = f"reads an attribute named '{str(node.target)[:60]}'"
+            elif node.op not in ("placeholder", "output", "call_function", "get_attr"):
+                bad = f"has a '{node.op}' node"
+            if bad:
+                raise CodeFromFileRefused(f"{path}: refused: its graph {bad}, which is not an operator; that would run "
+                                          "Python named by the file. Pass --trust-pickle only if you trust its source")
+    program._guards_code = []
+
+
+def _pure_python_callables() -> set:
+    import math
+    import operator
+
+    import torch
+
+    names = ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs", "eq", "ne",
+             "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert", "lshift", "rshift", "matmul", "truth")
+    found = {getattr(operator, n) for n in names}
+    found |= {v for k, v in vars(math).items() if callable(v) and not k.startswith("_")}
+    found |= {getattr(torch, n) for n in dir(torch) if n.startswith(("sym_", "_sym_")) and callable(getattr(torch, n))}
+    found |= {torch._assert, torch._check, getattr(torch, "_check_is_size", torch._check)}
+    return found
 
 
 def read_checkpoint(path: Path, trust_pickle: bool):
     """The object in a torch.save / safetensors file, loaded without running code unless trusted."""
     torch = _torch()
-    if path.suffix == ".safetensors":
+    if archives.sniff(path) == "safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -76,14 +130,14 @@ def read_checkpoint(path: Path, trust_pickle: bool):
         except Exception as e:  # header or data corrupt
             raise ModelLoadError(f"{path}: not a valid safetensors file ({type(e).__name__})") from None
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+        with quiet_third_party(), no_code_from_files(str(path), trust_pickle):
+            return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except CodeFromFileRefused:
+        raise ModelLoadError(
+            f"{path}: contains pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the "
+            "file, so it is refused. Pass --trust-pickle if you trust its source, or save a state_dict") from None
     except Exception as e:
-        text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-            raise ModelLoadError(
-                f"{path}: contains pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the "
-                "file, so it is refused. Pass --trust-pickle if you trust its source, or save a state_dict") from None
-        raise ModelLoadError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {text.splitlines()[0][:160] if text else ''})") from None
+        raise ModelLoadError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
 
 
 def find_state_dict(obj, expected: set[str]) -> dict:
@@ -204,7 +258,8 @@ def example_inputs(module, specs: dict[str, tuple], path: Path | str = "model") 
 def export_module(module, args: tuple, kwargs: dict | None = None):
     torch = _torch()
     try:
-        return torch.export.export(module, args, kwargs=kwargs or {}, strict=False)
+        with quiet_third_party():
+            return torch.export.export(module, args, kwargs=kwargs or {}, strict=False)
     except Exception as e:  # torch.export cannot trace this model
         raise export_error(e) from None
 
@@ -213,7 +268,10 @@ def torchscript_to_onnx(path: Path, specs: dict):
     """TorchScript archive -> ONNX bytes via torch's exporter (TorchScript is not Python: loading is safe)."""
     torch = _torch()
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with quiet_third_party(), no_code_from_files(str(path)):
+            module = torch.jit.load(str(path), map_location="cpu")
+    except CodeFromFileRefused:
+        raise
     except Exception as e:  # corrupt archive
         raise ModelLoadError(f"{path}: cannot load the TorchScript archive ({type(e).__name__})") from None
     names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
@@ -222,10 +280,32 @@ def torchscript_to_onnx(path: Path, specs: dict):
     args = example_inputs(module, specs, path)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():  # the exporter's own chatter is not the user's business
-            warnings.simplefilter("ignore")
+        with quiet_third_party(), no_code_from_files(str(path)):  # the module's TorchScript code runs here
             torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17,
                               input_names=[n for n in names if n in specs])
+    except CodeFromFileRefused:
+        raise
     except Exception as e:  # the exporter rejected an op
         raise ModelLoadError(f"{path}: cannot convert the TorchScript module ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return buffer.getvalue()
+
+
+def check_program_inputs(program, specs: dict, path: Path) -> None:
+    """--input on a .pt2 must name one of the program's inputs and agree with the shape it was exported at: the
+    program is analysed at that shape, so anything else would be silently ignored."""
+    if not specs:
+        return
+    shapes = {}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in set(program.graph_signature.user_inputs):
+            value = node.meta.get("val")
+            shapes[node.name] = tuple(int(d) for d in value.shape) if hasattr(value, "shape") else None
+    for name, spec in specs.items():
+        shape = spec[0] if spec and isinstance(spec[0], tuple) else spec
+        if name not in shapes:
+            raise UsageError(f"--input {name}: {path} has no input named '{name}' (inputs: {', '.join(shapes) or 'none'})")
+        exported = shapes[name]
+        if exported is not None and tuple(shape) != exported:
+            raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: {path} was exported with {name} of shape "
+                             f"{'x'.join(map(str, exported)) or 'scalar'} and is analysed at that shape; export it "
+                             "again with the shape you want")
