@@ -28,8 +28,13 @@ _MAX_ITEMSIZE = 16  # complex128: the largest element a tensor member can hold
 _SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors library's own limit
 
 
+_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".tar"}
+
+
 def sniff(path: Path) -> str:
-    """'zip' (torch archives), 'safetensors', 'pickle' (legacy torch.save), 'onnx' or 'unknown', by content."""
+    """'zip' (torch archives), 'safetensors', 'pickle' (legacy torch.save), 'onnx' or 'unknown', by content; where
+    the content says nothing, a torch or safetensors suffix decides (old pickles, damaged headers: their loader
+    then says what is wrong)."""
     try:
         with path.open("rb") as f:
             head = f.read(16)
@@ -44,7 +49,8 @@ def sniff(path: Path) -> str:
         return "pickle"
     if head[:1] == b"\x08":  # field 1 (ir_version), varint: how every ONNX ModelProto begins
         return "onnx"
-    return "unknown"
+    suffix = path.suffix.lower()
+    return "safetensors" if suffix == ".safetensors" else "pickle" if suffix in _TORCH_SUFFIXES else "unknown"
 
 
 def _is_zip(path: Path) -> bool:
@@ -105,15 +111,16 @@ _STORAGE_ITEMSIZE = {
 
 
 def check_pickled_storages(path: Path, archive: zipfile.ZipFile) -> None:
-    """Each storage record no larger than the storage its pickle declares (numel x element size). The pickles are
-    read as opcodes, never executed."""
+    """Each storage record exactly the size its pickle declares (numel x element size: torch.save writes whole
+    storages), or empty (TorchScript leaves its traced inputs' records empty). The pickles are read as opcodes,
+    never executed."""
     for pkl in [n for n in archive.namelist() if n.endswith(".pkl")]:
         records = pkl[: -len(".pkl")] + "/"  # data.pkl's storages lie in data/, constants.pkl's in constants/ ...
         for key, nbytes in _storages(read_member(path, archive, pkl)).items():
-            record = records + key
-            if record in archive.NameToInfo and archive.getinfo(record).file_size > nbytes:
-                raise ModelLoadError(f"{path}: member '{record}' holds {archive.getinfo(record).file_size:,} bytes for a "
-                                     f"storage of {nbytes:,}: its declared size lies; refused")
+            record = archive.NameToInfo.get(records + key)
+            if record is not None and record.file_size not in (0, nbytes):
+                raise ModelLoadError(f"{path}: member '{record.filename}' holds {record.file_size:,} bytes for a storage "
+                                     f"of {nbytes:,}: its declared size lies; refused")
 
 
 _SCALAR_OPS = {"GLOBAL", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8", "BININT", "BININT1", "BININT2",
@@ -209,8 +216,8 @@ def _check_payload_sizes(path: Path, archive: zipfile.ZipFile, folder: str, conf
         extent = 0 if 0 in sizes else offset + 1 + sum((d - 1) * abs(s) for d, s in zip(sizes, strides))
         name = f"{folder}/{payload.get('path_name')}"
         needed[name] = max(needed.get(name, 0), extent * itemsize)
-    for name, nbytes in needed.items():
-        if name in archive.NameToInfo and archive.getinfo(name).file_size > nbytes:
+    for name, nbytes in needed.items():  # a record may hold a whole storage that a view uses part of: some slack
+        if name in archive.NameToInfo and archive.getinfo(name).file_size > 2 * nbytes + _RATIO_FLOOR:
             raise ModelLoadError(f"{path}: member '{name}' holds {archive.getinfo(name).file_size:,} bytes for a tensor of "
                                  f"{nbytes:,}: its declared size lies; refused")
 

@@ -58,8 +58,10 @@ def export_error(e: Exception) -> ModelLoadError:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text.strip() else type(e).__name__
+    text = str(e).replace("Please check the warnings above for possible errors.", "")  # we keep them off the terminal
+    if "error when deserializing" in text:
+        return "the archive is damaged or was written by an incompatible torch version"
+    return f"{type(e).__name__}: {text.splitlines()[0].strip()[:160]}" if text.strip() else type(e).__name__
 
 
 def load_pt2(path: Path, trust_pickle: bool = False):
@@ -277,6 +279,9 @@ def torchscript_to_onnx(path: Path, specs: dict):
     names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
     if not specs:
         raise UsageError(f"{path}: TorchScript stores no input shapes; pass --input NAME=SHAPE for: {', '.join(names)}")
+    unknown = [n for n in specs if n not in names]
+    if unknown:
+        raise UsageError(f"--input {unknown[0]}: {path} has no input named '{unknown[0]}' (inputs: {', '.join(names)})")
     args = example_inputs(module, specs, path)
     buffer = io.BytesIO()
     try:

@@ -17,6 +17,7 @@ A refusal is recorded as well as raised, so a loader that swallows the exception
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -169,14 +170,19 @@ def _torch_restricted(guard: _Guard):
 
 @contextlib.contextmanager
 def quiet_third_party():
-    """Silence warnings and logging of the libraries we call while loading and exporting: their tracebacks,
-    graph dumps and advice are not the user's business (our own error line says what went wrong; --debug shows the
-    traceback)."""
+    """Silence the libraries we call while loading and exporting: their warnings, logging (tracebacks of caught
+    errors) and direct writes to stderr (torch.export prints a partial FX graph when it fails). Our own error line
+    says what went wrong; with INITCHECK_DEBUG / --debug the captured text is shown after all."""
+    from initcheck.errors import debugging
+
     previous = logging.root.manager.disable
-    with warnings.catch_warnings():
+    captured = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(captured):
         warnings.simplefilter("ignore")
         logging.disable(logging.CRITICAL)
         try:
             yield
         finally:
             logging.disable(previous)
+    if debugging() and captured.getvalue():
+        sys.stderr.write(captured.getvalue())
