@@ -191,14 +191,16 @@ def test_sequence_and_optional_inputs_are_named_as_unsupported(tmp_path, monkeyp
 
 
 def test_empty_control_inputs_are_valid(tmp_path, monkeypatch):
-    """Reduce* axes of shape [0] and CastLike's type example of shape [0] are control inputs: the model analyses."""
+    """Reduce* axes of shape [0], CastLike's type example of shape [0] and an unused input of shape [0] carry no
+    signal: the model analyses (the onnx node tests' CastLike and Reduce cases were refused before)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.5, (4, 4)).astype(np.float32), "w")
     axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [0])
     like = helper.make_tensor_value_info("like", TensorProto.FLOAT, [0])
+    unused = helper.make_tensor_value_info("unused", TensorProto.FLOAT, [0])  # as in CastLike's expanded form
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("CastLike", ["h", "like"], ["c"]),
              helper.make_node("ReduceSum", ["c", "axes"], ["y"], keepdims=1)]
-    model = _model([x, axes, like], nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = _model([x, axes, like, unused], nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     onnx.save(model, str(tmp_path / "control.onnx"))
     code, out, err = run_cli(["analyze", tmp_path / "control.onnx", "--no-probe", "--format", "json"], monkeypatch)
     assert code in (0, 1) and not err, err

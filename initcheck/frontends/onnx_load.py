@@ -154,13 +154,13 @@ _CONTROL_SLOTS = {"CastLike": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "
 
 
 def control_inputs(model) -> set[str]:
-    """Graph inputs used only in control slots (shapes, axes, dtype examples)."""
+    """Graph inputs used only in control slots (shapes, axes, dtype examples), or not used at all."""
     uses: dict[str, bool] = {}
     for node in model.graph.node:
         slots = _CONTROL_SLOTS.get(node.op_type, set())
         for slot, name in enumerate(node.input):
             uses[name] = uses.get(name, True) and slot in slots
-    return {name for name, control in uses.items() if control}
+    return {i.name for i in model.graph.input if uses.get(i.name, True)}
 
 
 def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
