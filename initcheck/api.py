@@ -20,6 +20,7 @@ from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.limits import check_probe_memory, elements_at_most
+from initcheck.norm_patterns import recognize_normalizations
 from initcheck.passes import fuse_pointwise
 from initcheck.policy import apply_policy
 from initcheck.probes.common import ProbeOptions
@@ -139,6 +140,7 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
 
 def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config: Config) -> Report:
     fuse_pointwise(graph)
+    recognize_normalizations(graph)
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     depth, width = depth_and_width(graph)

@@ -86,6 +86,64 @@ def reference_moments(graph: Graph, result: SymbolicResult) -> dict[Value, float
     return ref
 
 
+SMALL_HEAD_LOG10 = -0.25  # an output layer whose own gain is below x0.56 in K
+
+
+def small_heads(graph: Graph, result: SymbolicResult) -> set[Node]:
+    """Output layers that start small by themselves: the last weighted layer before an output (logits,
+    classifier, a U-Net's output conv) with its lead-in (dropout, a constant rescale such as T5's d^-1/2 before its
+    tied head), whose gain K_out/K_in together is below SMALL_HEAD_LOG10. Small by design in most stock models
+    (zero-initialised heads, N(0, 0.02) unembeddings: the loss starts near ln(classes))."""
+    found: set[Node] = set()
+    for node in output_heads(graph):
+        out = next((v for v in node.outputs if v in result.forward), None)
+        lead_in = lead_in_of(node)
+        start = next((v for v in lead_in[-1].inputs if is_signal(v) and v in result.forward), None) if lead_in else None
+        if out is None or start is None or result.forward[start].K <= 0:
+            continue
+        if result.forward[out].K / result.forward[start].K < 10 ** SMALL_HEAD_LOG10:
+            found.update(lead_in)
+    return found
+
+
+def lead_ins(graph: Graph) -> set[Node]:
+    """The weightless ops right before each output layer (dropout, T5's d^-1/2 rescale before its tied N(0, 1)
+    head): their scale is undone or set by the head, so they are judged together with it."""
+    return {n for head in output_heads(graph) for n in lead_in_of(head)[1:]}
+
+
+def lead_in_of(head: Node) -> list[Node]:
+    """The head and the single-input, weightless ops right before it, back to the previous layer or norm."""
+    chain = [head]
+    while True:
+        inputs = signal_inputs(chain[-1])
+        producer = inputs[0].producer if len(inputs) == 1 else None
+        if producer is None or len(signal_inputs(producer)) != 1 or producer.params.get("weight") is not None \
+                or producer.op not in {"pointwise", "dropout", "mul", "div", "reshape", "transpose", "cast", "slice"} \
+                or len(inputs[0].consumers) != 1:
+            return chain
+        chain.append(producer)
+
+
+def output_heads(graph: Graph) -> set[Node]:
+    """The last weighted layer before each output, reached from the output through ops that carry no weight
+    and do not normalise."""
+    heads: set[Node] = set()
+    seen: set[int] = set()
+    stack = list(graph.outputs)
+    while stack:
+        v = stack.pop()
+        node = v.producer
+        if node is None or id(node) in seen or normalizes(node):
+            continue
+        seen.add(id(node))
+        if node.op in WEIGHTED and node.params.get("weight") is not None and node.op != "embedding":
+            heads.add(node)
+            continue
+        stack.extend(i for i in node.inputs if is_signal(i))
+    return heads
+
+
 def normalized_downstream(graph: Graph) -> set[Value]:
     """Values every path from which to an output passes through a normalisation: their scale only
     matters through epsilon and the normalisation's backward 1/v (theory.md §13)."""
@@ -117,7 +175,9 @@ def _log10(x: float | None) -> float | None:
 
 def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) -> list[LayerRow]:
     refs = reference_moments(graph, result)
-    grad_refs = backward_references(graph, result)
+    heads = small_heads(graph, result)
+    before_heads = lead_ins(graph)
+    grad_refs = backward_references(graph, result, heads)
     normalized = normalized_downstream(graph)
     rows = []
     for index, (first, last) in enumerate(select_rows(graph, result, all_nodes)):
@@ -159,17 +219,22 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
             grad_exact=result.backward_exact.get(out, False),
             status=_row_status(first, last, result),
             normalized_downstream=out in normalized,
+            small_head=first in heads and first not in before_heads,
+            lead_in=first in before_heads,
             phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf) if fwd.phases else None,
         ))
     return rows
 
 
-def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, float]:
+def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] | None = None) -> dict[Value, float]:
     """E_ref per value, E = G * numel (gradient energy per sample). At criticality E is preserved through
     width changes, strided convs, max pooling and nearest up-sampling (it is the product of chi_perp,
     theory.md §4); averaging ops (pooling, attention's P @ V) and normalisations change it by design, so, like
     the forward reference, the backward reference is the nearest downstream output, normalisation or averaging
-    input."""
+    input. A small output head's input is a reference too: a deliberately small head scales every gradient into
+    the body by the same factor, which adaptive optimisers undo per tensor; the body is judged on what it does to
+    the gradient that enters it (the head's own factor is reported with its forward finding)."""
+    heads = heads or set()
     def energy(v: Value) -> float | None:
         g = result.backward.get(v)
         return g * v.numel if g is not None and v.numel else None
@@ -188,7 +253,7 @@ def backward_references(graph: Graph, result: SymbolicResult) -> dict[Value, flo
             if v is None or energy(v) is None or v in ref:
                 continue
             if any((c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c))) or averages(c)
-                   for c in v.consumers):
+                   or c in heads for c in v.consumers):
                 ref[v] = energy(v)
                 continue
             downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from initcheck.analysis.attention_scale import attention_scale
 from initcheck.analysis.layers import output_spread, width_regime
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.thresholds import limit
@@ -15,51 +16,49 @@ from initcheck.rules.attention import softmax_statistics
 from initcheck.rules.common import normalizes
 
 
-def _logit_source(node: Node) -> tuple[Node | None, bool]:
-    """Walk back from a softmax to the matmul of q and k; True if a scaling op lies in between."""
-    value, scaled = node.inputs[0], False
-    for _ in range(6):
-        producer = value.producer if value is not None else None
-        if producer is None:
-            return None, scaled
-        if producer.op == "matmul":
-            return producer, scaled
-        if producer.op in ("pointwise", "div", "mul"):
-            scaled = True
-        value = next((v for v in producer.inputs if is_signal(v)), None)
-    return None, scaled
-
-
 def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """q k^T -> softmax: within-row logit std sigma; sigma >= 2 warns, >= 4 errs (theory.md §9, §13)."""
+    """q k^T -> softmax: within-row logit std sigma; sigma >= 2 warns, >= 4 errs (theory.md §9, §13). A missing
+    1/sqrt(d_k), in every form it can be written (analysis/attention_scale.py), is an error even when small q/k
+    weights hide it at init: the logits grow with sqrt(d_k) as soon as training moves q and k."""
     findings = []
     for node in graph.nodes:
         if node.op != "softmax":
             continue
-        matmul, scaled = _logit_source(node)
+        scale = attention_scale(node)
         logits = result.forward.get(node.inputs[0])
-        if matmul is None or logits is None:
+        if scale is None or logits is None:
             continue
         sigma = math.sqrt(logits.var)
         keys = node.attrs.get("size") or (node.inputs[0].shape[-1] if node.inputs[0].shape else None) or 1
-        d_k = matmul.inputs[0].shape[-1] if matmul.inputs[0].shape else None
-        if sigma < limit("IC504", "warning"):
+        if sigma < limit("IC504", "warning") and not scale.missing:
             continue
-        stats = softmax_statistics(round(sigma, 3), int(keys))
-        missing = not scaled and d_k and d_k > 1
-        reason = (f"no 1/sqrt(d_k) scaling between q k^T and the softmax (d_k = {d_k})" if missing
-                  else "the q/k projections are too large for their inputs")
-        findings.append(Finding(
-            "IC504", "error" if sigma >= limit("IC504", "error") or missing else "warning", "attention",
-            f"'{node.label}': within-row logit std {sigma:.3g} over {keys} keys: {reason}; the softmax starts "
-            f"saturated (expected max probability {stats['max_p']:.2f}, entropy {stats['entropy_ratio']:.0%} of ln N), "
-            "so its gradient is small and attention locks onto few keys",
-            node.name, node.scope, sigma, limit("IC504", "warning"),
-            (f"scale the logits by 1/sqrt(d_k) = {1 / math.sqrt(d_k):.3g}" if missing else
-             f"scale the logits (or the q and k weights by {1 / math.sqrt(sigma):.3g} each) by {1 / sigma:.3g} "
-             "to reach logit std 1") + "; the softmax backward grows accordingly",
-            1 / math.sqrt(d_k) if missing else 1 / sigma))
+        findings.append(_attention_finding(node, scale, sigma, int(keys)))
     return findings
+
+
+def _attention_finding(node: Node, scale, sigma: float, keys: int) -> Finding:
+    stats = softmax_statistics(round(sigma, 3), keys)
+    d_k = scale.d_k
+    if scale.missing:
+        reason = (f"no 1/sqrt(d_k) scaling of q k^T in any form (d_k = {d_k}: not on the logits, q or k, nor folded "
+                  f"into q's init; effective scale {scale.effective:.3g})")
+        consequence = ("the logits grow with sqrt(d_k) as training moves q and k" if sigma < limit("IC504", "warning")
+                       else "the softmax starts saturated")
+        fix = f"scale the logits by 1/sqrt(d_k) = {1 / math.sqrt(d_k):.3g} (e.g. the attention's `scaling`)"
+        factor = 1 / math.sqrt(d_k)
+    else:
+        reason = "the q/k projections are too large for their inputs"
+        consequence = "the softmax starts saturated"
+        fix = (f"scale the q and k weights by {1 / math.sqrt(sigma):.3g} each (the logits by {1 / sigma:.3g}) to "
+               "reach logit std 1")
+        factor = 1 / sigma
+    return Finding(
+        "IC504", "error" if sigma >= limit("IC504", "error") or scale.missing else "warning", "attention",
+        f"'{node.label}': within-row logit std {sigma:.3g} over {keys} keys: {reason}; {consequence} (expected max "
+        f"probability {stats['max_p']:.2f}, entropy {stats['entropy_ratio']:.0%} of ln N now), so its gradient "
+        "shrinks and attention locks onto few keys",
+        node.name, node.scope, sigma, limit("IC504", "warning"), fix + "; the softmax backward grows accordingly",
+        factor)
 
 
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}

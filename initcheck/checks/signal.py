@@ -47,6 +47,9 @@ def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
 def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
     warn, error = limit(code, "warning"), limit(code, "error")
     findings = []
+    rows = [r for r in rows if not r.lead_in]  # a head's lead-in is judged with the head
+    if code == "IC102":  # small outputs are judged on their own (small_head_findings), not as the body's collapse
+        rows = [r for r in rows if not r.small_head]
     for normalized in (False, True):
         group = [r for r in rows if r.normalized_downstream == normalized]
         row = _extreme(group, attr, sign)
@@ -70,8 +73,30 @@ def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
     return findings
 
 
+def small_head_findings(rows: list[LayerRow]) -> list[Finding]:
+    """An output layer that starts small (zero or N(0, 0.02) heads, small logits) is what practitioners choose:
+    the loss starts near ln(classes). Information, with the factor it puts on every gradient into the body."""
+    warn = limit("IC102", "warning")
+    findings = []
+    for row in rows:
+        value = row.forward_log10
+        if not row.small_head or value is None or value > -warn:
+            continue
+        gain = 10 ** row.gain_log10 if row.gain_log10 is not None and math.isfinite(row.gain_log10) else 0.0
+        decades = f"{-value:.2f}" if math.isfinite(value) else "all"
+        message = (f"output layer '{row.label}' starts small ({decades} decades below its reference; its own factor "
+                   f"x{gain:.3g}): the loss "
+                   "starts near ln(classes), as zero- or small-initialised heads intend; the gradient into the body "
+                   "is scaled by about the same factor, which adaptive optimisers (Adam) rescale per tensor")
+        fix = ("nothing to do if intended; with plain SGD and no warm-up, initialise it with std "
+               f"{row.target_std:.3g} = 1/sqrt(fan_in)" if row.target_std else "nothing to do if intended")
+        findings.append(Finding("IC102", "info", "forward", message, row.node, row.scope, value, warn, fix, None))
+    return findings
+
+
 def signal_findings(rows: list[LayerRow]) -> list[Finding]:
     return (
+        small_head_findings(rows) +
         _directional(rows, "forward_log10", 1, "IC101", "forward", "forward second moment")
         + _directional(rows, "forward_log10", -1, "IC102", "forward", "forward second moment")
         + _directional(rows, "backward_log10", 1, "IC111", "backward", "gradient second moment")
