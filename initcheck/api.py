@@ -141,6 +141,9 @@ def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", 
 def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config: Config) -> Report:
     fuse_pointwise(graph)
     recognize_normalizations(graph)
+    if any(n.attrs.get("untrained_stats") for n in graph.nodes):
+        graph.notes.append("batch norms in eval form with untrained running statistics (mean 0, var 1) are analysed "
+                           "with batch statistics, as they will train")
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     depth, width = depth_and_width(graph)

@@ -236,6 +236,15 @@ def recurrent_gate_stats(w: np.ndarray, r: np.ndarray, bias: np.ndarray, rows: s
             "in_fan_out_gain": hidden * float(np.mean(w_rows**2)), "spectral_radius": radius, "spectral_norm": norm}
 
 
+def untrained_running_stats(mean, var) -> bool:
+    """Running statistics at their initial values (mean 0, var 1): the batch norm has never seen data, so in eval
+    form it is the identity only by accident, and it will train with batch statistics. A pre-training check reads
+    it as it will train (a norm that resets the scale); running statistics from data keep their eval meaning."""
+    if mean is None or var is None:
+        return False
+    return bool(np.all(np.asarray(mean) == 0) and np.all(np.asarray(var) == 1))
+
+
 def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float]:
     """Moments over channels of a = gamma/sqrt(var+eps), mu and beta that the eval-mode rule needs
     (theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""

@@ -16,13 +16,19 @@ def random_inputs(session, rng: np.random.Generator, vocab: int = 100) -> dict[s
     return feeds
 
 
-def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100) -> dict[str, tuple[float, float, float]]:
+def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100,
+            graph=None) -> dict[str, tuple[float, float, float]]:
     """Mean, second moment and the second moment's relative standard error of each named value,
-    averaged over `runs` N(0,1) (or uniform-id) inputs."""
+    averaged over `runs` N(0,1) (or uniform-id) inputs. With the analysed graph, batch norms it reads with batch
+    statistics (untrained running statistics) run that way too, as the probe runs them."""
     import onnx
     import onnxruntime as ort
 
+    from initcheck.probes.onnx_probe import with_batch_statistics
+
     model = onnx.load(str(path))
+    if graph is not None:
+        with_batch_statistics(model, graph, graph.opset or 13)
     existing = {o.name for o in model.graph.output}
     for name in names:
         if name not in existing:
@@ -66,7 +72,7 @@ def compare_with_onnxruntime(path, runs: int = 48, inputs: dict | None = None):
     fuse_pointwise(graph)
     result = run_symbolic(graph)
     values = [v for v, m in result.forward.items() if not v.is_input and m.exact and m.valid_keys is None]
-    measured = measure(path, [v.name for v in values], runs=runs)
+    measured = measure(path, [v.name for v in values], runs=runs, graph=graph)
     checked, tight, failures = 0, 0, []
     for v in values:
         predicted, (_, observed, noise) = result.forward[v], measured[v.name]

@@ -20,8 +20,10 @@ NORMS = NORMALIZATIONS
 RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
 MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
 OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
-AVERAGING = {"global_avg_pool", "avg_pool", "reduce_mean"}
-REFERENCE_OPS = NORMS | {"embedding", "softmax", "log_softmax"}  # forward gains are measured from these outputs
+AVERAGING_OPS = {"global_avg_pool", "avg_pool", "reduce_mean"}
+AVERAGING = AVERAGING_OPS
+# forward gains are measured from these outputs: averaging shrinks the incoherent part by the window by design
+REFERENCE_OPS = NORMS | AVERAGING_OPS | {"embedding", "softmax", "log_softmax"}
 BACKWARD_REFERENCE_OPS = NORMS | AVERAGING | {"softmax", "log_softmax"}  # backward gains are measured from these inputs
 
 
@@ -86,43 +88,65 @@ def reference_moments(graph: Graph, result: SymbolicResult) -> dict[Value, float
     return ref
 
 
-SMALL_HEAD_LOG10 = -0.25  # an output layer whose own gain is below x0.56 in K
+SMALL_HEAD_LOG10 = -0.25  # an output region whose own gain is below x0.56 in K
+MAX_HEAD_LAYERS = 3  # a classifier MLP after the last pooling or normalisation (VGG, MobileNetV3) counts as the head
+_HEAD_BOUNDARY = REFERENCE_OPS | AVERAGING
 
 
 def small_heads(graph: Graph, result: SymbolicResult) -> set[Node]:
-    """Output layers that start small by themselves: the last weighted layer before an output (logits,
-    classifier, a U-Net's output conv) with its lead-in (dropout, a constant rescale such as T5's d^-1/2 before its
-    tied head), whose gain K_out/K_in together is below SMALL_HEAD_LOG10. Small by design in most stock models
-    (zero-initialised heads, N(0, 0.02) unembeddings: the loss starts near ln(classes))."""
+    """The nodes of output regions that start small by themselves. An output region is what lies between an
+    output and the last normalisation, pooling or embedding before it: the logit layer (lm_head, fc) or a short
+    classifier MLP (VGG's, MobileNetV3's), with the weightless ops among them (dropout, T5's d^-1/2 rescale before
+    its tied head). Small by design in most stock models (zero-initialised heads, N(0, 0.01)/N(0, 0.02)
+    classifiers and unembeddings: the loss starts near ln(classes)); its gain is K_out over K at its start."""
     found: set[Node] = set()
-    for node in output_heads(graph):
-        out = next((v for v in node.outputs if v in result.forward), None)
-        lead_in = lead_in_of(node)
-        start = next((v for v in lead_in[-1].inputs if is_signal(v) and v in result.forward), None) if lead_in else None
-        if out is None or start is None or result.forward[start].K <= 0:
+    for region, start in output_regions(graph):
+        out = next((v for v in region[0].outputs if v in result.forward), None)
+        if out is None or start is None or start not in result.forward or result.forward[start].K <= 0:
             continue
         if result.forward[out].K / result.forward[start].K < 10 ** SMALL_HEAD_LOG10:
-            found.update(lead_in)
+            found.update(region)
     return found
 
 
 def lead_ins(graph: Graph) -> set[Node]:
-    """The weightless ops right before each output layer (dropout, T5's d^-1/2 rescale before its tied N(0, 1)
-    head): their scale is undone or set by the head, so they are judged together with it."""
-    return {n for head in output_heads(graph) for n in lead_in_of(head)[1:]}
+    """Every node of an output region but its last weighted layer: judged together with that layer."""
+    return {n for region, _ in output_regions(graph) for n in region[1:]}
 
 
-def lead_in_of(head: Node) -> list[Node]:
-    """The head and the single-input, weightless ops right before it, back to the previous layer or norm."""
-    chain = [head]
+def output_regions(graph: Graph) -> list[tuple[list[Node], Value | None]]:
+    """(nodes from the last weighted layer before an output back to the region's start, the value entering it)."""
+    return [_region(head) for head in output_heads(graph)]
+
+
+def _region(head: Node) -> tuple[list[Node], Value | None]:
+    """Back from the head through single-input ops to a normalisation, pooling or embedding, taking at most
+    MAX_HEAD_LAYERS weighted layers; where none is met (a plain MLP), the head and its weightless lead-in only."""
+    chain, weighted = [head], 1
     while True:
         inputs = signal_inputs(chain[-1])
-        producer = inputs[0].producer if len(inputs) == 1 else None
-        if producer is None or len(signal_inputs(producer)) != 1 or producer.params.get("weight") is not None \
-                or producer.op not in {"pointwise", "dropout", "mul", "div", "reshape", "transpose", "cast", "slice"} \
-                or len(inputs[0].consumers) != 1:
-            return chain
+        value = inputs[0] if len(inputs) == 1 else None
+        producer = value.producer if value is not None else None
+        if producer is not None and producer.op in _HEAD_BOUNDARY and (producer.op not in NORMS or normalizes(producer)):
+            return chain, value
+        if producer is None or len(signal_inputs(producer)) != 1 or len(value.consumers) != 1:
+            return _weightless_lead_in(chain)
+        if producer.op in WEIGHTED:
+            weighted += 1
+            if weighted > MAX_HEAD_LAYERS or producer.op not in ("linear", "conv", "matmul"):
+                return _weightless_lead_in(chain)
         chain.append(producer)
+
+
+def _weightless_lead_in(chain: list[Node]) -> tuple[list[Node], Value | None]:
+    """The head and the weightless ops right before it, and the value entering them."""
+    kept = [chain[0]]
+    for node in chain[1:]:
+        if node.params.get("weight") is not None or node.op in WEIGHTED:
+            break
+        kept.append(node)
+    inputs = signal_inputs(kept[-1])
+    return kept, inputs[0] if len(inputs) == 1 else None
 
 
 def output_heads(graph: Graph) -> set[Node]:
@@ -177,6 +201,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
     refs = reference_moments(graph, result)
     heads = small_heads(graph, result)
     before_heads = lead_ins(graph)
+    tables = {n.attrs["weight_source"]: n.label for n in graph.nodes if n.op == "embedding" and n.attrs.get("weight_source")}
     grad_refs = backward_references(graph, result, heads)
     normalized = normalized_downstream(graph)
     rows = []
@@ -221,6 +246,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
             normalized_downstream=out in normalized,
             small_head=first in heads and first not in before_heads,
             lead_in=first in before_heads,
+            tied_with=tables.get(first.attrs.get("weight_source")) if first.op != "embedding" else None,
             phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf) if fwd.phases else None,
         ))
     return rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from initcheck.analysis.criticality import Susceptibility, susceptibilities
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.architecture import (
@@ -53,4 +55,33 @@ def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth
             if debugging():
                 raise
             graph.notes.append(f"{name} check skipped on this model ({type(e).__name__}: {str(e)[:120]})")
-    return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.code, f.node))
+    return sorted(group_repeats(findings), key=lambda f: (-severity_rank(f.severity), f.code, f.node))
+
+
+# findings that repeat layer after layer from one cause: reported once, at the first layer, with the count
+_GROUPED = {("IC511", "warning"), ("IC102", "error"), ("IC202", "info")}
+
+
+def group_repeats(findings: list[Finding]) -> list[Finding]:
+    """One cause, one finding: a bias that dominates every layer of a collapsing chain, or every zero-scale norm,
+    is one finding naming the first layer and how many more there are (in `details`)."""
+    from dataclasses import replace
+
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    kept: list[Finding] = []
+    for f in findings:
+        # the same advice up to its numbers: the same cause
+        advice = re.sub(r"[-+]?\d[\d.e+-]*", "#", f.fix.split(";")[0])
+        key = (f.code, f.severity, advice if f.kind == "weights" or f.value == float("-inf") else "")
+        if (f.code, f.severity) in _GROUPED and key[2]:
+            groups.setdefault(key, []).append(f)
+        else:
+            kept.append(f)
+    for members in groups.values():
+        first = members[0]
+        if len(members) > 1:
+            others = ", ".join(f"'{m.scope or m.node}'" for m in members[1:4]) + (" ..." if len(members) > 4 else "")
+            first = replace(first, message=f"{first.message} (and {len(members) - 1} more layer(s) alike: {others})",
+                            details={**first.details, "layers": len(members)})
+        kept.append(first)
+    return kept

@@ -238,7 +238,7 @@ _code(
     "G_x,r = G_y sum_{t in T_r} E_t on the input grid, T_r = taps of phase r (theory.md §3): k=3, s=2: 4; k=1, s=2: "
     "3/4 of the positions get no gradient. Judged where no other path merges (a fork sums the phase grids).",
     "Kernel divisible by the stride, or blur/pool then a stride-1 conv.",
-    "ratio >= 1.5: info; >= 2 or positions without gradient: warning.",
+    "ratio >= 1.5: info; >= 3 or positions without gradient: warning (k=3, s=2 gives 2, as in every ResNet stem).",
 )
 _code(
     "IC516", "norm-placement", "warning",
@@ -247,10 +247,11 @@ _code(
     "(1 + chi_f)/(1 + g) per block, which compounds toward the input.",
     "Pre-LN: K_l = K_0 + c l, G_0/G_L = K_L/K_0 for matched branches; Post-LN: per block (1 + chi_f)/(1 + g) "
     "(theory.md §5).",
-    "Pre-LN: a final normalisation after the last block; Post-LN: Pre-LN placement, DeepNorm (alpha = (2N)^(1/4)), "
-    "or warm-up.",
-    "Pre-LN: info, warning without a final normalisation; Post-LN: info, warning when the gradient changes >= 1 "
-    "decade over the stack.",
+    "Pre-LN: a final normalisation after the last block; growth of a decade or more: scale every branch's last "
+    "layer by 1/sqrt(growth - 1) (GPT-2: std/sqrt(2 x layers)); Post-LN: Pre-LN placement, DeepNorm "
+    "(alpha = (2N)^(1/4)), or warm-up.",
+    "Pre-LN: info; warning when the stream grows >= 1 decade or nothing normalises its end; Post-LN: info, "
+    "warning when the gradient changes >= 1 decade over the stack.",
 )
 _code(
     "IC517", "graph-attention-degree", "warning",

@@ -133,19 +133,31 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
 
 
 def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float) -> Finding:
+    """Harmless growth is info; a stream growing by a decade or more (GPT-2 without its 1/sqrt(2L) scaling of the
+    residual projections: x54 over 12 layers at N(0, 0.02)) warns: the last blocks' updates are drowned in a stream
+    many times their size and the first blocks' gradients are that much larger."""
     final_norm = any(normalizes(c) for c in end.consumers)
     last = blocks[-1][0]
+    too_much = growth >= 10 ** limit("IC516", "decades")
+    scale = 1 / math.sqrt(max(growth - 1, 1e-12))  # branch energies add: c -> 1/L keeps the stream within x2
+    if too_much:
+        verdict = (f"; a decade or more: late blocks write into a stream {growth:.3g}x the size their branches "
+                   "start at, and early blocks get gradients that much larger (GPT-2 scales its residual projections "
+                   f"by 1/sqrt(2 x layers) for this)")
+        fix = (f"scale the last layer of every residual branch (attention and MLP output projections) by "
+               f"{scale:.3g}, e.g. std/sqrt(2 x layers) as GPT-2 does, to keep the stream within x2")
+    else:
+        verdict = "; every branch reads the stream through a normalisation, so this is harmless"
+        fix = "nothing to do"
+    if not final_norm:
+        verdict += f", but nothing normalises the stream at its end: the output reads a stream {growth:.3g}x its start"
+        fix = "add a final normalisation after the last block (as GPT-2's ln_f)" + ("; and " + fix if too_much else "")
     return Finding(
-        "IC516", "info" if final_norm else "warning", "residual",
+        "IC516", "warning" if too_much or not final_norm else "info", "residual",
         f"Pre-LN stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
-        f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor); every branch reads the "
-        "stream through a normalisation, so this is harmless"
-        + ("" if final_norm else ", but nothing normalises the stream at its end: the output reads a stream "
-           f"{growth:.3g}x its start"),
-        last.name, last.scope, gradient, None,
-        "nothing to do" if final_norm else "add a final normalisation after the last block (as GPT-2's ln_f)",
-        None, details={"blocks": len(blocks), "stream_growth": growth},
-        measure=("G_energy_ratio", start.name, end.name))
+        f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor)" + verdict,
+        last.name, last.scope, growth, 10 ** limit("IC516", "decades"), fix, scale if too_much else None,
+        details={"blocks": len(blocks), "stream_growth": growth}, measure=("G_energy_ratio", start.name, end.name))
 
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:

@@ -26,17 +26,33 @@ def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> Layer
     return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
 
 
-def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool) -> tuple[str, float | None]:
-    worst = _worst_weight(rows, row, downstream)
+_SEGMENT_STARTS = ("layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "embedding", "softmax")
+
+
+def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
+    """For a forward problem: the weighted layer since the segment's start (the last normalisation or
+    embedding before `at`) whose own gain moves K furthest in the problem's direction: the layer that makes it,
+    not any layer far from its target (GPT-2's deliberately small residual projections are no cause of a big
+    lm_head)."""
+    start = max((r.index for r in rows if r.index < at.index and r.op.split("+")[0] in _SEGMENT_STARTS), default=-1)
+    weighted = [r for r in rows if start < r.index <= at.index and r.weight_std and r.target_std
+                and r.gain_log10 is not None and math.isfinite(r.gain_log10) and sign * r.gain_log10 > 0]
+    return max(weighted, key=lambda r: sign * r.gain_log10, default=None)
+
+
+def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1) -> tuple[str, float | None]:
+    worst = (None if downstream else _cause(rows, row, sign)) or _worst_weight(rows, row, downstream)
     if worst is None or abs(math.log(worst.weight_std / worst.target_std)) < math.log(1.2):
         return "add a normalisation layer or rescale the branch that changes the scale", None
     factor = worst.target_std / worst.weight_std
     act = f" before {worst.activation}" if worst.activation else ""
-    return (
-        f"initialise weights with std {worst.target_std:.3g} = g/sqrt(fan_in){act} (now {worst.weight_std:.3g}); "
-        f"e.g. multiply '{worst.label}' and layers like it by {factor:.3g}",
-        factor,
-    )
+    text = (f"initialise weights with std {worst.target_std:.3g} = g/sqrt(fan_in){act} (now {worst.weight_std:.3g}); "
+            f"e.g. multiply '{worst.label}' and layers like it by {factor:.3g}")
+    if worst.tied_with:
+        text += (f"; its weight is tied to the embedding '{worst.tied_with}' (one tensor): scale the shared table, "
+                 f"and multiply the embedding's output by {1 / factor:.3g} if the input side must keep its scale "
+                 "(as T5 and Gemma scale embeddings by sqrt(d))")
+    return text, factor
 
 
 def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
@@ -62,7 +78,7 @@ def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
             continue
         if normalized:
             severity = "info"
-        fix, factor = _fix(rows, row, downstream=kind == "backward")
+        fix, factor = _fix(rows, row, downstream=kind == "backward", sign=sign)
         direction = "grows" if sign > 0 else "shrinks"
         decades = f"{size:.2f}" if math.isfinite(size) else "all"
         origin = "from the outputs back to" if kind == "backward" else "from its reference up to"

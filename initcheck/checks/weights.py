@@ -1,15 +1,24 @@
-"""Broken weights: NaN/Inf anywhere (IC201), constant weight matrices (IC202)."""
+"""Broken weights: NaN/Inf anywhere (IC201), constant weight matrices (IC202), normalisations whose scale is zero
+(a zero-initialised residual branch is deliberate; a zero scale on the main path silences the network)."""
 
 from __future__ import annotations
 
-from initcheck.ir import Graph
+from initcheck.analysis.layers import output_heads
+from initcheck.ir import Graph, Node
+from initcheck.passes import is_signal
 from initcheck.report.model import Finding
+from initcheck.rules.common import NORMALIZATIONS
 
 _MATRIX_OPS = {"linear", "conv", "conv_transpose", "embedding", "rnn", "lstm", "gru"}
 _MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
 def weight_findings(graph: Graph) -> list[Finding]:
+    return _tensor_findings(graph) + _zero_scale_findings(graph)
+
+
+def _tensor_findings(graph: Graph) -> list[Finding]:
+    heads = output_heads(graph)
     findings = []
     for node in graph.nodes:
         for index, value in enumerate(node.inputs):
@@ -26,6 +35,13 @@ def weight_findings(graph: Graph) -> list[Finding]:
                 ))
             elif node.op in _MATRIX_OPS and index == (0 if node.op == "embedding" else 1) and stats.is_constant and stats.numel > 1:
                 zero = stats.mean_sq == 0
+                if zero and node in heads:  # ViT, MLP-Mixer: the classifier starts at zero on purpose
+                    findings.append(Finding(
+                        "IC202", "info", "weights", f"'{value.name}': the output layer is zero-initialised, so the "
+                        "model starts with uniform predictions; it learns from the first step (its gradient does not "
+                        "depend on its weights), and the body receives gradient from the second step on",
+                        node.name, node.scope, 0.0, None, "nothing to do: a deliberate init (ViT, MLP-Mixer heads)"))
+                    continue
                 findings.append(Finding(
                     "IC202", "warning" if zero else "error", "weights",
                     f"every entry of '{value.name}' equals {stats.mean:.4g}: "
@@ -34,3 +50,43 @@ def weight_findings(graph: Graph) -> list[Finding]:
                     "use a random init with std g/sqrt(fan_in)" + ("; ignore if this zero-init is deliberate" if zero else ""),
                 ))
     return findings
+
+
+_PASSIVE = {"pointwise", "dropout", "mul", "div", "reshape", "transpose", "cast", "drop_path"}
+
+
+def _zero_scale_findings(graph: Graph) -> list[Finding]:
+    """A normalisation with scale 0 outputs its bias for every input. At the end of a residual branch that is the
+    well-known zero-init of the last norm (torchvision's zero_init_residual, timm's zero_init_last): the block starts
+    as the identity (info). Anywhere else nothing passes it: an error."""
+    findings = []
+    for node in graph.nodes:
+        scale = node.params.get("scale")
+        if node.op not in NORMALIZATIONS or scale is None or scale.mean_sq != 0:
+            continue
+        if _ends_residual_branch(node):
+            findings.append(Finding(
+                "IC202", "info", "weights", f"'{node.label}' has scale 0 at the end of a residual branch: the block "
+                "starts as the identity (zero_init_residual / zero_init_last), a deliberate init", node.name,
+                node.scope, 0.0, None, "nothing to do"))
+        else:
+            findings.append(Finding(
+                "IC102", "error", "forward", f"'{node.label}' has scale (gamma) 0 on the main path: its output is its "
+                "bias for every input, so nothing after it carries signal and nothing before it gets gradient",
+                node.name, node.scope, float("-inf"), None, "initialise the scale to 1 (zero only the last "
+                "normalisation of residual branches, if that is what was meant)"))
+    return findings
+
+
+def _ends_residual_branch(node: Node) -> bool:
+    value = node.outputs[0]
+    for _ in range(8):
+        if len(value.consumers) != 1:
+            return False
+        consumer = value.consumers[0]
+        if consumer.op in ("add", "sum") and sum(is_signal(v) for v in consumer.inputs) >= 2:
+            return True
+        if consumer.op not in _PASSIVE:
+            return False
+        value = consumer.outputs[0]
+    return False

@@ -18,6 +18,7 @@ from initcheck.stats import (
     recurrent_gate_stats,
     subpixel_coherence,
     tensor_stats,
+    untrained_running_stats,
 )
 
 Translation = tuple[str, dict, dict]
@@ -265,7 +266,8 @@ def _batch_norm(node, ctx):
     eps = float(a.get("epsilon", 1e-5))
     params = _norm_params(ctx, node.input[1], node.input[2])
     params["eval"] = batch_norm_eval_stats(gamma, beta, mu, var, eps)
-    return "batch_norm", {"epsilon": eps, "training": training}, params
+    untrained = not training and untrained_running_stats(mu, var)
+    return "batch_norm", {"epsilon": eps, "training": training or untrained, "untrained_stats": untrained}, params
 
 
 @handles("LRN")

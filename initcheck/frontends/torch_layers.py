@@ -15,6 +15,7 @@ from initcheck.stats import (
     linear_stats,
     subpixel_coherence,
     tensor_stats,
+    untrained_running_stats,
 )
 
 
@@ -114,7 +115,9 @@ def _batch_norm(node, ctx):
     defaults = (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))
     params = _affine_params(ctx, weight, bias)
     params["eval"] = batch_norm_eval_stats(*(a if a is not None else d for a, d in zip(arrays, defaults)), eps)
-    return [Emit("batch_norm", [node.args[0]], {"epsilon": eps, "training": training}, params)]
+    untrained = not training and untrained_running_stats(arrays[2], arrays[3])
+    return [Emit("batch_norm", [node.args[0]], {"epsilon": eps, "training": training or untrained,
+                                                "untrained_stats": untrained}, params)]
 
 
 @handles("embedding")
@@ -123,7 +126,8 @@ def _embedding(node, ctx):
     if table is None:
         return None
     columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
-    return [Emit("embedding", [node.args[1]], params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))})]
+    return [Emit("embedding", [node.args[1]], {"weight_source": node.args[0].name},
+                 params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))})]
 
 
 @handles("softmax", "_softmax", "log_softmax", "_log_softmax")

@@ -181,7 +181,7 @@ def _linear(node, ctx):
     if w is None:
         return [Emit("matmul", [node.args[0], node.args[1]])]
     bias = ctx.array(_arg(node, 2, "bias"))
-    return [Emit("linear", [node.args[0]], params={"weight": linear_stats(w, bias)})]
+    return [Emit("linear", [node.args[0]], {"weight_source": node.args[1].name}, params={"weight": linear_stats(w, bias)})]
 
 
 @handles("addmm")

@@ -23,6 +23,51 @@ from initcheck.probes.common import (
 )
 
 
+def with_batch_statistics(model, graph: Graph, opset: int) -> None:
+    """Batch norms the analysis reads as they will train (untrained running statistics) become the same
+    normalisation with the batch's own statistics, written in plain ops so that onnxruntime (whose inference
+    build ignores training_mode) and the torch form both run it; the output keeps its name."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    chosen = {n.outputs[0].name: n for n in graph.nodes if n.op == "batch_norm" and n.attrs.get("untrained_stats")}
+    if not chosen:
+        return
+    arrays = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        ir = chosen.get(node.output[0]) if node.op_type == "BatchNormalization" and node.output else None
+        rank = len(ir.inputs[0].shape) if ir is not None and ir.inputs[0].shape else None
+        if ir is None or rank is None or node.input[1] not in arrays or node.input[2] not in arrays:
+            nodes.append(node)
+            continue
+        p, x, y = f"{node.output[0]}__bs", node.input[0], node.output[0]
+        axes = [0] + list(range(2, rank))
+        shape = [1, -1] + [1] * (rank - 2)
+        gamma = numpy_helper.to_array(arrays[node.input[1]]).astype(np.float32).reshape(shape)
+        beta = numpy_helper.to_array(arrays[node.input[2]]).astype(np.float32).reshape(shape)
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        model.graph.initializer.extend([numpy_helper.from_array(gamma, f"{p}_gamma"),
+                                        numpy_helper.from_array(beta, f"{p}_beta"),
+                                        numpy_helper.from_array(np.array(eps, np.float32), f"{p}_eps")])
+
+        def mean(inp, out, axes=axes):
+            if opset >= 18:
+                model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{out}_axes"))
+                return helper.make_node("ReduceMean", [inp, f"{out}_axes"], [out], keepdims=1)
+            return helper.make_node("ReduceMean", [inp], [out], axes=axes, keepdims=1)
+
+        nodes += [mean(x, f"{p}_mu"), helper.make_node("Sub", [x, f"{p}_mu"], [f"{p}_d"]),
+                  helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]), mean(f"{p}_d2", f"{p}_var"),
+                  helper.make_node("Add", [f"{p}_var", f"{p}_eps"], [f"{p}_ve"]),
+                  helper.make_node("Sqrt", [f"{p}_ve"], [f"{p}_sd"]),
+                  helper.make_node("Div", [f"{p}_d", f"{p}_sd"], [f"{p}_n"]),
+                  helper.make_node("Mul", [f"{p}_n", f"{p}_gamma"], [f"{p}_s"]),
+                  helper.make_node("Add", [f"{p}_s", f"{p}_beta"], [y])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def _session(model, outputs: list[str], device: str):
     import onnx
     import onnxruntime as ort
@@ -113,6 +158,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     device = resolve_device(options.device)
     model = read_model(Path(path))
     opset = graph.opset or 13
+    with_batch_statistics(model, graph, opset)
     acc = new_accumulator(graph)
     produced = {o for n in model.graph.node for o in n.output}
     wanted = [v.name for n in graph.nodes for v in n.outputs if v.name in produced and v.is_float]

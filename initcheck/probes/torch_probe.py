@@ -21,12 +21,16 @@ from initcheck.probes.common import (
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, module, wanted: set[str], accumulator):
+    def __init__(self, module, wanted: set[str], accumulator, batch_statistics: set[str] = frozenset()):
         super().__init__(module)
-        self.wanted, self.acc = wanted, accumulator
+        self.wanted, self.acc, self.batch_statistics = wanted, accumulator, batch_statistics
 
     def run_node(self, n):
-        out = super().run_node(n)
+        if n.name in self.batch_statistics and n.op == "call_function":
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = _with_batch_statistics(n.target, args)
+        else:
+            out = super().run_node(n)
         if isinstance(out, torch.Tensor) and n.name in self.wanted and out.is_floating_point() and out.grad_fn is None:
             out = out.detach().requires_grad_(True)  # where the signal starts (an embedding lookup): differentiate here
         items = [(n.name, out)] if isinstance(out, torch.Tensor) else [
@@ -37,6 +41,19 @@ class _Recorder(torch.fx.Interpreter):
                 if t.requires_grad:
                     t.register_hook(lambda g, name=name: self.acc.backward(name, g))
         return out
+
+
+def _with_batch_statistics(target, args):
+    """A batch norm the analysis reads as it will train (untrained running statistics): normalised with the batch's
+    own statistics, as the symbolic pass predicts; the running buffers are neither read nor updated."""
+    x, weight, bias = args[:3]
+    name = str(target)
+    eps = args[7] if "aten.batch_norm" in name and len(args) > 7 else args[6] if len(args) > 6 else 1e-5
+    out = torch.nn.functional.batch_norm(x, None, None, weight, bias, training=True, eps=float(eps))
+    if "aten.batch_norm" in name:
+        return out
+    empty = x.new_zeros(0)
+    return (out, empty, empty)  # the _native_batch_norm_legit family returns (out, mean, invstd)
 
 
 def _permute_weights(module, generator) -> None:
@@ -59,6 +76,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
         p.requires_grad_(False)
     acc = new_accumulator(graph)
     wanted = {v.name for v in graph.values.values() if not v.is_input}
+    batch_statistics = {n.name for n in graph.nodes if n.op == "batch_norm" and n.attrs.get("untrained_stats")}
     inputs_wanted = {v.name for v in graph.inputs if v.is_float}
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
@@ -81,7 +99,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
                 if name in inputs_wanted:  # the reference many findings measure against
                     acc.forward(name, x)
                     x.register_hook(lambda g, name=name: acc.backward(name, g))
-        outputs = _Recorder(module, wanted, acc).run(*inputs)
+        outputs = _Recorder(module, wanted, acc, batch_statistics).run(*inputs)
         flat = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
         seed_backward(flat, options.loss, generator)
 

@@ -62,6 +62,7 @@ class LayerRow:
     normalized_downstream: bool
     small_head: bool = False  # the last weighted layer before an output, and it shrinks K by itself (small logits)
     lead_in: bool = False  # a weightless op right before an output layer (dropout, a rescale): judged with the head
+    tied_with: str | None = None  # the embedding whose table is this layer's weight (tied input/output embeddings)
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
     chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (theory §4)

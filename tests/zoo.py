@@ -1,0 +1,421 @@
+"""The model zoo: stock models at their libraries' own initialisations, built from configs (never downloaded), and
+deliberately broken twins with classic init defects. A stock model must pass the default gate (no error); a twin
+must be flagged at its stated severity. transformers models come from their configs; the CNNs are faithful small
+re-implementations of torchvision/timm blocks with the init code those libraries apply (torchvision does not
+import beside the CPU torch here)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+VOCAB = 1000
+
+
+@dataclass
+class ZooModel:
+    name: str
+    build: Callable[[], tuple[nn.Module, dict]]  # (model in eval mode, keyword inputs)
+    broken: str | None = None  # for a twin: the code that must flag it
+    severity: str = "error"  # the least severity that flag must have
+    family: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _ids(n: int = 32) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(0))
+
+
+def _image(size: int = 32) -> torch.Tensor:
+    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _decoder_config(cls_name: str, **extra):
+    import transformers
+
+    config = getattr(transformers, cls_name)(hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                              use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    return config
+
+
+def _causal_lm(model_cls: str, config_cls: str, **extra) -> Callable:
+    def build():
+        import transformers
+
+        torch.manual_seed(0)
+        return getattr(transformers, model_cls)(_decoder_config(config_cls, **extra)).eval(), {"input_ids": _ids()}
+
+    return build
+
+
+def gpt2(layers: int = 4, unscaled_residual: bool = False, tied_std: float | None = None) -> Callable:
+    def build():
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=128, n_head=4, vocab_size=VOCAB, n_positions=64,
+                                           use_cache=False, bos_token_id=1, eos_token_id=2))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if unscaled_residual and name.endswith("c_proj.weight"):
+                    p.normal_(0, 0.02)  # GPT-2's 1/sqrt(2 L) residual scaling removed
+            if tied_std is not None:
+                model.transformer.wte.weight.normal_(0, tied_std)
+        return model.eval(), {"input_ids": _ids()}
+
+    return build
+
+
+def llama_without_attention_scale():
+    model, inputs = _causal_lm("LlamaForCausalLM", "LlamaConfig")()
+    for module in model.modules():
+        if hasattr(module, "scaling"):
+            module.scaling = 1.0
+    return model, inputs
+
+
+def bert(linear_std: float | None = None) -> Callable:
+    def build():
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=512, vocab_size=VOCAB, max_position_embeddings=64))
+        if linear_std is not None:
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, nn.Linear):
+                        m.weight.normal_(0, linear_std)
+        return model.eval(), {"input_ids": _ids()}
+
+    return build
+
+
+def t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(d_model=128, d_ff=512, num_layers=2, num_heads=4, d_kv=32,
+                                                vocab_size=VOCAB, use_cache=False))
+    return model.eval(), {"input_ids": _ids(), "decoder_input_ids": _ids(16)}
+
+
+def vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                                intermediate_size=512, image_size=32, patch_size=8, num_labels=10))
+    return model.eval(), {"pixel_values": _image()}
+
+
+def whisper_encoder():
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                           decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, num_mel_bins=80,
+                           max_source_positions=50, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=1, use_cache=False)
+    return WhisperModel(config).encoder.eval(), {"input_features": torch.randn(1, 80, 100)}
+
+
+def mamba():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    return MambaForCausalLM(MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=VOCAB, state_size=8,
+                                        use_cache=False, pad_token_id=0)).eval(), {"input_ids": _ids()}
+
+
+# -- CNNs with torchvision/timm init ----------------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 block; zero_init_residual zeroes bn3's gamma (the block starts as identity)."""
+
+    def __init__(self, cin, width, stride=1):
+        super().__init__()
+        cout = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNet50ish(nn.Module):
+    def __init__(self, width=8, blocks=(2, 2, 2), classes=10, zero_init_residual=False, gamma=None):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
+        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], width
+        for i, n in enumerate(blocks):
+            w = width * 2 ** i
+            layers.append(nn.Sequential(*[Bottleneck(cin if j == 0 else w * 4, w, 2 if (i and j == 0) else 1)
+                                          for j in range(n)]))
+            cin = w * 4
+        self.layers = nn.Sequential(*layers)
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cin, classes)
+        for m in self.modules():  # torchvision's ResNet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1 if gamma is None else gamma)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(self.layers(x)), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """torchvision's SqueezeExcitation: avgpool -> fc1 -> act -> fc2 -> gate (hardsigmoid or sigmoid) -> scale."""
+
+    def __init__(self, c, squeeze, gate=nn.Hardsigmoid, act=nn.ReLU):
+        super().__init__()
+        self.avgpool, self.fc1, self.fc2 = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+        self.activation, self.scale_activation = act(), gate()
+
+    def forward(self, x):
+        return x * self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+
+class MBConv(nn.Module):
+    """MobileNetV3's inverted residual (hardswish, SE with hardsigmoid) or EfficientNet's (SiLU, SE with sigmoid)."""
+
+    def __init__(self, c, expand=4, efficient=False):
+        super().__init__()
+        act = nn.SiLU if efficient else nn.Hardswish
+        hidden = c * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), act(),
+            SqueezeExcite(hidden, max(c // 4, 8) if efficient else _make_divisible(hidden // 4),
+                          nn.Sigmoid if efficient else nn.Hardsigmoid, nn.SiLU if efficient else nn.ReLU),
+            nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def _make_divisible(v, divisor=8):
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+class MobileNetV3ish(nn.Module):
+    def __init__(self, efficient=False, c=16, blocks=3, classes=10):
+        super().__init__()
+        act = nn.SiLU if efficient else nn.Hardswish
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), act())
+        self.blocks = nn.Sequential(*[MBConv(c, efficient=efficient) for _ in range(blocks)])
+        self.head = nn.Sequential(nn.Conv2d(c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c), act())
+        self.classifier = nn.Sequential(nn.Linear(4 * c, 64), act(), nn.Dropout(0.2), nn.Linear(64, classes))
+        for m in self.modules():  # torchvision's MobileNetV3 / EfficientNet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                if efficient:
+                    bound = 1.0 / math.sqrt(m.out_features)
+                    nn.init.uniform_(m.weight, -bound, bound)
+                else:
+                    nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.norm2, self.conv2 = nn.BatchNorm2d(4 * growth), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.norm2(self.conv1(torch.relu(self.norm1(x))))))
+
+
+class DenseNetish(nn.Module):
+    """torchvision's DenseNet: pre-activation dense layers concatenated, transitions, its init."""
+
+    def __init__(self, growth=8, layers=(4, 4), c=16, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
+        for i, n in enumerate(layers):
+            self.blocks.append(nn.ModuleList(DenseLayer(c + j * growth, growth) for j in range(n)))
+            c += n * growth
+            if i < len(layers) - 1:
+                self.transitions.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
+                                                      nn.AvgPool2d(2)))
+                c //= 2
+        self.norm, self.classifier = nn.BatchNorm2d(c), nn.Linear(c, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            feats = [x]
+            for layer in block:
+                feats.append(layer(torch.cat(feats, 1)))
+            x = torch.cat(feats, 1)
+            if i < len(self.transitions):
+                x = self.transitions[i](x)
+        x = torch.relu(self.norm(x))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGGish(nn.Module):
+    def __init__(self, conv_std: float | None = None):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(True), nn.Conv2d(16, 16, 3, padding=1),
+                                      nn.ReLU(True), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True),
+                                      nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(128, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 64),
+                                        nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
+        for m in self.modules():  # torchvision's VGG init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if conv_std is not None:
+                    nn.init.normal_(m.weight, 0, conv_std)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, c, layer_scale=1e-6):
+        super().__init__()
+        self.dwconv = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm, self.pwconv1, self.act, self.pwconv2 = nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), layer_scale))
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(nn.Module):
+    """torchvision/timm ConvNeXt: patchify stem, LayerNorm, layer scale 1e-6, trunc_normal(0.02) init."""
+
+    def __init__(self, c=32, blocks=3, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 4, 4), LayerNorm2d(c))
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(c) for _ in range(blocks)])
+        self.norm, self.head = nn.LayerNorm(c), nn.Linear(c, classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x)).mean((2, 3))
+        return self.head(self.norm(x))
+
+
+def _cnn(factory: Callable[[], nn.Module], size: int = 32) -> Callable:
+    def build():
+        torch.manual_seed(0)
+        return factory().eval(), {"x": _image(size)}
+
+    return build
+
+
+class _Positional(nn.Module):
+    """CNNs take one positional image; the zoo passes inputs by name."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _wrapped(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    return lambda: _Positional(factory())
+
+
+def default_mlp(depth: int = 12, width: int = 256) -> nn.Module:
+    """PyTorch's default Linear init (kaiming_uniform a=sqrt(5): std 1/sqrt(3 fan_in)) with ReLU: the signal
+    shrinks by x1/6 in K per layer."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+STOCK = [
+    ZooModel("llama", _causal_lm("LlamaForCausalLM", "LlamaConfig"), family="decoder LLM"),
+    ZooModel("mistral", _causal_lm("MistralForCausalLM", "MistralConfig"), family="decoder LLM"),
+    ZooModel("qwen2", _causal_lm("Qwen2ForCausalLM", "Qwen2Config"), family="decoder LLM"),
+    ZooModel("gemma", _causal_lm("GemmaForCausalLM", "GemmaConfig", head_dim=32), family="decoder LLM"),
+    ZooModel("phi3", _causal_lm("Phi3ForCausalLM", "Phi3Config"), family="decoder LLM"),
+    ZooModel("gpt2", gpt2(), family="decoder LLM"),
+    ZooModel("gpt2_12", gpt2(layers=12), family="decoder LLM"),
+    ZooModel("bert", bert(), family="encoder"),
+    ZooModel("t5", t5, family="encoder-decoder"),
+    ZooModel("vit", vit, family="vision transformer"),
+    ZooModel("whisper_encoder", whisper_encoder, family="audio encoder"),
+    ZooModel("resnet50", _cnn(_wrapped(ResNet50ish)), family="CNN"),
+    ZooModel("resnet50_zero_init_residual", _cnn(_wrapped(lambda: ResNet50ish(zero_init_residual=True))), family="CNN"),
+    ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
+    ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),
+    ZooModel("densenet", _cnn(_wrapped(DenseNetish)), family="CNN"),
+    ZooModel("vgg", _cnn(_wrapped(VGGish)), family="CNN"),
+    ZooModel("convnext", _cnn(_wrapped(ConvNeXtish)), family="CNN"),
+]
+
+TWINS = [
+    ZooModel("gpt2_12_unscaled_residual", gpt2(layers=12, unscaled_residual=True), broken="IC516", severity="warning",
+             family="decoder LLM"),
+    ZooModel("llama_no_attention_scale", llama_without_attention_scale, broken="IC504", family="decoder LLM"),
+    ZooModel("gpt2_tied_embedding_normal_1", gpt2(tied_std=1.0), broken="IC101", family="decoder LLM"),
+    ZooModel("bert_linear_normal_1", bert(linear_std=1.0), broken="IC504", family="encoder"),
+    ZooModel("mlp_pytorch_default_init", lambda: (default_mlp().eval(), {"input": torch.randn(1, 256)}),
+             broken="IC102", family="MLP"),
+    ZooModel("vgg_conv_normal_1", _cnn(_wrapped(lambda: VGGish(conv_std=1.0))), broken="IC101", family="CNN"),
+    ZooModel("resnet50_all_gamma_zero", _cnn(_wrapped(lambda: ResNet50ish(gamma=0.0))), broken="IC102", family="CNN"),
+]
