@@ -44,20 +44,45 @@ def _match(node: Node) -> Node | None:
         eps = _epsilon(scale, power=-0.5 if node.op == "mul" else 0.5)
         if eps is None:
             continue
-        reduced = _through_pointwise(scale)
-        squared = _mean_over_last_axis(reduced)
-        if squared is None:
+        squared = _mean_over_last_axis(_through_pointwise(scale))
+        if squared is None or not _is_square_of(squared, signal):
             continue
-        base = _square_root_of(squared)
-        if base is None:
-            continue
-        root = _strip_identity(signal)
-        if root is not _strip_identity(base):
-            continue
-        centred = _centred(root)
+        centred = _centred(_strip_identity(signal))
         return _normalization(node, "layer_norm", centred, eps) if centred is not None else \
-            _normalization(node, "rms_norm", root, eps)
+            _normalization(node, "rms_norm", _strip_identity(signal), eps)
     return None
+
+
+def _as_program(value: Value) -> tuple[Value, tuple]:
+    """(root, program) with value = program(root): through a fused pointwise node, else the value itself."""
+    producer = value.producer
+    if producer is not None and producer.op == "pointwise":
+        return producer.inputs[0], producer.attrs["program"]
+    return value, ("x",)
+
+
+def _is_square_of(squared: Value, signal: Value) -> bool:
+    """squared = signal^2 elementwise: both pointwise functions of one root (or of equivalent roots, as two
+    identical `x - mean` nodes), the first the square of the second (checked numerically)."""
+    root_s, program_s = _as_program(squared)
+    root_a, program_a = _as_program(signal)
+    if not _equivalent(root_s, root_a):
+        return False
+    z = np.linspace(-3, 3, 13)
+    with np.errstate(all="ignore"):
+        return bool(np.allclose(pointwise.as_function(program_s)(z), pointwise.as_function(program_a)(z) ** 2,
+                                rtol=1e-6, atol=1e-9))
+
+
+def _equivalent(a: Value, b: Value) -> bool:
+    """The same value, or the same op of the same inputs (a norm that computes `x - mean` twice)."""
+    a, b = _strip_identity(a), _strip_identity(b)
+    if a is b:
+        return True
+    pa, pb = a.producer, b.producer
+    return (pa is not None and pb is not None and pa.op == pb.op and pa.op in ("sub", "pointwise")
+            and len(pa.inputs) == len(pb.inputs) and all(x is y for x, y in zip(pa.inputs, pb.inputs))
+            and pa.attrs.get("program") == pb.attrs.get("program"))
 
 
 def _normalization(node: Node, op: str, x: Value, eps: float) -> Node:
@@ -104,15 +129,6 @@ def _mean_over_last_axis(value: Value | None) -> Value | None:
     return producer.inputs[0]
 
 
-def _square_root_of(value: Value) -> Value | None:
-    """x if value = x^2 (a pointwise square of x)."""
-    program = _program(value)
-    if program is None:
-        return None
-    z = np.linspace(-3, 3, 13)
-    return value.producer.inputs[0] if np.allclose(pointwise.as_function(program)(z), z * z, rtol=1e-6) else None
-
-
 def _strip_identity(value: Value) -> Value:
     """Through casts and identity pointwise nodes (dtype round trips around a norm)."""
     while value.producer is not None and value.producer.op == "pointwise" and \
@@ -128,4 +144,4 @@ def _centred(value: Value) -> Value | None:
         return None
     x, mean = _strip_identity(producer.inputs[0]), producer.inputs[1]
     source = _mean_over_last_axis(mean)
-    return x if source is not None and _strip_identity(source) is x else None
+    return x if source is not None and _equivalent(source, x) else None

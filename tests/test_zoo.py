@@ -1,0 +1,198 @@
+"""Issue 14: no false alarms on the models people train, no missed classic defects. Every stock model of the zoo
+passes the default gate (no error) through the live-module route here and through .pt2 and both ONNX exporters in
+the slow part; every broken twin is flagged with its code at its severity. Then the pieces behind it, each against
+a model that must trigger it and one that must not."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from zoo import STOCK, TWINS, ZooModel
+
+import initcheck
+from initcheck.report.model import severity_rank
+
+
+def _analyze(model: ZooModel, probe=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module, inputs = model.build()
+        return initcheck.analyze(module, inputs, probe=probe)
+
+
+@pytest.mark.parametrize("model", STOCK, ids=lambda m: m.name)
+def test_stock_models_pass_the_default_gate(model):
+    report = _analyze(model)
+    errors = [f"{f.code} {f.scope}: {f.message}" for f in report.findings if f.severity == "error"]
+    assert not errors, "\n".join(errors)
+    assert report.coverage.unsupported == {} or model.name == "mamba"
+
+
+@pytest.mark.parametrize("model", TWINS, ids=lambda m: m.name)
+def test_broken_twins_are_flagged(model):
+    report = _analyze(model)
+    found = [f for f in report.findings if f.code == model.broken]
+    assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(model.severity), \
+        [f"{f.code} {f.severity} {f.scope}" for f in report.findings]
+
+
+# -- hand-written normalisations ------------------------------------------------------------------------
+
+class HandRMSNorm(nn.Module):
+    """As Hugging Face writes it (LlamaRMSNorm, T5LayerNorm)."""
+
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
+
+    def forward(self, x):
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+
+class HandLayerNorm(nn.Module):
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        var = (x - mu).pow(2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps)
+
+
+class Scaled(nn.Module):
+    """x * 30 -> norm -> linear: without recognising the norm, the x30 looks like an explosion."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm, self.out = norm, nn.Linear(64, 64)
+        nn.init.normal_(self.out.weight, 0, 1 / 8)
+
+    def forward(self, x):
+        return self.out(self.norm(x * 30.0))
+
+
+@pytest.mark.parametrize("norm,op", [(HandRMSNorm(64), "rms_norm"), (HandLayerNorm(64), "layer_norm")])
+def test_hand_written_norms_are_normalisations_and_match_monte_carlo(norm, op):
+    model = Scaled(norm).eval()
+    report = initcheck.analyze(model, torch.randn(1, 16, 64))
+    rows = {r.op.split("+")[0]: r for r in report.layers}
+    assert op in rows, [r.op for r in report.layers]
+    # the x30 before it is harmless: every path from it meets the norm (info, never the gate)
+    assert not [f for f in report.findings if f.code in ("IC101", "IC102") and f.severity != "info"]
+    # K after the norm: predicted vs measured over 2000 inputs (tolerance 3%: the rule is exact in expectation)
+    with torch.no_grad():
+        x = torch.randn(2000, 16, 64)
+        measured = norm(x * 30.0).pow(2).mean().item()
+    assert rows[op].second_moment == pytest.approx(measured, rel=0.03)
+
+
+def test_a_product_of_two_signals_that_is_not_a_norm_stays_a_product():
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x.mean(-1, keepdim=True))  # a mean, but no square root of a mean square
+
+    report = initcheck.analyze(Gate(), torch.randn(1, 8, 32))
+    assert not any(r.op.startswith(("rms_norm", "layer_norm")) for r in report.layers)
+
+
+# -- attention scale in every form --------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    def __init__(self, d=64, form="logits", seq=16):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.form, self.d = form, d
+        for lin in (self.q, self.k, self.v):
+            nn.init.normal_(lin.weight, 0, 1 / math.sqrt(d))
+        if form == "folded":  # T5: 1/sqrt(d_k) folded into q's init
+            nn.init.normal_(self.q.weight, 0, 1 / d)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.form == "split":  # ViT legacy export: q and k times d^-1/4 each
+            s = self.d ** -0.25
+            logits = (q * s) @ (k * s).transpose(-1, -2)
+        elif self.form == "sdpa":
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+        elif self.form == "div":
+            logits = q @ k.transpose(-1, -2) / math.sqrt(self.d)
+        elif self.form in ("folded", "none"):
+            logits = q @ k.transpose(-1, -2)
+        else:
+            logits = (q @ k.transpose(-1, -2)) * self.d ** -0.5
+        return torch.softmax(logits, -1) @ v
+
+
+@pytest.mark.parametrize("form", ["logits", "div", "split", "sdpa", "folded"])
+def test_attention_scale_is_recognised_in_every_form(form):
+    report = initcheck.analyze(Attention(form=form).eval(), torch.randn(1, 16, 64))
+    assert not [f for f in report.findings if f.code == "IC504"], form
+
+
+def test_missing_attention_scale_is_an_error_with_the_scale_to_apply():
+    report = initcheck.analyze(Attention(form="none").eval(), torch.randn(1, 16, 64))
+    found = [f for f in report.findings if f.code == "IC504"]
+    assert found and found[0].severity == "error" and found[0].fix_value == pytest.approx(1 / 8)
+
+
+# -- outputs that start small, zero-initialised residual branches, batch norm semantics ----------------
+
+def test_small_head_is_information_and_a_collapsed_body_is_still_an_error():
+    torch.manual_seed(0)
+    healthy = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 1000))
+    nn.init.normal_(healthy[0].weight, 0, 1 / 8)
+    nn.init.normal_(healthy[2].weight, 0, 0.002)  # logits x0.016 in std: deliberate
+    report = initcheck.analyze(healthy, torch.randn(1, 64))
+    head = [f for f in report.findings if f.code == "IC102"]
+    assert head and all(f.severity == "info" for f in head) and "starts small" in head[0].message
+    body = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10))
+    for m in body:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.05)
+    report = initcheck.analyze(body, torch.randn(1, 64))
+    assert any(f.code == "IC102" and f.severity == "error" for f in report.findings)
+
+
+def test_untrained_batch_norm_is_read_with_batch_statistics_and_trained_keeps_its_eval_meaning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
+    nn.init.normal_(model[0].weight, 0, 3.0)
+    report = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
+    assert report.layers[-1].second_moment == pytest.approx(1.0, rel=0.01)
+    assert any("untrained running statistics" in n for n in report.notes)
+    model[1].running_var.fill_(4.0)  # statistics from data: the eval map it computes
+    report = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
+    with torch.no_grad():
+        x = torch.randn(500, 3, 16, 16)
+        measured = model(x).pow(2).mean().item()
+    assert report.layers[-1].second_moment == pytest.approx(measured, rel=0.05)
+
+
+def test_zero_scale_norm_is_deliberate_at_a_branch_end_and_an_error_on_the_main_path():
+    from zoo import ResNet50ish
+
+    torch.manual_seed(0)
+    report = initcheck.analyze(ResNet50ish(zero_init_residual=True).eval(), torch.randn(1, 3, 32, 32))
+    zero = [f for f in report.findings if "scale 0" in f.message or "scale (gamma) 0" in f.message]
+    assert zero and all(f.severity == "info" for f in zero)
+    assert len(zero) == 1 and zero[0].details.get("layers", 1) == 6  # one cause, one finding
+    report = initcheck.analyze(ResNet50ish(gamma=0.0).eval(), torch.randn(1, 3, 32, 32))
+    assert any(f.code == "IC102" and f.severity == "error" and "gamma" in f.message for f in report.findings)
+
+
+def test_tied_embedding_fix_names_the_head_and_the_tie():
+    from zoo import gpt2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module, inputs = gpt2(tied_std=1.0)()
+    report = initcheck.analyze(module, inputs)
+    found = next(f for f in report.findings if f.code == "IC101")
+    assert "'lm_head'" in found.fix and "tied to the embedding 'transformer.wte'" in found.fix
+    assert "c_proj" not in found.fix
