@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test samples bench clean
+.PHONY: demo test zoo samples bench clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ demo: $(VENV)/.runtime
 	$(VENV)/bin/initcheck analyze sample_models/residual_mlp.onnx --fail-on never
 
 test: $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
-	INITCHECK_SARIF_SCHEMA=$(VENV)/sarif-schema-2.1.0.json $(PY) -m pytest -q -p no:cacheprovider
+	INITCHECK_SARIF_SCHEMA=$(VENV)/sarif-schema-2.1.0.json $(PY) -m pytest -q -p no:cacheprovider -m "not zoo"
+
+# The zoo's slow part: every stock model and broken twin through both ONNX exporters.
+zoo: $(VENV)/.dev
+	$(PY) -m pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
 
 samples: $(VENV)/.dev
 	$(PY) sample_models/make_samples.py

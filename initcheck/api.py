@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -165,6 +166,8 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
             quote_measurements(findings, graph, measured)
             findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
+    if graph.folded_normalization:
+        findings = [_fold_consequence(f) for f in findings]
     findings, suppressed = apply_policy(findings, config)
     spread = output_spread(graph, result)
     return Report(
@@ -186,6 +189,22 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
         config=config.source,
         suppressed=suppressed,
     )
+
+
+# what a missing batch norm changes: the scale of signals and gradients, their spread, and zero-folded weights
+_FOLD_CONSEQUENCES = {"IC101", "IC102", "IC111", "IC112", "IC505", "IC511", "IC512", "IC513"}
+
+
+def _fold_consequence(finding):
+    """In a file whose batch norms an eval-mode export folded away, a finding about scale describes the folded
+    file, not the network as it will train: information, with the reason (the note says how to check it)."""
+    if finding.code not in _FOLD_CONSEQUENCES or finding.severity == "info":
+        return finding
+    if finding.value is not None and math.isinf(finding.value):  # no norm brings back a signal that is gone
+        return finding
+    finding.severity = "info"
+    finding.declared = "batch norms folded into the convolutions by an eval-mode export: not the model as it trains"
+    return finding
 
 
 def _probe_summary(measured) -> dict:

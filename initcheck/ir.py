@@ -70,6 +70,7 @@ class Graph:
     producer_name: str = ""
     opset: int | None = None
     notes: list[str] = field(default_factory=list)  # non-fatal remarks from loading (shown in the report)
+    folded_normalization: bool = False  # an eval-mode export folded batch norms into the convs (not in the file)
 
     def rewire(self) -> None:
         """Recompute producer/consumer links after nodes were replaced or removed."""

@@ -30,6 +30,11 @@ def _ids(n: int = 32) -> torch.Tensor:
     return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(0))
 
 
+def _text(n: int = 32) -> dict:
+    """Token ids and an all-ones attention mask (the legacy ONNX exporter cannot trace HF decoders without it)."""
+    return {"input_ids": _ids(n), "attention_mask": torch.ones(1, n, dtype=torch.long)}
+
+
 def _image(size: int = 32) -> torch.Tensor:
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
@@ -48,7 +53,7 @@ def _causal_lm(model_cls: str, config_cls: str, **extra) -> Callable:
         import transformers
 
         torch.manual_seed(0)
-        return getattr(transformers, model_cls)(_decoder_config(config_cls, **extra)).eval(), {"input_ids": _ids()}
+        return getattr(transformers, model_cls)(_decoder_config(config_cls, **extra)).eval(), _text()
 
     return build
 
@@ -66,7 +71,7 @@ def gpt2(layers: int = 4, unscaled_residual: bool = False, tied_std: float | Non
                     p.normal_(0, 0.02)  # GPT-2's 1/sqrt(2 L) residual scaling removed
             if tied_std is not None:
                 model.transformer.wte.weight.normal_(0, tied_std)
-        return model.eval(), {"input_ids": _ids()}
+        return model.eval(), _text()
 
     return build
 
@@ -419,3 +424,45 @@ TWINS = [
     ZooModel("vgg_conv_normal_1", _cnn(_wrapped(lambda: VGGish(conv_std=1.0))), broken="IC101", family="CNN"),
     ZooModel("resnet50_all_gamma_zero", _cnn(_wrapped(lambda: ResNet50ish(gamma=0.0))), broken="IC102", family="CNN"),
 ]
+
+
+class TensorOutputs(nn.Module):
+    """Files store tensors: the first tensor of a model's output (logits, last hidden state); the inputs come
+    positionally (both ONNX exporters take them so) and are passed on by name."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        out = self.model(**dict(zip(self.names, args)))
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, (tuple, list)):
+            return out[0]
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+
+
+def export_file(model: ZooModel, route: str, folder) -> tuple[object, dict | None]:
+    """The model written by one route: 'pt2' (torch.export.save) or 'onnx-legacy' / 'onnx-dynamo'
+    (torch.onnx.export). Returns (path, --input shapes for the analysis)."""
+    import logging
+    import warnings
+
+    module, inputs = model.build()
+    wrapped = TensorOutputs(module, list(inputs)).eval()
+    args = tuple(inputs.values())
+    path = folder / f"{model.name}.{route}.{'pt2' if route == 'pt2' else 'onnx'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            if route == "pt2":
+                torch.export.save(torch.export.export(wrapped, args, strict=False), str(path))
+            else:
+                torch.onnx.export(wrapped, args, str(path), dynamo=route == "onnx-dynamo", input_names=list(inputs),
+                                  opset_version=None if route == "onnx-dynamo" else 17)
+        finally:
+            logging.disable(logging.NOTSET)
+    shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+    return path, shapes

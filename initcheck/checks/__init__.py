@@ -55,7 +55,15 @@ def run_checks(graph: Graph, result: SymbolicResult, rows: list[LayerRow], depth
             if debugging():
                 raise
             graph.notes.append(f"{name} check skipped on this model ({type(e).__name__}: {str(e)[:120]})")
-    return sorted(group_repeats(findings), key=lambda f: (-severity_rank(f.severity), f.code, f.node))
+    return sorted(group_repeats(_without_deliberate_zeros(findings)),
+                  key=lambda f: (-severity_rank(f.severity), f.code, f.node))
+
+
+def _without_deliberate_zeros(findings: list[Finding]) -> list[Finding]:
+    """A residual branch whose last layer is zero on purpose outputs K = 0: that is the cause (IC202 info), not a
+    vanishing signal to report again at the same layer."""
+    deliberate = {f.node for f in findings if f.code == "IC202" and f.severity == "info"}
+    return [f for f in findings if not (f.code in ("IC101", "IC102") and f.node in deliberate)]
 
 
 # findings that repeat layer after layer from one cause: reported once, at the first layer, with the count

@@ -35,6 +35,12 @@ def _tensor_findings(graph: Graph) -> list[Finding]:
                 ))
             elif node.op in _MATRIX_OPS and index == (0 if node.op == "embedding" else 1) and stats.is_constant and stats.numel > 1:
                 zero = stats.mean_sq == 0
+                if zero and _ends_residual_branch(node):  # the branch's last layer zero: the block starts as identity
+                    findings.append(Finding(
+                        "IC202", "info", "weights", f"'{value.name}' is zero at the end of a residual branch: the "
+                        "block starts as the identity (a deliberate init, or a zero-initialised norm folded into it)",
+                        node.name, node.scope, 0.0, None, "nothing to do"))
+                    continue
                 if zero and node in heads:  # ViT, MLP-Mixer: the classifier starts at zero on purpose
                     findings.append(Finding(
                         "IC202", "info", "weights", f"'{value.name}': the output layer is zero-initialised, so the "

@@ -76,7 +76,14 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     for name in graph.output:
         if name.name in values:
             values[name.name].is_output = True
+    folded = folded_batch_norm(model)
+    if folded:
+        notes.append("batch norms appear folded into the convolutions (an eval-mode export): the scale they would "
+                     "reset in training is not in this file, so findings that follow from it are information; to "
+                     "check the model as it will train, export with training=torch.onnx.TrainingMode.TRAINING or "
+                     "analyse the .pt2 or the live module")
     ir = Graph(
+        folded_normalization=folded,
         nodes=ir_nodes,
         inputs=[values[n] for n in fixed],
         outputs=[values[o.name] for o in graph.output if o.name in values],
@@ -91,6 +98,23 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
         if value.array is not None and not keeps_values(value.array):
             value.array = None
     return ir
+
+
+def folded_batch_norm(model) -> bool:
+    """The fingerprints the torch exporters leave when they fold eval-mode batch norms into convolutions: the
+    dynamo exporter's rewrite rule on the conv node, or the legacy exporter's fresh `onnx::Conv_N` weights in a
+    graph without any BatchNormalization."""
+    nodes = list(model.graph.node)
+    if any(n.op_type == "BatchNormalization" for n in nodes):
+        return False
+    for n in nodes:
+        if n.op_type != "Conv":
+            continue
+        if any(p.key == "pkg.onnxscript.rewriter.rule_name" and "FuseBatchNorm" in p.value for p in n.metadata_props):
+            return True
+        if len(n.input) > 1 and n.input[1].startswith("onnx::Conv_") and "pytorch" in model.producer_name.lower():
+            return True
+    return False
 
 
 def _assume_full_masks(graph, fixed: dict, arrays: dict) -> list[str]:
