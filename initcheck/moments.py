@@ -51,7 +51,8 @@ class Moments:
 def clean(m: float, K: float, M: float, exact: bool = True, **extra) -> Moments:
     """Build Moments, enforcing m^2 <= M <= K against rounding."""
     K = max(float(K), 0.0)
-    M = min(max(float(M), float(m) ** 2), K)
+    m2 = float(m) ** 2 if abs(float(m)) < 1e150 else float("inf")  # Python floats raise on overflow; moments go to inf
+    M = min(max(float(M), m2), K)
     return Moments(float(m), K, M, bool(exact), **extra)
 
 

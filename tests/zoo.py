@@ -138,6 +138,39 @@ def mamba():
                                         use_cache=False, pad_token_id=0)).eval(), {"input_ids": _ids()}
 
 
+# -- diffusers ---------------------------------------------------------------------------------------------
+
+class _Sample(nn.Module):
+    """diffusers models return output dataclasses: their `.sample`."""
+
+    def __init__(self, model, decode: bool = False):
+        super().__init__()
+        self.model, self.decode = model, decode
+
+    def forward(self, sample, timestep=None):
+        return (self.model.decode(sample) if self.decode else self.model(sample, timestep)).sample
+
+
+def unet2d():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    return _Sample(unet).eval(), {"sample": torch.randn(1, 3, 16, 16), "timestep": torch.tensor([10])}
+
+
+def vae_decoder():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=4,
+                        norm_num_groups=8, layers_per_block=1)
+    return _Sample(vae, decode=True).eval(), {"sample": torch.randn(1, 4, 8, 8)}
+
+
 # -- CNNs with torchvision/timm init ----------------------------------------------------------------------
 
 class Bottleneck(nn.Module):
@@ -404,6 +437,9 @@ STOCK = [
     ZooModel("t5", t5, family="encoder-decoder"),
     ZooModel("vit", vit, family="vision transformer"),
     ZooModel("whisper_encoder", whisper_encoder, family="audio encoder"),
+    ZooModel("mamba", mamba, family="state-space LM"),
+    ZooModel("unet2d", unet2d, family="diffusion"),
+    ZooModel("vae_decoder", vae_decoder, family="diffusion"),
     ZooModel("resnet50", _cnn(_wrapped(ResNet50ish)), family="CNN"),
     ZooModel("resnet50_zero_init_residual", _cnn(_wrapped(lambda: ResNet50ish(zero_init_residual=True))), family="CNN"),
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),

@@ -3,6 +3,7 @@ unit-variance cotangent at every output (theory.md §1-§11, rules in initcheck.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from initcheck.analysis.finite_width import with_spread
@@ -55,6 +56,8 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
     if rule is not None:
         try:
             outs = rule(node, ins, result)
+        except OverflowError:  # Python floats raise where numpy gives inf: the moments overflow, which is a finding
+            outs = [Moments(0.0, math.inf, math.inf, False) for _ in node.outputs]
         except Exception as e:  # a rule that cannot handle this node must not end the analysis
             if debugging():
                 raise

@@ -67,7 +67,7 @@ def _without_deliberate_zeros(findings: list[Finding]) -> list[Finding]:
 
 
 # findings that repeat layer after layer from one cause: reported once, at the first layer, with the count
-_GROUPED = {("IC511", "warning"), ("IC102", "error"), ("IC202", "info")}
+_GROUPED = {("IC511", "warning"), ("IC102", "error"), ("IC202", "info"), ("IC504", "error"), ("IC504", "warning")}
 
 
 def group_repeats(findings: list[Finding]) -> list[Finding]:
@@ -80,8 +80,10 @@ def group_repeats(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         # the same advice up to its numbers: the same cause
         advice = re.sub(r"[-+]?\d[\d.e+-]*", "#", f.fix.split(";")[0])
-        key = (f.code, f.severity, advice if f.kind == "weights" or f.value == float("-inf") else "")
-        if (f.code, f.severity) in _GROUPED and key[2]:
+        # IC102 groups only the zero-scale findings (value -inf), not forward collapses of different segments
+        groupable = (f.code, f.severity) in _GROUPED and (f.code != "IC102" or f.value == float("-inf"))
+        key = (f.code, f.severity, advice)
+        if groupable:
             groups.setdefault(key, []).append(f)
         else:
             kept.append(f)

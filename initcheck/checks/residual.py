@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
@@ -127,16 +128,16 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
             continue
         growth = result.forward[end].K / result.forward[start].K
         gradient = result.backward.get(start, 0.0) / result.backward[end]
-        findings.append(_pre_ln(mine, start, end, growth, gradient) if kind == "pre" else
-                        _post_ln(mine, start, end, gradient))
+        findings.append(_pre_ln(mine, start, end, growth, gradient, end in normalized_downstream(graph))
+                        if kind == "pre" else _post_ln(mine, start, end, gradient))
     return findings
 
 
-def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float) -> Finding:
+def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool) -> Finding:
     """Harmless growth is info; a stream growing by a decade or more (GPT-2 without its 1/sqrt(2L) scaling of the
     residual projections: x54 over 12 layers at N(0, 0.02)) warns: the last blocks' updates are drowned in a stream
     many times their size and the first blocks' gradients are that much larger."""
-    final_norm = any(normalizes(c) for c in end.consumers)
+    final_norm = normalized_later or any(normalizes(c) for c in end.consumers)  # a U-Net's norm_out counts too
     last = blocks[-1][0]
     too_much = growth >= 10 ** limit("IC516", "decades")
     scale = 1 / math.sqrt(max(growth - 1, 1e-12))  # branch energies add: c -> 1/L keeps the stream within x2
@@ -154,7 +155,7 @@ def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float) ->
         fix = "add a final normalisation after the last block (as GPT-2's ln_f)" + ("; and " + fix if too_much else "")
     return Finding(
         "IC516", "warning" if too_much or not final_norm else "info", "residual",
-        f"Pre-LN stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
+        f"pre-norm (Pre-LN) stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
         f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor)" + verdict,
         last.name, last.scope, growth, 10 ** limit("IC516", "decades"), fix, scale if too_much else None,
         details={"blocks": len(blocks), "stream_growth": growth}, measure=("G_energy_ratio", start.name, end.name))

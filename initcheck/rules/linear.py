@@ -6,7 +6,7 @@ import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_factor
 from initcheck.rules.common import backward_border, conv_profile, dim, spatial_lengths, transposed_profile
-from initcheck.rules.registry import backward_rule, forward_rule
+from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
 from initcheck.stats import LinearStats
 
 
@@ -38,6 +38,8 @@ _NOISE_TOLERANCE = 0.1
 @forward_rule("linear")
 def linear_forward(node, ins, ctx):
     x = ins[0]
+    if x is None:  # the multiplied operand is a constant computed from parameters (Mamba's exp(A_log)), not a signal
+        return Unsupported("its input has no moments (a constant computed from parameters, not a signal)")
     w = node.params["weight"]
     mean, K, M = affine_moments(x, w)
     return clean(mean, K, M, x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE)
@@ -143,6 +145,8 @@ def matmul_forward(node, ins, ctx):
     """Product of two independent signals. Rows of a softmax times values: K = M_v + (K_v - M_v) E sum p^2
     (theory.md §9); otherwise K = d K_a K_b + d(d-1) m_a^2 m_b^2 over the contracted size d."""
     a, b = ins[0], ins[1]
+    if a is None or b is None:  # e.g. Mamba's state matrix, computed from parameters the frontend did not fold
+        return Unsupported("one operand has no moments (a constant that is neither a folded weight nor a signal)")
     d = _contracted(node)
     exact = a.exact and b.exact and d is not None
     d = d or 1
@@ -168,7 +172,7 @@ def matmul_backward(node, ins, outs, grads, ctx):
     a, b = ins[0], ins[1]
     cols = dim(node.inputs[1], -1) or 1
     rows = dim(node.inputs[0], -2) or 1
-    return [grads[0] * cols * b.K, grads[0] * rows * a.K]
+    return [grads[0] * cols * b.K if b is not None else None, grads[0] * rows * a.K if a is not None else None]
 
 
 @forward_rule("embedding")
