@@ -186,6 +186,22 @@ def test_zero_scale_norm_is_deliberate_at_a_branch_end_and_an_error_on_the_main_
     assert any(f.code == "IC102" and f.severity == "error" and "gamma" in f.message for f in report.findings)
 
 
+def test_pre_norm_growth_warns_only_without_depth_scaling():
+    """GPT-2 at width 512 grows its stream x~70 with its own init (info: the projections are depth-scaled) and
+    x~1500 without the scaling (warning); the criterion is the scaling, not a width-dependent growth."""
+    from zoo import gpt2
+
+    found = {}
+    for unscaled in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module, inputs = gpt2(layers=12, width=512, unscaled_residual=unscaled)()
+        found[unscaled] = next(f for f in initcheck.analyze(module, inputs).findings if f.code == "IC516")
+    assert found[False].severity == "info" and found[False].value > 10
+    assert found[True].severity == "warning" and found[True].value > 10 * found[False].value
+    assert found[True].fix_value == pytest.approx(1 / math.sqrt(found[True].value - 1))
+
+
 def test_tied_embedding_fix_names_the_head_and_the_tie():
     from zoo import gpt2
 

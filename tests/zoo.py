@@ -58,12 +58,12 @@ def _causal_lm(model_cls: str, config_cls: str, **extra) -> Callable:
     return build
 
 
-def gpt2(layers: int = 4, unscaled_residual: bool = False, tied_std: float | None = None) -> Callable:
+def gpt2(layers: int = 4, unscaled_residual: bool = False, tied_std: float | None = None, width: int = 128) -> Callable:
     def build():
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=128, n_head=4, vocab_size=VOCAB, n_positions=64,
+        model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=VOCAB, n_positions=64,
                                            use_cache=False, bos_token_id=1, eos_token_id=2))
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -433,6 +433,8 @@ STOCK = [
     ZooModel("phi3", _causal_lm("Phi3ForCausalLM", "Phi3Config"), family="decoder LLM"),
     ZooModel("gpt2", gpt2(), family="decoder LLM"),
     ZooModel("gpt2_12", gpt2(layers=12), family="decoder LLM"),
+    # at width 512 GPT-2's own init grows the stream x~70: its depth-scaled projections say it is by design
+    ZooModel("gpt2_12_wide", gpt2(layers=12, width=512), family="decoder LLM"),
     ZooModel("bert", bert(), family="encoder"),
     ZooModel("t5", t5, family="encoder-decoder"),
     ZooModel("vit", vit, family="vision transformer"),
@@ -452,6 +454,8 @@ STOCK = [
 TWINS = [
     ZooModel("gpt2_12_unscaled_residual", gpt2(layers=12, unscaled_residual=True), broken="IC516", severity="warning",
              family="decoder LLM"),
+    ZooModel("gpt2_12_wide_unscaled_residual", gpt2(layers=12, unscaled_residual=True, width=512), broken="IC516",
+             severity="warning", family="decoder LLM"),
     ZooModel("llama_no_attention_scale", llama_without_attention_scale, broken="IC504", family="decoder LLM"),
     ZooModel("gpt2_tied_embedding_normal_1", gpt2(tied_std=1.0), broken="IC101", family="decoder LLM"),
     ZooModel("bert_linear_normal_1", bert(linear_std=1.0), broken="IC504", family="encoder"),

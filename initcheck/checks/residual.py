@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.thresholds import limit
@@ -128,23 +130,56 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
             continue
         growth = result.forward[end].K / result.forward[start].K
         gradient = result.backward.get(start, 0.0) / result.backward[end]
-        findings.append(_pre_ln(mine, start, end, growth, gradient, end in normalized_downstream(graph))
+        findings.append(_pre_ln(mine, start, end, growth, gradient, end in normalized_downstream(graph),
+                                _depth_scaled(graph, [f for n, _, f, p in blocks if p == kind]))
                         if kind == "pre" else _post_ln(mine, start, end, gradient))
     return findings
 
 
-def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool) -> Finding:
+_PASSIVE = {"dropout", "reshape", "transpose", "cast", "pointwise", "drop_path"}
+
+
+def _branch_end(value: Value) -> Node | None:
+    """The weighted layer that writes a branch into the stream (attention's output projection, the MLP's last)."""
+    for _ in range(8):
+        producer = value.producer
+        if producer is None:
+            return None
+        if producer.params.get("weight") is not None:
+            return producer
+        signals = [v for v in producer.inputs if is_signal(v)]
+        if producer.op not in _PASSIVE or len(signals) != 1:
+            return None
+        value = signals[0]
+    return None
+
+
+def _depth_scaled(graph: Graph, branches: list[Value]) -> bool:
+    """Whether the layers that write the branches into the stream start smaller than the stack's other layers
+    (GPT-2's std/sqrt(2 L), ~0.2x at 12 layers): the growth of the stream is then the design, not an oversight."""
+    ends = {n for n in (_branch_end(f) for f in branches) if n is not None}
+    std = lambda n: math.sqrt(n.params["weight"].w_sq)  # noqa: E731
+    others = [std(n) for n in graph.nodes if n.op == "linear" and n not in ends and n.params.get("weight") is not None]
+    if not ends or not others:
+        return False
+    others.sort()
+    return float(np.median([std(n) for n in ends])) < 0.7 * others[len(others) // 2]
+
+
+def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool,
+            depth_scaled: bool) -> Finding:
     """Harmless growth is info; a stream growing by a decade or more (GPT-2 without its 1/sqrt(2L) scaling of the
     residual projections: x54 over 12 layers at N(0, 0.02)) warns: the last blocks' updates are drowned in a stream
     many times their size and the first blocks' gradients are that much larger."""
     final_norm = normalized_later or any(normalizes(c) for c in end.consumers)  # a U-Net's norm_out counts too
     last = blocks[-1][0]
-    too_much = growth >= 10 ** limit("IC516", "decades")
+    too_much = growth >= 10 ** limit("IC516", "decades") and not depth_scaled
     scale = 1 / math.sqrt(max(growth - 1, 1e-12))  # branch energies add: c -> 1/L keeps the stream within x2
     if too_much:
-        verdict = (f"; a decade or more: late blocks write into a stream {growth:.3g}x the size their branches "
-                   "start at, and early blocks get gradients that much larger (GPT-2 scales its residual projections "
-                   f"by 1/sqrt(2 x layers) for this)")
+        verdict = ("; a decade or more, and the layers that write the branches into the stream start no smaller "
+                   "than the stack's others: late blocks write into a stream many times the size they start at, and "
+                   "early blocks get gradients that much larger (GPT-2 scales its residual projections by "
+                   "1/sqrt(2 x layers) for this)")
         fix = (f"scale the last layer of every residual branch (attention and MLP output projections) by "
                f"{scale:.3g}, e.g. std/sqrt(2 x layers) as GPT-2 does, to keep the stream within x2")
     else:
