@@ -254,3 +254,35 @@ def test_broken_twins_are_flagged_through_files(model, route, tmp_path):
     found = [f for f in report.findings if f.code == code]
     assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(least), \
         [f"{f.code} {f.severity} {f.scope}" for f in report.findings]
+
+
+@pytest.mark.parametrize("fused", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_onnxruntime_fused_residual_norms_are_normalisations(fused, tmp_path):
+    """onnxruntime's transformer optimizer writes x + skip (+ bias) -> norm as one com.microsoft node, its 4th
+    output the residual stream: analysed as the add and the norm, and matching onnxruntime within 5%."""
+    import numpy as np
+    import onnx
+    from measure import compare_with_onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    d = 64
+    inits = [numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(d, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w2")]
+    norm_inputs = ["x", "h", "gamma"] + (["beta"] if fused == "SkipLayerNormalization" else [])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node(fused, norm_inputs, ["n", "", "", "stream"], domain="com.microsoft", epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w2"], ["f"]), helper.make_node("Add", ["stream", "f"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "fused.onnx"
+    onnx.save(model, str(path))
+    report = initcheck.analyze(str(path))
+    assert report.coverage.unsupported == {}
+    assert any(r.op.startswith(("layer_norm", "rms_norm")) for r in report.layers)
+    assert not [f for f in report.findings if f.severity != "info"]
+    checked, _, failures = compare_with_onnxruntime(path, runs=32)
+    assert checked >= 4 and not failures, failures

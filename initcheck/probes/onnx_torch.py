@@ -170,6 +170,14 @@ def _ln(node, x, a):
     return F.layer_norm(x[0], x[0].shape[axis:], x[1], x[2] if len(x) > 2 else None, a.get("epsilon", 1e-5))
 
 
+@op("SimplifiedLayerNormalization", "RMSNormalization")
+def _rms(node, x, a):
+    axis = a.get("axis", -1) % x[0].ndim
+    dims = tuple(range(axis, x[0].ndim))
+    y = x[0] * torch.rsqrt(x[0].pow(2).mean(dims, keepdim=True) + a.get("epsilon", 1e-5))
+    return y * x[1] if len(x) > 1 and x[1] is not None else y
+
+
 @op("GroupNormalization")
 def _gn(node, x, a):
     g = a["num_groups"]
