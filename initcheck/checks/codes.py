@@ -41,7 +41,9 @@ _code(
     "Same as IC101 with F_l < 0. PyTorch's default Linear/Conv init (kaiming_uniform, a=sqrt(5)) has gain 1/3, "
     "1/6 after ReLU: -0.78 decades per layer.",
     "Same as IC101: std = g / sqrt(fan_in) for the activation that follows (He init for ReLU).",
-    "F <= -1 decade: warning; <= -2 decades: error.",
+    "F <= -1 decade: warning; <= -2 decades: error. An output region (logit layer or short classifier after the "
+    "last pooling/norm) that starts small by itself: info (the loss starts near ln(classes), as zero/N(0, 0.02) "
+    "heads intend). A normalisation with scale 0 on the main path: error.",
 )
 _code(
     "IC111", "gradient-explodes", "error",
@@ -75,7 +77,8 @@ _code(
     "min(W) == max(W)",
     "Use a random init (e.g. std = g / sqrt(fan_in)); an all-zero last layer of a residual branch is a deliberate "
     "choice (it starts the block as the identity) and can be ignored.",
-    "Constant non-zero weight matrix: error; all-zero: warning.",
+    "Constant non-zero weight matrix: error; all-zero: warning; all-zero at a residual branch's end or in the "
+    "output layer (zero_init_residual, ViT/MLP-Mixer heads), or a norm with scale 0 ending a branch: info.",
 )
 _code(
     "IC301", "unsupported-op", "warning",
