@@ -286,3 +286,14 @@ def test_onnxruntime_fused_residual_norms_are_normalisations(fused, tmp_path):
     assert not [f for f in report.findings if f.severity != "info"]
     checked, _, failures = compare_with_onnxruntime(path, runs=32)
     assert checked >= 4 and not failures, failures
+
+
+def test_probe_measures_gradients_of_models_returning_model_outputs():
+    """HF models return ModelOutput dataclasses: the probe seeds the backward at every tensor leaf (issue 15 §5
+    found measured_G null on all of them)."""
+    from initcheck.probes.common import ProbeOptions
+
+    model = next(m for m in STOCK if m.name == "gpt2")
+    report = _analyze(model, probe=ProbeOptions(batch=2, seeds=1))
+    measured = [r for r in report.layers if r.measured_G is not None]
+    assert len(measured) >= 0.8 * len(report.layers)

@@ -100,8 +100,8 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
                     acc.forward(name, x)
                     x.register_hook(lambda g, name=name: acc.backward(name, g))
         outputs = _Recorder(module, wanted, acc, batch_statistics).run(*inputs)
-        flat = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-        seed_backward(flat, options.loss, generator)
+        # dicts, ModelOutputs and nested tuples (every HF and diffusers model): seed every tensor leaf
+        seed_backward(torch.utils._pytree.tree_leaves(outputs), options.loss, generator)
 
     runs = run_loop(options, runs_per_seed, step, notes)
     return ProbeResult(acc.results(), device, runs * batch, runs, options.loss, options.resample_weights, notes=notes)
