@@ -23,6 +23,19 @@ from initcheck.probes.common import (
 )
 
 
+def without_inactive_dropout(model, graph: Graph) -> None:
+    """Dropout the analysis reads as inactive (eval mode) runs as the identity, even where the file marks it as
+    training: otherwise onnxruntime and the torch form draw different masks (a false IC402) and every run
+    measures other numbers."""
+    from onnx import helper
+
+    inactive = {n.outputs[0].name for n in graph.nodes if n.op == "dropout" and not n.attrs.get("training")}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "Dropout" and node.output and node.output[0] in inactive:
+            identity = helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+            model.graph.node[i].CopyFrom(identity)
+
+
 def with_batch_statistics(model, graph: Graph, opset: int) -> None:
     """Batch norms the analysis reads as they will train (untrained running statistics) become the same
     normalisation with the batch's own statistics, written in plain ops so that onnxruntime (whose inference
@@ -159,6 +172,8 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     model = read_model(Path(path))
     opset = graph.opset or 13
     with_batch_statistics(model, graph, opset)
+    without_inactive_dropout(model, graph)
+    active_dropout = any(n.op_type == "Dropout" for n in model.graph.node)
     acc = new_accumulator(graph)
     produced = {o for n in model.graph.node for o in n.output}
     wanted = [v.name for n in graph.nodes for v in n.outputs if v.name in produced and v.is_float]
@@ -191,14 +206,22 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
             state["backward"] = False
             notes.append(f"gradients not measured: {e}")
             return
-        if record is not None:
+        if record is not None and not active_dropout:  # two runtimes draw two masks: nothing to compare
             state["max_diff"] = _max_difference(record, dict(zip(wanted, arrays)))
         outputs = [values[o.name] for o in model.graph.output if o.name in values]
         seed_backward(outputs, options.loss, generator)
 
     if options.resample_weights:
         notes.append("--resample-weights applies to PyTorch models; ONNX weights were used as stored")
-    runs = run_loop(options, runs_per_seed, step, notes)
+    if active_dropout:
+        notes.append("the torch form is not cross-checked against onnxruntime: active dropout draws its own masks "
+                     "in each runtime")
+    import onnxruntime
+
+    onnxruntime.set_seed(0)  # active dropout's masks the same on every run: byte-identical reports
+    with torch.random.fork_rng(devices=[]):  # the torch form's masks too, without touching the caller's RNG
+        torch.manual_seed(0)
+        runs = run_loop(options, runs_per_seed, step, notes)
     diff, where = state["max_diff"] or (None, None)
     return ProbeResult(acc.results(), device, runs * (options.batch if batched else run_batch), runs, options.loss,
                        False, max_relative_difference=diff, max_difference_at=where, notes=notes)
