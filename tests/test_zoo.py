@@ -297,3 +297,18 @@ def test_probe_measures_gradients_of_models_returning_model_outputs():
     report = _analyze(model, probe=ProbeOptions(batch=2, seeds=1))
     measured = [r for r in report.layers if r.measured_G is not None]
     assert len(measured) >= 0.8 * len(report.layers)
+
+
+@pytest.mark.parametrize("name,route", [("gemma", "pt2"), ("gpt2", "onnx-legacy"), ("llama", "onnx-legacy")])
+def test_probe_measures_llm_families_through_files(name, route, tmp_path):
+    """Found by issue 15's survey: Gemma's probe crashed on a 0-d value (its sqrt(d) normaliser); ONNX decoders
+    failed in the torch form (Flatten with axis = rank, which HF's mask code exports)."""
+    from zoo import export_file
+
+    from initcheck.probes.common import ProbeOptions
+
+    model = next(m for m in STOCK if m.name == name)
+    path, shapes = export_file(model, route, tmp_path)
+    report = initcheck.analyze(str(path), None if route == "pt2" else shapes, probe=ProbeOptions(batch=2, seeds=1))
+    assert not [f.code for f in report.findings if f.code in ("IC402", "IC403")]
+    assert sum(r.measured_G is not None for r in report.layers) >= 0.8 * len(report.layers)

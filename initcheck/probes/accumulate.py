@@ -121,7 +121,7 @@ class Accumulator:
             pieces = [slot.sums, slot.channels] + ([slot.phases] if slot.phases is not None else [])
             sizes.append([p.numel() for p in pieces])
             parts.extend(pieces)
-        flat = torch.cat([p.to(parts[0].device) for p in parts]).cpu().tolist()
+        flat = torch.cat([p.to(parts[0].device).reshape(-1) for p in parts]).cpu().tolist()  # scalars are 0-d
         out, offset = {}, 0
         for name, lengths in zip(names, sizes):
             chunks = []

@@ -19,8 +19,9 @@ def _reshape(node, x, a):
 
 @op("Flatten")
 def _flatten(node, x, a):
-    axis = a.get("axis", 1) % max(x[0].ndim, 1)
-    return x[0].reshape(int(np.prod(x[0].shape[:axis])), -1)
+    axis = a.get("axis", 1)
+    axis = axis + x[0].ndim if axis < 0 else axis  # axis == rank is valid: [prod(all), 1]
+    return x[0].reshape(int(np.prod(x[0].shape[:axis])), int(np.prod(x[0].shape[axis:])))
 
 
 @op("Transpose")
