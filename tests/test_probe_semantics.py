@@ -44,3 +44,24 @@ def test_train_mode_dropout_export_gives_no_false_ic402_and_identical_reports(tm
         assert [r for r in report["layers"] if r.get("measured_K") is not None]
         _, _, second = _json(path, capsys, *extra)
         assert first == second  # same masks, same numbers
+
+
+def test_torch_form_mod_matches_onnxruntime():
+    """Mod in the torch form (issue 15 §5: graphs with Mod had no measured gradients): both sign conventions."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from initcheck.probes.onnx_torch import OPS
+
+    for fmod, dtype, proto in ((0, np.int64, TensorProto.INT64), (1, np.float32, TensorProto.FLOAT),
+                               (1, np.int64, TensorProto.INT64)):
+        node = helper.make_node("Mod", ["a", "b"], ["y"], fmod=fmod)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", proto, [6]),
+                                                helper.make_tensor_value_info("b", proto, [6])],
+                                  [helper.make_tensor_value_info("y", proto, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        a, b = np.array([-7, 7, -5, 5, 9, -9]).astype(dtype), np.array([3, -3, 2, 2, -4, 4]).astype(dtype)
+        expected = ort.InferenceSession(model.SerializeToString()).run(None, {"a": a, "b": b})[0]
+        got = OPS["Mod"](node, [torch.tensor(a), torch.tensor(b)], {"fmod": fmod}).numpy()
+        assert np.array_equal(expected, got), (fmod, dtype)

@@ -56,6 +56,12 @@ def _binary(node, x, a):
     return _BINARY[node.op_type](x[0], x[1])
 
 
+@op("Mod")
+def _mod(node, x, a):
+    """fmod=1: the sign of the dividend (C fmod); fmod=0: the sign of the divisor (Python %), integers only."""
+    return torch.fmod(x[0], x[1]) if a.get("fmod", 0) else torch.remainder(x[0], x[1])
+
+
 @op("Sum")
 def _sum(node, x, a):
     out = x[0]
