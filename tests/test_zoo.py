@@ -312,3 +312,13 @@ def test_probe_measures_llm_families_through_files(name, route, tmp_path):
     report = initcheck.analyze(str(path), None if route == "pt2" else shapes, probe=ProbeOptions(batch=2, seeds=1))
     assert not [f.code for f in report.findings if f.code in ("IC402", "IC403")]
     assert sum(r.measured_G is not None for r in report.layers) >= 0.8 * len(report.layers)
+
+
+def test_pre_norm_growth_finding_quotes_the_measured_growth():
+    """IC516's number is the stream's growth: the probe measures the same ratio (within 15% on GPT-2)."""
+    from initcheck.probes.common import ProbeOptions
+
+    model = next(m for m in STOCK if m.name == "gpt2_12")
+    report = _analyze(model, probe=ProbeOptions(batch=2, seeds=2))
+    found = next(f for f in report.findings if f.code == "IC516")
+    assert found.measured == pytest.approx(found.value, rel=0.15)

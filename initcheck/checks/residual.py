@@ -193,7 +193,8 @@ def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, no
         f"pre-norm (Pre-LN) stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
         f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor)" + verdict,
         last.name, last.scope, growth, 10 ** limit("IC516", "decades"), fix, scale if too_much else None,
-        details={"blocks": len(blocks), "stream_growth": growth}, measure=("G_energy_ratio", start.name, end.name))
+        details={"blocks": len(blocks), "stream_growth": growth, "gradient_ratio": gradient},
+        measure=("K_ratio", end.name, start.name))  # the value is the stream's growth: measured alike
 
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
