@@ -1,4 +1,4 @@
-"""The state the symbolic pass propagates (theory.md §1)."""
+"""The state the symbolic pass propagates (docs/theory.md §1)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Moments:
     valid_keys: for attention logits, the number of unmasked keys per query row (causal masks).
     simplex: rows sum to one (softmax output), which the attention-output rule needs.
     gaussian: entries are close to Gaussian (sums over many inputs); elementwise rules on a
-      non-Gaussian input are approximations (theory.md §4, "Gaussian closure").
+      non-Gaussian input are approximations (docs/theory.md §4, "Gaussian closure").
     phases: per output phase K of an up-sampling op (checkerboard, §3), None elsewhere.
     spread: predicted CV^2 of K across weight draws at this width (finite width, §12); the rules
       are exact in expectation, a single network deviates by about sqrt(spread).

@@ -1,6 +1,6 @@
 """Weight statistics, computed once per tensor: the only view of weights that rules ever get.
 
-`TensorStats` summarises any constant; `LinearStats` is what the linear/conv rules need (theory.md §1-3):
+`TensorStats` summarises any constant; `LinearStats` is what the linear/conv rules need (docs/theory.md §1-3):
 fan-in/out, mean square of the weights, row-sum energy R, bias moments, and for transposed convolutions
 the per-output-phase tap energies that set the checkerboard pattern.
 """
@@ -153,7 +153,7 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
 
 
 def taps_per_phase(k: int, s: int, d: int) -> list[list[int]]:
-    """Kernel taps t in [0, k) with t*d = r (mod s), for each phase r (theory.md §3)."""
+    """Kernel taps t in [0, k) with t*d = r (mod s), for each phase r (docs/theory.md §3)."""
     return [[t for t in range(k) if (t * d) % s == r] for r in range(s)]
 
 
@@ -205,7 +205,7 @@ def conv_transpose_stats(
 
 def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = True) -> float | None:
     """Mean cosine between the r^2 sub-pixel kernels of each output block of a conv feeding PixelShuffle /
-    DepthToSpace (theory.md §3): 1 for ICNR (conv + nearest up-sampling), ~0 for a random init. For a white
+    DepthToSpace (docs/theory.md §3): 1 for ICNR (conv + nearest up-sampling), ~0 for a random init. For a white
     input it is the correlation of a block's sub-pixels. channel_first: channel c r^2 + phase (PixelShuffle,
     DepthToSpace CRD); else phase C + c (DepthToSpace DCR)."""
     w = _finite(weight)
@@ -224,7 +224,7 @@ def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = Tru
 
 def recurrent_gate_stats(w: np.ndarray, r: np.ndarray, bias: np.ndarray, rows: slice) -> dict[str, float]:
     """One gate of an RNN/LSTM/GRU (input weights w, recurrent weights r, summed biases): the gains the mean
-    field needs, and the spectral radius and norm of the gate's square recurrent block (theory.md §10)."""
+    field needs, and the spectral radius and norm of the gate's square recurrent block (docs/theory.md §10)."""
     block = _finite(r[rows])
     hidden = block.shape[0]
     square = block[:, :hidden] if block.shape[1] >= hidden else None
@@ -247,7 +247,7 @@ def untrained_running_stats(mean, var) -> bool:
 
 def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float]:
     """Moments over channels of a = gamma/sqrt(var+eps), mu and beta that the eval-mode rule needs
-    (theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""
+    (docs/theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""
     g, b, mu, v = (np.asarray(x, dtype=np.float64).ravel() for x in (gamma, beta, mean, var))
     a = g / np.sqrt(np.maximum(v, 0) + eps)
     stats = {"a": a.mean(), "a2": (a**2).mean(), "amu": (a * mu).mean(), "a2mu": (a**2 * mu).mean(),

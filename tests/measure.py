@@ -56,7 +56,7 @@ def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 
 def compare_with_onnxruntime(path, runs: int = 48, inputs: dict | None = None):
     """Symbolic pass vs onnxruntime on every exactly-modeled value.
 
-    Returns (checked, tight, failures): values compared under theory.md's criterion
+    Returns (checked, tight, failures): values compared under docs/theory.md's criterion
     |ln(K_sym/K_meas)| <= ln 1.15 + 3 SE (SE = predicted finite-width spread of this one network), and
     the values whose predicted spread is <= 5%, which must agree within 15% outright. SE also counts the
     measurement's own standard error over the runs (a single input's K fluctuates). Masked attention

@@ -62,6 +62,6 @@ def relative_error(predicted: float, measured: float) -> float:
 
 
 def agrees(predicted: float, measured: float, tolerance: float, spread: float = 0.0) -> bool:
-    """theory.md §13: |ln(sym/measured)| <= ln(1 + tolerance) + 3 SE, SE = the predicted finite-width
+    """docs/theory.md §13: |ln(sym/measured)| <= ln(1 + tolerance) + 3 SE, SE = the predicted finite-width
     spread of this one network (0 for a single layer on independent inputs)."""
     return abs(math.log(predicted / measured)) <= math.log1p(tolerance) + 3 * math.sqrt(spread)

@@ -45,7 +45,7 @@ def test_checkerboard_k3_s2_triggers_with_the_measured_ratio():
     assert f.severity == "error" and f.fix_value == 4.0  # k=4 is the next kernel divisible by s=2
     energies = phase_energies(model, torch.randn(64, 64, 16, 16))
     measured = max(energies) / min(energies)
-    assert f.value == pytest.approx(measured, rel=0.1)  # per-phase rule with the actual tap energies (theory §3)
+    assert f.value == pytest.approx(measured, rel=0.1)  # per-phase rule with the actual tap energies (docs/theory.md §3)
     assert f.value == pytest.approx(4.0, rel=0.3)  # iid theory: 4 for k=3, s=2
     with torch.no_grad():  # the mean path alone: a constant input paints the pattern of the tap sums S_r
         y = model(torch.ones(1, 64, 16, 16))[:, :, 2:-2, 2:-2] - model.up.bias[None, :, None, None]
@@ -94,7 +94,7 @@ def test_unscaled_residual_triggers_with_2_to_the_L():
 
 
 def test_over_corrected_residual_is_recognised():
-    """Glorot-like branch gain g = 1/2 with /sqrt(2): 0.75 per block (theory.md §5)."""
+    """Glorot-like branch gain g = 1/2 with /sqrt(2): 0.75 per block (docs/theory.md §5)."""
     model = Residual(std_in=1.0, std_out=1.0, scale=1 / math.sqrt(2))
     report = initcheck.analyze(model, torch.randn(512, 256))
     f = finding(report, "IC503")
@@ -173,7 +173,7 @@ def test_deep_narrow_network_is_flagged_and_the_spread_is_right():
 
 def test_resampled_probe_puts_the_measured_spread_beside_the_prediction():
     """--resample-weights: each seed permutes every weight tensor, so the probe's run-to-run spread of K is the
-    instance-to-instance spread the finding predicts (theory §12, 'probe across S weight draws')."""
+    instance-to-instance spread the finding predicts (docs/theory.md §12, 'probe across S weight draws')."""
     depth, width = 20, 32
     options = initcheck.ProbeOptions(batch=64, seeds=16, resample_weights=True)
     f = finding(initcheck.analyze(relu_net(depth, width, 0), torch.randn(64, width), probe=options), "IC505")
@@ -184,7 +184,7 @@ def test_resampled_probe_puts_the_measured_spread_beside_the_prediction():
 def test_shallow_wide_twin_is_not_flagged():
     report = initcheck.analyze(relu_net(3, 256, 0), torch.randn(64, 256))
     assert "IC505" not in codes(report)
-    # at most 5 (L - 1) / n = 0.04 (theory §12; a batch of independent inputs averages some of it away)
+    # at most 5 (L - 1) / n = 0.04 (docs/theory.md §12; a batch of independent inputs averages some of it away)
     assert report.width_regime == "near-infinite-width" and report.instance_spread < 0.04
 
 
@@ -209,7 +209,7 @@ class Recurrent(nn.Module):
 
 def test_vanishing_rnn_gradient_triggers_with_theorys_chi():
     """torch's default tanh RNN (c = 1/3, input width = hidden width) with unit inputs: chi = 0.21 per step
-    (theory.md §10)."""
+    (docs/theory.md §10)."""
     report = initcheck.analyze(Recurrent(), torch.randn(50, 8, 64))
     f = finding(report, "IC506")
     assert f.fix_value == pytest.approx(0.21, rel=0.15)

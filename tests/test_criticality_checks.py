@@ -82,7 +82,7 @@ class Chain(nn.Module):
 
 
 def test_chaotic_tanh_chain_gradient_product_matches_measurement():
-    model = Chain(24, 256, torch.tanh, 5 / 3)  # torch's tanh gain: chaotic (theory §4)
+    model = Chain(24, 256, torch.tanh, 5 / 3)  # torch's tanh gain: chaotic (docs/theory.md §4)
     f = finding(initcheck.analyze(model, torch.randn(4, 256)), "IC512")
     assert "chaotic" in f.message
     pre = []

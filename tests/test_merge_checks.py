@@ -42,7 +42,7 @@ def test_unscaled_branch_sum_matches_the_measured_growth():
     x = torch.randn(64, 32, 12, 12)
     with torch.no_grad():
         measured = float(model(x).pow(2).mean() / x.pow(2).mean())
-    # sum of branch gains, zero-padding borders included (theory §2, §5): 4 for interior-only balanced branches
+    # sum of branch gains, zero-padding borders included (docs/theory.md §2, §5): 4 for interior-only balanced branches
     assert f.value == pytest.approx(measured, rel=0.05)
     assert 3.0 < measured < 4.0
     assert f.details["branches"] == 4
@@ -60,7 +60,7 @@ def test_scaled_branch_sum_is_healthy():
 
 
 class UNetMerge(nn.Module):
-    """concat(skip, up) -> 3x3 conv with Glorot recomputed for the merged fan-in (theory §5)."""
+    """concat(skip, up) -> 3x3 conv with Glorot recomputed for the merged fan-in (docs/theory.md §5)."""
 
     def __init__(self, c=32, c_out=32, skip_scale=1.0):
         super().__init__()

@@ -102,7 +102,7 @@ def test_saturation_and_rank_collapse_are_measured():
 def test_upsampling_phases_are_measured():
     report = initcheck.analyze(SAMPLES / "dcgan_generator.onnx", training=True, probe=ProbeOptions(seeds=2))
     rows = [r for r in report.layers if r.op == "conv_transpose"]
-    # the probe measures the whole map, edges included; the symbolic phase ratio is interior-only (theory §3),
+    # the probe measures the whole map, edges included; the symbolic phase ratio is interior-only (docs/theory.md §3),
     # so the quantitative comparison lives in test_architecture_checks (interior, within 10%)
     assert rows and all(r.measured_phase_ratio and r.measured_phase_ratio > 2 and r.phase_ratio > 2 for r in rows)
 

@@ -1,7 +1,7 @@
 """Every rule against Monte Carlo (float64 torch, same weights) on 1-3 op graphs.
 
 Tolerances: FWD/BWD below unless a case states its own, widened by 3x the predicted finite-width spread
-of the one network under test (theory.md §12-13; zero for one layer on independent inputs). Monte Carlo
+of the one network under test (docs/theory.md §12-13; zero for one layer on independent inputs). Monte Carlo
 noise here is ~0.5-1.5% (>= 10^5 samples per moment); a failure means a wrong formula.
 """
 
@@ -61,7 +61,7 @@ ACTIVATIONS = {
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation(name, scale, tmp_path):
-    """theory.md §4: m = <phi>, K = <phi^2>, G_x = <phi'^2> G_y; exported decompositions are fused."""
+    """docs/theory.md §4: m = <phi>, K = <phi^2>, G_x = <phi'^2> G_y; exported decompositions are fused."""
     check(Fn(ACTIVATIONS[name], scale=scale), (512, 256), tmp_path)
 
 
@@ -82,7 +82,7 @@ def test_linear_zero_mean_and_relu_input(tmp_path):
 def test_linear_positive_weights(tmp_path):
     """§1: all-positive weights: the m^2 R term dominates (61x the naive rule). Forward only: with
     non-zero-mean weights the backward gradient is coherent across units, outside the backward rule's
-    assumption (theory.md validates this case forward only)."""
+    assumption (docs/theory.md validates this case forward only)."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
     with torch.no_grad():

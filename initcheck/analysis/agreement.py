@@ -1,8 +1,8 @@
 """Measured beside predicted: fills the probe columns of the rows and judges their agreement.
 
 A value the symbolic pass models exactly agrees when |ln(K_sym / K_meas)| <= ln 1.15 + 3 SE, SE combining
-the predicted finite-width spread of this network (theory.md §12) and the probe's own sampling error
-(theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
+the predicted finite-width spread of this network (docs/theory.md §12) and the probe's own sampling error
+(docs/theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
 branches that are the same tensor), and becomes a finding.
 """
 

@@ -1,4 +1,4 @@
-"""Mean-field susceptibilities per activation layer (theory.md §4): chi_perp = C_W <phi'^2>_K (the gradient
+"""Mean-field susceptibilities per activation layer (docs/theory.md §4): chi_perp = C_W <phi'^2>_K (the gradient
 factor of one layer, and the stability of nearby inputs' correlation) and chi_par = C_W d<phi^2>/dK (the
 contraction of K toward its fixed point), with C_W = fan_in E[W^2] of the weighted layer the activation feeds.
 
@@ -19,7 +19,7 @@ from initcheck.rules.activations import program_moments
 
 _PASS = {"reshape", "flatten", "transpose", "squeeze", "unsqueeze", "identity", "cast", "dropout"}
 _WEIGHTED = {"linear", "conv"}
-# (C_b, C_W) at criticality (theory.md §4); None where no critical point exists
+# (C_b, C_W) at criticality (docs/theory.md §4); None where no critical point exists
 CRITICAL = {"relu": (0.0, 2.0), "identity": (0.0, 1.0), "tanh": (0.0, 1.0), "gelu": (0.173, 1.983),
             "gelu_tanh": (0.173, 1.983), "silu": (0.555, 1.988), "mish": (0.095, 2.014), "hard_swish": (0.507, 1.973),
             "sigmoid": None, "softplus": None, "elu": None, "selu": None}

@@ -1,4 +1,4 @@
-"""Finite-width spread of the forward second moment (theory.md §12), kept in one place.
+"""Finite-width spread of the forward second moment (docs/theory.md §12), kept in one place.
 
 The rules are exact in expectation over weight draws; one network at width n deviates. Following the
 vertex recursion, V_{l+1} = chi_par^2 V_l + (cross-input 4-point excess) / n:
@@ -54,7 +54,7 @@ _OFFSET_SENSITIVE = {"gelu", "gelu_tanh", "silu", "mish", "hard_swish"}
 
 def _small_width_bias(node: Node) -> float:
     """GELU-like activations show an O(1/n) bias of the per-layer rule from per-unit offsets
-    (theory.md §4: ~3% at n=1024, ~12% at n=256, i.e. ~30/n)."""
+    (docs/theory.md §4: ~3% at n=1024, ~12% at n=256, i.e. ~30/n)."""
     shape = node.inputs[0].shape
     if not shape:
         return 0.0
@@ -69,7 +69,7 @@ def _units(node: Node) -> tuple[int, int]:
         return max(w.fan_in, 1), max(w.fan_out, 1)
     taps = int(np.prod(node.attrs["kernel"]))
     channels_in = max(w.fan_in // taps, 1) if node.op == "conv" else max(round(w.fan_in * np.prod(node.attrs["strides"]) / taps), 1)
-    # convs: effective width between C and C k^2 (theory.md §12: ~2.3 C for 3x3)
+    # convs: effective width between C and C k^2 (docs/theory.md §12: ~2.3 C for 3x3)
     n_eff = channels_in * max(1.0, math.sqrt(taps) / 1.3)
     c_out = w.fan_out // taps * node.attrs.get("groups", 1) if node.op == "conv" else w.fan_out // taps
     return int(n_eff), max(c_out, 1)

@@ -1,4 +1,4 @@
-"""Which values are table rows, and the per-row numbers (theory.md §13)."""
+"""Which values are table rows, and the per-row numbers (docs/theory.md §13)."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def output_heads(graph: Graph) -> set[Node]:
 
 def normalized_downstream(graph: Graph) -> set[Value]:
     """Values every path from which to an output passes through a normalisation: their scale only
-    matters through epsilon and the normalisation's backward 1/v (theory.md §13)."""
+    matters through epsilon and the normalisation's backward 1/v (docs/theory.md §13)."""
     covered: set[Value] = set()
     for node in reversed(graph.nodes):
         for v in node.outputs:
@@ -186,7 +186,7 @@ def normalized_downstream(graph: Graph) -> set[Value]:
 
 @lru_cache(maxsize=256)
 def forward_gain(program) -> float:
-    """g_f = <phi^2>_1^{-1/2}: the weight gain that keeps K = 1 through linear -> phi (theory.md §4)."""
+    """g_f = <phi^2>_1^{-1/2}: the weight gain that keeps K = 1 through linear -> phi (docs/theory.md §4)."""
     _, second, _, _ = moments_of(pointwise.as_function(program), 0.0, 1.0, 0.0, pointwise.kinks(program))
     return 1.0 / math.sqrt(second) if second > 0 else 1.0
 
@@ -255,7 +255,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
 def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] | None = None) -> dict[Value, float]:
     """E_ref per value, E = G * numel (gradient energy per sample). At criticality E is preserved through
     width changes, strided convs, max pooling and nearest up-sampling (it is the product of chi_perp,
-    theory.md §4); averaging ops (pooling, attention's P @ V) and normalisations change it by design, so, like
+    docs/theory.md §4); averaging ops (pooling, attention's P @ V) and normalisations change it by design, so, like
     the forward reference, the backward reference is the nearest downstream output, normalisation or averaging
     input. A small output head's input is a reference too: a deliberately small head scales every gradient into
     the body by the same factor, which adaptive optimisers undo per tensor; the body is judged on what it does to
@@ -337,13 +337,13 @@ def _hidden_spread(value: Value, result: SymbolicResult) -> tuple[float, Value]:
 
 def output_spread(graph: Graph, result: SymbolicResult) -> tuple[float, Value, Value] | None:
     """(CV^2, hidden value, output) for the output whose last hidden representation varies most between
-    initialisations (theory.md §12)."""
+    initialisations (docs/theory.md §12)."""
     spreads = [(*_hidden_spread(v, result), v) for v in graph.outputs if v in result.forward]
     return max(spreads, key=lambda s: s[0]) if spreads else None
 
 
 def width_regime(cv2: float) -> str:
-    """theory.md §12 classes: < 0.1 near-infinite-width, 0.1-0.5 effectively deep, then the IC505 thresholds."""
+    """docs/theory.md §12 classes: < 0.1 near-infinite-width, 0.1-0.5 effectively deep, then the IC505 thresholds."""
     from initcheck.checks.thresholds import limit
 
     if cv2 >= limit("IC505", "overly_deep"):

@@ -1,5 +1,5 @@
 """The symbolic pass: forward moments per value, then gradient second moments per value from a
-unit-variance cotangent at every output (theory.md §1-§11, rules in initcheck.rules)."""
+unit-variance cotangent at every output (docs/theory.md §1-§11, rules in initcheck.rules)."""
 
 from __future__ import annotations
 

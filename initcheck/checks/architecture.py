@@ -1,5 +1,5 @@
 """Architecture checks with concrete fixes (issue 5): attention logit scale, depth-to-width, recurrence,
-dropout. Each names the layer, the numbers, the reason and the fix as a number (theory.md §5-§12)."""
+dropout. Each names the layer, the numbers, the reason and the fix as a number (docs/theory.md §5-§12)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from initcheck.rules.common import normalizes
 
 
 def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """q k^T -> softmax: within-row logit std sigma; sigma >= 2 warns, >= 4 errs (theory.md §9, §13). A missing
+    """q k^T -> softmax: within-row logit std sigma; sigma >= 2 warns, >= 4 errs (docs/theory.md §9, §13). A missing
     1/sqrt(d_k), in every form it can be written (analysis/attention_scale.py), is an error even when small q/k
     weights hide it at init: the logits grow with sqrt(d_k) as soon as training moves q and k."""
     findings = []
@@ -65,7 +65,7 @@ _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
 
 
 def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width: int | None) -> list[Finding]:
-    """Effective theory (theory.md §12): the instance-to-instance CV^2 of the output second moment; the
+    """Effective theory (docs/theory.md §12): the instance-to-instance CV^2 of the output second moment; the
     expansion parameter is nu L / n (nu = 5 for ReLU), not L / n. >= 0.5: effectively too deep for its width."""
     found = output_spread(graph, result)
     if found is None or not width:
@@ -92,7 +92,7 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
 
 def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     """RNN/LSTM/GRU: per-step gradient factor chi from the mean field at the stationary state; chi^T over the
-    sequence (theory.md §10). LSTM/GRU values are lower bounds (tied weights interfere constructively)."""
+    sequence (docs/theory.md §10). LSTM/GRU values are lower bounds (tied weights interfere constructively)."""
     from initcheck.rules.recurrent import run_mean_field
 
     findings = []
@@ -136,7 +136,7 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
 
 
 def dropout_findings(graph: Graph) -> list[Finding]:
-    """Inverted dropout multiplies K by 1/(1-p) in training mode and not in eval mode (theory.md §8): along a
+    """Inverted dropout multiplies K by 1/(1-p) in training mode and not in eval mode (docs/theory.md §8): along a
     chain of dropout layers the two modes drift apart by prod 1/(1-p)."""
     layers = [n for n in graph.nodes if n.op == "dropout" and n.attrs.get("ratio", 0) > 0 and any(
         is_signal(v) for v in n.inputs)]

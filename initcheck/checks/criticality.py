@@ -1,4 +1,4 @@
-"""Criticality and the weights' own statistics (theory.md §1, §4): off-critical chains (IC512), input-correlation
+"""Criticality and the weights' own statistics (docs/theory.md §1, §4): off-critical chains (IC512), input-correlation
 collapse (IC513), non-zero-mean weights (IC510) and biases that dominate the signal (IC511)."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def criticality_findings(found: dict[Node, Susceptibility], result: SymbolicResu
 
 
 def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
-    """Pi chi_perp over the chain is its gradient factor (theory §4): the ordered phase (< 1) vanishes and
+    """Pi chi_perp over the chain is its gradient factor (docs/theory.md §4): the ordered phase (< 1) vanishes and
     collapses inputs, the chaotic phase (> 1) explodes and decorrelates nearby inputs."""
     product = math.prod(s.chi_perp for s in chain)
     decades = limit("IC512", "decades")
@@ -105,7 +105,7 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
     ratios = sorted(s.C_W_critical / s.C_W for s in chain if s.C_W > 0)
     scale = math.sqrt(ratios[len(ratios) // 2]) if ratios else 1.0
     family = CRITICAL.get(first.activation, "unknown")
-    point = ("no critical point exists for this activation (theory §4): use a normalisation" if family is None else
+    point = ("no critical point exists for this activation (docs/theory.md §4): use a normalisation" if family is None else
              f"its critical point is C_b = {family[0]:g}, C_W = {family[1]:g}" if family != "unknown" else "")
     ordered = mean_chi < 1
     at_point = family not in (None, "unknown") and abs(chain[len(chain) // 2].C_W / family[1] - 1) < 0.1

@@ -1,4 +1,4 @@
-"""Graph attention (GAT, theory.md §9): logits e_ij = act(u_i + w_j) from a node part u_i and a neighbour part
+"""Graph attention (GAT, docs/theory.md §9): logits e_ij = act(u_i + w_j) from a node part u_i and a neighbour part
 w_j, softmax over each node's neighbours. Only w spreads the logits within a row, and with it the max logit
 grows with the degree d: relative to uniform, attention gets sharper (d E p_max grows) while p_max itself
 falls. Degree-aware scaling by e_ref / e_d (expected max of d Gaussians) keeps the sharpness degree-independent.
@@ -24,7 +24,7 @@ _ROWS = 1 << 17
 
 
 def expected_max(n: int) -> float:
-    """E max of n iid N(0, 1), Blom's approximation (< 0.5% error, theory.md §9)."""
+    """E max of n iid N(0, 1), Blom's approximation (< 0.5% error, docs/theory.md §9)."""
     return NormalDist().inv_cdf((n - 0.375) / (n + 0.25)) if n > 1 else 0.0
 
 

@@ -1,4 +1,4 @@
-"""Merge checks (theory.md §5): N parallel branches summed without scaling (IC508), and the fan-in shift of a
+"""Merge checks (docs/theory.md §5): N parallel branches summed without scaling (IC508), and the fan-in shift of a
 convolution that consumes a concatenation, as in U-Net skips (IC509)."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _concat_input(node: Node) -> Node | None:
 
 def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     """conv(concat(a, b)): forward gain fan_in E[W^2] and backward gain (C_out k^2 / s^2) E[W^2] per element
-    differ when the merge changes the fan-in (Glorot recomputed for 2c -> c: 4/3 and 2/3, theory.md §5);
+    differ when the merge changes the fan-in (Glorot recomputed for 2c -> c: 4/3 and 2/3, docs/theory.md §5);
     parts of very different K let one side drown the other."""
     gain, imbalance_limit = math.log(limit("IC509", "gain")), limit("IC509", "imbalance")
     findings = []

@@ -1,4 +1,4 @@
-"""Residual streams (theory.md §5): unscaled growth (IC502), over-correction (IC503), and where the
+"""Residual streams (docs/theory.md §5): unscaled growth (IC502), over-correction (IC503), and where the
 normalisation sits in a transformer stack, Pre-LN or Post-LN (IC516)."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def stream_value(add: Node) -> Value:
 
 
 def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over the stream (theory.md §5)."""
+    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over the stream (docs/theory.md §5)."""
     blocks = [(n, x, f) for n, x, f in residual_blocks(graph)
               if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))]
     if not blocks:

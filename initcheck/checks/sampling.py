@@ -1,4 +1,4 @@
-"""Up- and down-sampling patterns (theory.md §3): transposed-conv checkerboards (IC501), sub-pixel convs
+"""Up- and down-sampling patterns (docs/theory.md §3): transposed-conv checkerboards (IC501), sub-pixel convs
 without ICNR (IC514), and strided convs whose gradient reaches their input as a checkerboard (IC515)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _POSITIONWISE = {"pointwise", "prelu", "batch_norm", "identity", "cast", "dropou
 
 
 def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """ConvTranspose: per-output-phase K from the actual per-tap weights; ratio max/min (theory.md §3)."""
+    """ConvTranspose: per-output-phase K from the actual per-tap weights; ratio max/min (docs/theory.md §3)."""
     findings = []
     for node in graph.nodes:
         out = result.forward.get(node.outputs[0]) if node.op == "conv_transpose" else None

@@ -1,4 +1,4 @@
-"""Exploding and vanishing forward signals and gradients (IC101, IC102, IC111, IC112; theory.md §13)."""
+"""Exploding and vanishing forward signals and gradients (IC101, IC102, IC111, IC112; docs/theory.md §13)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every check's thresholds in one place: defaults (theory.md §13) and the per-run overrides a config sets.
+"""Every check's thresholds in one place: defaults (docs/theory.md §13) and the per-run overrides a config sets.
 
 Checks read `limit(code, name)`; `initcheck rules` lists DEFAULTS; a config's `thresholds` table may set any
 of these names (unknown codes or names are configuration errors). Overrides live in a context variable, so

@@ -57,7 +57,7 @@ def _with_batch_statistics(target, args):
 
 
 def _permute_weights(module, generator) -> None:
-    """Same statistics, new instance: a random permutation of each weight tensor's entries (theory §12)."""
+    """Same statistics, new instance: a random permutation of each weight tensor's entries (docs/theory.md §12)."""
     with torch.no_grad():
         for p in module.parameters():
             flat = p.detach().reshape(-1)

@@ -65,7 +65,7 @@ class LayerRow:
     tied_with: str | None = None  # the embedding whose table is this layer's weight (tied input/output embeddings)
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
-    chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (theory §4)
+    chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (docs/theory.md §4)
     chi_par: float | None = None  # C_W d<phi^2>/dK
     value: str = ""  # the IR value this row reports
     # filled when the empirical probe ran

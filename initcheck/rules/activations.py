@@ -1,4 +1,4 @@
-"""Elementwise functions of one tensor: every activation and every fused chain (theory.md §4).
+"""Elementwise functions of one tensor: every activation and every fused chain (docs/theory.md §4).
 
 Forward: m = <phi>, K = <phi^2>, M by two-level quadrature over channel offsets; backward:
 G_x = <phi'^2> G_y. Exact for Gaussian inputs (Gaussian closure otherwise).
@@ -69,7 +69,7 @@ def pointwise_backward(node, ins, outs, grads, ctx):
 
 def _prelu_programs(node):
     """PReLU with per-channel slopes a_c: the mean is linear in a, K and phi'^2 are linear in a^2
-    (theory.md §4, LeakyReLU closed form), so slopes mean(a) and sqrt(mean(a^2)) give exact moments."""
+    (docs/theory.md §4, LeakyReLU closed form), so slopes mean(a) and sqrt(mean(a^2)) give exact moments."""
     slope = node.params["slope"]
     mean_prog = pointwise.unary("leaky_relu", alpha=slope.mean)
     sq_prog = pointwise.unary("leaky_relu", alpha=slope.mean_sq**0.5)

@@ -1,4 +1,4 @@
-"""Softmax and log-softmax over N logits (theory.md §9, §11).
+"""Softmax and log-softmax over N logits (docs/theory.md §9, §11).
 
 E sum p^2 and the backward factor have no closed form outside the diffuse regime, so they are
 integrated by a fixed-seed Monte Carlo over rows of N(0, sigma^2) logits (deterministic; ~1% noise),
@@ -65,7 +65,7 @@ def _expected_max(n: int) -> float:
 
 
 def logit_spread(x) -> float:
-    """Within-row std of the logits; a component shared by all keys would not count (theory.md §9),
+    """Within-row std of the logits; a component shared by all keys would not count (docs/theory.md §9),
     here approximated by the total variance."""
     return float(np.sqrt(x.var))
 

@@ -58,7 +58,7 @@ def conv_profile(
     dilations: list[int],
     pads_begin: list[int],
 ) -> tuple[np.ndarray, ...] | None:
-    """Per-axis relative K after a window op with zero padding (theory.md §2):
+    """Per-axis relative K after a window op with zero padding (docs/theory.md §2):
     p'(o) = (1/k) sum over valid taps t of p(o*s + t*d - pad)."""
     if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
         return None
@@ -78,7 +78,7 @@ def transposed_profile(
     dilations: list[int], pads_begin: list[int],
 ) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
-    taps of its phase in the interior (edges and output_padding rows get fewer, theory.md §3)."""
+    taps of its phase in the interior (edges and output_padding rows get fewer, docs/theory.md §3)."""
     if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
         return None
     result = []

@@ -1,4 +1,4 @@
-"""Weighted layers: linear, conv, conv_transpose, matmul of two signals, embedding (theory.md §2, §3, §9, §11)."""
+"""Weighted layers: linear, conv, conv_transpose, matmul of two signals, embedding (docs/theory.md §2, §3, §9, §11)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from initcheck.stats import LinearStats
 
 
 def affine_moments(x: Moments, w: LinearStats, border: float = 1.0) -> tuple[float, float, float]:
-    """theory.md §2: K = fan_in W2 (K - m^2) + m^2 R + 2 m Sb + b2, m = m S + b, M likewise.
+    """docs/theory.md §2: K = fan_in W2 (K - m^2) + m^2 R + 2 m Sb + b2, m = m S + b, M likewise.
 
     `border` scales the weight-driven part for zero-padded maps (fewer valid taps at the edges)."""
     mean = x.m * w.row_sum_mean * border + w.bias_mean
@@ -91,7 +91,7 @@ def _out_channels(w: LinearStats, node) -> LinearStats:
 
 @backward_rule("conv")
 def conv_backward(node, ins, outs, grads, ctx):
-    """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (theory.md §2)."""
+    """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (docs/theory.md §2)."""
     w: LinearStats = node.params["weight"]
     stride = float(np.prod(node.attrs["strides"]))
     return [grads[0] * w.fan_out * w.w_sq / stride * _border(node, False)] + [None] * (len(ins) - 1)
@@ -99,7 +99,7 @@ def conv_backward(node, ins, outs, grads, ctx):
 
 @forward_rule("conv_transpose")
 def conv_transpose_forward(node, ins, ctx):
-    """Per output phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + 2 m Sb_r + b2 (theory.md §3)."""
+    """Per output phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + 2 m Sb_r + b2 (docs/theory.md §3)."""
     x = ins[0]
     w: LinearStats = node.params["weight"]
     a = node.attrs
@@ -143,7 +143,7 @@ def _share_source(a, b) -> bool:
 @forward_rule("matmul")
 def matmul_forward(node, ins, ctx):
     """Product of two independent signals. Rows of a softmax times values: K = M_v + (K_v - M_v) E sum p^2
-    (theory.md §9); otherwise K = d K_a K_b + d(d-1) m_a^2 m_b^2 over the contracted size d."""
+    (docs/theory.md §9); otherwise K = d K_a K_b + d(d-1) m_a^2 m_b^2 over the contracted size d."""
     a, b = ins[0], ins[1]
     if a is None or b is None:  # e.g. Mamba's state matrix, computed from parameters the frontend did not fold
         return Unsupported("one operand has no moments (a constant that is neither a folded weight nor a signal)")
@@ -177,7 +177,7 @@ def matmul_backward(node, ins, outs, grads, ctx):
 
 @forward_rule("embedding")
 def embedding_forward(node, ins, ctx):
-    """Uniform token ids: K = mean of the table's squares, M from its column means (theory.md §11)."""
+    """Uniform token ids: K = mean of the table's squares, M from its column means (docs/theory.md §11)."""
     t = node.params["table"]
     return clean(t.mean, t.mean_sq, node.params["coherent"], True)
 

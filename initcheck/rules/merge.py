@@ -1,4 +1,4 @@
-"""Merges of signals and arithmetic with constants (theory.md §5).
+"""Merges of signals and arithmetic with constants (docs/theory.md §5).
 
 Two signals here come from different roots (chains of one root are fused into `pointwise`), so
 they are treated as independent: K_{a+b} = K_a + K_b + 2 m_a m_b, K_{ab} = K_a K_b.
@@ -157,7 +157,7 @@ def div_backward(node, ins, outs, grads, ctx):
 
 @forward_rule("concat")
 def concat_forward(node, ins, ctx):
-    """Size-weighted averages of m, K and M over the parts (theory.md §5)."""
+    """Size-weighted averages of m, K and M over the parts (docs/theory.md §5)."""
     axis = node.attrs.get("axis", 0)
     parts, weights = [], []
     for i, x in enumerate(ins):

@@ -1,4 +1,4 @@
-"""Normalisation layers (theory.md §6)."""
+"""Normalisation layers (docs/theory.md §6)."""
 
 from __future__ import annotations
 

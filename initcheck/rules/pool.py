@@ -1,4 +1,4 @@
-"""Pooling, up-sampling and reductions (theory.md §7, §11)."""
+"""Pooling, up-sampling and reductions (docs/theory.md §7, §11)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _pool_profile(node, x: Moments):
 
 @forward_rule("avg_pool", approximate=True)
 def avg_pool_forward(node, ins, ctx):
-    """K = M + (K - M)/A for independent positions (theory.md §7; correlated inputs pool less)."""
+    """K = M + (K - M)/A for independent positions (docs/theory.md §7; correlated inputs pool less)."""
     x = ins[0]
     area = _window(node)
     return clean(x.m, x.M + (x.K - x.M) / area, x.M, False, profile=_pool_profile(node, x), gaussian=x.gaussian)
@@ -129,7 +129,7 @@ def _spatial_size(node) -> int | None:
 
 @forward_rule("global_avg_pool")
 def global_avg_pool_forward(node, ins, ctx):
-    """K = M + (K - M)/HW: only the channel-coherent part survives averaging (theory.md §7)."""
+    """K = M + (K - M)/HW: only the channel-coherent part survives averaging (docs/theory.md §7)."""
     x = ins[0]
     hw = _spatial_size(node)
     return clean(x.m, x.M + (x.K - x.M) / (hw or 1), x.M, x.exact and hw is not None, gaussian=x.gaussian)

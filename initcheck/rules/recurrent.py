@@ -1,4 +1,4 @@
-"""Recurrent layers: per-step mean-field iteration of the hidden second moment (theory.md §10).
+"""Recurrent layers: per-step mean-field iteration of the hidden second moment (docs/theory.md §10).
 
 Weights enter through their statistics: c = H E[W_hh^2] (recurrent gain), the input gain
 n_in E[W_ih^2], and per-gate bias moments. Tied weights over time make these approximations.

@@ -1,4 +1,4 @@
-"""Ops that move, select or copy values without changing their statistics (theory.md §8, §11)."""
+"""Ops that move, select or copy values without changing their statistics (docs/theory.md §8, §11)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def dropout_backward(node, ins, outs, grads, ctx):
 
 @forward_rule("pad")
 def pad_forward(node, ins, ctx):
-    """Constant padding with c: K = (n_in K + n_pad c^2) / n_out; reflect/edge keep K (theory.md §11)."""
+    """Constant padding with c: K = (n_in K + n_pad c^2) / n_out; reflect/edge keep K (docs/theory.md §11)."""
     x = ins[0]
     n_in, n_out = node.inputs[0].numel, node.outputs[0].numel
     if node.attrs.get("mode", "constant") != "constant" or not n_in or not n_out:
