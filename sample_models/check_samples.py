@@ -28,7 +28,7 @@ EXPECTED: dict[str, set[str]] = {
     "shallow_chain": set(),
     # LN(x + f(x)) with g = 4, chi_f = 1: the gradient x(2/5)^6 toward the input (IC516); inside each block the
     # stream grows x5 (IC502) and the branch is mostly bias (IC511)
-    "post_ln_bias_heavy": {"IC502", "IC511", "IC516"},
+    "post_ln_bias_heavy": {"IC511", "IC516"},  # Post-LN resets the stream every block: no IC502
     "pre_ln_stack": set(),
     "residual_overcorrected": {"IC102", "IC112", "IC503"},  # (x + f(x)) / sqrt(2) with g = 1/2: x0.75 per block
     "residual_rescaled": set(),  # (x + f(x)) / sqrt(1 + g)

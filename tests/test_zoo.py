@@ -322,3 +322,13 @@ def test_pre_norm_growth_finding_quotes_the_measured_growth():
     report = _analyze(model, probe=ProbeOptions(batch=2, seeds=2))
     found = next(f for f in report.findings if f.code == "IC516")
     assert found.measured == pytest.approx(found.value, rel=0.15)
+
+
+def test_residual_growth_is_not_multiplied_across_stage_resets():
+    """A full ResNet-50 layout (3, 4, 6, 3 bottlenecks): each stage's conv + norm shortcut restarts the stream, so
+    no stream grows x1.9 per block (it was multiplied to 'x389 over the stream' across the resets)."""
+    from zoo import ResNet50ish
+
+    torch.manual_seed(0)
+    report = initcheck.analyze(ResNet50ish(width=16, blocks=(3, 4, 6, 3)).eval(), torch.randn(1, 3, 64, 64))
+    assert not [f for f in report.findings if f.code in ("IC502", "IC503")]

@@ -61,9 +61,45 @@ def stream_value(add: Node) -> Value:
 
 
 def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over the stream (docs/theory.md §5)."""
+    """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over each stream (docs/theory.md §5). A
+    block whose skip path is not the previous block's output (a ResNet stage's conv + norm shortcut) starts a new
+    stream: growth is never multiplied across a reset."""
     blocks = [(n, x, f) for n, x, f in residual_blocks(graph)
               if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))]
+    findings = []
+    for stream in _streams(blocks):
+        findings += _stream_findings(stream, result)
+    return findings
+
+
+_THROUGH = {"pointwise", "dropout", "reshape", "transpose", "cast", "identity"}
+
+
+def _streams(blocks: list[tuple[Node, Value, Value]]) -> list[list[tuple[Node, Value, Value]]]:
+    """Blocks grouped by the stream they continue: block b continues a's stream when its skip input is a's output
+    through weightless single-input ops (activations, dropout, reshapes)."""
+    streams: list[list] = []
+    owner: dict[int, int] = {}
+    for block in blocks:
+        value, found = block[1], None
+        for _ in range(6):
+            if id(value) in owner:
+                found = owner[id(value)]
+                break
+            producer = value.producer
+            signals = [v for v in producer.inputs if is_signal(v)] if producer is not None else []
+            if producer is None or producer.op not in _THROUGH or len(signals) != 1:
+                break
+            value = signals[0]
+        if found is None:
+            found = len(streams)
+            streams.append([])
+        streams[found].append(block)
+        owner[id(stream_value(block[0]))] = found
+    return streams
+
+
+def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
     if not blocks:
         return []
     growth = [result.forward[stream_value(n)].K / result.forward[x].K for n, x, _ in blocks if result.forward[x].K > 0]
