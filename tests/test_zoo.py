@@ -332,3 +332,16 @@ def test_residual_growth_is_not_multiplied_across_stage_resets():
     torch.manual_seed(0)
     report = initcheck.analyze(ResNet50ish(width=16, blocks=(3, 4, 6, 3)).eval(), torch.randn(1, 3, 64, 64))
     assert not [f for f in report.findings if f.code in ("IC502", "IC503")]
+
+
+def test_summed_branches_read_through_a_norm_are_information():
+    """RoBERTa sums three embeddings of one input (its position ids come from the ids) into a LayerNorm: IC508
+    is information there; the same sum with nothing normalising it stays a warning (the inception sample)."""
+    model = next(m for m in STOCK if m.name == "roberta")
+    report = _analyze(model)
+    sums = [f for f in report.findings if f.code == "IC508"]
+    assert sums and all(f.severity == "info" for f in sums)
+    from conftest import SAMPLES
+
+    report = initcheck.analyze(str(SAMPLES / "inception_unscaled.onnx"))
+    assert any(f.code == "IC508" and f.severity == "warning" for f in report.findings)

@@ -101,6 +101,17 @@ def bert(linear_std: float | None = None) -> Callable:
     return build
 
 
+def roberta():
+    """Position ids derived from the input ids: word + position + type embeddings are three branches of one input,
+    summed and read through a LayerNorm."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    model = RobertaModel(RobertaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                       intermediate_size=512, vocab_size=VOCAB, max_position_embeddings=80))
+    return model.eval(), {"input_ids": _ids() + 2}
+
+
 def t5():
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -436,6 +447,7 @@ STOCK = [
     # at width 512 GPT-2's own init grows the stream x~70: its depth-scaled projections say it is by design
     ZooModel("gpt2_12_wide", gpt2(layers=12, width=512), family="decoder LLM"),
     ZooModel("bert", bert(), family="encoder"),
+    ZooModel("roberta", roberta, family="encoder"),
     ZooModel("t5", t5, family="encoder-decoder"),
     ZooModel("vit", vit, family="vision transformer"),
     ZooModel("whisper_encoder", whisper_encoder, family="audio encoder"),

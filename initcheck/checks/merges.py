@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.residual import residual_blocks, stream_value
 from initcheck.checks.thresholds import limit
@@ -54,6 +55,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     balanced branches); the fix 1/sqrt(sum g_i) (1/sqrt(N) balanced) scales the gradient into every branch alike."""
     residual_adds = {n for n, _, _ in residual_blocks(graph)}
     order = {n: i for i, n in enumerate(graph.nodes)}
+    normalized = normalized_downstream(graph)
     findings = []
     for node in graph.nodes:
         if node.op not in _SUMS or node in residual_adds or _absorbed(node):
@@ -74,12 +76,15 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             continue
         gains = ", ".join(f"{p.K / reference:.3g}" for p in parts) if reference else ""
         scale = 1 / math.sqrt(block_gain)
+        # summed embeddings (word + position + type) read through a LayerNorm: only its epsilon sees the scale
+        reset = stream_value(node) in normalized
         findings.append(Finding(
-            "IC508", "warning", "branches",
+            "IC508", "info" if reset else "warning", "branches",
             f"'{node.label}' sums {len(terms)} parallel branches"
             + (f" of '{fork.producer.label if fork.producer else fork.name}' (branch gains {gains})" if reference else "")
             + f": K grows x{block_gain:.3g} across the block (x{merge_gain:.3g} at the sum itself; sum of the branch "
-            f"gains, ~N = {len(terms)} for balanced branches), and every branch receives the full gradient of the sum",
+            f"gains, ~N = {len(terms)} for balanced branches), and every branch receives the full gradient of the sum"
+            + ("; every path from it meets a normalisation, which resets the scale" if reset else ""),
             node.name, node.scope, block_gain, limit("IC508", "growth"),
             f"scale the sum by {scale:.3g} (= 1/sqrt(sum of branch gains); 1/sqrt(N) = {1 / math.sqrt(len(terms)):.3g} "
             "for balanced branches) or each branch by its own gain; this scales forward K and the gradient into every "
