@@ -20,7 +20,7 @@ def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> Layer
     """The weighted layer whose std is furthest from its target: upstream of `at` for forward problems,
     downstream of it for gradient problems (gradients are shaped by the layers after them)."""
     weighted = [r for r in rows if (r.index >= at.index if downstream else r.index <= at.index)
-                and r.weight_std and r.target_std]
+                and r.weight_std and r.target_std and not (r.small_head or r.lead_in)]  # deliberate: never the fix
     if not weighted:
         return None
     return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
