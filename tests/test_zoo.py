@@ -345,3 +345,17 @@ def test_summed_branches_read_through_a_norm_are_information():
 
     report = initcheck.analyze(str(SAMPLES / "inception_unscaled.onnx"))
     assert any(f.code == "IC508" and f.severity == "warning" for f in report.findings)
+
+
+def test_default_hf_cache_gets_the_exact_advice():
+    """A decoder at its default use_cache=True returns a DynamicCache torch.export cannot trace: one line with the
+    exact advice (it was torch's message cut mid-URL)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from initcheck.errors import ModelLoadError
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100)).eval()
+    with pytest.raises(ModelLoadError, match="use_cache=False") as caught:
+        initcheck.analyze(model, {"input_ids": torch.randint(0, 100, (1, 8))})
+    assert "http" not in str(caught.value) and "\n" not in str(caught.value)

@@ -51,8 +51,15 @@ def _torch():
 
 
 def export_error(e: Exception) -> ModelLoadError:
-    first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-    first = re.sub(r"\s*\(?(see )?https?://\S*", "", first, flags=re.IGNORECASE).rstrip(" .:(")  # no URLs cut mid-way
+    """One line for a model torch.export cannot trace: the exact advice where we know it, else torch's first
+    sentence (URLs and the rest of its explanation dropped, never cut mid-way) and the ONNX route."""
+    text = str(e)
+    if "Cache" in text and "in output" in text:  # Hugging Face models return their key/value cache by default
+        return ModelLoadError("torch.export failed: the model returns its key/value cache (a transformers Cache "
+                              "object); call it with use_cache=False (or set model.config.use_cache = False) and "
+                              "analyse again")
+    first = next((line for line in text.splitlines() if line.strip()), type(e).__name__)
+    first = re.split(r"(?<=[.!?])\s|\s*\(?(?:see )?https?://", first, maxsplit=1, flags=re.IGNORECASE)[0].rstrip(" .:(")
     return ModelLoadError(f"torch.export failed: {type(e).__name__}: {first[:200]}. Export the model to ONNX "
                           "(torch.onnx.export) and analyse the .onnx file instead")
 
