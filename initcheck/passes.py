@@ -12,6 +12,22 @@ def is_signal(value: Value | None) -> bool:
     return value is not None and (value.producer is not None or (value.is_input and value.is_float))
 
 
+# ops that carry one signal through without weights of their own (activations, rescales, dropout, views)
+WEIGHTLESS = {"pointwise", "dropout", "drop_path", "reshape", "transpose", "cast", "identity", "squeeze", "unsqueeze",
+              "flatten"}
+
+
+def trace_back(value: Value, through: set[str] = WEIGHTLESS, steps: int = 8) -> Value:
+    """The value reached going upstream from `value` through single-signal-input ops in `through`."""
+    for _ in range(steps):
+        producer = value.producer
+        signals = [v for v in producer.inputs if is_signal(v)] if producer is not None else []
+        if producer is None or producer.op not in through or len(signals) != 1:
+            break
+        value = signals[0]
+    return value
+
+
 def _scalar(value: Value | None) -> float | None:
     if value is None or value.array is None or value.array.size != 1 or value.array.dtype.kind not in "fiu":
         return None

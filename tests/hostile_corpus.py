@@ -168,6 +168,9 @@ def code_cases(files: dict[str, Path], folder: Path, marker: Path) -> list[Case]
     path = rewrite_zip(pt2, folder / "sympy_expression.pt2", {model_name: json.dumps(expression).encode()})
     cases.append(Case(".pt2: a shape expression that evaluates Python", path, refused="shape expression"))
 
+    deep = rewrite_zip(pt2, folder / "deep_json.pt2", {model_name: b"[" * 200_000 + b"]" * 200_000})
+    cases.append(Case(".pt2: model.json nested 200,000 deep", deep, refused="not valid JSON"))
+
     guards = json.loads(json.dumps(model))
     guards["guards_code"] = [f"__import__('os').system('touch {marker}') == 0"]
     path = rewrite_zip(pt2, folder / "guard_code.pt2", {model_name: json.dumps(guards).encode()})

@@ -12,7 +12,6 @@ import random
 import resource
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import onnx
 import pytest
 from conftest import SAMPLES
 from fuzz import evil_pickle, mutate_onnx, mutate_zip
+from hostile_corpus import base_files
 from onnx import TensorProto, helper, numpy_helper
 
 from initcheck.cli import main
@@ -70,43 +70,12 @@ def test_fuzzed_onnx_files_fail_safely(batch, tmp_path, monkeypatch):
 
 # -- fuzzed torch archives -------------------------------------------------------------------------------
 
-FACTORY = textwrap.dedent("""
-    import torch
-    from torch import nn
-
-    class Small(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.head = nn.Linear(8 * 8 * 8, 10)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.conv(x)).flatten(1))
-
-    def make():
-        torch.manual_seed(0)
-        return Small().eval()
-""")
-
-
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
-    """A .pt2, a TorchScript archive and a zip state dict of one small conv net, with its factory module."""
-    import torch
-
+    """A .pt2, a TorchScript archive and a zip state dict (among others) of one small conv net, with its factory
+    module `smallnet`."""
     folder = tmp_path_factory.mktemp("archives")
-    (folder / "smallnet.py").write_text(FACTORY)
-    sys.path.insert(0, str(folder))
-    try:
-        import smallnet
-
-        model = smallnet.make()
-    finally:
-        sys.path.remove(str(folder))
-    x = torch.randn(1, 3, 8, 8)
-    torch.export.save(torch.export.export(model, (x,)), str(folder / "small.pt2"))
-    torch.jit.save(torch.jit.trace(model, (x,)), str(folder / "script.pt"))
-    torch.save(model.state_dict(), str(folder / "weights.pt"))
+    base_files(folder)
     return folder
 
 

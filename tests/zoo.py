@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from architectures import DenseLayer
 from torch import nn
 
 VOCAB = 1000
@@ -295,16 +296,6 @@ class MobileNetV3ish(nn.Module):
     def forward(self, x):
         x = self.head(self.blocks(self.stem(x)))
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-class DenseLayer(nn.Module):
-    def __init__(self, cin, growth):
-        super().__init__()
-        self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
-        self.norm2, self.conv2 = nn.BatchNorm2d(4 * growth), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
-
-    def forward(self, x):
-        return self.conv2(torch.relu(self.norm2(self.conv1(torch.relu(self.norm1(x))))))
 
 
 class DenseNetish(nn.Module):

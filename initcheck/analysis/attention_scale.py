@@ -75,28 +75,11 @@ def _walk_to_matmul(value: Value | None) -> tuple[Node, float] | None:
 
 
 def _logit_input(node: Node) -> Value | None:
-    """The signal input that carries the logits: with a position bias added (T5), the one from a matmul."""
+    """The signal input that carries the logits: with a position bias added (T5), the one that leads to q k^T."""
     signals = [v for v in node.inputs if is_signal(v)]
     if len(signals) <= 1:
         return signals[0] if signals else None
-    for v in signals:
-        if _walk_reaches_matmul(v):
-            return v
-    return signals[0]
-
-
-def _walk_reaches_matmul(value: Value) -> bool:
-    for _ in range(_MAX_STEPS):
-        producer = value.producer if value is not None else None
-        if producer is None or producer.op not in _PASSIVE | {"matmul"}:
-            return False
-        if producer.op == "matmul":
-            return True
-        signals = [v for v in producer.inputs if is_signal(v)]
-        if len(signals) != 1:
-            return False
-        value = signals[0]
-    return False
+    return next((v for v in signals if _walk_to_matmul(v) is not None), signals[0])
 
 
 def _projection(value: Value | None) -> tuple[Node | None, float]:

@@ -20,10 +20,9 @@ NORMS = NORMALIZATIONS
 RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
 MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
 OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
-AVERAGING_OPS = {"global_avg_pool", "avg_pool", "reduce_mean"}
-AVERAGING = AVERAGING_OPS
+AVERAGING = {"global_avg_pool", "avg_pool", "reduce_mean"}
 # forward gains are measured from these outputs: averaging shrinks the incoherent part by the window by design
-REFERENCE_OPS = NORMS | AVERAGING_OPS | {"embedding", "softmax", "log_softmax"}
+REFERENCE_OPS = NORMS | AVERAGING | {"embedding", "softmax", "log_softmax"}
 BACKWARD_REFERENCE_OPS = NORMS | AVERAGING | {"softmax", "log_softmax"}  # backward gains are measured from these inputs
 
 
@@ -90,17 +89,18 @@ def reference_moments(graph: Graph, result: SymbolicResult) -> dict[Value, float
 
 SMALL_HEAD_LOG10 = -0.25  # an output region whose own gain is below x0.56 in K
 MAX_HEAD_LAYERS = 3  # a classifier MLP after the last pooling or normalisation (VGG, MobileNetV3) counts as the head
-_HEAD_BOUNDARY = REFERENCE_OPS | AVERAGING
+
+Region = tuple[list[Node], Value | None]  # (nodes from the head back to the region's start, the value entering it)
 
 
-def small_heads(graph: Graph, result: SymbolicResult) -> set[Node]:
+def small_heads(regions: list[Region], result: SymbolicResult) -> set[Node]:
     """The nodes of output regions that start small by themselves. An output region is what lies between an
     output and the last normalisation, pooling or embedding before it: the logit layer (lm_head, fc) or a short
     classifier MLP (VGG's, MobileNetV3's), with the weightless ops among them (dropout, T5's d^-1/2 rescale before
     its tied head). Small by design in most stock models (zero-initialised heads, N(0, 0.01)/N(0, 0.02)
     classifiers and unembeddings: the loss starts near ln(classes)); its gain is K_out over K at its start."""
     found: set[Node] = set()
-    for region, start in output_regions(graph):
+    for region, start in regions:
         out = next((v for v in region[0].outputs if v in result.forward), None)
         if out is None or start is None or start not in result.forward or result.forward[start].K <= 0:
             continue
@@ -109,17 +109,17 @@ def small_heads(graph: Graph, result: SymbolicResult) -> set[Node]:
     return found
 
 
-def lead_ins(graph: Graph) -> set[Node]:
+def lead_ins(regions: list[Region]) -> set[Node]:
     """Every node of an output region but its last weighted layer: judged together with that layer."""
-    return {n for region, _ in output_regions(graph) for n in region[1:]}
+    return {n for region, _ in regions for n in region[1:]}
 
 
-def output_regions(graph: Graph) -> list[tuple[list[Node], Value | None]]:
-    """(nodes from the last weighted layer before an output back to the region's start, the value entering it)."""
+def output_regions(graph: Graph) -> list[Region]:
+    """One region per last weighted layer before an output."""
     return [_region(head) for head in output_heads(graph)]
 
 
-def _region(head: Node) -> tuple[list[Node], Value | None]:
+def _region(head: Node) -> Region:
     """Back from the head through single-input ops to a normalisation, pooling or embedding, taking at most
     MAX_HEAD_LAYERS weighted layers; where none is met (a plain MLP), the head and its weightless lead-in only."""
     chain, weighted = [head], 1
@@ -127,7 +127,7 @@ def _region(head: Node) -> tuple[list[Node], Value | None]:
         inputs = signal_inputs(chain[-1])
         value = inputs[0] if len(inputs) == 1 else None
         producer = value.producer if value is not None else None
-        if producer is not None and producer.op in _HEAD_BOUNDARY and (producer.op not in NORMS or normalizes(producer)):
+        if producer is not None and producer.op in REFERENCE_OPS and (producer.op not in NORMS or normalizes(producer)):
             return chain, value
         if producer is None or len(signal_inputs(producer)) != 1 or len(value.consumers) != 1:
             return _weightless_lead_in(chain)
@@ -138,7 +138,7 @@ def _region(head: Node) -> tuple[list[Node], Value | None]:
         chain.append(producer)
 
 
-def _weightless_lead_in(chain: list[Node]) -> tuple[list[Node], Value | None]:
+def _weightless_lead_in(chain: list[Node]) -> Region:
     """The head and the weightless ops right before it, and the value entering them."""
     kept = [chain[0]]
     for node in chain[1:]:
@@ -199,8 +199,9 @@ def _log10(x: float | None) -> float | None:
 
 def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) -> list[LayerRow]:
     refs = reference_moments(graph, result)
-    heads = small_heads(graph, result)
-    before_heads = lead_ins(graph)
+    regions = output_regions(graph)
+    heads = small_heads(regions, result)
+    before_heads = lead_ins(regions)
     tables = {n.attrs["weight_source"]: n.label for n in graph.nodes if n.op == "embedding" and n.attrs.get("weight_source")}
     grad_refs = backward_references(graph, result, heads)
     normalized = normalized_downstream(graph)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from initcheck.analysis.criticality import Susceptibility, susceptibilities
 from initcheck.analysis.symbolic import SymbolicResult
@@ -73,8 +74,6 @@ _GROUPED = {("IC511", "warning"), ("IC102", "error"), ("IC202", "info"), ("IC504
 def group_repeats(findings: list[Finding]) -> list[Finding]:
     """One cause, one finding: a bias that dominates every layer of a collapsing chain, or every zero-scale norm,
     is one finding naming the first layer and how many more there are (in `details`)."""
-    from dataclasses import replace
-
     groups: dict[tuple[str, str, str], list[Finding]] = {}
     kept: list[Finding] = []
     for f in findings:

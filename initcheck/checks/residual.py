@@ -4,14 +4,13 @@ normalisation sits in a transformer stack, Pre-LN or Post-LN (IC516)."""
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from statistics import median
 
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.thresholds import limit
 from initcheck.ir import Graph, Node, Value
-from initcheck.passes import is_signal
+from initcheck.passes import is_signal, trace_back
 from initcheck.report.model import Finding
 from initcheck.rules.common import normalizes
 
@@ -72,30 +71,18 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     return findings
 
 
-_THROUGH = {"pointwise", "dropout", "reshape", "transpose", "cast", "identity"}
-
-
 def _streams(blocks: list[tuple[Node, Value, Value]]) -> list[list[tuple[Node, Value, Value]]]:
-    """Blocks grouped by the stream they continue: block b continues a's stream when its skip input is a's output
-    through weightless single-input ops (activations, dropout, reshapes)."""
+    """Blocks grouped by the stream they continue: block b continues a's stream when its skip input is a's sum
+    through weightless single-input ops (activations, a scalar rescale, dropout, reshapes)."""
     streams: list[list] = []
     owner: dict[int, int] = {}
     for block in blocks:
-        value, found = block[1], None
-        for _ in range(6):
-            if id(value) in owner:
-                found = owner[id(value)]
-                break
-            producer = value.producer
-            signals = [v for v in producer.inputs if is_signal(v)] if producer is not None else []
-            if producer is None or producer.op not in _THROUGH or len(signals) != 1:
-                break
-            value = signals[0]
+        found = owner.get(id(trace_back(block[1])))
         if found is None:
             found = len(streams)
             streams.append([])
         streams[found].append(block)
-        owner[id(stream_value(block[0]))] = found
+        owner[id(block[0].outputs[0])] = found
     return streams
 
 
@@ -172,34 +159,24 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
     return findings
 
 
-_PASSIVE = {"dropout", "reshape", "transpose", "cast", "pointwise", "drop_path"}
-
-
 def _branch_end(value: Value) -> Node | None:
     """The weighted layer that writes a branch into the stream (attention's output projection, the MLP's last)."""
-    for _ in range(8):
-        producer = value.producer
-        if producer is None:
-            return None
-        if producer.params.get("weight") is not None:
-            return producer
-        signals = [v for v in producer.inputs if is_signal(v)]
-        if producer.op not in _PASSIVE or len(signals) != 1:
-            return None
-        value = signals[0]
-    return None
+    producer = trace_back(value).producer
+    return producer if producer is not None and producer.params.get("weight") is not None else None
 
 
 def _depth_scaled(graph: Graph, branches: list[Value]) -> bool:
     """Whether the layers that write the branches into the stream start smaller than the stack's other layers
     (GPT-2's std/sqrt(2 L), ~0.2x at 12 layers): the growth of the stream is then the design, not an oversight."""
     ends = {n for n in (_branch_end(f) for f in branches) if n is not None}
-    std = lambda n: math.sqrt(n.params["weight"].w_sq)  # noqa: E731
-    others = [std(n) for n in graph.nodes if n.op == "linear" and n not in ends and n.params.get("weight") is not None]
+    others = [n for n in graph.nodes if n.op == "linear" and n not in ends and n.params.get("weight") is not None]
     if not ends or not others:
         return False
-    others.sort()
-    return float(np.median([std(n) for n in ends])) < 0.7 * others[len(others) // 2]
+    return median(map(_weight_std, ends)) < 0.7 * median(map(_weight_std, others))
+
+
+def _weight_std(node: Node) -> float:
+    return math.sqrt(node.params["weight"].w_sq)
 
 
 def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from initcheck.analysis.layers import REFERENCE_OPS
 from initcheck.checks.thresholds import limit
 from initcheck.report.model import Finding, LayerRow
 
@@ -26,15 +27,12 @@ def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> Layer
     return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
 
 
-_SEGMENT_STARTS = ("layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "embedding", "softmax")
-
-
 def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
-    """For a forward problem: the weighted layer since the segment's start (the last normalisation or
-    embedding before `at`) whose own gain moves K furthest in the problem's direction: the layer that makes it,
+    """For a forward problem: the weighted layer since the segment's start (the last forward reference before
+    `at`: a normalisation, averaging, embedding or softmax) whose own gain moves K furthest in the problem's direction: the layer that makes it,
     not any layer far from its target (GPT-2's deliberately small residual projections are no cause of a big
     lm_head)."""
-    start = max((r.index for r in rows if r.index < at.index and r.op.split("+")[0] in _SEGMENT_STARTS), default=-1)
+    start = max((r.index for r in rows if r.index < at.index and r.op.split("+")[0] in REFERENCE_OPS), default=-1)
     weighted = [r for r in rows if start < r.index <= at.index and r.weight_std and r.target_std
                 and r.gain_log10 is not None and math.isfinite(r.gain_log10) and sign * r.gain_log10 > 0]
     return max(weighted, key=lambda r: sign * r.gain_log10, default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from initcheck.analysis.layers import output_heads
 from initcheck.ir import Graph, Node
-from initcheck.passes import is_signal
+from initcheck.passes import WEIGHTLESS, is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.common import NORMALIZATIONS
 
@@ -58,7 +58,7 @@ def _tensor_findings(graph: Graph) -> list[Finding]:
     return findings
 
 
-_PASSIVE = {"pointwise", "dropout", "mul", "div", "reshape", "transpose", "cast", "drop_path"}
+_PASSIVE = WEIGHTLESS | {"mul", "div"}  # a layer-scale multiply sits between a branch's last layer and the add
 
 
 def _zero_scale_findings(graph: Graph) -> list[Finding]:
@@ -85,6 +85,7 @@ def _zero_scale_findings(graph: Graph) -> list[Finding]:
 
 
 def _ends_residual_branch(node: Node) -> bool:
+    """The node's output reaches a sum of two signals through weightless single-consumer ops only."""
     value = node.outputs[0]
     for _ in range(8):
         if len(value.consumers) != 1:

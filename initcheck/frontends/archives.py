@@ -41,7 +41,7 @@ def sniff(path: Path) -> str:
             size = path.stat().st_size
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
-    if head[:4] == b"PK\x03\x04" or (head[:4] in (b"PK\x05\x06", b"PK\x07\x08") or _is_zip(path)):
+    if head[:4] == b"PK\x03\x04" or _is_zip(path):  # a local header first, or an end-of-directory record
         return "zip"
     if len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8:
         return "safetensors"
@@ -119,8 +119,7 @@ def check_pickled_storages(path: Path, archive: zipfile.ZipFile) -> None:
         for key, nbytes in _storages(read_member(path, archive, pkl)).items():
             record = archive.NameToInfo.get(records + key)
             if record is not None and record.file_size not in (0, nbytes):
-                raise ModelLoadError(f"{path}: member '{record.filename}' holds {record.file_size:,} bytes for a storage "
-                                     f"of {nbytes:,}: its declared size lies; refused")
+                raise _lying(path, record, "storage", nbytes)
 
 
 _SCALAR_OPS = {"GLOBAL", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8", "BININT", "BININT1", "BININT2",
@@ -195,7 +194,7 @@ def check_pt2(path: Path, archive: zipfile.ZipFile) -> None:
 def _json(path: Path, archive: zipfile.ZipFile, name: str):
     try:
         return json.loads(read_member(path, archive, name))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than any model writes
         raise ModelLoadError(f"{path}: member '{name}' is not valid JSON") from None
 
 
@@ -217,29 +216,29 @@ def _check_payload_sizes(path: Path, archive: zipfile.ZipFile, folder: str, conf
         name = f"{folder}/{payload.get('path_name')}"
         needed[name] = max(needed.get(name, 0), extent * itemsize)
     for name, nbytes in needed.items():  # a record may hold a whole storage that a view uses part of: some slack
-        if name in archive.NameToInfo and archive.getinfo(name).file_size > 2 * nbytes + _RATIO_FLOOR:
-            raise ModelLoadError(f"{path}: member '{name}' holds {archive.getinfo(name).file_size:,} bytes for a tensor of "
-                                 f"{nbytes:,}: its declared size lies; refused")
+        record = archive.NameToInfo.get(name)
+        if record is not None and record.file_size > 2 * nbytes + _RATIO_FLOOR:
+            raise _lying(path, record, "tensor", nbytes)
+
+
+def _lying(path: Path, record: zipfile.ZipInfo, what: str, nbytes: int) -> ModelLoadError:
+    return ModelLoadError(f"{path}: member '{record.filename}' holds {record.file_size:,} bytes for a {what} of "
+                          f"{nbytes:,}: its declared size lies; refused")
 
 
 def _check_expressions(path: Path, model) -> None:
     """Every string torch's loader evaluates with sympy: `expr_str` values and range-constraint symbols."""
     texts: list[str] = []
-
-    def visit(node, key=None):
+    stack: list[tuple[object, str | None]] = [(model, None)]  # iterative: a crafted file can nest arbitrarily deep
+    while stack:
+        node, key = stack.pop()
         if isinstance(node, dict):
             if key == "range_constraints":
                 texts.extend(k for k in node if isinstance(k, str))
-            for k, v in node.items():
-                if k == "expr_str" and isinstance(v, str):
-                    texts.append(v)
-                else:
-                    visit(v, k)
+            texts.extend(v for k, v in node.items() if k == "expr_str" and isinstance(v, str))
+            stack.extend((v, k) for k, v in node.items() if k != "expr_str")
         elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit(model)
+            stack.extend((v, None) for v in node)
     for text in texts:
         if not _safe_expression(text):
             shown = text if len(text) <= 60 else text[:57] + "..."

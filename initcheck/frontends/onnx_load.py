@@ -49,6 +49,8 @@ def expand_fused_norms(model) -> None:
     """com.microsoft Skip(Simplified)LayerNormalization = norm(input + skip [+ bias]), with the sum as its 4th output
     (the residual stream): written back as Add nodes and the standard norm, so every frontend rule, the probe's
     torch form and onnxruntime see the same graph. Left alone where its mean/inv-std outputs are read."""
+    from onnx import helper
+
     used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
     nodes = []
     for node in model.graph.node:
@@ -57,25 +59,19 @@ def expand_fused_norms(model) -> None:
             nodes.append(node)
             continue
         x, skip, gamma = node.input[:3]
-        beta = node.input[3] if target == "LayerNormalization" and len(node.input) > 3 else ""
-        bias = node.input[4 if target == "LayerNormalization" else 3] if len(node.input) > (
-            4 if target == "LayerNormalization" else 3) else ""
+        bias_at = 4 if target == "LayerNormalization" else 3  # SkipLayerNorm: (x, skip, gamma, beta, bias)
+        beta = node.input[3] if bias_at == 4 and len(node.input) > 3 else ""
+        bias = node.input[bias_at] if len(node.input) > bias_at else ""
         total = node.output[3] if len(node.output) > 3 and node.output[3] else f"{node.output[0]}__sum"
         partial = f"{total}__partial" if bias else total
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
-        nodes.append(helper_node("Add", [x, skip], [partial], f"{node.name}/add"))
+        nodes.append(helper.make_node("Add", [x, skip], [partial], name=f"{node.name}/add"))
         if bias:
-            nodes.append(helper_node("Add", [partial, bias], [total], f"{node.name}/add_bias"))
+            nodes.append(helper.make_node("Add", [partial, bias], [total], name=f"{node.name}/add_bias"))
         norm_inputs = [total, gamma] + ([beta] if beta else [])
-        nodes.append(helper_node(target, norm_inputs, [node.output[0]], node.name, axis=-1, epsilon=eps))
+        nodes.append(helper.make_node(target, norm_inputs, [node.output[0]], name=node.name, axis=-1, epsilon=eps))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-
-
-def helper_node(op: str, inputs: list[str], outputs: list[str], name: str, **attrs):
-    from onnx import helper
-
-    return helper.make_node(op, inputs, outputs, name=name, **attrs)
 
 
 def structural_problem(model) -> str | None:

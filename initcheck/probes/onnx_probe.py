@@ -64,14 +64,10 @@ def with_batch_statistics(model, graph: Graph, opset: int) -> None:
                                         numpy_helper.from_array(beta, f"{p}_beta"),
                                         numpy_helper.from_array(np.array(eps, np.float32), f"{p}_eps")])
 
-        def mean(inp, out, axes=axes):
-            if opset >= 18:
-                model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{out}_axes"))
-                return helper.make_node("ReduceMean", [inp, f"{out}_axes"], [out], keepdims=1)
-            return helper.make_node("ReduceMean", [inp], [out], axes=axes, keepdims=1)
-
-        nodes += [mean(x, f"{p}_mu"), helper.make_node("Sub", [x, f"{p}_mu"], [f"{p}_d"]),
-                  helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]), mean(f"{p}_d2", f"{p}_var"),
+        nodes += [_reduce_mean(model, x, f"{p}_mu", axes, opset),
+                  helper.make_node("Sub", [x, f"{p}_mu"], [f"{p}_d"]),
+                  helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]),
+                  _reduce_mean(model, f"{p}_d2", f"{p}_var", axes, opset),
                   helper.make_node("Add", [f"{p}_var", f"{p}_eps"], [f"{p}_ve"]),
                   helper.make_node("Sqrt", [f"{p}_ve"], [f"{p}_sd"]),
                   helper.make_node("Div", [f"{p}_d", f"{p}_sd"], [f"{p}_n"]),
@@ -79,6 +75,17 @@ def with_batch_statistics(model, graph: Graph, opset: int) -> None:
                   helper.make_node("Add", [f"{p}_s", f"{p}_beta"], [y])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+
+
+def _reduce_mean(model, source: str, out: str, axes: list[int], opset: int):
+    """ReduceMean over `axes`, keepdims: axes an input from opset 18, an attribute before."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    if opset >= 18:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{out}_axes"))
+        return helper.make_node("ReduceMean", [source, f"{out}_axes"], [out], keepdims=1)
+    return helper.make_node("ReduceMean", [source], [out], axes=axes, keepdims=1)
 
 
 def _session(model, outputs: list[str], device: str):
