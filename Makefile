@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test zoo samples bench clean
+.PHONY: demo test lint zoo samples bench clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ demo: $(VENV)/.runtime
 	$(VENV)/bin/initcheck analyze sample_models/relu_mlp_he.onnx
 	$(VENV)/bin/initcheck analyze sample_models/residual_mlp.onnx --fail-on never
 
-test: $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
+# Format and lint are part of the tests: CI fails on an unformatted file or a lint error.
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff format --check -q initcheck tests benchmarks sample_models
+	$(VENV)/bin/ruff check -q initcheck tests benchmarks sample_models
+
+test: lint $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
 	INITCHECK_SARIF_SCHEMA=$(VENV)/sarif-schema-2.1.0.json $(PY) -m pytest -q -p no:cacheprovider -m "not zoo"
 
 # The zoo's slow part: every stock model and broken twin through both ONNX exporters.

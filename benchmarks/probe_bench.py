@@ -47,8 +47,9 @@ def resnet50():
     class ResNet50(nn.Module):
         def __init__(self):
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            )
             layers, cin = [], 64
             for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
                 for i in range(blocks):
@@ -139,13 +140,16 @@ def measure(case: str, mode: str, batch: int, device: str, folder: str) -> dict:
         feeds = {i.name: a for i, a in zip(session.get_inputs(), args)}
         del model, onnx_model
         if mode == "ort":
+
             def step():
                 session.run(wanted, {k: v.numpy() for k, v in feeds.items()})
         else:
+
             def step():
                 accumulator = new_accumulator(graph)
                 accumulator.batch = batch
                 forward_statistics(session, wanted, feeds, accumulator)
+
     step()  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -169,13 +173,23 @@ def export_onnx(case: str, batch: int, folder: str) -> None:
     model, args = build(case, batch)
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    torch.onnx.export(model, args, str(Path(folder) / f"{case}.onnx"), dynamo=False, opset_version=17,
-                      input_names=["x"] if case == "resnet50" else ["input_ids", "attention_mask"])
+    torch.onnx.export(
+        model,
+        args,
+        str(Path(folder) / f"{case}.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"] if case == "resnet50" else ["input_ids", "attention_mask"],
+    )
 
 
 def run_one(case: str, mode: str, batch: int, device: str, folder: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", case, mode, "--batch", str(batch), "--device", device,
-                          "--folder", folder], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", case, mode, "--batch", str(batch), "--device", device, "--folder", folder],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -191,20 +205,28 @@ def main() -> None:
         print(json.dumps(measure(args.one[0], args.one[1], args.batch, args.device, args.folder)))
         return
     mb = 1 / 2**20
-    print(f"device {args.device}, batch {args.batch}; time = median of 3 steps after a warm-up; "
-          "peak = the measuring process's peak resident memory, setup included")
+    print(
+        f"device {args.device}, batch {args.batch}; time = median of 3 steps after a warm-up; "
+        "peak = the measuring process's peak resident memory, setup included"
+    )
     print(f"{'model':10s} {'step':26s} {'time s':>8s} {'peak MiB':>9s} {'ratio t':>8s} {'ratio mem':>9s} target")
     with tempfile.TemporaryDirectory() as folder:
         for case in args.cases:
             export_onnx(case, args.batch, folder)
             bare, probe = (run_one(case, m, args.batch, args.device, folder) for m in ("bare", "probe"))
             ort, fwd = (run_one(case, m, args.batch, "cpu", folder) for m in ("ort", "onnx_probe"))
-            rows = [("bare forward+backward", bare, None, ""), ("torch probe", probe, bare, "<=1.5x t, <=1.3x mem"),
-                    ("onnxruntime, all outputs", ort, None, ""), ("ONNX forward probe", fwd, ort, "<=1.5x t")]
+            rows = [
+                ("bare forward+backward", bare, None, ""),
+                ("torch probe", probe, bare, "<=1.5x t, <=1.3x mem"),
+                ("onnxruntime, all outputs", ort, None, ""),
+                ("ONNX forward probe", fwd, ort, "<=1.5x t"),
+            ]
             for label, r, ref, target in rows:
                 ratio_t = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
                 ratio_m = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}" if ref else ""
-                print(f"{case:10s} {label:26s} {r['seconds']:8.2f} {r['peak_bytes'] * mb:9.0f} {ratio_t:>8s} {ratio_m:>9s} {target}")
+                print(
+                    f"{case:10s} {label:26s} {r['seconds']:8.2f} {r['peak_bytes'] * mb:9.0f} {ratio_t:>8s} {ratio_m:>9s} {target}"
+                )
 
 
 if __name__ == "__main__":

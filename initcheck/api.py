@@ -5,17 +5,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from initcheck import frontends
-from initcheck.analysis.agreement import attach_measurements, mismatch_findings, probe_failure, quote_measurements
+from initcheck.analysis.agreement import attach_measurements, quote_measurements
 from initcheck.analysis.criticality import attach_susceptibilities, susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
-from initcheck.checks import run_checks
-from initcheck.checks.thresholds import overridden
+from initcheck.checks import CheckContext, finish, run_checks
+from initcheck.codes import overridden
 from initcheck.config import Config
 from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
@@ -86,8 +87,15 @@ def _analyze(model, inputs, arch, trust_pickle, all_nodes, training, probe, degr
         graph, runner = frontends.load_model(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
         mode = "train" if training else "eval"
     options = probe if isinstance(probe, ProbeOptions) else ProbeOptions() if probe else None
-    return analyze_graph(graph, all_nodes=all_nodes, mode=mode, runner=runner if options else None, probe_options=options,
-                         hints={"degree": degree} if degree else None, config=config)
+    return analyze_graph(
+        graph,
+        all_nodes=all_nodes,
+        mode=mode,
+        runner=runner if options else None,
+        probe_options=options,
+        hints={"degree": degree} if degree else None,
+        config=config,
+    )
 
 
 def _config_for(config, model) -> Config:
@@ -131,9 +139,16 @@ def _module_graph(module, inputs, training: bool | None):
     return frontends.module_graph(module, args, mode, type(module).__name__, kwargs)
 
 
-def analyze_graph(graph: Graph, *, all_nodes: bool = False, mode: str = "eval", runner=None,
-                  probe_options: ProbeOptions | None = None, hints: dict | None = None,
-                  config: Config | None = None) -> Report:
+def analyze_graph(
+    graph: Graph,
+    *,
+    all_nodes: bool = False,
+    mode: str = "eval",
+    runner=None,
+    probe_options: ProbeOptions | None = None,
+    hints: dict | None = None,
+    config: Config | None = None,
+) -> Report:
     config = config or Config()
     with overridden(config.thresholds), np.errstate(all="ignore"):
         return _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config)
@@ -143,29 +158,28 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
     fuse_pointwise(graph)
     recognize_normalizations(graph)
     if any(n.attrs.get("untrained_stats") for n in graph.nodes):
-        graph.notes.append("batch norms in eval form with untrained running statistics (mean 0, var 1) are analysed "
-                           "with batch statistics, as they will train")
+        graph.notes.append(
+            "batch norms in eval form with untrained running statistics (mean 0, var 1) are analysed "
+            "with batch statistics, as they will train"
+        )
     result = run_symbolic(graph)
     rows = build_rows(graph, result, all_nodes)
     depth, width = depth_and_width(graph)
     chis = susceptibilities(graph, result)
     attach_susceptibilities(rows, chis)
-    findings = run_checks(graph, result, rows, depth, width, chis, hints)
+    ctx = CheckContext(graph, result, rows, depth, width, chis, degree=(hints or {}).get("degree"))
+    findings, notes = run_checks(ctx)
     probe_summary = None
     if runner is not None:
-        try:
-            check_probe_memory(graph, probe_options.batch if probe_options else 16)
-            measured = runner(graph, probe_options)
-        except InitcheckError:
-            raise  # the user's options are wrong (device, input data): say so
-        except Exception as e:  # the model does not run here: keep the symbolic results, report the failure
-            measured = None
-            findings.append(probe_failure(e))
+        measured, failure = _run_probe(graph, runner, probe_options)
         if measured is not None:
             attach_measurements(rows, graph, result, measured)
             quote_measurements(findings, graph, measured)
-            findings += mismatch_findings(rows, measured)
             probe_summary = _probe_summary(measured)
+        probe_findings, probe_notes = run_checks(replace(ctx, probe=measured, probe_error=failure), "probe")
+        findings, notes = findings + probe_findings, notes + probe_notes
+    graph.notes.extend(notes)
+    findings = finish(findings)
     if graph.folded_normalization:
         findings = [_fold_consequence(f) for f in findings]
     findings, suppressed = apply_policy(findings, config)
@@ -207,11 +221,28 @@ def _fold_consequence(finding):
     return finding
 
 
+def _run_probe(graph: Graph, runner, options: ProbeOptions | None):
+    """(measurements, None), or (None, the error) when the model does not run here: the symbolic results stand."""
+    try:
+        check_probe_memory(graph, options.batch if options else 16)
+        return runner(graph, options), None
+    except InitcheckError:
+        raise  # the user's options are wrong (device, input data): say so
+    except Exception as e:
+        return None, e
+
+
 def _probe_summary(measured) -> dict:
-    return {"device": measured.device, "samples": measured.samples, "runs": measured.runs, "loss": measured.loss,
-            "resampled_weights": measured.resampled_weights,
-            "max_relative_difference": measured.max_relative_difference,
-            "max_difference_at": measured.max_difference_at, "notes": list(measured.notes)}
+    return {
+        "device": measured.device,
+        "samples": measured.samples,
+        "runs": measured.runs,
+        "loss": measured.loss,
+        "resampled_weights": measured.resampled_weights,
+        "max_relative_difference": measured.max_relative_difference,
+        "max_difference_at": measured.max_difference_at,
+        "notes": list(measured.notes),
+    }
 
 
 def _coverage(result) -> Coverage:

@@ -33,8 +33,10 @@ def _entry(f: Finding) -> dict:
 
 
 def render(reports: list[Report], path: Path) -> str:
-    models = {model_key(r.model, path): sorted((_entry(f) for f in r.findings), key=lambda e: (e["code"], e["layer"]))
-              for r in reports}
+    models = {
+        model_key(r.model, path): sorted((_entry(f) for f in r.findings), key=lambda e: (e["code"], e["layer"]))
+        for r in reports
+    }
     return json.dumps({"initcheck_baseline": FORMAT, "models": dict(sorted(models.items()))}, indent=2) + "\n"
 
 
@@ -48,8 +50,13 @@ def load(path: Path) -> dict[str, list[dict]]:
     except json.JSONDecodeError as e:
         raise UsageError(f"--baseline {path}: not a JSON baseline ({e.msg} at line {e.lineno})") from None
     models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict) or data.get("initcheck_baseline") != FORMAT or not all(
-            isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in models.values()):
+    if (
+        not isinstance(models, dict)
+        or data.get("initcheck_baseline") != FORMAT
+        or not all(
+            isinstance(entries, list) and all(isinstance(e, dict) for e in entries) for entries in models.values()
+        )
+    ):
         raise UsageError(f"--baseline {path}: not an initcheck baseline (write one with --write-baseline)")
     return models
 

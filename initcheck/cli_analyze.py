@@ -34,11 +34,15 @@ def run_analyze(args) -> int:
     for model_result in results:
         if model_result.report is None:
             error = model_result.error or ""
-            print(f"initcheck: error: {error if model_result.model in error else f'{model_result.model}: {error}'}",
-                  file=sys.stderr)
+            print(
+                f"initcheck: error: {error if model_result.model in error else f'{model_result.model}: {error}'}",
+                file=sys.stderr,
+            )
     _write_outputs(results, outputs, args)
     if args.write_baseline:
-        write_atomic(args.write_baseline, baseline.render([r.report for r in results if r.report], Path(args.write_baseline)))
+        write_atomic(
+            args.write_baseline, baseline.render([r.report for r in results if r.report], Path(args.write_baseline))
+        )
     _say_baseline_changes(results)
     if any(r.report is None for r in results):
         return EXIT_ERROR
@@ -62,9 +66,17 @@ def _one(model: str, args):
         options, skipped = _probe_options(model, args, config.probe)
         inputs = {**config.inputs, **dict(_shapes(args))}
         with _with_progress(options), time_limit(args.time_limit or config.time_limit, model):
-            report = analyze(model, inputs or None, arch=args.arch or config.arch, trust_pickle=args.trust_pickle,
-                             all_nodes=args.all_nodes, training=args.train if args.train is not None else config.train,
-                             probe=options or False, degree=args.degree or config.degree, config=config)
+            report = analyze(
+                model,
+                inputs or None,
+                arch=args.arch or config.arch,
+                trust_pickle=args.trust_pickle,
+                all_nodes=args.all_nodes,
+                training=args.train if args.train is not None else config.train,
+                probe=options or False,
+                degree=args.degree or config.degree,
+                config=config,
+            )
         if skipped:
             report.notes.append(skipped)
         return ModelResult(model, report, None, fail_on)
@@ -73,8 +85,12 @@ def _one(model: str, args):
     except Exception as e:  # a bug: one line per model unless --debug
         if args.debug or debugging():
             raise
-        return ModelResult(model, None, f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
-                           args.fail_on or "error")
+        return ModelResult(
+            model,
+            None,
+            f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
+            args.fail_on or "error",
+        )
 
 
 def _config(model: str, args):
@@ -107,10 +123,15 @@ def _probe_options(model: str, args, configured: dict):
         value = getattr(args, flag)
         return value if value is not None else configured.get(key, default)
 
-    return ProbeOptions(device=pick("device", "device", "auto"), batch=pick("batch", "batch", 16),
-                        seeds=pick("seeds", "seeds", 4), resample_weights=args.resample_weights or configured.get(
-                            "resample_weights", False), loss=pick("loss", "loss", "cotangent"),
-                        input_data=args.input_data, timeout=pick("timeout", "timeout", None)), None
+    return ProbeOptions(
+        device=pick("device", "device", "auto"),
+        batch=pick("batch", "batch", 16),
+        seeds=pick("seeds", "seeds", 4),
+        resample_weights=args.resample_weights or configured.get("resample_weights", False),
+        loss=pick("loss", "loss", "cotangent"),
+        input_data=args.input_data,
+        timeout=pick("timeout", "timeout", None),
+    ), None
 
 
 def _importable(module: str) -> bool:
@@ -157,7 +178,10 @@ def _say_baseline_changes(results) -> None:
             continue
         for f in r.report.findings:
             if f.baseline in ("new", "worsened"):
-                print(f"initcheck: {r.model}: {f.baseline}: {f.code} [{f.severity}] at {f.scope or f.node}", file=sys.stderr)
+                print(
+                    f"initcheck: {r.model}: {f.baseline}: {f.code} [{f.severity}] at {f.scope or f.node}",
+                    file=sys.stderr,
+                )
         for old in r.report.fixed:
             print(f"initcheck: {r.model}: fixed: {old.get('code')} at {old.get('layer')}", file=sys.stderr)
 
@@ -183,7 +207,9 @@ def write_atomic(path: str, text: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"--output {path}: is a folder")
-    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -27,8 +27,15 @@ from initcheck.errors import UsageError
 
 SEVERITY_CHOICES = ("info", "warning", "error")
 FAIL_ON_CHOICES = ("info", "warning", "error", "never")
-PROBE_KEYS = {"enabled": bool, "device": str, "batch": int, "seeds": int, "resample_weights": bool, "loss": str,
-              "timeout": (int, float)}
+PROBE_KEYS = {
+    "enabled": bool,
+    "device": str,
+    "batch": int,
+    "seeds": int,
+    "resample_weights": bool,
+    "loss": str,
+    "timeout": (int, float),
+}
 LIMIT_KEYS = {"max_elements": int, "time_limit": (int, float)}
 MODEL_KEYS = ("inputs", "degree", "arch", "train", "fail_on", "ignore", "deviations")
 TOP_KEYS = ("fail_on", "train", "thresholds", "severity", "ignore", "deviations", "probe", "limits", "models")
@@ -50,7 +57,9 @@ class Rule:
     def matches(self, finding) -> bool:
         if self.code and finding.code != self.code:
             return False
-        if self.layer and not any(fnmatch.fnmatchcase(name, self.layer) for name in (finding.scope, finding.node) if name):
+        if self.layer and not any(
+            fnmatch.fnmatchcase(name, self.layer) for name in (finding.scope, finding.node) if name
+        ):
             return False
         return True
 
@@ -83,10 +92,15 @@ class Config:
         for pattern, entry in self.models.items():
             if fnmatch.fnmatchcase(relative, pattern) or fnmatch.fnmatchcase(Path(model).name, pattern):
                 merged = replace(
-                    merged, inputs={**merged.inputs, **entry.get("inputs", {})},
-                    degree=entry.get("degree", merged.degree), arch=entry.get("arch", merged.arch),
-                    train=entry.get("train", merged.train), fail_on=entry.get("fail_on", merged.fail_on),
-                    ignore=merged.ignore + entry.get("ignore", ()), deviations=merged.deviations + entry.get("deviations", ()))
+                    merged,
+                    inputs={**merged.inputs, **entry.get("inputs", {})},
+                    degree=entry.get("degree", merged.degree),
+                    arch=entry.get("arch", merged.arch),
+                    train=entry.get("train", merged.train),
+                    fail_on=entry.get("fail_on", merged.fail_on),
+                    ignore=merged.ignore + entry.get("ignore", ()),
+                    deviations=merged.deviations + entry.get("deviations", ()),
+                )
         return replace(merged, models={})  # merged once: applying it again changes nothing
 
 
@@ -208,14 +222,14 @@ class _Checker:
         return value
 
     def code(self, value, key: str) -> str:
-        from initcheck.checks.codes import CODES
+        from initcheck.codes import CODES
 
         if value not in CODES:
             self.fail(key, f"unknown finding code {value!r} (see `initcheck rules`)")
         return value
 
     def thresholds(self, data) -> dict[str, dict[str, float]]:
-        from initcheck.checks.thresholds import DEFAULTS
+        from initcheck.codes import DEFAULTS
 
         out = {}
         for code, names in self.mapping(data, "thresholds").items():
@@ -292,8 +306,12 @@ class _Checker:
         degree = self.typed(entry.get("degree"), int, f"{key}.degree")
         if degree is not None and degree <= 0:
             self.fail(f"{key}.degree", "must be positive")
-        return {"inputs": inputs or None, "degree": degree, "arch": self.typed(entry.get("arch"), str, f"{key}.arch"),
-                "train": self.typed(entry.get("train"), bool, f"{key}.train"),
-                "fail_on": self.choice(entry.get("fail_on"), FAIL_ON_CHOICES, f"{key}.fail_on"),
-                "ignore": self.rules(entry.get("ignore", []), f"{key}.ignore", need_reason=False) or None,
-                "deviations": self.rules(entry.get("deviations", []), f"{key}.deviations", need_reason=True) or None}
+        return {
+            "inputs": inputs or None,
+            "degree": degree,
+            "arch": self.typed(entry.get("arch"), str, f"{key}.arch"),
+            "train": self.typed(entry.get("train"), bool, f"{key}.train"),
+            "fail_on": self.choice(entry.get("fail_on"), FAIL_ON_CHOICES, f"{key}.fail_on"),
+            "ignore": self.rules(entry.get("ignore", []), f"{key}.ignore", need_reason=False) or None,
+            "deviations": self.rules(entry.get("deviations", []), f"{key}.deviations", need_reason=True) or None,
+        }

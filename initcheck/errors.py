@@ -15,8 +15,9 @@ class UsageError(InitcheckError):
 
 def one_line(text: str) -> str:
     """A message as one printable line: names taken from a damaged file may hold newlines or control bytes."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in str(text))
+    return "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in str(text)
+    )
 
 
 def debugging() -> bool:

@@ -47,9 +47,13 @@ def check_shape(what: str, shape) -> None:
     count = element_count(shape)
     if count is not None and count > max_elements():
         dims = "x".join(str(d) for d in shape)
-        dims = dims if len(dims) <= 80 else f"{dims[:60]}... ({len(list(shape))} dims)"  # damaged files: one readable line
-        raise ModelLoadError(f"{what} has {_approx(count)} elements (shape {dims}), more than the limit of "
-                             f"{max_elements():.3g} (raise it with --max-elements if the model is real)")
+        dims = (
+            dims if len(dims) <= 80 else f"{dims[:60]}... ({len(list(shape))} dims)"
+        )  # damaged files: one readable line
+        raise ModelLoadError(
+            f"{what} has {_approx(count)} elements (shape {dims}), more than the limit of "
+            f"{max_elements():.3g} (raise it with --max-elements if the model is real)"
+        )
 
 
 def _approx(count: int) -> str:
@@ -88,13 +92,18 @@ class ProbeTooLarge(Exception):
 def check_probe_memory(graph, batch: int) -> None:
     """Refuse to probe when the activations and their gradients at this batch would take more than half of
     the machine's memory: an out-of-memory kill would lose the whole report, symbolic results included."""
-    elements = sum(element_count(v.shape) or 0 for v in graph.values.values()
-                   if v.shape and v.const is None and v.array is None and not v.is_weight)
+    elements = sum(
+        element_count(v.shape) or 0
+        for v in graph.values.values()
+        if v.shape and v.const is None and v.array is None and not v.is_weight
+    )
     need = elements * batch * 4 * 2  # float32, forward values kept for backward + their gradients
     budget = _memory_bytes() // 2
     if budget and need > budget:
-        raise ProbeTooLarge(f"it would hold ~{need / 2**30:.0f} GiB of activations and gradients at batch {batch}, "
-                            f"more than half of this machine's {budget * 2 / 2**30:.0f} GiB; lower --batch")
+        raise ProbeTooLarge(
+            f"it would hold ~{need / 2**30:.0f} GiB of activations and gradients at batch {batch}, "
+            f"more than half of this machine's {budget * 2 / 2**30:.0f} GiB; lower --batch"
+        )
 
 
 def _memory_bytes() -> int:

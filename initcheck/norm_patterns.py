@@ -48,8 +48,11 @@ def _match(node: Node) -> Node | None:
         if squared is None or not _is_square_of(squared, signal):
             continue
         centred = _centred(_strip_identity(signal))
-        return _normalization(node, "layer_norm", centred, eps) if centred is not None else \
-            _normalization(node, "rms_norm", _strip_identity(signal), eps)
+        return (
+            _normalization(node, "layer_norm", centred, eps)
+            if centred is not None
+            else _normalization(node, "rms_norm", _strip_identity(signal), eps)
+        )
     return None
 
 
@@ -70,8 +73,11 @@ def _is_square_of(squared: Value, signal: Value) -> bool:
         return False
     z = np.linspace(-3, 3, 13)
     with np.errstate(all="ignore"):
-        return bool(np.allclose(pointwise.as_function(program_s)(z), pointwise.as_function(program_a)(z) ** 2,
-                                rtol=1e-6, atol=1e-9))
+        return bool(
+            np.allclose(
+                pointwise.as_function(program_s)(z), pointwise.as_function(program_a)(z) ** 2, rtol=1e-6, atol=1e-9
+            )
+        )
 
 
 def _equivalent(a: Value, b: Value) -> bool:
@@ -80,14 +86,28 @@ def _equivalent(a: Value, b: Value) -> bool:
     if a is b:
         return True
     pa, pb = a.producer, b.producer
-    return (pa is not None and pb is not None and pa.op == pb.op and pa.op in ("sub", "pointwise")
-            and len(pa.inputs) == len(pb.inputs) and all(x is y for x, y in zip(pa.inputs, pb.inputs))
-            and pa.attrs.get("program") == pb.attrs.get("program"))
+    return (
+        pa is not None
+        and pb is not None
+        and pa.op == pb.op
+        and pa.op in ("sub", "pointwise")
+        and len(pa.inputs) == len(pb.inputs)
+        and all(x is y for x, y in zip(pa.inputs, pb.inputs))
+        and pa.attrs.get("program") == pb.attrs.get("program")
+    )
 
 
 def _normalization(node: Node, op: str, x: Value, eps: float) -> Node:
-    return Node(name=node.name, op=op, source_op=f"{node.source_op} (hand-written {op})", inputs=[x],
-                outputs=list(node.outputs), attrs={"axis": -1, "epsilon": eps}, params={}, scope=node.scope)
+    return Node(
+        name=node.name,
+        op=op,
+        source_op=f"{node.source_op} (hand-written {op})",
+        inputs=[x],
+        outputs=list(node.outputs),
+        attrs={"axis": -1, "epsilon": eps},
+        params={},
+        scope=node.scope,
+    )
 
 
 def _program(value: Value | None) -> tuple | None:
@@ -131,8 +151,11 @@ def _mean_over_last_axis(value: Value | None) -> Value | None:
 
 def _strip_identity(value: Value) -> Value:
     """Through casts and identity pointwise nodes (dtype round trips around a norm)."""
-    while value.producer is not None and value.producer.op == "pointwise" and \
-            value.producer.attrs.get("function") == "identity":
+    while (
+        value.producer is not None
+        and value.producer.op == "pointwise"
+        and value.producer.attrs.get("function") == "identity"
+    ):
         value = value.producer.inputs[0]
     return value
 

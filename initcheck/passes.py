@@ -13,8 +13,18 @@ def is_signal(value: Value | None) -> bool:
 
 
 # ops that carry one signal through without weights of their own (activations, rescales, dropout, views)
-WEIGHTLESS = {"pointwise", "dropout", "drop_path", "reshape", "transpose", "cast", "identity", "squeeze", "unsqueeze",
-              "flatten"}
+WEIGHTLESS = {
+    "pointwise",
+    "dropout",
+    "drop_path",
+    "reshape",
+    "transpose",
+    "cast",
+    "identity",
+    "squeeze",
+    "unsqueeze",
+    "flatten",
+}
 
 
 def trace_back(value: Value, through: set[str] = WEIGHTLESS, steps: int = 8) -> Value:
@@ -36,6 +46,7 @@ def _scalar(value: Value | None) -> float | None:
 
 def _program_for(node: Node, roots: dict) -> tuple[Value, tuple] | None:
     """(root, program) if the node's output is an elementwise function of a single root tensor."""
+
     def expr(v):
         return roots.get(v, (v, ("x",)))
 
@@ -76,10 +87,17 @@ def fuse_pointwise(graph: Graph) -> None:
         root, program = found
         out = node.outputs[0]
         roots[out] = (root, program)
-        fused.append(Node(
-            name=node.name, op="pointwise", source_op=node.source_op, inputs=[root], outputs=[out],
-            attrs={"program": program, "function": pointwise.recognize(program)}, scope=node.scope,
-        ))
+        fused.append(
+            Node(
+                name=node.name,
+                op="pointwise",
+                source_op=node.source_op,
+                inputs=[root],
+                outputs=[out],
+                attrs={"program": program, "function": pointwise.recognize(program)},
+                scope=node.scope,
+            )
+        )
     graph.nodes = fused
     graph.rewire()
     remove_dead(graph)

@@ -53,11 +53,20 @@ UNARY: dict[str, tuple[Callable, Callable[[dict], tuple[float, ...]]]] = {
     "relu": (lambda z: np.maximum(z, 0), lambda a: (0.0,)),
     "leaky_relu": (lambda z, alpha=0.01: np.where(z > 0, z, alpha * z), lambda a: (0.0,)),
     "elu": (lambda z, alpha=1.0: _elu(z, alpha), lambda a: (0.0,)),
-    "celu": (lambda z, alpha=1.0: np.maximum(z, 0) + np.minimum(0, alpha * np.expm1(np.minimum(z, 0) / alpha)), lambda a: (0.0,)),
-    "selu": (lambda z, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875: gamma * _elu(z, alpha), lambda a: (0.0,)),
+    "celu": (
+        lambda z, alpha=1.0: np.maximum(z, 0) + np.minimum(0, alpha * np.expm1(np.minimum(z, 0) / alpha)),
+        lambda a: (0.0,),
+    ),
+    "selu": (
+        lambda z, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875: gamma * _elu(z, alpha),
+        lambda a: (0.0,),
+    ),
     "tanh": (np.tanh, lambda a: ()),
     "sigmoid": (_sigmoid, lambda a: ()),
-    "hard_sigmoid": (lambda z, alpha=0.2, beta=0.5: np.clip(alpha * z + beta, 0, 1), lambda a: ((-a.get("beta", 0.5)) / a.get("alpha", 0.2), (1 - a.get("beta", 0.5)) / a.get("alpha", 0.2))),
+    "hard_sigmoid": (
+        lambda z, alpha=0.2, beta=0.5: np.clip(alpha * z + beta, 0, 1),
+        lambda a: ((-a.get("beta", 0.5)) / a.get("alpha", 0.2), (1 - a.get("beta", 0.5)) / a.get("alpha", 0.2)),
+    ),
     "hard_swish": (lambda z: z * np.clip(z / 6 + 0.5, 0, 1), lambda a: (-3.0, 3.0)),
     "gelu": (_gelu, lambda a: ()),
     "silu": (lambda z: z * _sigmoid(z), lambda a: ()),
@@ -73,10 +82,15 @@ UNARY: dict[str, tuple[Callable, Callable[[dict], tuple[float, ...]]]] = {
     "reciprocal": (_safe(lambda z: 1.0 / z), lambda a: ()),
     "rsqrt": (_safe(lambda z: 1.0 / np.sqrt(z)), lambda a: ()),
     "abs": (np.abs, lambda a: (0.0,)),
-    "clip": (lambda z, min=-np.inf, max=np.inf: np.clip(z, min, max), lambda a: tuple(v for v in (a.get("min"), a.get("max")) if v is not None and np.isfinite(v))),
+    "clip": (
+        lambda z, min=-np.inf, max=np.inf: np.clip(z, min, max),
+        lambda a: tuple(v for v in (a.get("min"), a.get("max")) if v is not None and np.isfinite(v)),
+    ),
     "sign": (np.sign, lambda a: (0.0,)),
-    "shrink": (lambda z, bias=0.0, lambd=0.5: np.where(z < -lambd, z + bias, np.where(z > lambd, z - bias, 0.0)),
-               lambda a: (-a.get("lambd", 0.5), a.get("lambd", 0.5))),
+    "shrink": (
+        lambda z, bias=0.0, lambd=0.5: np.where(z < -lambd, z + bias, np.where(z > lambd, z - bias, 0.0)),
+        lambda a: (-a.get("lambd", 0.5), a.get("lambd", 0.5)),
+    ),
     "thresholded_relu": (lambda z, alpha=1.0: np.where(z > alpha, z, 0.0), lambda a: (a.get("alpha", 1.0),)),
 }
 

@@ -46,7 +46,7 @@ CHUNK = 1 << 20  # elements per pass: weights are streamed, never copied whole t
 
 def _chunks(flat: np.ndarray):
     for start in range(0, flat.size, CHUNK):
-        yield flat[start:start + CHUNK].astype(np.float64)
+        yield flat[start : start + CHUNK].astype(np.float64)
 
 
 def tensor_stats(array: np.ndarray) -> TensorStats:
@@ -133,8 +133,8 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
     step = max(1, CHUNK // max(w.shape[1], 1))
     rows, squares = np.empty(w.shape[0]), 0.0
     for start in range(0, w.shape[0], step):
-        block = _finite(w[start:start + step])
-        rows[start:start + step] = block.sum(axis=1)
+        block = _finite(w[start : start + step])
+        rows[start : start + step] = block.sum(axis=1)
         squares += float(np.einsum("ij,ij->", block, block))
     b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
     if b.size != w.shape[0]:
@@ -213,8 +213,11 @@ def subpixel_coherence(weight: np.ndarray, block: int, channel_first: bool = Tru
     if phases < 2 or w.ndim < 2 or w.shape[0] % phases:
         return None
     flat = w.reshape(w.shape[0], -1)
-    groups = flat.reshape(-1, phases, flat.shape[1]) if channel_first else \
-        flat.reshape(phases, -1, flat.shape[1]).transpose(1, 0, 2)
+    groups = (
+        flat.reshape(-1, phases, flat.shape[1])
+        if channel_first
+        else flat.reshape(phases, -1, flat.shape[1]).transpose(1, 0, 2)
+    )
     norms = np.linalg.norm(groups, axis=2, keepdims=True)
     unit = groups / np.where(norms > 0, norms, 1.0)
     gram = np.einsum("gpd,gqd->gpq", unit, unit)
@@ -231,9 +234,15 @@ def recurrent_gate_stats(w: np.ndarray, r: np.ndarray, bias: np.ndarray, rows: s
     radius = float(np.max(np.abs(np.linalg.eigvals(square)))) if square is not None and hidden <= 4096 else float("nan")
     norm = float(np.linalg.norm(square, 2)) if square is not None and hidden <= 4096 else float("nan")
     w_rows = _finite(w[rows])
-    return {"in_gain": w.shape[1] * float(np.mean(w_rows**2)), "rec_gain": hidden * float(np.mean(block**2)),
-            "bias_sq": float(np.mean(bias[rows] ** 2)), "bias_mean": float(np.mean(bias[rows])),
-            "in_fan_out_gain": hidden * float(np.mean(w_rows**2)), "spectral_radius": radius, "spectral_norm": norm}
+    return {
+        "in_gain": w.shape[1] * float(np.mean(w_rows**2)),
+        "rec_gain": hidden * float(np.mean(block**2)),
+        "bias_sq": float(np.mean(bias[rows] ** 2)),
+        "bias_mean": float(np.mean(bias[rows])),
+        "in_fan_out_gain": hidden * float(np.mean(w_rows**2)),
+        "spectral_radius": radius,
+        "spectral_norm": norm,
+    }
 
 
 def untrained_running_stats(mean, var) -> bool:
@@ -250,9 +259,17 @@ def batch_norm_eval_stats(gamma, beta, mean, var, eps: float) -> dict[str, float
     (docs/theory.md §6: K_y = mean_c[a^2 (v + (m - mu)^2) + 2 a beta (m - mu) + beta^2])."""
     g, b, mu, v = (np.asarray(x, dtype=np.float64).ravel() for x in (gamma, beta, mean, var))
     a = g / np.sqrt(np.maximum(v, 0) + eps)
-    stats = {"a": a.mean(), "a2": (a**2).mean(), "amu": (a * mu).mean(), "a2mu": (a**2 * mu).mean(),
-             "a2mu2": (a**2 * mu**2).mean(), "ab": (a * b).mean(), "abmu": (a * b * mu).mean(),
-             "b": b.mean(), "b2": (b**2).mean()}
+    stats = {
+        "a": a.mean(),
+        "a2": (a**2).mean(),
+        "amu": (a * mu).mean(),
+        "a2mu": (a**2 * mu).mean(),
+        "a2mu2": (a**2 * mu**2).mean(),
+        "ab": (a * b).mean(),
+        "abmu": (a * b * mu).mean(),
+        "b": b.mean(),
+        "b2": (b**2).mean(),
+    }
     return {k: float(x) for k, x in stats.items()}
 
 

@@ -40,8 +40,14 @@ class Inception(nn.Module):
     def __init__(self, scale: float = 1.0, c: int = 16):
         super().__init__()
         self.scale = scale
-        self.branches = nn.ModuleList([nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 5, padding=2),
-                                       nn.Conv2d(c, c, 3, padding=2, dilation=2)])
+        self.branches = nn.ModuleList(
+            [
+                nn.Conv2d(c, c, 1),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.Conv2d(c, c, 5, padding=2),
+                nn.Conv2d(c, c, 3, padding=2, dilation=2),
+            ]
+        )
         for conv in self.branches:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
             nn.init.zeros_(conv.bias)
@@ -82,7 +88,7 @@ class Attention(nn.Module):
 
     def __init__(self, scaled: bool, d: int = 32):
         super().__init__()
-        self.scale = d ** -0.5 if scaled else 1.0
+        self.scale = d**-0.5 if scaled else 1.0
         self.norm = nn.LayerNorm(d)
         self.q, self.k, self.v = (nn.Linear(d, d, bias=False) for _ in range(3))
         for lin in (self.q, self.k, self.v):
@@ -117,7 +123,7 @@ def relu_chain(depth: int, width: int = 64, bias_std: float = 0.3) -> nn.Sequent
     layers: list[nn.Module] = []
     for _ in range(depth):
         layers += [linear(width, width, 0.0, (2 / width) ** 0.5, bias_std), nn.ReLU()]
-    return nn.Sequential(*layers, linear(width, 10, 0.0, width ** -0.5))
+    return nn.Sequential(*layers, linear(width, 10, 0.0, width**-0.5))
 
 
 class LNStack(nn.Module):
@@ -125,7 +131,7 @@ class LNStack(nn.Module):
         super().__init__()
         self.placement = placement
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(blocks + 1))
-        self.branches = nn.ModuleList(linear(d, d, 0.0, d ** -0.5, bias_std) for _ in range(blocks))
+        self.branches = nn.ModuleList(linear(d, d, 0.0, d**-0.5, bias_std) for _ in range(blocks))
 
     def forward(self, x):
         for norm, f in zip(self.norms, self.branches):
@@ -139,8 +145,9 @@ class Residual(nn.Module):
     def __init__(self, scale: float, blocks: int = 8, d: int = 64):
         super().__init__()
         self.scale = scale
-        self.branches = nn.ModuleList(nn.Sequential(linear(d, d, 0.0, d ** -0.5), nn.ReLU(), linear(d, d, 0.0, d ** -0.5))
-                                      for _ in range(blocks))
+        self.branches = nn.ModuleList(
+            nn.Sequential(linear(d, d, 0.0, d**-0.5), nn.ReLU(), linear(d, d, 0.0, d**-0.5)) for _ in range(blocks)
+        )
 
     def forward(self, x):
         for f in self.branches:
@@ -166,8 +173,8 @@ def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
         "zero_mean_weights": (nn.Sequential(linear(64, 64, 0.0, 0.125), nn.Tanh()), (torch.randn(1, 64),), ["x"]),
         "collapse_chain": (relu_chain(24), (torch.randn(1, 64),), ["x"]),
         "shallow_chain": (relu_chain(3, bias_std=0.0), (torch.randn(1, 64),), ["x"]),
-        "post_ln_bias_heavy": (LNStack("post", 3 ** 0.5), (torch.randn(1, 64),), ["x"]),
+        "post_ln_bias_heavy": (LNStack("post", 3**0.5), (torch.randn(1, 64),), ["x"]),
         "pre_ln_stack": (LNStack("pre", 0.0), (torch.randn(1, 64),), ["x"]),
-        "residual_overcorrected": (Residual(2 ** -0.5), (torch.randn(1, 64),), ["x"]),
-        "residual_rescaled": (Residual(1.5 ** -0.5), (torch.randn(1, 64),), ["x"]),
+        "residual_overcorrected": (Residual(2**-0.5), (torch.randn(1, 64),), ["x"]),
+        "residual_rescaled": (Residual(1.5**-0.5), (torch.randn(1, 64),), ["x"]),
     }

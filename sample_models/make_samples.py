@@ -102,9 +102,13 @@ class DCGANGenerator(nn.Module):
         self.project = nn.Linear(z, c * 4 * 4)
         self.ups = nn.ModuleList()
         for cin, cout in ((c, c), (c, c // 2), (c // 2, c // 4)):
-            self.ups.append(nn.Sequential(
-                nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                nn.BatchNorm2d(cout), nn.ReLU()))
+            self.ups.append(
+                nn.Sequential(
+                    nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(),
+                )
+            )
         self.out = nn.Conv2d(c // 4, 3, 3, padding=1)
 
     def forward(self, z):
@@ -175,8 +179,11 @@ def samples() -> dict[str, tuple[nn.Module, tuple, list[str]]]:
     torch.manual_seed(0)
     return {
         "tanh_mlp_glorot": (mlp(16, 96, nn.Tanh(), nn.init.xavier_normal_), (torch.randn(1, 96),), ["x"]),
-        "relu_mlp_he": (mlp(16, 96, nn.ReLU(), lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu")),
-                        (torch.randn(1, 96),), ["x"]),
+        "relu_mlp_he": (
+            mlp(16, 96, nn.ReLU(), lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu")),
+            (torch.randn(1, 96),),
+            ["x"],
+        ),
         "relu_mlp_glorot": (mlp(16, 96, nn.ReLU(), nn.init.xavier_normal_), (torch.randn(1, 96),), ["x"]),
         "residual_mlp": (ResidualMLP(), (torch.randn(1, 64),), ["x"]),
         "unet_block": (UNetBlock(), (torch.randn(1, 3, 16, 16),), ["image"]),
@@ -193,8 +200,17 @@ def export(name: str, model: nn.Module, args: tuple, input_names: list[str], fol
     model.train(training)
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     with torch.no_grad():
-        torch.onnx.export(model, args, str(path), dynamo=False, input_names=input_names, output_names=["output"],
-                          opset_version=17, training=mode, do_constant_folding=not training)
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=input_names,
+            output_names=["output"],
+            opset_version=17,
+            training=mode,
+            do_constant_folding=not training,
+        )
     return path
 
 

@@ -45,8 +45,14 @@ def gpt2():
 def bert():
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     vocab_size=VOCAB, max_position_embeddings=64)
+    cfg = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     return _LastHidden(BertModel(cfg), False)
 
 
@@ -60,8 +66,9 @@ def t5_encoder():
 def vit():
     from transformers import ViTConfig, ViTModel
 
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                    patch_size=8)
+    cfg = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     return _Pixels(ViTModel(cfg))
 
 
@@ -138,10 +145,20 @@ class InvertedResidual(nn.Module):
         act = nn.SiLU if efficient else nn.ReLU6
         hidden = c * expand
         self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act())
-        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-                                       nn.BatchNorm2d(hidden), act())
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, c // 2, 1), nn.SiLU(),
-                                nn.Conv2d(c // 2, hidden, 1), nn.Sigmoid()) if efficient else None
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), act()
+        )
+        self.se = (
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(hidden, c // 2, 1),
+                nn.SiLU(),
+                nn.Conv2d(c // 2, hidden, 1),
+                nn.Sigmoid(),
+            )
+            if efficient
+            else None
+        )
         self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
 
     def forward(self, x):
@@ -179,8 +196,14 @@ def torchvision_init(model: nn.Module, linear_std: float | None = 0.01) -> nn.Mo
 class VGG(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
-                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
         self.classifier = nn.Sequential(nn.Linear(128, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
 
@@ -219,10 +242,16 @@ def export(name: str, path, dynamo: bool, training: bool = False):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            kwargs = {} if dynamo else {"training": torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL,
-                                        "do_constant_folding": not training}
+            kwargs = (
+                {}
+                if dynamo
+                else {
+                    "training": torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL,
+                    "do_constant_folding": not training,
+                }
+            )
             if not dynamo:
-                names = list(model.forward.__code__.co_varnames[1:1 + len(args)])
+                names = list(model.forward.__code__.co_varnames[1 : 1 + len(args)])
                 kwargs["input_names"] = names
             torch.onnx.export(model, args, str(path), dynamo=dynamo, opset_version=None if dynamo else 17, **kwargs)
         finally:

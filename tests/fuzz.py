@@ -63,12 +63,18 @@ def _graph_mutation(model: onnx.ModelProto, rng: random.Random) -> str:
     if choice == 0 and node is not None:
         node.op_type = rng.choice(["Conv", "MatMul", "NoSuchOp", "Softmax", "Loop", "QLinearConv", ""])
     elif choice == 1 and node is not None and node.input:
-        node.input[rng.randrange(len(node.input))] = rng.choice(["", "dangling", node.output[0] if node.output else "x"])
+        node.input[rng.randrange(len(node.input))] = rng.choice(
+            ["", "dangling", node.output[0] if node.output else "x"]
+        )
     elif choice == 2 and node is not None and node.attribute:
         del node.attribute[rng.randrange(len(node.attribute))]
     elif choice == 3 and node is not None:
-        node.attribute.append(helper.make_attribute(rng.choice(["axis", "strides", "kernel_shape", "group", "pads"]),
-                                                    rng.choice([-7, 0, 10**9, [0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])))
+        node.attribute.append(
+            helper.make_attribute(
+                rng.choice(["axis", "strides", "kernel_shape", "group", "pads"]),
+                rng.choice([-7, 0, 10**9, [0, 0], [1, 2, 3, 4, 5, 6, 7, 8]]),
+            )
+        )
     elif choice == 4 and g.input:
         dims = g.input[0].type.tensor_type.shape.dim
         if dims:

@@ -62,8 +62,14 @@ def base_files(folder: Path) -> dict[str, Path]:
     finally:
         sys.path.remove(str(folder))
     x = torch.randn(1, 3, 8, 8)
-    files = {"pt2": folder / "small.pt2", "torchscript": folder / "script.pt", "state_dict": folder / "weights.pt",
-             "legacy": folder / "legacy.pt", "safetensors": folder / "weights.safetensors", "onnx": folder / "small.onnx"}
+    files = {
+        "pt2": folder / "small.pt2",
+        "torchscript": folder / "script.pt",
+        "state_dict": folder / "weights.pt",
+        "legacy": folder / "legacy.pt",
+        "safetensors": folder / "weights.safetensors",
+        "onnx": folder / "small.onnx",
+    }
     torch.export.save(torch.export.export(model, (x,)), str(files["pt2"]))
     torch.jit.save(torch.jit.trace(model, (x,)), str(files["torchscript"]))
     torch.save(model.state_dict(), str(files["state_dict"]))
@@ -73,7 +79,9 @@ def base_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def rewrite_zip(source: Path, target: Path, replace: dict[str, bytes | None], add: dict[str, bytes] | None = None) -> Path:
+def rewrite_zip(
+    source: Path, target: Path, replace: dict[str, bytes | None], add: dict[str, bytes] | None = None
+) -> Path:
     """A copy of a zip archive with members replaced (None: dropped) or added, stored uncompressed as torch does."""
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
         for name in old.namelist():
@@ -115,33 +123,53 @@ def planted_cases(files: dict[str, Path], folder: Path, marker: Path) -> list[Ca
     cases = []
     for kind in ("pt2", "torchscript", "state_dict"):
         source = files[kind]
-        args = SHAPE_ARGS if kind == "torchscript" else ["--arch", "smallnet:make", *SHAPE_ARGS] if kind == "state_dict" else []
+        args = (
+            SHAPE_ARGS
+            if kind == "torchscript"
+            else ["--arch", "smallnet:make", *SHAPE_ARGS]
+            if kind == "state_dict"
+            else []
+        )
         for i, member in enumerate(zipfile.ZipFile(source).namelist()):
             path = rewrite_zip(source, folder / f"planted_{kind}_{i}{source.suffix}", {member: evil})
             cases.append(Case(f"{kind}: pickle planted in {member}", path, args, refused=EITHER))
     legacy = folder / "planted_legacy.pt"
     legacy.write_bytes(evil)
-    cases.append(Case("legacy torch.save: the whole file a planted pickle", legacy, ["--arch", "smallnet:make", *SHAPE_ARGS],
-                      refused="pickled Python objects"))
+    cases.append(
+        Case(
+            "legacy torch.save: the whole file a planted pickle",
+            legacy,
+            ["--arch", "smallnet:make", *SHAPE_ARGS],
+            refused="pickled Python objects",
+        )
+    )
 
     pt2 = files["pt2"]
     config_name, config = _pt2_json(pt2, "model_weights_config.json")
     first = next(iter(config["config"]))
     config["config"][first]["use_pickle"] = True
     weight_member = f"{config_name.rsplit('/', 1)[0]}/{config['config'][first]['path_name']}"
-    path = rewrite_zip(pt2, folder / "planted_pickled_weight.pt2", {config_name: json.dumps(config).encode(),
-                                                                    weight_member: evil})
+    path = rewrite_zip(
+        pt2, folder / "planted_pickled_weight.pt2", {config_name: json.dumps(config).encode(), weight_member: evil}
+    )
     cases.append(Case(".pt2: a weight marked as pickled holds the payload", path, refused="refused"))
 
     from torch.export.pt2_archive import constants as names
 
     constants_name, constants = _pt2_json(pt2, "model_constants_config.json")
     folder_name = constants_name.rsplit("/", 1)[0]
-    for prefix, label in ((names.OPAQUE_OBJ_FILENAME_PREFIX, "opaque"), (names.CUSTOM_OBJ_FILENAME_PREFIX, "torchbind")):
+    for prefix, label in (
+        (names.OPAQUE_OBJ_FILENAME_PREFIX, "opaque"),
+        (names.CUSTOM_OBJ_FILENAME_PREFIX, "torchbind"),
+    ):
         entry = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": True, "tensor_meta": None}
         planted = {"config": {**constants["config"], f"evil_{label}": entry}}
-        path = rewrite_zip(pt2, folder / f"planted_{label}.pt2", {constants_name: json.dumps(planted).encode()},
-                           add={f"{folder_name}/{prefix}0": evil})
+        path = rewrite_zip(
+            pt2,
+            folder / f"planted_{label}.pt2",
+            {constants_name: json.dumps(planted).encode()},
+            add={f"{folder_name}/{prefix}0": evil},
+        )
         cases.append(Case(f".pt2: an {label} constant holds the payload", path, refused="refused"))
     return cases
 
@@ -182,23 +210,40 @@ def bomb_cases(files: dict[str, Path], folder: Path) -> list[Case]:
     """1 GiB of deflated zeros (~5 MB on disk) as a weight storage of each zip format; stored members larger than
     their tensors; a safetensors header of a declared 10^12-element tensor."""
     cases = []
-    for kind, suffix, args in (("pt2", "weights/weight_0", []), ("torchscript", "data/0", SHAPE_ARGS),
-                               ("state_dict", "data/0", ["--arch", "smallnet:make", *SHAPE_ARGS])):
+    for kind, suffix, args in (
+        ("pt2", "weights/weight_0", []),
+        ("torchscript", "data/0", SHAPE_ARGS),
+        ("state_dict", "data/0", ["--arch", "smallnet:make", *SHAPE_ARGS]),
+    ):
         source = files[kind]
         member = _member(source, suffix)
         path = bomb_zip(source, folder / f"bomb_{kind}{source.suffix}", member)
         cases.append(Case(f"{kind}: {member} a 1 GiB deflate bomb", path, args, refused="compression bomb"))
         path = rewrite_zip(source, folder / f"oversized_{kind}{source.suffix}", {member: bytes(8 << 20)})
-        cases.append(Case(f"{kind}: {member} stored 8 MiB for a small tensor", path, args, refused="declared size lies"))
+        cases.append(
+            Case(f"{kind}: {member} stored 8 MiB for a small tensor", path, args, refused="declared size lies")
+        )
     header = json.dumps({"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 16]}}).encode()
     path = folder / "huge_header.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
-    cases.append(Case("safetensors: a 10^12-element tensor declared", path, ["--arch", "smallnet:make", *SHAPE_ARGS],
-                      refused="elements"))
+    cases.append(
+        Case(
+            "safetensors: a 10^12-element tensor declared",
+            path,
+            ["--arch", "smallnet:make", *SHAPE_ARGS],
+            refused="elements",
+        )
+    )
     path = folder / "long_header.safetensors"
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
-    cases.append(Case("safetensors: a header length past the file", path, ["--arch", "smallnet:make", *SHAPE_ARGS],
-                      refused="not a valid safetensors file"))
+    cases.append(
+        Case(
+            "safetensors: a header length past the file",
+            path,
+            ["--arch", "smallnet:make", *SHAPE_ARGS],
+            refused="not a valid safetensors file",
+        )
+    )
     return cases
 
 
@@ -214,9 +259,13 @@ def lying_external_data(folder: Path) -> list[Case]:
         w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4], data_location=TensorProto.EXTERNAL)
         for key, value in (("location", "weights.bin"), ("offset", "0"), ("length", str(length))):
             w.external_data.add(key=key, value=value)
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+            [w],
+        )
         path = sub / "model.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
         cases.append(Case(f"onnx: external data length {label} for 64 bytes", path, refused="declares"))
@@ -230,7 +279,12 @@ def corpus(folder: Path, marker: Path) -> tuple[dict[str, Path], list[Case]]:
 
 
 def healthy_cases(files: dict[str, Path]) -> list[Case]:
-    args = {"pt2": [], "torchscript": SHAPE_ARGS, "state_dict": ["--arch", "smallnet:make", *SHAPE_ARGS],
-            "legacy": ["--arch", "smallnet:make", *SHAPE_ARGS], "safetensors": ["--arch", "smallnet:make", *SHAPE_ARGS],
-            "onnx": []}
+    args = {
+        "pt2": [],
+        "torchscript": SHAPE_ARGS,
+        "state_dict": ["--arch", "smallnet:make", *SHAPE_ARGS],
+        "legacy": ["--arch", "smallnet:make", *SHAPE_ARGS],
+        "safetensors": ["--arch", "smallnet:make", *SHAPE_ARGS],
+        "onnx": [],
+    }
     return [Case(f"healthy {kind}", path, args[kind]) for kind, path in files.items()]

@@ -16,8 +16,9 @@ def random_inputs(session, rng: np.random.Generator, vocab: int = 100) -> dict[s
     return feeds
 
 
-def measure(path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100,
-            graph=None) -> dict[str, tuple[float, float, float]]:
+def measure(
+    path, names: list[str], runs: int = 64, seed: int = 0, vocab: int = 100, graph=None
+) -> dict[str, tuple[float, float, float]]:
     """Mean, second moment and the second moment's relative standard error of each named value,
     averaged over `runs` N(0,1) (or uniform-id) inputs. With the analysed graph, batch norms it reads with batch
     statistics (untrained running statistics) run that way too, as the probe runs them."""
@@ -81,7 +82,9 @@ def compare_with_onnxruntime(path, runs: int = 48, inputs: dict | None = None):
         checked += 1
         error = abs(math.log(predicted.K / observed))
         if error > math.log(1.15) + 3 * math.sqrt(predicted.spread + noise**2):
-            failures.append(f"{v.name}: predicted K {predicted.K:.4g}, measured {observed:.4g} (spread {predicted.spread:.3g})")
+            failures.append(
+                f"{v.name}: predicted K {predicted.K:.4g}, measured {observed:.4g} (spread {predicted.spread:.3g})"
+            )
         if predicted.spread <= 0.05**2:
             tight += 1
             if abs(predicted.K / observed - 1) > 0.15 + 3 * noise:

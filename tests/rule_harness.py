@@ -22,8 +22,17 @@ def export(module: torch.nn.Module, example: torch.Tensor, path, train: bool = F
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, training=mode,
-                              do_constant_folding=not train, input_names=["x"], output_names=["y"])
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                training=mode,
+                do_constant_folding=not train,
+                input_names=["x"],
+                output_names=["y"],
+            )
         finally:
             logging.disable(logging.NOTSET)
 

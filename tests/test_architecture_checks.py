@@ -45,7 +45,9 @@ def test_checkerboard_k3_s2_triggers_with_the_measured_ratio():
     assert f.severity == "error" and f.fix_value == 4.0  # k=4 is the next kernel divisible by s=2
     energies = phase_energies(model, torch.randn(64, 64, 16, 16))
     measured = max(energies) / min(energies)
-    assert f.value == pytest.approx(measured, rel=0.1)  # per-phase rule with the actual tap energies (docs/theory.md §3)
+    assert f.value == pytest.approx(
+        measured, rel=0.1
+    )  # per-phase rule with the actual tap energies (docs/theory.md §3)
     assert f.value == pytest.approx(4.0, rel=0.3)  # iid theory: 4 for k=3, s=2
     with torch.no_grad():  # the mean path alone: a constant input paints the pattern of the tap sums S_r
         y = model(torch.ones(1, 64, 16, 16))[:, :, 2:-2, 2:-2] - model.up.bias[None, :, None, None]
@@ -61,15 +63,15 @@ def test_checkerboard_healthy_twin_k4_s2():
 class Residual(nn.Module):
     """x + f(x) blocks, f = Linear-ReLU-Linear; `gain2` sets the branch gain g, `scale` multiplies each block."""
 
-    def __init__(self, blocks=8, width=256, std_in=2 ** 0.5, std_out=1.0, scale=1.0):
+    def __init__(self, blocks=8, width=256, std_in=2**0.5, std_out=1.0, scale=1.0):
         super().__init__()
         torch.manual_seed(1)
         self.scale = scale
         self.branches = nn.ModuleList()
         for _ in range(blocks):
             a, b = nn.Linear(width, width), nn.Linear(width, width)
-            nn.init.normal_(a.weight, 0, std_in / width ** 0.5)
-            nn.init.normal_(b.weight, 0, std_out / width ** 0.5)
+            nn.init.normal_(a.weight, 0, std_in / width**0.5)
+            nn.init.normal_(b.weight, 0, std_out / width**0.5)
             nn.init.zeros_(a.bias)
             nn.init.zeros_(b.bias)
             self.branches.append(nn.Sequential(a, nn.ReLU(), b))
@@ -87,7 +89,7 @@ def test_unscaled_residual_triggers_with_2_to_the_L():
     f = finding(report, "IC502")
     with torch.no_grad():
         measured = float(model(x).pow(2).mean() / x.pow(2).mean())
-    assert f.value == pytest.approx(measured, rel=0.25) and f.value == pytest.approx(2 ** 8, rel=0.25)
+    assert f.value == pytest.approx(measured, rel=0.25) and f.value == pytest.approx(2**8, rel=0.25)
     assert f.fix_value == pytest.approx(1 / math.sqrt(2), rel=0.05)
     fixed = initcheck.analyze(Residual(scale=f.fix_value), x)  # applying the fix removes the finding
     assert not codes(fixed) & {"IC502", "IC503"}
@@ -98,7 +100,7 @@ def test_over_corrected_residual_is_recognised():
     model = Residual(std_in=1.0, std_out=1.0, scale=1 / math.sqrt(2))
     report = initcheck.analyze(model, torch.randn(512, 256))
     f = finding(report, "IC503")
-    assert f.value == pytest.approx(0.75 ** 8, rel=0.3)
+    assert f.value == pytest.approx(0.75**8, rel=0.3)
     assert f.fix_value == pytest.approx(1 / math.sqrt(0.75), rel=0.05)
     assert "IC502" not in codes(report)
 
@@ -109,7 +111,7 @@ class Attention(nn.Module):
         torch.manual_seed(2)
         self.q, self.k, self.v = (nn.Linear(d, d, bias=False) for _ in range(3))
         for lin in (self.q, self.k, self.v):
-            nn.init.normal_(lin.weight, 0, d ** -0.5)
+            nn.init.normal_(lin.weight, 0, d**-0.5)
         self.scaled = scaled
 
     def forward(self, x):
@@ -189,8 +191,9 @@ def test_shallow_wide_twin_is_not_flagged():
 
 
 def test_width_regimes_follow_the_spread():
-    regimes = {depth: initcheck.analyze(relu_net(depth, 64, 0), torch.randn(8, 64)).width_regime
-               for depth in (2, 5, 12, 20)}
+    regimes = {
+        depth: initcheck.analyze(relu_net(depth, 64, 0), torch.randn(8, 64)).width_regime for depth in (2, 5, 12, 20)
+    }
     assert regimes == {2: "near-infinite-width", 5: "effectively deep", 12: "deep for its width", 20: "overly deep"}
 
 
@@ -213,11 +216,11 @@ def test_vanishing_rnn_gradient_triggers_with_theorys_chi():
     report = initcheck.analyze(Recurrent(), torch.randn(50, 8, 64))
     f = finding(report, "IC506")
     assert f.fix_value == pytest.approx(0.21, rel=0.15)
-    assert f.value == pytest.approx(f.fix_value ** 50, rel=1e-6)
+    assert f.value == pytest.approx(f.fix_value**50, rel=1e-6)
     w_hh = Recurrent().rnn.weight_hh_l0.detach().double()
     assert f.details["spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(w_hh).abs().max()), rel=1e-6)
     assert f.details["spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(w_hh, 2)), rel=1e-6)
-    assert f.details["spectral_radius"] == pytest.approx(3 ** -0.5, rel=0.2)  # circular law: sigma sqrt(n) (§10)
+    assert f.details["spectral_radius"] == pytest.approx(3**-0.5, rel=0.2)  # circular law: sigma sqrt(n) (§10)
 
 
 def test_orthogonal_rnn_over_a_short_sequence_is_healthy():
@@ -230,7 +233,7 @@ def dropout_mlp(p):
     layers = []
     for _ in range(3):
         lin = nn.Linear(128, 128)
-        nn.init.normal_(lin.weight, 0, 128 ** -0.5)
+        nn.init.normal_(lin.weight, 0, 128**-0.5)
         nn.init.zeros_(lin.bias)
         layers += [nn.Dropout(p), lin]
     return nn.Sequential(*layers)

@@ -17,11 +17,12 @@ import pytest
 from conftest import SAMPLES
 from onnx import TensorProto, helper, numpy_helper
 
-from initcheck.checks.codes import CODES
 from initcheck.cli import main
+from initcheck.codes import CODES
 
-CLEAN, INFO, WARNING, ERROR = (SAMPLES / f"{n}.onnx" for n in
-                               ("inception_scaled", "prenorm_transformer", "relu_mlp_he", "relu_mlp_glorot"))
+CLEAN, INFO, WARNING, ERROR = (
+    SAMPLES / f"{n}.onnx" for n in ("inception_scaled", "prenorm_transformer", "relu_mlp_he", "relu_mlp_glorot")
+)
 
 
 def run(args, capsys, monkeypatch, cwd=None):
@@ -43,8 +44,13 @@ def linear_chain(path: Path, scale: float, depth: int = 8, width: int = 64, dyna
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"a{i}"])]
         x = f"a{i}"
     dims = ["batch", "features"] if dynamic else [1, width]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -55,13 +61,19 @@ def report_schema():
 
 # -- exit codes -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model,worst", [(CLEAN, None), (INFO, "info"), (WARNING, "warning"), (ERROR, "error")])
 @pytest.mark.parametrize("fail_on", ["info", "warning", "error", "never"])
 def test_exit_code_for_every_severity_and_fail_on(model, worst, fail_on, capsys, monkeypatch):
     code, out, _ = run(["analyze", model, "--no-probe", "--format", "json", "--fail-on", fail_on], capsys, monkeypatch)
     summary = json.loads(out)["summary"]
-    assert (max((s for s in ("info", "warning", "error") if summary[s]), key=["info", "warning", "error"].index,
-                default=None)) == worst
+    assert (
+        max(
+            (s for s in ("info", "warning", "error") if summary[s]),
+            key=["info", "warning", "error"].index,
+            default=None,
+        )
+    ) == worst
     order = ["info", "warning", "error"]
     expected = 1 if fail_on != "never" and worst is not None and order.index(worst) >= order.index(fail_on) else 0
     assert code == expected
@@ -69,17 +81,23 @@ def test_exit_code_for_every_severity_and_fail_on(model, worst, fail_on, capsys,
 
 # -- outputs ----------------------------------------------------------------------------------------------------
 
+
 def test_every_output_at_once_and_each_validates(tmp_path, capsys, monkeypatch):
     outs = [tmp_path / n for n in ("r.json", "r.md", "r.sarif", "r.xml", "r.txt")]
-    code, out, _ = run(["analyze", ERROR, WARNING, "--no-probe", *sum((["--output", o] for o in outs), [])],
-                       capsys, monkeypatch)
+    code, out, _ = run(
+        ["analyze", ERROR, WARNING, "--no-probe", *sum((["--output", o] for o in outs), [])], capsys, monkeypatch
+    )
     assert code == 1
     assert out.count("->") == 2 and "FAIL" in out and "pass" in out  # one summary line per model on stdout
     data = json.loads(outs[0].read_text())
     jsonschema.validate(data, report_schema())
     assert [Path(m["model"]).name for m in data["models"]] == [ERROR.name, WARNING.name]
     markdown = outs[1].read_text()
-    assert "## initcheck: 1 of 2 model(s) pass" in markdown and "❌ fails" in markdown and "| 🔴 error | `IC102`" in markdown
+    assert (
+        "## initcheck: 1 of 2 model(s) pass" in markdown
+        and "❌ fails" in markdown
+        and "| 🔴 error | `IC102`" in markdown
+    )
     validate_sarif(json.loads(outs[2].read_text()))
     suites = ET.parse(outs[3]).getroot()
     assert suites.tag == "testsuites" and int(suites.get("tests")) == 2 * len(CODES)
@@ -117,12 +135,17 @@ def test_unknown_output_suffix_is_a_usage_error(tmp_path, capsys, monkeypatch):
 def test_same_model_same_options_byte_identical_json_with_probe(tmp_path, capsys, monkeypatch):
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path in paths:
-        run(["analyze", SAMPLES / "unet_block.onnx", "--device", "cpu", "--seeds", "2", "--output", path], capsys, monkeypatch)
+        run(
+            ["analyze", SAMPLES / "unet_block.onnx", "--device", "cpu", "--seeds", "2", "--output", path],
+            capsys,
+            monkeypatch,
+        )
     first, second = (p.read_bytes() for p in paths)
     assert first == second and b'"probe": {' in first
 
 
 # -- many models ------------------------------------------------------------------------------------------------
+
 
 def test_one_broken_file_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     broken = tmp_path / "broken.onnx"
@@ -142,6 +165,7 @@ def test_aggregate_exit_code_is_the_worst_model(capsys, monkeypatch):
 
 
 # -- baselines --------------------------------------------------------------------------------------------------
+
 
 def test_baseline_round_trip_new_worsened_fixed(tmp_path, capsys, monkeypatch):
     model, base = tmp_path / "model.onnx", tmp_path / "baseline.json"
@@ -179,6 +203,7 @@ def test_bad_baseline_file_is_one_line(tmp_path, capsys, monkeypatch):
 
 # -- config -----------------------------------------------------------------------------------------------------
 
+
 def project(tmp_path: Path, config_name: str | None, text: str, model_src: Path = WARNING) -> Path:
     """tmp/project/<config>, tmp/project/models/<model>: discovery walks up from the model's folder."""
     root = tmp_path / "project"
@@ -205,7 +230,10 @@ def test_yaml_config_and_pyproject_without_section(tmp_path, capsys, monkeypatch
 
 
 def test_thresholds_ignore_severity_and_deviations(tmp_path, capsys, monkeypatch):
-    model = project(tmp_path, "pyproject.toml", """
+    model = project(
+        tmp_path,
+        "pyproject.toml",
+        """
 [tool.initcheck]
 ignore = ["IC505", { code = "IC112", layer = "*" }]
 deviations = [{ code = "IC102", reason = "meta-learned init, small on purpose" }]
@@ -213,7 +241,9 @@ deviations = [{ code = "IC102", reason = "meta-learned init, small on purpose" }
 IC101 = { warning = 0.5 }
 [tool.initcheck.severity]
 IC512 = "off"
-""", ERROR)
+""",
+        ERROR,
+    )
     code, out, _ = run(["analyze", model, "--no-probe", "--format", "json"], capsys, monkeypatch)
     report = json.loads(out)
     codes = {f["code"]: f for f in report["findings"]}
@@ -240,17 +270,23 @@ def test_per_model_inputs_and_probe_settings(tmp_path, capsys, monkeypatch):
     assert code == 0 and report["inputs"]["x"] == [2, 64] and report["probe"] is None
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("[tool.initcheck]\nfail_on = 'loud'\n", "fail_on: expected one of"),
-    ("[tool.initcheck]\ncolour = true\n", "colour: unknown key"),
-    ("[tool.initcheck.thresholds]\nIC999 = { warning = 1 }\n", "thresholds.IC999: unknown finding code"),
-    ("[tool.initcheck.thresholds]\nIC101 = { loud = 1 }\n", "thresholds.IC101.loud: unknown threshold"),
-    ("[tool.initcheck.thresholds]\nIC101 = { warning = 'x' }\n", "thresholds.IC101.warning: expected a non-negative"),
-    ("[tool.initcheck]\ndeviations = [{ code = 'IC101' }]\n", "deviations[0]: a deviation needs a reason"),
-    ("[tool.initcheck.probe]\nbatch = 0\n", "probe.batch: must be positive"),
-    ("[tool.initcheck.models.'a.onnx']\ninputs = { x = '1xfoo' }\n", "models.a.onnx.inputs.x"),
-    ("[tool.initcheck\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("[tool.initcheck]\nfail_on = 'loud'\n", "fail_on: expected one of"),
+        ("[tool.initcheck]\ncolour = true\n", "colour: unknown key"),
+        ("[tool.initcheck.thresholds]\nIC999 = { warning = 1 }\n", "thresholds.IC999: unknown finding code"),
+        ("[tool.initcheck.thresholds]\nIC101 = { loud = 1 }\n", "thresholds.IC101.loud: unknown threshold"),
+        (
+            "[tool.initcheck.thresholds]\nIC101 = { warning = 'x' }\n",
+            "thresholds.IC101.warning: expected a non-negative",
+        ),
+        ("[tool.initcheck]\ndeviations = [{ code = 'IC101' }]\n", "deviations[0]: a deviation needs a reason"),
+        ("[tool.initcheck.probe]\nbatch = 0\n", "probe.batch: must be positive"),
+        ("[tool.initcheck.models.'a.onnx']\ninputs = { x = '1xfoo' }\n", "models.a.onnx.inputs.x"),
+        ("[tool.initcheck\n", "not valid TOML"),
+    ],
+)
 def test_config_errors_name_the_key_and_the_file(tmp_path, capsys, monkeypatch, text, expected):
     model = project(tmp_path, "pyproject.toml", text)
     code, out, err = run(["analyze", model, "--no-probe"], capsys, monkeypatch)
@@ -279,6 +315,7 @@ def test_explicit_config_file_and_api(tmp_path, capsys, monkeypatch):
 
 
 # -- rules ------------------------------------------------------------------------------------------------------
+
 
 def test_rules_lists_codes_thresholds_and_coverage(capsys, monkeypatch):
     code, out, _ = run(["rules"], capsys, monkeypatch)

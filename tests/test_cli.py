@@ -32,9 +32,13 @@ def run(args, capsys, debug=False, monkeypatch=None):
 def tiny_model(path, weight=None, op="Relu", dims=("N", 4), domain="", opset=17):
     w = weight if weight is not None else np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) / 2
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node(op, ["h"], ["y"], domain=domain)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
     return path
@@ -55,9 +59,14 @@ def test_table_lists_layers_findings_and_coverage(capsys, monkeypatch):
 
 
 def test_all_nodes_shows_more_rows(capsys, monkeypatch):
-    _, layers, _ = run(["analyze", SAMPLES / "prenorm_transformer.onnx", "--format", "json"], capsys, monkeypatch=monkeypatch)
-    _, nodes, _ = run(["analyze", SAMPLES / "prenorm_transformer.onnx", "--format", "json", "--all-nodes"], capsys,
-                      monkeypatch=monkeypatch)
+    _, layers, _ = run(
+        ["analyze", SAMPLES / "prenorm_transformer.onnx", "--format", "json"], capsys, monkeypatch=monkeypatch
+    )
+    _, nodes, _ = run(
+        ["analyze", SAMPLES / "prenorm_transformer.onnx", "--format", "json", "--all-nodes"],
+        capsys,
+        monkeypatch=monkeypatch,
+    )
     assert len(json.loads(nodes)["layers"]) > len(json.loads(layers)["layers"])
 
 
@@ -66,8 +75,21 @@ def test_json_report_is_complete_and_versioned(capsys, monkeypatch, tmp_path):
     report = json.loads(out)
     assert report["schema_version"] == "1.1" and code == 1
     row = report["layers"][0]
-    for key in ("node", "scope", "op", "shape", "fan_in", "mean", "second_moment", "forward_log10",
-                "grad_second_moment", "backward_log10", "spread", "exact", "status"):
+    for key in (
+        "node",
+        "scope",
+        "op",
+        "shape",
+        "fan_in",
+        "mean",
+        "second_moment",
+        "forward_log10",
+        "grad_second_moment",
+        "backward_log10",
+        "spread",
+        "exact",
+        "status",
+    ):
         assert key in row
     finding = report["findings"][0]
     for key in ("code", "severity", "kind", "node", "scope", "value", "fix", "message"):
@@ -175,8 +197,7 @@ def test_input_file_is_never_modified(capsys, monkeypatch, tmp_path):
 
 def test_external_data_is_loaded_and_confined(capsys, monkeypatch, tmp_path):
     model = onnx.load(str(SAMPLES / "relu_mlp_he.onnx"))
-    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin",
-              size_threshold=0)
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
     assert run(["analyze", tmp_path / "ext.onnx"], capsys, monkeypatch=monkeypatch)[0] == 0
     escaped = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
     for tensor in escaped.graph.initializer:

@@ -66,8 +66,9 @@ class Chain(nn.Module):
     def __init__(self, depth, width, act, gain, bias_std=0.0, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.layers = nn.ModuleList(linear(width, width, w_std=gain / width ** 0.5, b_std=bias_std, seed=seed + i)
-                                    for i in range(depth))
+        self.layers = nn.ModuleList(
+            linear(width, width, w_std=gain / width**0.5, b_std=bias_std, seed=seed + i) for i in range(depth)
+        )
         self.act, self.out = act, nn.Linear(width, 10)
 
     def forward(self, x, keep=None):
@@ -95,7 +96,7 @@ def test_chaotic_tanh_chain_gradient_product_matches_measurement():
 
 
 def test_he_relu_chain_is_critical():
-    report = initcheck.analyze(Chain(12, 256, torch.relu, 2 ** 0.5), torch.randn(4, 256))
+    report = initcheck.analyze(Chain(12, 256, torch.relu, 2**0.5), torch.randn(4, 256))
     assert "IC512" not in codes(report)
     chis = [row.chi_perp for row in report.layers if row.chi_perp is not None]
     # 1 in expectation; the actual weights and row sums move each layer by a few percent
@@ -104,7 +105,7 @@ def test_he_relu_chain_is_critical():
 
 
 def test_correlation_collapse_matches_measured_cosine():
-    model = Chain(24, 512, torch.relu, 2 ** 0.5, bias_std=0.3)
+    model = Chain(24, 512, torch.relu, 2**0.5, bias_std=0.3)
     report = initcheck.analyze(model, torch.randn(4, 512))
     f = finding(report, "IC513")
     pre = []
@@ -119,12 +120,15 @@ def test_correlation_collapse_matches_measured_cosine():
 
 
 def test_shallow_relu_chain_keeps_inputs_apart():
-    assert "IC513" not in codes(initcheck.analyze(Chain(4, 512, torch.relu, 2 ** 0.5), torch.randn(4, 512)))
+    assert "IC513" not in codes(initcheck.analyze(Chain(4, 512, torch.relu, 2**0.5), torch.randn(4, 512)))
 
 
 def test_collapse_quotes_the_probes_cosine():
-    report = initcheck.analyze(Chain(24, 512, torch.relu, 2 ** 0.5, bias_std=0.3), torch.randn(4, 512),
-                               probe=initcheck.ProbeOptions(batch=32, seeds=2))
+    report = initcheck.analyze(
+        Chain(24, 512, torch.relu, 2**0.5, bias_std=0.3),
+        torch.randn(4, 512),
+        probe=initcheck.ProbeOptions(batch=32, seeds=2),
+    )
     f = finding(report, "IC513")
     assert f.measured == pytest.approx(f.value, abs=0.03)
 

@@ -7,13 +7,20 @@ import re
 
 from conftest import ROOT
 
-SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "initcheck").rglob("*.py")),
-           *sorted((ROOT / "initcheck").rglob("*.json"))]
+SOURCES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "initcheck").rglob("*.py")),
+    *sorted((ROOT / "initcheck").rglob("*.json")),
+]
 
 
 def test_nothing_points_outside_the_repository():
-    offenders = [str(p.relative_to(ROOT)) for p in SOURCES if "../shared" in p.read_text(encoding="utf-8")
-                 or "shared/theory" in p.read_text(encoding="utf-8")]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in SOURCES
+        if "../shared" in p.read_text(encoding="utf-8") or "shared/theory" in p.read_text(encoding="utf-8")
+    ]
     assert not offenders
 
 

@@ -35,19 +35,32 @@ def test_scope_from_dynamo_metadata():
 
 
 def _graph(nodes, inits, inputs, opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def test_exported_gelu_decomposition_is_one_exact_node(tmp_path):
     """x * 0.5 * (1 + erf(x / sqrt(2))) after a MatMul fuses into one pointwise node named gelu."""
     w = np.random.default_rng(0).standard_normal((8, 8)) / np.sqrt(8)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "c"], ["d"]),
-             helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["f"]),
-             helper.make_node("Mul", ["h", "f"], ["g"]), helper.make_node("Mul", ["g", "half"], ["y"])]
-    model = _graph(nodes, {"w": w, "c": np.sqrt(2.0), "one": 1.0, "half": 0.5},
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Div", ["h", "c"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["f"]),
+        helper.make_node("Mul", ["h", "f"], ["g"]),
+        helper.make_node("Mul", ["g", "half"], ["y"]),
+    ]
+    model = _graph(
+        nodes,
+        {"w": w, "c": np.sqrt(2.0), "one": 1.0, "half": 0.5},
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+    )
     onnx.save(model, str(tmp_path / "gelu.onnx"))
     graph = load(tmp_path / "gelu.onnx")
     fuse_pointwise(graph)
@@ -64,14 +77,30 @@ def test_integer_token_ids_feed_an_embedding():
 
 
 def test_control_flow_is_reported_and_passed_around(tmp_path):
-    then = helper.make_graph([helper.make_node("Identity", ["h"], ["t"])], "then", [],
-                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
-    other = helper.make_graph([helper.make_node("Neg", ["h"], ["o"])], "else", [],
-                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
-    model = _graph(nodes, {"w": np.eye(4)}, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
-                                               helper.make_tensor_value_info("cond", TensorProto.BOOL, [])])
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["h"], ["o"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+    model = _graph(
+        nodes,
+        {"w": np.eye(4)},
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+    )
     onnx.save(model, str(tmp_path / "if.onnx"))
     report = initcheck.analyze(tmp_path / "if.onnx")
     assert report.coverage.unsupported == {"If (subgraph)": 1}
@@ -81,8 +110,12 @@ def test_control_flow_is_reported_and_passed_around(tmp_path):
 def test_weights_behind_constant_cast_identity_chains(tmp_path):
     w = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float16) * np.float16(0.5)
     const = helper.make_node("Constant", [], ["w16"], value=numpy_helper.from_array(w, "w16"))
-    nodes = [const, helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
-             helper.make_node("Identity", ["w32"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    nodes = [
+        const,
+        helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+        helper.make_node("Identity", ["w32"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
     model = _graph(nodes, {}, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])])
     onnx.save(model, str(tmp_path / "chain.onnx"))
     report = initcheck.analyze(tmp_path / "chain.onnx")
@@ -100,8 +133,9 @@ def test_shape_computations_carry_no_signal():
 
 
 def test_symbolic_path_does_not_import_torch():
-    code = ("import sys, initcheck; initcheck.analyze('%s'); "
-            "print('torch' in sys.modules)" % (SAMPLES / "unet_block.onnx"))
+    code = "import sys, initcheck; initcheck.analyze('%s'); print('torch' in sys.modules)" % (
+        SAMPLES / "unet_block.onnx"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
@@ -126,11 +160,37 @@ def test_every_translated_op_has_a_rule():
     from initcheck.rules import FORWARD, load_all
 
     load_all()
-    produced = set(REARRANGE.values()) | {"linear", "matmul", "conv", "conv_transpose", "batch_norm", "layer_norm",
-                                          "rms_norm", "group_norm", "instance_norm", "max_pool", "avg_pool",
-                                          "global_avg_pool", "global_max_pool", "resize", "dropout", "softmax",
-                                          "log_softmax", "reduce_mean", "reduce_sum", "reduce_max", "embedding",
-                                          "gather", "concat", "pad", "lrn", "prelu", "rnn", "lstm", "gru"}
+    produced = set(REARRANGE.values()) | {
+        "linear",
+        "matmul",
+        "conv",
+        "conv_transpose",
+        "batch_norm",
+        "layer_norm",
+        "rms_norm",
+        "group_norm",
+        "instance_norm",
+        "max_pool",
+        "avg_pool",
+        "global_avg_pool",
+        "global_max_pool",
+        "resize",
+        "dropout",
+        "softmax",
+        "log_softmax",
+        "reduce_mean",
+        "reduce_sum",
+        "reduce_max",
+        "embedding",
+        "gather",
+        "concat",
+        "pad",
+        "lrn",
+        "prelu",
+        "rnn",
+        "lstm",
+        "gru",
+    }
     elementwise = set(UNARY_OPS.values()) | {op for op, _ in UNARY_ATTRS.values()} | {"clip"}
     assert elementwise <= set(pointwise.UNARY)
     assert produced - set(FORWARD) == set()

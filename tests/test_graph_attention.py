@@ -23,8 +23,9 @@ class DenseGAT(nn.Module):
         torch.manual_seed(7)
         self.w = nn.Linear(features, features, bias=False)
         nn.init.xavier_normal_(self.w.weight)
-        self.a_node, self.a_neighbour = (nn.Parameter(torch.randn(features, 1) * (2 / (features + 1)) ** 0.5)
-                                         for _ in range(2))
+        self.a_node, self.a_neighbour = (
+            nn.Parameter(torch.randn(features, 1) * (2 / (features + 1)) ** 0.5) for _ in range(2)
+        )
         degrees = [4 + (max_degree - 4) * i // (n - 1) for i in range(n)]
         self.register_buffer("adjacency", torch.arange(n)[None, :] < torch.tensor(degrees)[:, None])
         scale = torch.tensor([expected_max(16) / expected_max(d) for d in degrees])[:, None]

@@ -49,6 +49,7 @@ def assert_fails_safely(code: int, err: str, label: str) -> None:
 
 # -- fuzzed ONNX files ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("batch", range(8))
 def test_fuzzed_onnx_files_fail_safely(batch, tmp_path, monkeypatch):
     """100 seeded mutations per batch (truncation, bit flips, tensor and graph field mutations) of every sample;
@@ -69,6 +70,7 @@ def test_fuzzed_onnx_files_fail_safely(batch, tmp_path, monkeypatch):
 
 
 # -- fuzzed torch archives -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
@@ -98,8 +100,9 @@ def test_fuzzed_torch_archives_fail_safely_and_never_unpickle(name, archives, tm
         data, label = mutate_zip(original, random.Random(seed), str(marker))
         path = tmp_path / f"fuzz{seed}{Path(name).suffix}"
         path.write_bytes(data)
-        code, _, err = run_cli(["analyze", path, "--no-probe", "--format", "json", "--time-limit", "60",
-                                *ARCHIVE_ARGS[name]], monkeypatch)
+        code, _, err = run_cli(
+            ["analyze", path, "--no-probe", "--format", "json", "--time-limit", "60", *ARCHIVE_ARGS[name]], monkeypatch
+        )
         assert_fails_safely(code, err, f"{name} seed {seed} ({label})")
         outcomes.append(code)
         assert not marker.exists(), f"{name} seed {seed} ({label}) executed a planted pickle"
@@ -124,6 +127,7 @@ def test_planted_pickle_in_every_member_is_refused(archives, tmp_path, monkeypat
 
 # -- sizes and time ---------------------------------------------------------------------------------------
 
+
 def _save(graph, path: Path, opset: int = 17) -> Path:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return path
@@ -136,11 +140,14 @@ def _huge_models(folder: Path) -> dict[str, Path]:
     w = numpy_helper.from_array(np.ones((16, 16), np.float32), "w")
     models = {}
     big_input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10**9, 16])
-    models["input"] = _save(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [big_input], [y]),
-                            folder / "input.onnx")
+    models["input"] = _save(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [big_input], [y]), folder / "input.onnx"
+    )
     lying = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10**6, 10**6], raw_data=b"\0" * 64)
-    models["weight"] = _save(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [lying]),
-                             folder / "weight.onnx")
+    models["weight"] = _save(
+        helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [lying]),
+        folder / "weight.onnx",
+    )
     shape = numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
     folds = {
         "constant_of_shape": [helper.make_node("ConstantOfShape", ["shape"], ["c"])],
@@ -148,14 +155,21 @@ def _huge_models(folder: Path) -> dict[str, Path]:
         "tile": [helper.make_node("Tile", ["one", "shape"], ["c"])],
         "range": [helper.make_node("Range", ["zero", "limit", "one1"], ["c"])],
     }
-    constants = [shape, numpy_helper.from_array(np.ones((1, 1), np.float32), "one"),
-                 numpy_helper.from_array(np.array(0, np.int64), "zero"),
-                 numpy_helper.from_array(np.array(10**12, np.int64), "limit"),
-                 numpy_helper.from_array(np.array(1, np.int64), "one1")]
+    constants = [
+        shape,
+        numpy_helper.from_array(np.ones((1, 1), np.float32), "one"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(10**12, np.int64), "limit"),
+        numpy_helper.from_array(np.array(1, np.int64), "one1"),
+    ]
     for name, nodes in folds.items():
         # the huge constant only scales a sum: folding it would be the only way to run out of memory
-        tail = [helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0), helper.make_node("Cast", ["s"], ["sf"], to=1),
-                helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "sf"], ["y"])]
+        tail = [
+            helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0),
+            helper.make_node("Cast", ["s"], ["sf"], to=1),
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Mul", ["h", "sf"], ["y"]),
+        ]
         models[name] = _save(helper.make_graph(nodes + tail, "g", [x], [y], [w, *constants]), folder / f"{name}.onnx")
     return models
 
@@ -171,20 +185,30 @@ def test_huge_declared_tensors_are_refused_within_bounded_memory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "INITCHECK_DEBUG"}
     env["OPENBLAS_NUM_THREADS"] = "1"  # each BLAS thread reserves address space
     for name, path in models.items():
-        done = subprocess.run([sys.executable, "-m", "initcheck", "analyze", str(path), "--no-probe", "--format", "json"],
-                              capture_output=True, text=True, preexec_fn=limit_memory, env=env, timeout=120, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, "-m", "initcheck", "analyze", str(path), "--no-probe", "--format", "json"],
+            capture_output=True,
+            text=True,
+            preexec_fn=limit_memory,
+            env=env,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert_fails_safely(done.returncode, done.stderr, name)
         if name in ("input", "weight"):
             assert done.returncode == 2 and "more than the limit" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("op, inputs", [
-    ("ConstantOfShape", [np.array([8192, 8192], np.int64)]),
-    ("Expand", [np.ones((1, 1), np.float32), np.array([8192, 8192], np.int64)]),
-    ("Tile", [np.ones((2, 2), np.float32), np.array([8192, 8192], np.int64)]),
-    ("Range", [np.array(0, np.int64), np.array(10**9, np.int64), np.array(1, np.int64)]),
-    ("OneHot", [np.arange(8192, dtype=np.int64), np.array(8192, np.int64), np.array([0, 1], np.float32)]),
-])
+@pytest.mark.parametrize(
+    "op, inputs",
+    [
+        ("ConstantOfShape", [np.array([8192, 8192], np.int64)]),
+        ("Expand", [np.ones((1, 1), np.float32), np.array([8192, 8192], np.int64)]),
+        ("Tile", [np.ones((2, 2), np.float32), np.array([8192, 8192], np.int64)]),
+        ("Range", [np.array(0, np.int64), np.array(10**9, np.int64), np.array(1, np.int64)]),
+        ("OneHot", [np.arange(8192, dtype=np.int64), np.array(8192, np.int64), np.array([0, 1], np.float32)]),
+    ],
+)
 def test_folding_never_builds_a_huge_constant(op, inputs):
     """A few bytes may ask for 64M+ elements; with no shape inferred, folding declines before allocating."""
     import tracemalloc
@@ -235,8 +259,10 @@ def test_time_limit_stops_one_model_and_the_others_go_on(tmp_path, monkeypatch):
         return real(graph, *args)
 
     monkeypatch.setattr(initcheck.api, "run_symbolic", stuck)
-    code, out, err = run_cli(["analyze", slow, SAMPLES / "relu_mlp_he.onnx", "--no-probe", "--time-limit", "0.5",
-                              "--format", "json"], monkeypatch)
+    code, out, err = run_cli(
+        ["analyze", slow, SAMPLES / "relu_mlp_he.onnx", "--no-probe", "--time-limit", "0.5", "--format", "json"],
+        monkeypatch,
+    )
     assert code == 2
     assert "unet_block.onnx: analysis stopped after the time limit of 0.5 s" in err
     results = json.loads(out)
@@ -245,6 +271,7 @@ def test_time_limit_stops_one_model_and_the_others_go_on(tmp_path, monkeypatch):
 
 
 # -- external data and symlinks ---------------------------------------------------------------------------
+
 
 def _with_external_data(folder: Path) -> Path:
     model = onnx.load(str(SAMPLES / "relu_mlp_he.onnx"))
@@ -301,11 +328,15 @@ def test_external_data_reads_no_more_than_the_tensor(tmp_path, monkeypatch):
 
 # -- nothing modified ---------------------------------------------------------------------------------------
 
+
 def _fingerprints(folder: Path) -> dict[str, tuple[str, int, int]]:
     import hashlib
 
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns,
-                                         p.stat().st_mode) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns, p.stat().st_mode)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_no_command_modifies_its_inputs(archives, tmp_path, monkeypatch):
@@ -325,14 +356,21 @@ def test_no_command_modifies_its_inputs(archives, tmp_path, monkeypatch):
     import torch
 
     save_file(torch.load(archives / "weights.pt", weights_only=True), str(models / "weights.safetensors"))
-    (models / "pyproject.toml").write_text('[tool.initcheck]\nfail_on = "never"\n[tool.initcheck.models."script.pt"]\n'
-                                           'inputs = {x = "1x3x8x8"}\n')
+    (models / "pyproject.toml").write_text(
+        '[tool.initcheck]\nfail_on = "never"\n[tool.initcheck.models."script.pt"]\ninputs = {x = "1x3x8x8"}\n'
+    )
     runs = {
-        "model.onnx": [], "small.pt2": [], "script.pt": [],
+        "model.onnx": [],
+        "small.pt2": [],
+        "script.pt": [],
         "weights.safetensors": ["--arch", "smallnet:make", "--input", "x=1x3x8x8"],
     }
-    assert run_cli(["analyze", models / "model.onnx", "--no-probe", "--write-baseline", models / "baseline.json"],
-                   monkeypatch)[0] == 0
+    assert (
+        run_cli(
+            ["analyze", models / "model.onnx", "--no-probe", "--write-baseline", models / "baseline.json"], monkeypatch
+        )[0]
+        == 0
+    )
     before = _fingerprints(models)
     for name, extra in runs.items():
         model = models / name
@@ -341,8 +379,16 @@ def test_no_command_modifies_its_inputs(archives, tmp_path, monkeypatch):
             ["analyze", model, "--no-probe", "--all-nodes", "--train"],
             ["analyze", model, "--no-probe", "--baseline", models / "baseline.json"],
             ["analyze", model, "--no-probe", "--write-baseline", out / f"{name}.baseline.json"],
-            ["analyze", model, "--no-probe", *(a for suffix in ("json", "md", "sarif", "xml", "txt")
-                                                for a in ("--output", out / f"{name}.{suffix}"))],
+            [
+                "analyze",
+                model,
+                "--no-probe",
+                *(
+                    a
+                    for suffix in ("json", "md", "sarif", "xml", "txt")
+                    for a in ("--output", out / f"{name}.{suffix}")
+                ),
+            ],
             *(["analyze", model, "--no-probe", "--format", fmt] for fmt in ("json", "markdown", "sarif", "junit")),
         ]
         for command in commands:
@@ -364,14 +410,26 @@ def _he(rng, scale: float = 1.0) -> np.ndarray:
 
 def _mlp(path: Path, w1, w2, elem=TensorProto.FLOAT, before=(), after=(), inits=(), x="x", y="y") -> Path:
     """x @ w1 -> relu -> @ w2, with optional nodes before (producing `x`) and after (reading `y`)."""
-    nodes = [*before, helper.make_node("MatMul", [x, "w1"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("MatMul", ["b", "w2"], [y]), *after]
+    nodes = [
+        *before,
+        helper.make_node("MatMul", [x, "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], [y]),
+        *after,
+    ]
     inputs = [helper.make_tensor_value_info("input", elem, [4, WIDTH])]
     if not before:
         nodes[0].input[0] = "input"
-    graph = helper.make_graph(nodes, "mlp", inputs, [helper.make_tensor_value_info("out" if after else y, elem, None)],
-                              [*(w if isinstance(w, TensorProto) else numpy_helper.from_array(w, n)
-                                 for w, n in ((w1, "w1"), (w2, "w2"))), *inits])
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        inputs,
+        [helper.make_tensor_value_info("out" if after else y, elem, None)],
+        [
+            *(w if isinstance(w, TensorProto) else numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"))),
+            *inits,
+        ],
+    )
     return _save(graph, path)
 
 
@@ -402,11 +460,19 @@ def test_half_precision_weights_are_analysed(kind, tmp_path):
         w1, w2 = w1.astype(np.float16), w2.astype(np.float16)
         path = _mlp(tmp_path / "m.onnx", w1, w2, TensorProto.FLOAT16)
     else:
+
         def bf16(a, name):
             return helper.make_tensor(name, TensorProto.BFLOAT16, a.shape, a.ravel().tolist())
-        path = _mlp(tmp_path / "m.onnx", bf16(w1, "w1"), bf16(w2, "w2"), x="xb", y="yb",
-                    before=[helper.make_node("Cast", ["input"], ["xb"], to=TensorProto.BFLOAT16)],
-                    after=[helper.make_node("Cast", ["yb"], ["out"], to=TensorProto.FLOAT)])
+
+        path = _mlp(
+            tmp_path / "m.onnx",
+            bf16(w1, "w1"),
+            bf16(w2, "w2"),
+            x="xb",
+            y="yb",
+            before=[helper.make_node("Cast", ["input"], ["xb"], to=TensorProto.BFLOAT16)],
+            after=[helper.make_node("Cast", ["yb"], ["out"], to=TensorProto.FLOAT)],
+        )
         w1, w2 = (numpy_helper.to_array(onnx.load(str(path)).graph.initializer[i]).astype(np.float32) for i in (0, 1))
     predicted, measured = _last_k(path), _monte_carlo(_relu_net(w1, w2))
     assert abs(predicted / measured - 1) < 0.03, (predicted, measured)
@@ -419,18 +485,32 @@ def test_fake_quantized_graph_is_analysed_as_clipped_signal(tmp_path, monkeypatc
     step_w, step_x = np.float32(3 * np.sqrt(2 / WIDTH) / 127), np.float32(1.5 / 127)
     q1, q2 = (np.clip(np.round(_he(rng) / step_w), -127, 127).astype(np.int8) for _ in range(2))
     zero = numpy_helper.from_array(np.int8(0), "z")
-    before = [helper.make_node("QuantizeLinear", ["input", "sx", "z"], ["xq"]),
-              helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["x"]),
-              helper.make_node("DequantizeLinear", ["q1", "sw", "z"], ["w1"]),
-              helper.make_node("DequantizeLinear", ["q2", "sw", "z"], ["w2"])]
-    inits = [numpy_helper.from_array(q1, "q1"), numpy_helper.from_array(q2, "q2"), zero,
-             numpy_helper.from_array(step_w, "sw"), numpy_helper.from_array(step_x, "sx")]
+    before = [
+        helper.make_node("QuantizeLinear", ["input", "sx", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["x"]),
+        helper.make_node("DequantizeLinear", ["q1", "sw", "z"], ["w1"]),
+        helper.make_node("DequantizeLinear", ["q2", "sw", "z"], ["w2"]),
+    ]
+    inits = [
+        numpy_helper.from_array(q1, "q1"),
+        numpy_helper.from_array(q2, "q2"),
+        zero,
+        numpy_helper.from_array(step_w, "sw"),
+        numpy_helper.from_array(step_x, "sx"),
+    ]
     path = tmp_path / "qdq.onnx"
     graph = helper.make_graph(
-        [*before, helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-         helper.make_node("MatMul", ["b", "w2"], ["y"])], "qdq",
+        [
+            *before,
+            helper.make_node("MatMul", ["x", "w1"], ["a"]),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("MatMul", ["b", "w2"], ["y"]),
+        ],
+        "qdq",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     _save(graph, path)
     w1, w2 = q1.astype(np.float64) * step_w, q2.astype(np.float64) * step_w
 
@@ -453,17 +533,27 @@ def test_integer_quantized_graphs_are_reported_not_modeled(op, tmp_path, monkeyp
     quantize = helper.make_node("QuantizeLinear", ["x", "s", "zu"], ["xq"])
     if op == "QLinearConv":
         weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "wq")
-        nodes = [quantize, helper.make_node("QLinearConv", ["xq", "s", "zu", "wq", "s", "z", "s", "zu"], ["yq"]),
-                 helper.make_node("DequantizeLinear", ["yq", "s", "zu"], ["y"])]
+        nodes = [
+            quantize,
+            helper.make_node("QLinearConv", ["xq", "s", "zu", "wq", "s", "z", "s", "zu"], ["yq"]),
+            helper.make_node("DequantizeLinear", ["yq", "s", "zu"], ["y"]),
+        ]
         shape = [1, 3, 8, 8]
     else:
         weight = numpy_helper.from_array(np.ones((16, 16), np.int8), "wq")
-        nodes = [quantize, helper.make_node("MatMulInteger", ["xq", "wq", "zu", "z"], ["acc"]),
-                 helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+        nodes = [
+            quantize,
+            helper.make_node("MatMulInteger", ["xq", "wq", "zu", "z"], ["acc"]),
+            helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT),
+        ]
         shape = [4, 16]
-    graph = helper.make_graph(nodes, "int", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [weight, scale, zero_u, zero_s])
+    graph = helper.make_graph(
+        nodes,
+        "int",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, scale, zero_u, zero_s],
+    )
     path = _save(graph, tmp_path / "int.onnx")
     code, out, err = run_cli(["analyze", path, "--no-probe", "--format", "json"], monkeypatch)
     assert code == 0, err
@@ -486,26 +576,37 @@ def test_denormal_zero_nan_and_empty_weights(tmp_path, monkeypatch):
     assert code == 1 and abs(first["second_moment"] / expected - 1) < 0.05
     assert any(f["code"] == "IC102" for f in report["findings"])
 
-    for name, weight, code_expected in (("zero", np.zeros((WIDTH, WIDTH), np.float32), "IC202"),
-                                        ("nan", np.where(np.eye(WIDTH) > 0, np.nan, _he(rng)).astype(np.float32), "IC201")):
-        code, out, _ = run_cli(["analyze", _mlp(tmp_path / f"{name}.onnx", weight, _he(rng)), "--no-probe", "--format",
-                                "json"], monkeypatch)
+    for name, weight, code_expected in (
+        ("zero", np.zeros((WIDTH, WIDTH), np.float32), "IC202"),
+        ("nan", np.where(np.eye(WIDTH) > 0, np.nan, _he(rng)).astype(np.float32), "IC201"),
+    ):
+        code, out, _ = run_cli(
+            ["analyze", _mlp(tmp_path / f"{name}.onnx", weight, _he(rng)), "--no-probe", "--format", "json"],
+            monkeypatch,
+        )
         assert code == 1 and any(f["code"] == code_expected for f in json.loads(out)["findings"])
 
     empty = numpy_helper.from_array(np.zeros((4, 0), np.float32), "empty")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Concat", ["a", "empty"], ["y"],
-                                                                                               axis=1)], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(_he(rng), "w"), empty])
-    code, out, err = run_cli(["analyze", _save(graph, tmp_path / "empty.onnx"), "--no-probe", "--format", "json"], monkeypatch)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Concat", ["a", "empty"], ["y"], axis=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(_he(rng), "w"), empty],
+    )
+    code, out, err = run_cli(
+        ["analyze", _save(graph, tmp_path / "empty.onnx"), "--no-probe", "--format", "json"], monkeypatch
+    )
     assert code == 0, err
     layers = json.loads(out)["layers"]
     assert abs(layers[-1]["second_moment"] / layers[0]["second_moment"] - 1) < 1e-6
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 0])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 0])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     code, _, err = run_cli(["analyze", _save(graph, tmp_path / "empty_input.onnx"), "--no-probe"], monkeypatch)
     assert_fails_safely(code, err, "empty input")
     assert code == 2 and "empty dimension 1" in err

@@ -51,14 +51,19 @@ def run_action_step(repo: Path, **inputs) -> tuple[int, str, str]:
     step = next(s for s in action()["runs"]["steps"] if s.get("id") == "analyze")
     defaults = {k: v.get("default", "") for k, v in action()["inputs"].items()}
     values = {**defaults, **inputs}
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", GITHUB_OUTPUT=str(repo / "gh_output"),
-               GITHUB_STEP_SUMMARY=str(repo / "gh_summary"))
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        GITHUB_OUTPUT=str(repo / "gh_output"),
+        GITHUB_STEP_SUMMARY=str(repo / "gh_summary"),
+    )
     env.pop("INITCHECK_DEBUG", None)
     for name, expr in step["env"].items():
         key = re.fullmatch(r"\$\{\{ inputs\.([\w-]+) \}\}", expr).group(1)
         env[name] = values[key]
-    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
     output = (repo / "gh_output").read_text() if (repo / "gh_output").exists() else ""
     return result.returncode, output, result.stderr
 
@@ -110,6 +115,22 @@ def test_pre_commit_hook_runs_as_pre_commit_would(example):
 def test_example_baseline_is_current(example):
     """The committed baseline matches what initcheck reports today (regenerate with --write-baseline)."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    subprocess.run(["initcheck", "analyze", "models/encoder.onnx", "models/legacy_lstm.onnx", "models/upsampler.onnx",
-                    "--write-baseline", "fresh.json"], cwd=example, env=env, check=True, capture_output=True, timeout=300)
-    assert json.loads((example / "fresh.json").read_text()) == json.loads((EXAMPLE / "initcheck-baseline.json").read_text())
+    subprocess.run(
+        [
+            "initcheck",
+            "analyze",
+            "models/encoder.onnx",
+            "models/legacy_lstm.onnx",
+            "models/upsampler.onnx",
+            "--write-baseline",
+            "fresh.json",
+        ],
+        cwd=example,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert json.loads((example / "fresh.json").read_text()) == json.loads(
+        (EXAMPLE / "initcheck-baseline.json").read_text()
+    )

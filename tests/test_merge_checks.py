@@ -24,9 +24,14 @@ class Inception(nn.Module):
         super().__init__()
         torch.manual_seed(2)
         self.scale = scale
-        self.branches = nn.ModuleList([
-            nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.Conv2d(channels, channels, 5, padding=2), nn.Conv2d(channels, channels, 3, padding=2, dilation=2)])
+        self.branches = nn.ModuleList(
+            [
+                nn.Conv2d(channels, channels, 1),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.Conv2d(channels, channels, 5, padding=2),
+                nn.Conv2d(channels, channels, 3, padding=2, dilation=2),
+            ]
+        )
         for conv in self.branches:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
             nn.init.zeros_(conv.bias)
@@ -46,7 +51,7 @@ def test_unscaled_branch_sum_matches_the_measured_growth():
     assert f.value == pytest.approx(measured, rel=0.05)
     assert 3.0 < measured < 4.0
     assert f.details["branches"] == 4
-    assert f.fix_value == pytest.approx(measured ** -0.5, rel=0.03)
+    assert f.fix_value == pytest.approx(measured**-0.5, rel=0.03)
 
 
 def test_branch_sum_quotes_the_probes_measurement():
@@ -103,7 +108,8 @@ def test_concat_2c_to_2c_is_healthy():
 
 
 def test_concat_of_unbalanced_parts_warns():
-    report = initcheck.analyze(UNetMerge(c_out=64, skip_scale=0.1), (torch.randn(1, 32, 32, 32),
-                                                                      torch.randn(1, 32, 32, 32)))
+    report = initcheck.analyze(
+        UNetMerge(c_out=64, skip_scale=0.1), (torch.randn(1, 32, 32, 32), torch.randn(1, 32, 32, 32))
+    )
     f = finding(report, "IC509")
     assert f.severity == "warning" and f.value == pytest.approx(100, rel=0.05)

@@ -13,8 +13,9 @@ import pytest
 from initcheck.cli import main
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
-MODELS = sorted(p for group in ("light", "pytorch-converted", "pytorch-operator", "simple")
-                for p in (DATA / group).rglob("*.onnx"))
+MODELS = sorted(
+    p for group in ("light", "pytorch-converted", "pytorch-operator", "simple") for p in (DATA / group).rglob("*.onnx")
+)
 
 
 def test_corpus_is_present():

@@ -13,7 +13,7 @@ from conftest import SAMPLES
 from torch import nn
 
 import initcheck
-from initcheck.analysis.agreement import mismatch_findings
+from initcheck.checks import CHECKS, CheckContext
 from initcheck.cli import main
 from initcheck.probes.common import ProbeOptions
 
@@ -47,7 +47,7 @@ class CorrelatedBranch(nn.Module):
         super().__init__()
         self.inner = nn.Linear(64, 64)
         self.branch = nn.Linear(64, 64, bias=False)
-        nn.init.normal_(self.inner.weight, 0, 64 ** -0.5)
+        nn.init.normal_(self.inner.weight, 0, 64**-0.5)
         nn.init.zeros_(self.inner.bias)
         with torch.no_grad():
             self.branch.weight.copy_(torch.eye(64))
@@ -62,8 +62,14 @@ def test_correlated_branch_is_an_assumption_mismatch(tmp_path):
     report = initcheck.analyze(model, torch.randn(32, 64), probe=ProbeOptions(seeds=4))
     mismatch = [f for f in report.findings if f.code == "IC401"]
     assert mismatch and mismatch[0].value == pytest.approx(2.0, rel=0.1)  # measured / predicted
-    torch.onnx.export(model, (torch.randn(1, 64),), str(tmp_path / "c.onnx"), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 64),),
+        str(tmp_path / "c.onnx"),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     onnx_report = initcheck.analyze(tmp_path / "c.onnx", probe=ProbeOptions(seeds=4, batch=32))
     assert any(f.code == "IC401" for f in onnx_report.findings)
 
@@ -73,7 +79,7 @@ def he_mlp(act=nn.ReLU, depth=6, width=128, gain=None):
     layers = []
     for _ in range(depth):
         lin = nn.Linear(width, width)
-        nn.init.normal_(lin.weight, 0, (gain or 2 ** 0.5) / width ** 0.5)
+        nn.init.normal_(lin.weight, 0, (gain or 2**0.5) / width**0.5)
         nn.init.zeros_(lin.bias)
         layers += [lin, act()]
     return nn.Sequential(*layers)
@@ -110,8 +116,9 @@ def test_upsampling_phases_are_measured():
 def test_cross_entropy_seed_and_resampled_weights():
     model = he_mlp(depth=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = initcheck.analyze(model, torch.randn(16, 128), probe=ProbeOptions(seeds=3, loss="cross_entropy",
-                                                                                 resample_weights=True))
+    report = initcheck.analyze(
+        model, torch.randn(16, 128), probe=ProbeOptions(seeds=3, loss="cross_entropy", resample_weights=True)
+    )
     assert report.probe["loss"] == "cross_entropy" and report.probe["resampled_weights"]
     assert all(r.measured_G is not None and r.measured_G > 0 for r in report.layers)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -122,7 +129,9 @@ def test_model_unchanged_after_a_probe_that_failed(tmp_path):
     model.train()
     np.savez(tmp_path / "bad.npz", input=np.zeros((3, 7), np.float32))  # wrong feature size: the run fails
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = initcheck.analyze(model, torch.randn(8, 128), probe=ProbeOptions(seeds=1, input_data=str(tmp_path / "bad.npz")))
+    report = initcheck.analyze(
+        model, torch.randn(8, 128), probe=ProbeOptions(seeds=1, input_data=str(tmp_path / "bad.npz"))
+    )
     assert any(f.code == "IC403" for f in report.findings) and report.layers and report.probe is None
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -131,8 +140,20 @@ def test_model_unchanged_after_a_probe_that_failed(tmp_path):
 def test_input_data_file_is_used(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("INITCHECK_DEBUG", raising=False)
     np.savez(tmp_path / "data.npz", x=np.full((64, 96), 3.0, np.float32))
-    code = main(["analyze", str(SAMPLES / "relu_mlp_he.onnx"), "--input-data", str(tmp_path / "data.npz"),
-                 "--seeds", "1", "--batch", "4", "--format", "json"])
+    code = main(
+        [
+            "analyze",
+            str(SAMPLES / "relu_mlp_he.onnx"),
+            "--input-data",
+            str(tmp_path / "data.npz"),
+            "--seeds",
+            "1",
+            "--batch",
+            "4",
+            "--format",
+            "json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code in (0, 1)
     first = report["layers"][0]
@@ -161,9 +182,12 @@ def test_cli_probe_switches(capsys, monkeypatch):
 
 
 def test_cross_check_disagreement_is_an_error():
-    fake = SimpleNamespace(max_relative_difference=0.3, max_difference_at="r143")
-    findings = mismatch_findings([], fake)
-    assert [(f.code, f.severity) for f in findings] == [("IC402", "error")]
+    def cross_check(diff):
+        fake = SimpleNamespace(max_relative_difference=diff, max_difference_at="r143")
+        return CHECKS["cross-check"].run(CheckContext(graph=None, result=None, rows=[], probe=fake))
+
+    assert [(f.code, f.severity, f.node) for f in cross_check(0.3)] == [("IC402", "error", "r143")]
+    assert cross_check(5e-4) == [] and cross_check(None) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

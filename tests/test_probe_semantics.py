@@ -25,8 +25,15 @@ def _export(path, training: bool):
     torch.manual_seed(0)
     model = WithDropout().train(training)
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
-    torch.onnx.export(model, (torch.randn(4, 32),), str(path), dynamo=False, training=mode,
-                      do_constant_folding=False, input_names=["x"])
+    torch.onnx.export(
+        model,
+        (torch.randn(4, 32),),
+        str(path),
+        dynamo=False,
+        training=mode,
+        do_constant_folding=False,
+        input_names=["x"],
+    )
     return path
 
 
@@ -54,12 +61,18 @@ def test_torch_form_mod_matches_onnxruntime():
 
     from initcheck.probes.onnx_torch import OPS
 
-    for fmod, dtype, proto in ((0, np.int64, TensorProto.INT64), (1, np.float32, TensorProto.FLOAT),
-                               (1, np.int64, TensorProto.INT64)):
+    for fmod, dtype, proto in (
+        (0, np.int64, TensorProto.INT64),
+        (1, np.float32, TensorProto.FLOAT),
+        (1, np.int64, TensorProto.INT64),
+    ):
         node = helper.make_node("Mod", ["a", "b"], ["y"], fmod=fmod)
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", proto, [6]),
-                                                helper.make_tensor_value_info("b", proto, [6])],
-                                  [helper.make_tensor_value_info("y", proto, None)])
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("a", proto, [6]), helper.make_tensor_value_info("b", proto, [6])],
+            [helper.make_tensor_value_info("y", proto, None)],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         a, b = np.array([-7, 7, -5, 5, 9, -9]).astype(dtype), np.array([3, -3, 2, 2, -4, 4]).astype(dtype)
         expected = ort.InferenceSession(model.SerializeToString()).run(None, {"a": a, "b": b})[0]

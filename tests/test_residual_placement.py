@@ -23,7 +23,7 @@ class Stack(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(blocks + 1))
         self.branches = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
         for f in self.branches:
-            nn.init.normal_(f.weight, 0, d ** -0.5)
+            nn.init.normal_(f.weight, 0, d**-0.5)
             nn.init.normal_(f.bias, 0, bias_std) if bias_std else nn.init.zeros_(f.bias)
 
     def forward(self, x, keep=None):
@@ -61,13 +61,13 @@ def test_pre_ln_without_final_norm_warns():
 
 
 def test_post_ln_with_bias_heavy_branches_shrinks_the_gradient():
-    model = Stack("post", d=1024, bias_std=3 ** 0.5)  # g = 1 + 3 forward, chi_f = 1 backward: 2/5 per block
+    model = Stack("post", d=1024, bias_std=3**0.5)  # g = 1 + 3 forward, chi_f = 1 backward: 2/5 per block
     f = finding(initcheck.analyze(model, torch.randn(2, 1024)), "IC516")
     _, gradient = measured(model, d=1024)
     assert f.severity == "warning" and "Post-LN" in f.message
     # the bias is one direction shared by all samples: |W b|^2 of one W deviates by ~sqrt(2/d) per block (§12)
     assert f.value == pytest.approx(gradient, rel=0.2)
-    assert f.value == pytest.approx(0.4 ** 6, rel=0.3)
+    assert f.value == pytest.approx(0.4**6, rel=0.3)
 
 
 def test_matched_post_ln_is_information_only():

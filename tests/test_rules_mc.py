@@ -50,11 +50,24 @@ def check(module, shape, tmp_path, fwd=FWD, bwd=BWD, sample=None, train=False, b
 
 
 ACTIVATIONS = {
-    "relu": F.relu, "leaky_relu": lambda z: F.leaky_relu(z, 0.2), "elu": F.elu, "selu": F.selu,
-    "celu": lambda z: F.celu(z, 0.7), "tanh": torch.tanh, "sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid,
-    "hardswish": F.hardswish, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "softplus": F.softplus, "mish": F.mish, "sin": torch.sin, "silu": F.silu, "softsign": F.softsign,
-    "relu6": F.relu6, "x_plus_tanh": lambda z: z + torch.tanh(z),
+    "relu": F.relu,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.2),
+    "elu": F.elu,
+    "selu": F.selu,
+    "celu": lambda z: F.celu(z, 0.7),
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "hardsigmoid": F.hardsigmoid,
+    "hardswish": F.hardswish,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "softplus": F.softplus,
+    "mish": F.mish,
+    "sin": torch.sin,
+    "silu": F.silu,
+    "softsign": F.softsign,
+    "relu6": F.relu6,
+    "x_plus_tanh": lambda z: z + torch.tanh(z),
 }
 
 
@@ -96,15 +109,18 @@ def test_matmul_weight_on_sequence(tmp_path):
     check(nn.Sequential(nn.Linear(64, 96), nn.GELU()), (64, 16, 64), tmp_path)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"kernel_size": 3, "padding": 1},
-    {"kernel_size": 3, "padding": 1, "stride": 2},
-    {"kernel_size": 5, "padding": 2, "dilation": 1},
-    {"kernel_size": 3, "padding": 2, "dilation": 2},
-    {"kernel_size": 3, "padding": 1, "groups": 4},
-    {"kernel_size": 3, "padding": 1, "groups": 32, "out_c": 32},
-    {"kernel_size": 1, "stride": 2},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "padding": 1, "stride": 2},
+        {"kernel_size": 5, "padding": 2, "dilation": 1},
+        {"kernel_size": 3, "padding": 2, "dilation": 2},
+        {"kernel_size": 3, "padding": 1, "groups": 4},
+        {"kernel_size": 3, "padding": 1, "groups": 32, "out_c": 32},
+        {"kernel_size": 1, "stride": 2},
+    ],
+)
 def test_conv(kwargs, tmp_path):
     """§2: groups, depthwise, dilation, stride (backward fan-out / s), zero-padding border on 8x8."""
     torch.manual_seed(4)
@@ -137,6 +153,7 @@ def test_conv_transpose(k, s, p, op, tmp_path):
 
 def test_matmul_two_signals(tmp_path):
     """q k^T of independent zero-mean signals: K = d K_q K_k (§9)."""
+
     class QK(nn.Module):
         def __init__(self):
             super().__init__()
@@ -157,9 +174,17 @@ class Merge(nn.Module):
 
     def forward(self, x):
         a, b = torch.relu(self.a(x)), torch.tanh(self.b(x))
-        return {"add": a + b, "sub": a - b, "mul": a * b, "div_const": a / 3.0, "mul_const": a * 0.5,
-                "add_const": a + 1.5, "sum3": a + b + a * 0.0 + b, "concat": torch.cat([a, b[:, :32]], dim=1),
-                "gate": a * torch.sigmoid(self.b(x))}[self.how]
+        return {
+            "add": a + b,
+            "sub": a - b,
+            "mul": a * b,
+            "div_const": a / 3.0,
+            "mul_const": a * 0.5,
+            "add_const": a + 1.5,
+            "sum3": a + b + a * 0.0 + b,
+            "concat": torch.cat([a, b[:, :32]], dim=1),
+            "gate": a * torch.sigmoid(self.b(x)),
+        }[self.how]
 
 
 @pytest.mark.parametrize("how", ["add", "sub", "mul", "div_const", "mul_const", "add_const", "concat", "gate"])
@@ -170,6 +195,7 @@ def test_merges(how, tmp_path):
 
 def test_division_by_signal_rms_norm(tmp_path):
     """RMS norm decomposed into ReduceMean/Pow/Sqrt/Div: K_y = K/(K+eps) (§6)."""
+
     class RMS(nn.Module):
         def forward(self, x):
             return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6)
@@ -181,8 +207,13 @@ def test_division_by_signal_rms_norm(tmp_path):
 def test_normalisation(norm, tmp_path):
     """§6: BN (eval with running stats, train), LN, GN, IN, including an input with offsets."""
     torch.manual_seed(9)
-    layer = {"batch_eval": nn.BatchNorm2d(32), "batch_train": nn.BatchNorm2d(32), "layer": nn.LayerNorm([32, 8, 8]),
-             "group": nn.GroupNorm(4, 32), "instance": nn.InstanceNorm2d(32, affine=True)}[norm]
+    layer = {
+        "batch_eval": nn.BatchNorm2d(32),
+        "batch_train": nn.BatchNorm2d(32),
+        "layer": nn.LayerNorm([32, 8, 8]),
+        "group": nn.GroupNorm(4, 32),
+        "instance": nn.InstanceNorm2d(32, affine=True),
+    }[norm]
     with torch.no_grad():
         for p in layer.parameters():
             p.uniform_(0.5, 1.5)
@@ -202,8 +233,12 @@ def test_layer_norm_tiny_input_not_renormalised(tmp_path):
 def test_pooling(pool, tmp_path):
     """§7: max pool of ReLU outputs (max commutes with ReLU), avg pool, GAP keeps the coherent part."""
     torch.manual_seed(10)
-    layer = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "gap": nn.AdaptiveAvgPool2d(1),
-             "global_max": nn.AdaptiveMaxPool2d(1)}[pool]
+    layer = {
+        "max": nn.MaxPool2d(2),
+        "avg": nn.AvgPool2d(2),
+        "gap": nn.AdaptiveAvgPool2d(1),
+        "global_max": nn.AdaptiveMaxPool2d(1),
+    }[pool]
     model = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), layer)
     tolerance = 0.15 if pool == "global_max" else FWD  # 64 correlated maxima: Gaussian closure (approximate)
     check(model, (64, 16, 8, 8), tmp_path, fwd=tolerance, bwd=0.1)
@@ -255,6 +290,7 @@ def test_embedding(tmp_path):
 
 def test_shape_ops_and_pad(tmp_path):
     """§11: reshape/transpose/flatten pass through exactly; constant padding dilutes K."""
+
     class Shapes(nn.Module):
         def forward(self, x):
             y = torch.relu(x).reshape(x.shape[0], 16, 16).transpose(1, 2).flatten(1)

@@ -35,11 +35,19 @@ def _model(name):
 def _onnx(model, args, path):
     logging.disable(logging.WARNING)
     try:
-        names = list(model.forward.__code__.co_varnames[1:1 + len(args)])
+        names = list(model.forward.__code__.co_varnames[1 : 1 + len(args)])
         mode = torch.onnx.TrainingMode.TRAINING if model.training else torch.onnx.TrainingMode.EVAL
         # do_constant_folding=False keeps eval-mode BatchNorm as its own node instead of folding it into the conv
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, training=mode,
-                          do_constant_folding=False, input_names=names)
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            training=mode,
+            do_constant_folding=False,
+            input_names=names,
+        )
     finally:
         logging.disable(logging.NOTSET)
     return path
@@ -49,8 +57,21 @@ def weighted(report):
     return [(r.scope, r.second_moment) for r in report.layers if r.fan_in]
 
 
-MODELS = ["resnet", "densenet", "mobilenet", "vgg", "gpt2", "bert", "t5", "vit", "unet_block", "dcgan_generator",
-          "lstm", "prenorm_transformer", "residual_mlp"]
+MODELS = [
+    "resnet",
+    "densenet",
+    "mobilenet",
+    "vgg",
+    "gpt2",
+    "bert",
+    "t5",
+    "vit",
+    "unet_block",
+    "dcgan_generator",
+    "lstm",
+    "prenorm_transformer",
+    "residual_mlp",
+]
 
 
 @pytest.mark.slow
@@ -86,14 +107,16 @@ class Net(nn.Module):
 
 
 def write_factory(tmp_path, monkeypatch, body: str = "return Net()"):
-    (tmp_path / "zoo.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "zoo.py").write_text(
+        textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(SAMPLES.parent / 'tests')!r})
+        sys.path.insert(0, {str(SAMPLES.parent / "tests")!r})
         from test_torch import Net
 
         def make():
             {body}
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "zoo", raising=False)  # each test writes its own zoo.py
@@ -126,8 +149,9 @@ def test_state_dict_with_arch(layout, tmp_path, capsys, monkeypatch):
         torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     else:
         torch.save(state, path)
-    code, out, err = cli(["analyze", path, "--arch", "zoo:make", "--input", "input_ids=8x16", "--format", "json"],
-                         capsys, monkeypatch)
+    code, out, err = cli(
+        ["analyze", path, "--arch", "zoo:make", "--input", "input_ids=8x16", "--format", "json"], capsys, monkeypatch
+    )
     assert code in (0, 1), err
     report = json.loads(out)
     assert report["layers"][0]["op"] == "embedding" and report["coverage"]["unsupported"] == {}
@@ -148,19 +172,23 @@ def test_state_dict_errors(tmp_path, capsys, monkeypatch):
     broken.pop("body.0.weight")
     broken["head.weight"] = torch.zeros(3)
     torch.save(broken, tmp_path / "broken.pt")
-    code, _, err = cli(["analyze", tmp_path / "broken.pt", "--arch", "zoo:make", "--input", "input_ids=8x16"], capsys,
-                       monkeypatch)
+    code, _, err = cli(
+        ["analyze", tmp_path / "broken.pt", "--arch", "zoo:make", "--input", "input_ids=8x16"], capsys, monkeypatch
+    )
     one_line(code, err)
     assert "missing 1 key(s): body.0.weight" in err and "unexpected 1 key(s): head.weight" in err
     for arch in ("zoo:nothing", "nozoo:make", "zoo"):
-        one_line(*cli(["analyze", tmp_path / "w.pt", "--arch", arch, "--input", "input_ids=8x16"], capsys, monkeypatch)[::2])
+        one_line(
+            *cli(["analyze", tmp_path / "w.pt", "--arch", arch, "--input", "input_ids=8x16"], capsys, monkeypatch)[::2]
+        )
 
 
 def test_factory_that_raises(tmp_path, capsys, monkeypatch):
     write_factory(tmp_path, monkeypatch, body="raise RuntimeError('no GPU here')")
     torch.save(Net().state_dict(), tmp_path / "w.pt")
-    code, _, err = cli(["analyze", tmp_path / "w.pt", "--arch", "zoo:make", "--input", "input_ids=8x16"], capsys,
-                       monkeypatch)
+    code, _, err = cli(
+        ["analyze", tmp_path / "w.pt", "--arch", "zoo:make", "--input", "input_ids=8x16"], capsys, monkeypatch
+    )
     one_line(code, err)
     assert "factory raised RuntimeError: no GPU here" in err
 
@@ -184,8 +212,9 @@ def test_whole_pickled_module_needs_trust(tmp_path, capsys, monkeypatch):
     code, _, err = cli(["analyze", tmp_path / "full.pt", "--input", "input_ids=8x16"], capsys, monkeypatch)
     one_line(code, err)
     assert "--trust-pickle" in err
-    code, out, err = cli(["analyze", tmp_path / "full.pt", "--input", "input_ids=8x16", "--trust-pickle"], capsys,
-                         monkeypatch)
+    code, out, err = cli(
+        ["analyze", tmp_path / "full.pt", "--input", "input_ids=8x16", "--trust-pickle"], capsys, monkeypatch
+    )
     assert code in (0, 1), err
 
 
@@ -196,12 +225,14 @@ def test_torchscript_archive(tmp_path, capsys, monkeypatch):
     code, _, err = cli(["analyze", tmp_path / "model.pt"], capsys, monkeypatch)
     one_line(code, err)
     assert "--input" in err
-    code, out, err = cli(["analyze", tmp_path / "model.pt", "--input", "input=1x3x16x16", "--format", "json"], capsys,
-                         monkeypatch)
+    code, out, err = cli(
+        ["analyze", tmp_path / "model.pt", "--input", "input=1x3x16x16", "--format", "json"], capsys, monkeypatch
+    )
     assert code in (0, 1), err
     direct = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
     assert [r["second_moment"] for r in json.loads(out)["layers"]] == pytest.approx(
-        [r.second_moment for r in direct.layers], rel=1e-6)
+        [r.second_moment for r in direct.layers], rel=1e-6
+    )
 
 
 def test_export_failure_is_one_line_with_advice():
@@ -266,15 +297,34 @@ def test_dict_and_tuple_inputs_in_the_api():
 
 def test_token_ids_are_valid_for_the_embedding(tmp_path, capsys, monkeypatch):
     """A GPT-2 state dict from the CLI: integer ids are drawn below the vocabulary size."""
-    write_factory(tmp_path, monkeypatch, body=(
-        "import torch\n"
-        "            from architectures import gpt2\n"
-        "            torch.manual_seed(0)\n"
-        "            return gpt2()"))
+    write_factory(
+        tmp_path,
+        monkeypatch,
+        body=(
+            "import torch\n"
+            "            from architectures import gpt2\n"
+            "            torch.manual_seed(0)\n"
+            "            return gpt2()"
+        ),
+    )
     torch.manual_seed(0)
     torch.save(ARCHITECTURES["gpt2"][0]().state_dict(), tmp_path / "gpt2.bin")
-    code, out, err = cli(["analyze", tmp_path / "gpt2.bin", "--arch", "zoo:make", "--input", "input_ids=1x16",
-                          "--input", "attention_mask=1x16", "--format", "json"], capsys, monkeypatch)
+    code, out, err = cli(
+        [
+            "analyze",
+            tmp_path / "gpt2.bin",
+            "--arch",
+            "zoo:make",
+            "--input",
+            "input_ids=1x16",
+            "--input",
+            "attention_mask=1x16",
+            "--format",
+            "json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code in (0, 1), err
     assert json.loads(out)["coverage"]["unsupported"] == {}
 

@@ -56,8 +56,15 @@ def _drive(cases, folder: Path) -> tuple[list[dict], float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
     env.pop("INITCHECK_DEBUG", None)  # the shipped behaviour
     payload = json.dumps([[c.name, str(c.path), c.args] for c in cases])
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(TIME_LIMIT_S)], input=payload, capture_output=True,
-                          text=True, env=env, cwd=folder, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(TIME_LIMIT_S)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return lines[:-1], lines[-1]["peak_mb"]
@@ -124,8 +131,9 @@ def test_pickled_tensors_load_untrusted_and_trust_lifts_the_guard(hostile, tmp_p
     member = f"{config_name.rsplit('/', 1)[0]}/{config['config'][first]['path_name']}"
     buffer = io.BytesIO()
     torch.save(torch.nn.Parameter(torch.randn(8, 3, 3, 3)), buffer)
-    path = rewrite_zip(pt2, tmp_path / "pickled_weight.pt2", {config_name: json.dumps(config).encode(),
-                                                              member: buffer.getvalue()})
+    path = rewrite_zip(
+        pt2, tmp_path / "pickled_weight.pt2", {config_name: json.dumps(config).encode(), member: buffer.getvalue()}
+    )
     code, _, err = run_cli(["analyze", path, "--no-probe"], monkeypatch)
     assert code in (0, 1) and not err, err
 
@@ -139,6 +147,7 @@ def test_pickled_tensors_load_untrusted_and_trust_lifts_the_guard(hostile, tmp_p
 
 
 # -- inputs that do not fit -----------------------------------------------------------------------------------
+
 
 def test_input_names_and_shapes_must_fit_every_frontend(hostile, monkeypatch):
     folder, _, files, _ = hostile
@@ -159,15 +168,22 @@ def test_input_names_and_shapes_must_fit_every_frontend(hostile, monkeypatch):
 
 
 def _model(inputs, nodes, outputs, initializers=(), opset=18) -> onnx.ModelProto:
-    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
-                             opset_imports=[helper.make_opsetid("", opset)])
+    return helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, list(initializers)),
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
 
 
 def test_every_missing_dimension_is_named_in_one_message(tmp_path, monkeypatch):
-    inputs = [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "seq"]),
-              helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["batch", "seq2"])]
-    model = _model(inputs, [helper.make_node("Add", ["ids", "extra"], ["y"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    inputs = [
+        helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "seq"]),
+        helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["batch", "seq2"]),
+    ]
+    model = _model(
+        inputs,
+        [helper.make_node("Add", ["ids", "extra"], ["y"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     onnx.save(model, str(tmp_path / "m.onnx"))
     code, _, err = run_cli(["analyze", tmp_path / "m.onnx", "--no-probe"], monkeypatch)
     assert code == 2 and "--input ids=1x<seq>" in err and "--input extra=1x<seq2>" in err, err
@@ -175,9 +191,12 @@ def test_every_missing_dimension_is_named_in_one_message(tmp_path, monkeypatch):
 
 def test_sequence_and_optional_inputs_are_named_as_unsupported(tmp_path, monkeypatch):
     seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [1, 4])
-    model = _model([seq], [helper.make_node("SequenceAt", ["s", "zero"], ["y"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                   [numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    model = _model(
+        [seq],
+        [helper.make_node("SequenceAt", ["s", "zero"], ["y"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
     onnx.save(model, str(tmp_path / "seq.onnx"))
     code, _, err = run_cli(["analyze", tmp_path / "seq.onnx", "--no-probe", "--input", "s=1x4"], monkeypatch)
     assert code == 2 and "'s' is a sequence" in err and "element type" not in err, err
@@ -191,21 +210,28 @@ def test_empty_control_inputs_are_valid(tmp_path, monkeypatch):
     axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [0])
     like = helper.make_tensor_value_info("like", TensorProto.FLOAT, [0])
     unused = helper.make_tensor_value_info("unused", TensorProto.FLOAT, [0])  # as in CastLike's expanded form
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("CastLike", ["h", "like"], ["c"]),
-             helper.make_node("ReduceSum", ["c", "axes"], ["y"], keepdims=1)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("CastLike", ["h", "like"], ["c"]),
+        helper.make_node("ReduceSum", ["c", "axes"], ["y"], keepdims=1),
+    ]
     model = _model([x, axes, like, unused], nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     onnx.save(model, str(tmp_path / "control.onnx"))
     code, out, err = run_cli(["analyze", tmp_path / "control.onnx", "--no-probe", "--format", "json"], monkeypatch)
     assert code in (0, 1) and not err, err
     # a signal input with an empty dimension is still refused: nothing would flow
-    signal = _model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0])], [helper.make_node("Relu", ["x"], ["y"])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    signal = _model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0])],
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     onnx.save(signal, str(tmp_path / "empty.onnx"))
     code, _, err = run_cli(["analyze", tmp_path / "empty.onnx", "--no-probe"], monkeypatch)
     assert code == 2 and "nothing would flow" in err
 
 
 # -- formats by content ----------------------------------------------------------------------------------
+
 
 def test_formats_are_recognised_by_content(hostile, tmp_path, monkeypatch):
     """A TorchScript zip named .jit (as silero-vad ships) is TorchScript; an ONNX file without a suffix is ONNX."""
@@ -221,8 +247,16 @@ def test_formats_are_recognised_by_content(hostile, tmp_path, monkeypatch):
 
 # -- outputs, baselines, interrupts, noise --------------------------------------------------------------
 
-@pytest.mark.parametrize("flag,target", [("--output", "missing/r.json"), ("--write-baseline", "missing/b.json"),
-                                         ("--output", "afile/r.json"), ("--output", "afolder")])
+
+@pytest.mark.parametrize(
+    "flag,target",
+    [
+        ("--output", "missing/r.json"),
+        ("--write-baseline", "missing/b.json"),
+        ("--output", "afile/r.json"),
+        ("--output", "afolder"),
+    ],
+)
 def test_output_paths_are_checked_before_the_analysis(flag, target, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "afolder").mkdir()
@@ -230,17 +264,23 @@ def test_output_paths_are_checked_before_the_analysis(flag, target, tmp_path, mo
     import initcheck.api
 
     monkeypatch.setattr(initcheck.api, "analyze", lambda *a, **k: calls.append(a))
-    code, out, err = run_cli(["analyze", SAMPLES / "relu_mlp_he.onnx", "--no-probe", flag, tmp_path / target], monkeypatch)
+    code, out, err = run_cli(
+        ["analyze", SAMPLES / "relu_mlp_he.onnx", "--no-probe", flag, tmp_path / target], monkeypatch
+    )
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"initcheck: error: {flag}") and not out, err
     assert not calls  # refused before any model was analysed
 
 
 def test_a_baseline_that_is_not_one_is_a_usage_error(tmp_path, monkeypatch):
-    for name, content in (("binary.json", b"\xff\xfe\x00garbage"), ("list.json", b"[1, 2]"),
-                          ("models.json", b'{"initcheck_baseline": 1, "models": {"m": [1]}}')):
+    for name, content in (
+        ("binary.json", b"\xff\xfe\x00garbage"),
+        ("list.json", b"[1, 2]"),
+        ("models.json", b'{"initcheck_baseline": 1, "models": {"m": [1]}}'),
+    ):
         (tmp_path / name).write_bytes(content)
-        code, _, err = run_cli(["analyze", SAMPLES / "relu_mlp_he.onnx", "--no-probe", "--baseline", tmp_path / name],
-                               monkeypatch)
+        code, _, err = run_cli(
+            ["analyze", SAMPLES / "relu_mlp_he.onnx", "--no-probe", "--baseline", tmp_path / name], monkeypatch
+        )
         assert code == 2 and "--baseline" in err and "internal error" not in err and err.count("\n") == 1, err
 
 
@@ -286,10 +326,18 @@ def test_torch_stays_quiet_on_stderr(hostile, tmp_path):
     planted = next(c for c in cases if "sample_inputs" in c.name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(folder)])}
     env.pop("INITCHECK_DEBUG", None)
-    for args in (["analyze", str(planted.path), "--no-probe"],
-                 ["analyze", str(tmp_path / "b.pt"), "--arch", "branchy:make", "--input", "x=1x4", "--no-probe"]):
-        done = subprocess.run([sys.executable, "-m", "initcheck", *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=300)
+    for args in (
+        ["analyze", str(planted.path), "--no-probe"],
+        ["analyze", str(tmp_path / "b.pt"), "--arch", "branchy:make", "--input", "x=1x4", "--no-probe"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "initcheck", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("initcheck: error:"), done.stderr
         assert "http" not in lines[0]
@@ -297,14 +345,14 @@ def test_torch_stays_quiet_on_stderr(hostile, tmp_path):
 
 # -- external data through the Hugging Face cache layout ---------------------------------------------------
 
+
 def _hub_cache(root: Path) -> Path:
     """snapshots/<rev>/{model.onnx, model.onnx_data} as symlinks into blobs/<hash>, as the hub downloads them."""
     blobs, snapshot = root / "blobs", root / "snapshots" / "abc123"
     blobs.mkdir(parents=True)
     snapshot.mkdir(parents=True)
     model = onnx.load(str(SAMPLES / "relu_mlp_he.onnx"))
-    onnx.save(model, str(blobs / "tmp.onnx"), save_as_external_data=True, location="model.onnx_data",
-              size_threshold=0)
+    onnx.save(model, str(blobs / "tmp.onnx"), save_as_external_data=True, location="model.onnx_data", size_threshold=0)
     (blobs / "tmp.onnx").rename(blobs / "1f2e")
     (blobs / "model.onnx_data").rename(blobs / "9a8b")
     (snapshot / "model.onnx").symlink_to("../../blobs/1f2e")

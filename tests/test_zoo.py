@@ -36,11 +36,13 @@ def test_stock_models_pass_the_default_gate(model):
 def test_broken_twins_are_flagged(model):
     report = _analyze(model)
     found = [f for f in report.findings if f.code == model.broken]
-    assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(model.severity), \
-        [f"{f.code} {f.severity} {f.scope}" for f in report.findings]
+    assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(model.severity), [
+        f"{f.code} {f.severity} {f.scope}" for f in report.findings
+    ]
 
 
 # -- hand-written normalisations ------------------------------------------------------------------------
+
 
 class HandRMSNorm(nn.Module):
     """As Hugging Face writes it (LlamaRMSNorm, T5LayerNorm)."""
@@ -103,6 +105,7 @@ def test_a_product_of_two_signals_that_is_not_a_norm_stays_a_product():
 
 # -- attention scale in every form --------------------------------------------------------------------------
 
+
 class Attention(nn.Module):
     def __init__(self, d=64, form="logits", seq=16):
         super().__init__()
@@ -116,7 +119,7 @@ class Attention(nn.Module):
     def forward(self, x):
         q, k, v = self.q(x), self.k(x), self.v(x)
         if self.form == "split":  # ViT legacy export: q and k times d^-1/4 each
-            s = self.d ** -0.25
+            s = self.d**-0.25
             logits = (q * s) @ (k * s).transpose(-1, -2)
         elif self.form == "sdpa":
             return nn.functional.scaled_dot_product_attention(q, k, v)
@@ -125,7 +128,7 @@ class Attention(nn.Module):
         elif self.form in ("folded", "none"):
             logits = q @ k.transpose(-1, -2)
         else:
-            logits = (q @ k.transpose(-1, -2)) * self.d ** -0.5
+            logits = (q @ k.transpose(-1, -2)) * self.d**-0.5
         return torch.softmax(logits, -1) @ v
 
 
@@ -142,6 +145,7 @@ def test_missing_attention_scale_is_an_error_with_the_scale_to_apply():
 
 
 # -- outputs that start small, zero-initialised residual branches, batch norm semantics ----------------
+
 
 def test_small_head_is_information_and_a_collapsed_body_is_still_an_error():
     torch.manual_seed(0)
@@ -218,9 +222,11 @@ def test_tied_embedding_fix_names_the_head_and_the_tie():
 
 # exporters that cannot write a model (torch 2.13's dynamo exporter fails to decompose T5's position bucketing)
 EXPORT_FAILS = {("t5", "onnx-dynamo")}
-ROUTES = [pytest.param("pt2", id="pt2"),
-          pytest.param("onnx-legacy", id="onnx-legacy", marks=pytest.mark.zoo),
-          pytest.param("onnx-dynamo", id="onnx-dynamo", marks=pytest.mark.zoo)]
+ROUTES = [
+    pytest.param("pt2", id="pt2"),
+    pytest.param("onnx-legacy", id="onnx-legacy", marks=pytest.mark.zoo),
+    pytest.param("onnx-dynamo", id="onnx-dynamo", marks=pytest.mark.zoo),
+]
 
 
 def _file_report(model: ZooModel, route: str, folder):
@@ -252,8 +258,9 @@ def test_broken_twins_are_flagged_through_files(model, route, tmp_path):
     code = FOLDED_CODE.get(model.name, model.broken) if route != "pt2" else model.broken
     least = "warning" if code != model.broken else model.severity
     found = [f for f in report.findings if f.code == code]
-    assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(least), \
-        [f"{f.code} {f.severity} {f.scope}" for f in report.findings]
+    assert found and max(severity_rank(f.severity) for f in found) >= severity_rank(least), [
+        f"{f.code} {f.severity} {f.scope}" for f in report.findings
+    ]
 
 
 @pytest.mark.parametrize("fused", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
@@ -267,17 +274,29 @@ def test_onnxruntime_fused_residual_norms_are_normalisations(fused, tmp_path):
 
     rng = np.random.default_rng(0)
     d = 64
-    inits = [numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.ones(d, np.float32), "gamma"),
-             numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
-             numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w2")]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(d, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
+        numpy_helper.from_array(rng.normal(0, 1 / 8, (d, d)).astype(np.float32), "w2"),
+    ]
     norm_inputs = ["x", "h", "gamma"] + (["beta"] if fused == "SkipLayerNormalization" else [])
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node(fused, norm_inputs, ["n", "", "", "stream"], domain="com.microsoft", epsilon=1e-5),
-             helper.make_node("MatMul", ["n", "w2"], ["f"]), helper.make_node("Add", ["stream", "f"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, d])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node(fused, norm_inputs, ["n", "", "", "stream"], domain="com.microsoft", epsilon=1e-5),
+        helper.make_node("MatMul", ["n", "w2"], ["f"]),
+        helper.make_node("Add", ["stream", "f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     path = tmp_path / "fused.onnx"
     onnx.save(model, str(path))
     report = initcheck.analyze(str(path))
@@ -354,8 +373,16 @@ def test_default_hf_cache_gets_the_exact_advice():
 
     from initcheck.errors import ModelLoadError
 
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=100,
+        )
+    ).eval()
     with pytest.raises(ModelLoadError, match="use_cache=False") as caught:
         initcheck.analyze(model, {"input_ids": torch.randint(0, 100, (1, 8))})
     assert "http" not in str(caught.value) and "\n" not in str(caught.value)

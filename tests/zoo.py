@@ -43,9 +43,19 @@ def _image(size: int = 32) -> torch.Tensor:
 def _decoder_config(cls_name: str, **extra):
     import transformers
 
-    config = getattr(transformers, cls_name)(hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                              use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    config = getattr(transformers, cls_name)(
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        use_cache=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **extra,
+    )
     return config
 
 
@@ -64,8 +74,18 @@ def gpt2(layers: int = 4, unscaled_residual: bool = False, tied_std: float | Non
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=VOCAB, n_positions=64,
-                                           use_cache=False, bos_token_id=1, eos_token_id=2))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=layers,
+                n_embd=width,
+                n_head=4,
+                vocab_size=VOCAB,
+                n_positions=64,
+                use_cache=False,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if unscaled_residual and name.endswith("c_proj.weight"):
@@ -90,8 +110,16 @@ def bert(linear_std: float | None = None) -> Callable:
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(0)
-        model = BertModel(BertConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                     intermediate_size=512, vocab_size=VOCAB, max_position_embeddings=64))
+        model = BertModel(
+            BertConfig(
+                hidden_size=128,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=512,
+                vocab_size=VOCAB,
+                max_position_embeddings=64,
+            )
+        )
         if linear_std is not None:
             with torch.no_grad():
                 for m in model.modules():
@@ -108,8 +136,16 @@ def roberta():
     from transformers import RobertaConfig, RobertaModel
 
     torch.manual_seed(0)
-    model = RobertaModel(RobertaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                       intermediate_size=512, vocab_size=VOCAB, max_position_embeddings=80))
+    model = RobertaModel(
+        RobertaConfig(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            vocab_size=VOCAB,
+            max_position_embeddings=80,
+        )
+    )
     return model.eval(), {"input_ids": _ids() + 2}
 
 
@@ -117,8 +153,9 @@ def t5():
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(d_model=128, d_ff=512, num_layers=2, num_heads=4, d_kv=32,
-                                                vocab_size=VOCAB, use_cache=False))
+    model = T5ForConditionalGeneration(
+        T5Config(d_model=128, d_ff=512, num_layers=2, num_heads=4, d_kv=32, vocab_size=VOCAB, use_cache=False)
+    )
     return model.eval(), {"input_ids": _ids(), "decoder_input_ids": _ids(16)}
 
 
@@ -126,8 +163,17 @@ def vit():
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                                intermediate_size=512, image_size=32, patch_size=8, num_labels=10))
+    model = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            image_size=32,
+            patch_size=8,
+            num_labels=10,
+        )
+    )
     return model.eval(), {"pixel_values": _image()}
 
 
@@ -135,10 +181,23 @@ def whisper_encoder():
     from transformers import WhisperConfig, WhisperModel
 
     torch.manual_seed(0)
-    config = WhisperConfig(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                           decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, num_mel_bins=80,
-                           max_source_positions=50, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, decoder_start_token_id=1, use_cache=False)
+    config = WhisperConfig(
+        d_model=128,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        num_mel_bins=80,
+        max_source_positions=50,
+        vocab_size=VOCAB,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        use_cache=False,
+    )
     return WhisperModel(config).encoder.eval(), {"input_features": torch.randn(1, 80, 100)}
 
 
@@ -146,11 +205,15 @@ def mamba():
     from transformers import MambaConfig, MambaForCausalLM
 
     torch.manual_seed(0)
-    return MambaForCausalLM(MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=VOCAB, state_size=8,
-                                        use_cache=False, pad_token_id=0)).eval(), {"input_ids": _ids()}
+    return MambaForCausalLM(
+        MambaConfig(
+            hidden_size=64, num_hidden_layers=2, vocab_size=VOCAB, state_size=8, use_cache=False, pad_token_id=0
+        )
+    ).eval(), {"input_ids": _ids()}
 
 
 # -- diffusers ---------------------------------------------------------------------------------------------
+
 
 class _Sample(nn.Module):
     """diffusers models return output dataclasses: their `.sample`."""
@@ -167,9 +230,16 @@ def unet2d():
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     return _Sample(unet).eval(), {"sample": torch.randn(1, 3, 16, 16), "timestep": torch.tensor([10])}
 
 
@@ -177,13 +247,21 @@ def vae_decoder():
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=4,
-                        norm_num_groups=8, layers_per_block=1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
     return _Sample(vae, decode=True).eval(), {"sample": torch.randn(1, 4, 8, 8)}
 
 
 # -- CNNs with torchvision/timm init ----------------------------------------------------------------------
+
 
 class Bottleneck(nn.Module):
     """torchvision's ResNet-50 block; zero_init_residual zeroes bn3's gamma (the block starts as identity)."""
@@ -213,9 +291,10 @@ class ResNet50ish(nn.Module):
         self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
         layers, cin = [], width
         for i, n in enumerate(blocks):
-            w = width * 2 ** i
-            layers.append(nn.Sequential(*[Bottleneck(cin if j == 0 else w * 4, w, 2 if (i and j == 0) else 1)
-                                          for j in range(n)]))
+            w = width * 2**i
+            layers.append(
+                nn.Sequential(*[Bottleneck(cin if j == 0 else w * 4, w, 2 if (i and j == 0) else 1) for j in range(n)])
+            )
             cin = w * 4
         self.layers = nn.Sequential(*layers)
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cin, classes)
@@ -255,11 +334,21 @@ class MBConv(nn.Module):
         act = nn.SiLU if efficient else nn.Hardswish
         hidden = c * expand
         self.block = nn.Sequential(
-            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act(),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), act(),
-            SqueezeExcite(hidden, max(c // 4, 8) if efficient else _make_divisible(hidden // 4),
-                          nn.Sigmoid if efficient else nn.Hardsigmoid, nn.SiLU if efficient else nn.ReLU),
-            nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+            nn.Conv2d(c, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            act(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            act(),
+            SqueezeExcite(
+                hidden,
+                max(c // 4, 8) if efficient else _make_divisible(hidden // 4),
+                nn.Sigmoid if efficient else nn.Hardsigmoid,
+                nn.SiLU if efficient else nn.ReLU,
+            ),
+            nn.Conv2d(hidden, c, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, x):
         return x + self.block(x)
@@ -309,8 +398,9 @@ class DenseNetish(nn.Module):
             self.blocks.append(nn.ModuleList(DenseLayer(c + j * growth, growth) for j in range(n)))
             c += n * growth
             if i < len(layers) - 1:
-                self.transitions.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
-                                                      nn.AvgPool2d(2)))
+                self.transitions.append(
+                    nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2))
+                )
                 c //= 2
         self.norm, self.classifier = nn.BatchNorm2d(c), nn.Linear(c, classes)
         for m in self.modules():
@@ -338,12 +428,28 @@ class DenseNetish(nn.Module):
 class VGGish(nn.Module):
     def __init__(self, conv_std: float | None = None):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(True), nn.Conv2d(16, 16, 3, padding=1),
-                                      nn.ReLU(True), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True),
-                                      nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
-        self.classifier = nn.Sequential(nn.Linear(128, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 64),
-                                        nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
+        self.classifier = nn.Sequential(
+            nn.Linear(128, 64),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(64, 64),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(64, 10),
+        )
         for m in self.modules():  # torchvision's VGG init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -367,7 +473,12 @@ class ConvNeXtBlock(nn.Module):
     def __init__(self, c, layer_scale=1e-6):
         super().__init__()
         self.dwconv = nn.Conv2d(c, c, 7, padding=3, groups=c)
-        self.norm, self.pwconv1, self.act, self.pwconv2 = nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.norm, self.pwconv1, self.act, self.pwconv2 = (
+            nn.LayerNorm(c),
+            nn.Linear(c, 4 * c),
+            nn.GELU(),
+            nn.Linear(4 * c, c),
+        )
         self.gamma = nn.Parameter(torch.full((c,), layer_scale))
 
     def forward(self, x):
@@ -455,15 +566,29 @@ STOCK = [
 ]
 
 TWINS = [
-    ZooModel("gpt2_12_unscaled_residual", gpt2(layers=12, unscaled_residual=True), broken="IC516", severity="warning",
-             family="decoder LLM"),
-    ZooModel("gpt2_12_wide_unscaled_residual", gpt2(layers=12, unscaled_residual=True, width=512), broken="IC516",
-             severity="warning", family="decoder LLM"),
+    ZooModel(
+        "gpt2_12_unscaled_residual",
+        gpt2(layers=12, unscaled_residual=True),
+        broken="IC516",
+        severity="warning",
+        family="decoder LLM",
+    ),
+    ZooModel(
+        "gpt2_12_wide_unscaled_residual",
+        gpt2(layers=12, unscaled_residual=True, width=512),
+        broken="IC516",
+        severity="warning",
+        family="decoder LLM",
+    ),
     ZooModel("llama_no_attention_scale", llama_without_attention_scale, broken="IC504", family="decoder LLM"),
     ZooModel("gpt2_tied_embedding_normal_1", gpt2(tied_std=1.0), broken="IC101", family="decoder LLM"),
     ZooModel("bert_linear_normal_1", bert(linear_std=1.0), broken="IC504", family="encoder"),
-    ZooModel("mlp_pytorch_default_init", lambda: (default_mlp().eval(), {"input": torch.randn(1, 256)}),
-             broken="IC102", family="MLP"),
+    ZooModel(
+        "mlp_pytorch_default_init",
+        lambda: (default_mlp().eval(), {"input": torch.randn(1, 256)}),
+        broken="IC102",
+        family="MLP",
+    ),
     ZooModel("vgg_conv_normal_1", _cnn(_wrapped(lambda: VGGish(conv_std=1.0))), broken="IC101", family="CNN"),
     ZooModel("resnet50_all_gamma_zero", _cnn(_wrapped(lambda: ResNet50ish(gamma=0.0))), broken="IC102", family="CNN"),
 ]
@@ -503,8 +628,14 @@ def export_file(model: ZooModel, route: str, folder) -> tuple[object, dict | Non
             if route == "pt2":
                 torch.export.save(torch.export.export(wrapped, args, strict=False), str(path))
             else:
-                torch.onnx.export(wrapped, args, str(path), dynamo=route == "onnx-dynamo", input_names=list(inputs),
-                                  opset_version=None if route == "onnx-dynamo" else 17)
+                torch.onnx.export(
+                    wrapped,
+                    args,
+                    str(path),
+                    dynamo=route == "onnx-dynamo",
+                    input_names=list(inputs),
+                    opset_version=None if route == "onnx-dynamo" else 17,
+                )
         finally:
             logging.disable(logging.NOTSET)
     shapes = {name: tuple(t.shape) for name, t in inputs.items()}

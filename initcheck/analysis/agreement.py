@@ -3,7 +3,7 @@
 A value the symbolic pass models exactly agrees when |ln(K_sym / K_meas)| <= ln 1.15 + 3 SE, SE combining
 the predicted finite-width spread of this network (docs/theory.md §12) and the probe's own sampling error
 (docs/theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
-branches that are the same tensor), and becomes a finding.
+branches that are the same tensor): the check `agreement` (IC401) reports it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.thresholds import limit
+from initcheck.codes import limit
 from initcheck.ir import Graph
 from initcheck.report.model import Finding, LayerRow
 
@@ -40,29 +40,6 @@ def attach_measurements(rows: list[LayerRow], graph: Graph, result: SymbolicResu
         row.agrees = abs(math.log(row.agreement)) <= agreement_bound(predicted.spread, se)
 
 
-def mismatch_findings(rows: list[LayerRow], probe) -> list[Finding]:
-    findings = []
-    for row in rows:
-        if row.agrees is False and row.exact and row.status == "modeled":
-            findings.append(Finding(
-                "IC401", "warning", "probe",
-                f"measured K {row.measured_K:.4g} vs predicted {row.second_moment:.4g} (x{1 / row.agreement:.3g}) at "
-                f"'{row.label}' ({row.op}): beyond sampling error and finite-width spread, so the model breaks an "
-                "assumption of the symbolic pass (e.g. correlated branches such as x + x, or weights correlated "
-                "with their inputs)",
-                row.node, row.scope, row.measured_K / row.second_moment, limit("IC401", "tolerance"),
-                "trust the measured numbers for this layer and the ones after it"))
-    diff = probe.max_relative_difference
-    if diff is not None and diff > limit("IC402", "error"):
-        findings.append(Finding(
-            "IC402", "error", "probe",
-            f"the torch form of the graph differs from onnxruntime by {diff:.3g} (relative L2) at "
-            f"'{probe.max_difference_at}'; measured gradients are not trustworthy",
-            probe.max_difference_at or "", "", diff, limit("IC402", "error"),
-            "report the op at that value; use --no-probe or the PyTorch model for gradients"))
-    return findings
-
-
 def quote_measurements(findings: list[Finding], graph: Graph, probe) -> None:
     """Put the probe's measurement of each finding's number beside the prediction, as the finding's `measure`
     asks: ("K_ratio", a, b), ("phase_ratio", a), ("G_energy_ratio", a, b), ("spread", a), ("cosine", a)."""
@@ -89,10 +66,3 @@ def _measure(spec: tuple, graph: Graph, probe) -> float | None:
     if kind == "cosine":
         return a.cosine
     return None
-
-
-def probe_failure(error: Exception) -> Finding:
-    first = next((line for line in str(error).splitlines() if line.strip()), "")
-    return Finding("IC403", "warning", "probe", f"the probe could not run the model ({type(error).__name__}: {first[:200]}); "
-                   "the symbolic results stand alone", "", "", None, None,
-                   "check that onnxruntime/torch can execute every op of the model, or pass --no-probe")

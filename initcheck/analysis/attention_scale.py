@@ -18,8 +18,24 @@ from initcheck import pointwise
 from initcheck.ir import Node, Value
 from initcheck.passes import is_signal
 
-_PASSIVE = {"reshape", "transpose", "slice", "cast", "dropout", "causal_mask", "where", "add", "sub", "mul", "div",
-            "pointwise", "expand", "squeeze", "unsqueeze", "concat"}
+_PASSIVE = {
+    "reshape",
+    "transpose",
+    "slice",
+    "cast",
+    "dropout",
+    "causal_mask",
+    "where",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pointwise",
+    "expand",
+    "squeeze",
+    "unsqueeze",
+    "concat",
+}
 _MAX_STEPS = 12
 
 
@@ -116,7 +132,9 @@ def _constant_factor(node: Node) -> float:
             return float(abs(y[1])) or 1.0
         return 1.0
     if node.op in ("mul", "div"):
-        constants = [v for v in node.inputs if v is not None and not is_signal(v) and v.array is not None and v.array.size == 1]
+        constants = [
+            v for v in node.inputs if v is not None and not is_signal(v) and v.array is not None and v.array.size == 1
+        ]
         if len(constants) == 1 and float(constants[0].array.reshape(())) != 0:
             c = abs(float(constants[0].array.reshape(())))
             if node.op == "mul":

@@ -20,9 +20,20 @@ from initcheck.rules.activations import program_moments
 _PASS = {"reshape", "flatten", "transpose", "squeeze", "unsqueeze", "identity", "cast", "dropout"}
 _WEIGHTED = {"linear", "conv"}
 # (C_b, C_W) at criticality (docs/theory.md §4); None where no critical point exists
-CRITICAL = {"relu": (0.0, 2.0), "identity": (0.0, 1.0), "tanh": (0.0, 1.0), "gelu": (0.173, 1.983),
-            "gelu_tanh": (0.173, 1.983), "silu": (0.555, 1.988), "mish": (0.095, 2.014), "hard_swish": (0.507, 1.973),
-            "sigmoid": None, "softplus": None, "elu": None, "selu": None}
+CRITICAL = {
+    "relu": (0.0, 2.0),
+    "identity": (0.0, 1.0),
+    "tanh": (0.0, 1.0),
+    "gelu": (0.173, 1.983),
+    "gelu_tanh": (0.173, 1.983),
+    "silu": (0.555, 1.988),
+    "mish": (0.095, 2.014),
+    "hard_swish": (0.507, 1.973),
+    "sigmoid": None,
+    "softplus": None,
+    "elu": None,
+    "selu": None,
+}
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,17 @@ def susceptibilities(graph: Graph, result: SymbolicResult) -> dict[Node, Suscept
         program = node.attrs["program"]
         _, _, _, slope_sq = program_moments(program, x)
         c_w = weights.gain
-        found[node] = Susceptibility(name, layer, node.inputs[0], x.K, c_w, weights.bias_sq, c_w * slope_sq,
-                                     c_w * _energy_slope(program, x.m, x.var), 1 / slope_sq if slope_sq > 0 else float("inf"))
+        found[node] = Susceptibility(
+            name,
+            layer,
+            node.inputs[0],
+            x.K,
+            c_w,
+            weights.bias_sq,
+            c_w * slope_sq,
+            c_w * _energy_slope(program, x.m, x.var),
+            1 / slope_sq if slope_sq > 0 else float("inf"),
+        )
     return found
 
 

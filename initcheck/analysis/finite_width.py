@@ -68,7 +68,11 @@ def _units(node: Node) -> tuple[int, int]:
     if node.op == "linear":
         return max(w.fan_in, 1), max(w.fan_out, 1)
     taps = int(np.prod(node.attrs["kernel"]))
-    channels_in = max(w.fan_in // taps, 1) if node.op == "conv" else max(round(w.fan_in * np.prod(node.attrs["strides"]) / taps), 1)
+    channels_in = (
+        max(w.fan_in // taps, 1)
+        if node.op == "conv"
+        else max(round(w.fan_in * np.prod(node.attrs["strides"]) / taps), 1)
+    )
     # convs: effective width between C and C k^2 (docs/theory.md §12: ~2.3 C for 3x3)
     n_eff = channels_in * max(1.0, math.sqrt(taps) / 1.3)
     c_out = w.fan_out // taps * node.attrs.get("groups", 1) if node.op == "conv" else w.fan_out // taps

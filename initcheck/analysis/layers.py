@@ -17,7 +17,15 @@ from initcheck.rules.common import NORMALIZATIONS, normalizes
 
 WEIGHTED = {"linear", "conv", "conv_transpose", "matmul", "embedding", "rnn", "lstm", "gru"}
 NORMS = NORMALIZATIONS
-RESOLUTION = {"max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "resize", "depth_to_space", "space_to_depth"}
+RESOLUTION = {
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+    "global_max_pool",
+    "resize",
+    "depth_to_space",
+    "space_to_depth",
+}
 MERGES = {"add", "sub", "sum", "concat", "mul", "div", "matmul"}
 OWN_ROW = WEIGHTED | NORMS | RESOLUTION | {"softmax", "log_softmax", "dropout", "unsupported", "prelu"}
 AVERAGING = {"global_avg_pool", "avg_pool", "reduce_mean"}
@@ -104,7 +112,7 @@ def small_heads(regions: list[Region], result: SymbolicResult) -> set[Node]:
         out = next((v for v in region[0].outputs if v in result.forward), None)
         if out is None or start is None or start not in result.forward or result.forward[start].K <= 0:
             continue
-        if result.forward[out].K / result.forward[start].K < 10 ** SMALL_HEAD_LOG10:
+        if result.forward[out].K / result.forward[start].K < 10**SMALL_HEAD_LOG10:
             found.update(region)
     return found
 
@@ -202,7 +210,9 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
     regions = output_regions(graph)
     heads = small_heads(regions, result)
     before_heads = lead_ins(regions)
-    tables = {n.attrs["weight_source"]: n.label for n in graph.nodes if n.op == "embedding" and n.attrs.get("weight_source")}
+    tables = {
+        n.attrs["weight_source"]: n.label for n in graph.nodes if n.op == "embedding" and n.attrs.get("weight_source")
+    }
     grad_refs = backward_references(graph, result, heads)
     normalized = normalized_downstream(graph)
     rows = []
@@ -220,36 +230,42 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
             program = last.attrs["program"] if last.op == "pointwise" and last is not first else ("x",)
             target = forward_gain(program) / math.sqrt(weight.fan_in)
         grad = result.backward.get(out)
-        rows.append(LayerRow(
-            index=index,
-            node=last.name,
-            value=out.name,
-            scope=first.scope or last.scope,
-            op=first.op + (f"+{activation}" if activation else ""),
-            source_op=first.source_op,
-            shape=list(out.shape) if out.shape is not None else None,
-            fan_in=weight.fan_in if weight is not None else None,
-            fan_out=weight.fan_out if weight is not None else None,
-            weight_std=math.sqrt(weight.w_sq) if weight is not None else None,
-            target_std=target,
-            activation=activation or (first.attrs.get("function") if first.op == "pointwise" else None),
-            mean=fwd.m,
-            second_moment=fwd.K,
-            coherent=fwd.M,
-            gain_log10=_log10(fwd.K / k_in) if k_in else None,
-            forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,
-            grad_second_moment=grad,
-            backward_log10=_log10(grad * out.numel / grad_refs[out]) if grad and out.numel and grad_refs.get(out) else None,
-            spread=math.sqrt(fwd.spread),
-            exact=fwd.exact,
-            grad_exact=result.backward_exact.get(out, False),
-            status=_row_status(first, last, result),
-            normalized_downstream=out in normalized,
-            small_head=first in heads and first not in before_heads,
-            lead_in=first in before_heads or last in before_heads,  # the row reports its last node's value
-            tied_with=tables.get(first.attrs.get("weight_source")) if first.op != "embedding" else None,
-            phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf) if fwd.phases else None,
-        ))
+        rows.append(
+            LayerRow(
+                index=index,
+                node=last.name,
+                value=out.name,
+                scope=first.scope or last.scope,
+                op=first.op + (f"+{activation}" if activation else ""),
+                source_op=first.source_op,
+                shape=list(out.shape) if out.shape is not None else None,
+                fan_in=weight.fan_in if weight is not None else None,
+                fan_out=weight.fan_out if weight is not None else None,
+                weight_std=math.sqrt(weight.w_sq) if weight is not None else None,
+                target_std=target,
+                activation=activation or (first.attrs.get("function") if first.op == "pointwise" else None),
+                mean=fwd.m,
+                second_moment=fwd.K,
+                coherent=fwd.M,
+                gain_log10=_log10(fwd.K / k_in) if k_in else None,
+                forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,
+                grad_second_moment=grad,
+                backward_log10=_log10(grad * out.numel / grad_refs[out])
+                if grad and out.numel and grad_refs.get(out)
+                else None,
+                spread=math.sqrt(fwd.spread),
+                exact=fwd.exact,
+                grad_exact=result.backward_exact.get(out, False),
+                status=_row_status(first, last, result),
+                normalized_downstream=out in normalized,
+                small_head=first in heads and first not in before_heads,
+                lead_in=first in before_heads or last in before_heads,  # the row reports its last node's value
+                tied_with=tables.get(first.attrs.get("weight_source")) if first.op != "embedding" else None,
+                phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf)
+                if fwd.phases
+                else None,
+            )
+        )
     return rows
 
 
@@ -262,6 +278,7 @@ def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] |
     the body by the same factor, which adaptive optimisers undo per tensor; the body is judged on what it does to
     the gradient that enters it (the head's own factor is reported with its forward finding)."""
     heads = heads or set()
+
     def energy(v: Value) -> float | None:
         g = result.backward.get(v)
         return g * v.numel if g is not None and v.numel else None
@@ -279,8 +296,10 @@ def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] |
         for v in node.inputs:
             if v is None or energy(v) is None or v in ref:
                 continue
-            if any((c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c))) or averages(c)
-                   or c in heads for c in v.consumers):
+            if any(
+                (c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c))) or averages(c) or c in heads
+                for c in v.consumers
+            ):
                 ref[v] = energy(v)
                 continue
             downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]
@@ -345,7 +364,7 @@ def output_spread(graph: Graph, result: SymbolicResult) -> tuple[float, Value, V
 
 def width_regime(cv2: float) -> str:
     """docs/theory.md §12 classes: < 0.1 near-infinite-width, 0.1-0.5 effectively deep, then the IC505 thresholds."""
-    from initcheck.checks.thresholds import limit
+    from initcheck.codes import limit
 
     if cv2 >= limit("IC505", "overly_deep"):
         return "overly deep"

@@ -75,7 +75,9 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         outs = outs if isinstance(outs, list) else [outs]
         approximate = node.op in APPROXIMATE or any(not o.exact for o in outs if o is not None)
         upstream_exact = all(m.exact for m in ins if m is not None)
-        result.status[node] = "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
+        result.status[node] = (
+            "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
+        )
     for value, moments in zip(node.outputs, outs):
         if moments is not None and (value.is_float or value.dtype == "unknown"):
             result.forward[value] = _spread_or_unknown(node, ins, moments)

@@ -8,7 +8,8 @@ import math
 from initcheck.analysis.attention_scale import attention_scale
 from initcheck.analysis.layers import output_spread, width_regime
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.thresholds import limit
+from initcheck.checks.registry import CheckContext, check
+from initcheck.codes import limit
 from initcheck.ir import Graph, Node
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
@@ -40,25 +41,39 @@ def _attention_finding(node: Node, scale, sigma: float, keys: int) -> Finding:
     stats = softmax_statistics(round(sigma, 3), keys)
     d_k = scale.d_k
     if scale.missing:
-        reason = (f"no 1/sqrt(d_k) scaling of q k^T in any form (d_k = {d_k}: not on the logits, q or k, nor folded "
-                  f"into q's init; effective scale {scale.effective:.3g})")
-        consequence = ("the logits grow with sqrt(d_k) as training moves q and k" if sigma < limit("IC504", "warning")
-                       else "the softmax starts saturated")
+        reason = (
+            f"no 1/sqrt(d_k) scaling of q k^T in any form (d_k = {d_k}: not on the logits, q or k, nor folded "
+            f"into q's init; effective scale {scale.effective:.3g})"
+        )
+        consequence = (
+            "the logits grow with sqrt(d_k) as training moves q and k"
+            if sigma < limit("IC504", "warning")
+            else "the softmax starts saturated"
+        )
         fix = f"scale the logits by 1/sqrt(d_k) = {1 / math.sqrt(d_k):.3g} (e.g. the attention's `scaling`)"
         factor = 1 / math.sqrt(d_k)
     else:
         reason = "the q/k projections are too large for their inputs"
         consequence = "the softmax starts saturated"
-        fix = (f"scale the q and k weights by {1 / math.sqrt(sigma):.3g} each (the logits by {1 / sigma:.3g}) to "
-               "reach logit std 1")
+        fix = (
+            f"scale the q and k weights by {1 / math.sqrt(sigma):.3g} each (the logits by {1 / sigma:.3g}) to "
+            "reach logit std 1"
+        )
         factor = 1 / sigma
     return Finding(
-        "IC504", "error" if sigma >= limit("IC504", "error") or scale.missing else "warning", "attention",
+        "IC504",
+        "error" if sigma >= limit("IC504", "error") or scale.missing else "warning",
+        "attention",
         f"'{node.label}': within-row logit std {sigma:.3g} over {keys} keys: {reason}; {consequence} (expected max "
         f"probability {stats['max_p']:.2f}, entropy {stats['entropy_ratio']:.0%} of ln N now), so its gradient "
         "shrinks and attention locks onto few keys",
-        node.name, node.scope, sigma, limit("IC504", "warning"), fix + "; the softmax backward grows accordingly",
-        factor)
+        node.name,
+        node.scope,
+        sigma,
+        limit("IC504", "warning"),
+        fix + "; the softmax backward grows accordingly",
+        factor,
+    )
 
 
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
@@ -76,18 +91,24 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
         return []
     typical = math.exp(-math.log1p(cv2) / 2)  # log-normal: the median network's K relative to the preserved mean
     regime = width_regime(cv2)
-    return [Finding(
-        "IC505", "warning", "finite-width",
-        f"depth {depth} at width {width} (L/n = {depth / width:.3g}): the output second moment varies between "
-        f"initialisations with CV^2 ~ {cv2:.2f} ({regime}); beyond leading order the spread is log-normal, so a typical "
-        f"network keeps ~{typical:.0%} of the ensemble's signal even though the mean is preserved",
-        value.producer.name if value.producer else value.name, value.producer.scope if value.producer else "",
-        cv2, warn,
-        f"widen the network x{cv2 / warn:.2g} (CV^2 ~ nu L / n, so that brings it to {warn}), or make it "
-        f"that much shallower, or add normalisation/residual scaling that resets the spread", cv2 / warn,
-        measure=("spread", hidden.name))]
-
-
+    return [
+        Finding(
+            "IC505",
+            "warning",
+            "finite-width",
+            f"depth {depth} at width {width} (L/n = {depth / width:.3g}): the output second moment varies between "
+            f"initialisations with CV^2 ~ {cv2:.2f} ({regime}); beyond leading order the spread is log-normal, so a typical "
+            f"network keeps ~{typical:.0%} of the ensemble's signal even though the mean is preserved",
+            value.producer.name if value.producer else value.name,
+            value.producer.scope if value.producer else "",
+            cv2,
+            warn,
+            f"widen the network x{cv2 / warn:.2g} (CV^2 ~ nu L / n, so that brings it to {warn}), or make it "
+            f"that much shallower, or add normalisation/residual scaling that resets the spread",
+            cv2 / warn,
+            measure=("spread", hidden.name),
+        )
+    ]
 
 
 def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
@@ -103,43 +124,79 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         steps = node.attrs.get("steps") or (node.inputs[0].shape[0] if node.inputs[0].shape else None) or 1
         history, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
         candidate = node.params["gates"][-1]  # the tanh candidate / RNN gate: W_hh's own spectrum
-        spectrum = (f"; W_hh (candidate) spectral radius {candidate.get('spectral_radius', math.nan):.3g}, spectral norm "
-                    f"{candidate.get('spectral_norm', math.nan):.3g}, stationary K_h {history[-1]:.3g} (the decay is set by chi, "
-                    "not by the radius)")
-        total = chi ** steps
+        spectrum = (
+            f"; W_hh (candidate) spectral radius {candidate.get('spectral_radius', math.nan):.3g}, spectral norm "
+            f"{candidate.get('spectral_norm', math.nan):.3g}, stationary K_h {history[-1]:.3g} (the decay is set by chi, "
+            "not by the radius)"
+        )
+        total = chi**steps
         forget = node.params["gates"][2]["bias_mean"] if node.op == "lstm" else None
         low, high = limit("IC506", "low"), limit("IC506", "high")
         if total < low or total > high:
             vanishing = total < low
             memory = -1 / math.log(chi) if 0 < chi < 1 else math.inf
-            fix = ("orthogonal W_hh with gain 1 and a stronger input drive" if node.op == "rnn" else
-                   f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)" if node.op == "lstm"
-                   else "update-gate bias >= 1") if vanishing else "reduce W_hh's spectral radius (orthogonal, gain < 1)"
-            findings.append(Finding(
-                "IC506", "warning", "recurrent",
-                f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
-                f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
-                + (" (a lower bound for gated cells)" if node.op != "rnn" else "") + spectrum,
-                node.name, node.scope, total, low if vanishing else high,
-                fix + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
-                chi, details={"chi": chi, "steps": steps, "stationary_K": history[-1],
-                              "spectral_radius": candidate.get("spectral_radius", math.nan),
-                              "spectral_norm": candidate.get("spectral_norm", math.nan)}))
+            fix = (
+                (
+                    "orthogonal W_hh with gain 1 and a stronger input drive"
+                    if node.op == "rnn"
+                    else f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)"
+                    if node.op == "lstm"
+                    else "update-gate bias >= 1"
+                )
+                if vanishing
+                else "reduce W_hh's spectral radius (orthogonal, gain < 1)"
+            )
+            findings.append(
+                Finding(
+                    "IC506",
+                    "warning",
+                    "recurrent",
+                    f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
+                    f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
+                    + (" (a lower bound for gated cells)" if node.op != "rnn" else "")
+                    + spectrum,
+                    node.name,
+                    node.scope,
+                    total,
+                    low if vanishing else high,
+                    fix
+                    + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
+                    chi,
+                    details={
+                        "chi": chi,
+                        "steps": steps,
+                        "stationary_K": history[-1],
+                        "spectral_radius": candidate.get("spectral_radius", math.nan),
+                        "spectral_norm": candidate.get("spectral_norm", math.nan),
+                    },
+                )
+            )
         elif node.op == "lstm" and forget is not None and forget < 1:
-            findings.append(Finding(
-                "IC506", "info", "recurrent",
-                f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{-1 / math.log(chi):.2g} steps at init",
-                node.name, node.scope, forget, 1.0, "forget-gate bias 1 (or chrono init) for long dependencies", 1.0))
+            findings.append(
+                Finding(
+                    "IC506",
+                    "info",
+                    "recurrent",
+                    f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{-1 / math.log(chi):.2g} steps at init",
+                    node.name,
+                    node.scope,
+                    forget,
+                    1.0,
+                    "forget-gate bias 1 (or chrono init) for long dependencies",
+                    1.0,
+                )
+            )
     return findings
-
-
 
 
 def dropout_findings(graph: Graph) -> list[Finding]:
     """Inverted dropout multiplies K by 1/(1-p) in training mode and not in eval mode (docs/theory.md §8): along a
     chain of dropout layers the two modes drift apart by prod 1/(1-p)."""
-    layers = [n for n in graph.nodes if n.op == "dropout" and n.attrs.get("ratio", 0) > 0 and any(
-        is_signal(v) for v in n.inputs)]
+    layers = [
+        n
+        for n in graph.nodes
+        if n.op == "dropout" and n.attrs.get("ratio", 0) > 0 and any(is_signal(v) for v in n.inputs)
+    ]
     if not layers:
         return []
     depth: dict[int, float] = {}  # value id -> largest train/eval factor on any path to it
@@ -156,12 +213,40 @@ def dropout_findings(graph: Graph) -> list[Finding]:
         return []
     rates = sorted({round(n.attrs["ratio"], 3) for n in layers})
     last = layers[-1]
-    return [Finding(
-        "IC507", "warning" if factor >= limit("IC507", "warning") else "info", "dropout",
-        f"{len(layers)} dropout layer(s) (p = {', '.join(map(str, rates))}): in training mode K is up to x{factor:.3g} "
-        "its eval-mode value at the output (inverted dropout: 1/(1-p) per layer on the path), so layers after them "
-        "see a different scale in training and evaluation",
-        last.name, last.scope, factor, limit("IC507", "info"),
-        "expected with inverted dropout; scaling the weights by sqrt(1-p) to keep training mode at 1 shrinks eval "
-        f"mode by (1-p) per layer instead (x{1 / factor:.3g} here); keep a normalisation after dropout-heavy blocks",
-        factor)]
+    return [
+        Finding(
+            "IC507",
+            "warning" if factor >= limit("IC507", "warning") else "info",
+            "dropout",
+            f"{len(layers)} dropout layer(s) (p = {', '.join(map(str, rates))}): in training mode K is up to x{factor:.3g} "
+            "its eval-mode value at the output (inverted dropout: 1/(1-p) per layer on the path), so layers after them "
+            "see a different scale in training and evaluation",
+            last.name,
+            last.scope,
+            factor,
+            limit("IC507", "info"),
+            "expected with inverted dropout; scaling the weights by sqrt(1-p) to keep training mode at 1 shrinks eval "
+            f"mode by (1-p) per layer instead (x{1 / factor:.3g} here); keep a normalisation after dropout-heavy blocks",
+            factor,
+        )
+    ]
+
+
+@check("attention", "IC504")
+def _attention_check(ctx: CheckContext) -> list[Finding]:
+    return attention_findings(ctx.graph, ctx.result)
+
+
+@check("depth-to-width", "IC505")
+def _depth_to_width_check(ctx: CheckContext) -> list[Finding]:
+    return depth_width_findings(ctx.graph, ctx.result, ctx.depth, ctx.width)
+
+
+@check("recurrence", "IC506")
+def _recurrence_check(ctx: CheckContext) -> list[Finding]:
+    return recurrent_findings(ctx.graph, ctx.result)
+
+
+@check("dropout", "IC507")
+def _dropout_check(ctx: CheckContext) -> list[Finding]:
+    return dropout_findings(ctx.graph)

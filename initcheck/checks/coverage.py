@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.registry import CheckContext, check
 from initcheck.ir import Graph
 from initcheck.report.model import Finding
 
@@ -17,11 +18,23 @@ def coverage_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     findings = []
     for op, nodes in sorted(by_op.items()):
         reason = result.errors.get(nodes[0], "no rule for this op")
-        findings.append(Finding(
-            "IC301", "warning", "coverage",
-            f"{len(nodes)} '{op}' node(s) on the signal path are not modeled ({reason}); moments are passed through "
-            f"and downstream numbers are approximate (first: '{nodes[0].label}')",
-            nodes[0].name, nodes[0].scope, float(len(nodes)), None,
-            "run the empirical probe for measured numbers, or export the op in decomposed form",
-        ))
+        findings.append(
+            Finding(
+                "IC301",
+                "warning",
+                "coverage",
+                f"{len(nodes)} '{op}' node(s) on the signal path are not modeled ({reason}); moments are passed through "
+                f"and downstream numbers are approximate (first: '{nodes[0].label}')",
+                nodes[0].name,
+                nodes[0].scope,
+                float(len(nodes)),
+                None,
+                "run the empirical probe for measured numbers, or export the op in decomposed form",
+            )
+        )
     return findings
+
+
+@check("coverage", "IC301")
+def _coverage_check(ctx: CheckContext) -> list[Finding]:
+    return coverage_findings(ctx.graph, ctx.result)

@@ -13,7 +13,8 @@ import numpy as np
 
 from initcheck import pointwise
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.thresholds import limit
+from initcheck.checks.registry import CheckContext, check
+from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
@@ -42,8 +43,11 @@ def gat_statistics(sigma_u: float, sigma_w: float, degree: int, program: tuple, 
     p /= p.sum(axis=1, keepdims=True)
     entropy = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
     p_max = float(p.max(axis=1).mean())
-    return {"p_max": p_max, "entropy_ratio": float(entropy.mean() / np.log(degree)) if degree > 1 else 1.0,
-            "sharpness": degree * p_max}
+    return {
+        "p_max": p_max,
+        "entropy_ratio": float(entropy.mean() / np.log(degree)) if degree > 1 else 1.0,
+        "sharpness": degree * p_max,
+    }
 
 
 def _logit_parts(softmax: Node) -> tuple[Value, Value, tuple, np.ndarray | None] | None:
@@ -106,24 +110,45 @@ def graph_attention_findings(graph: Graph, result: SymbolicResult, degree_hint: 
             continue
         keys = result.forward[node.inputs[0]].valid_keys
         low, high = (degrees[0], degrees[-1]) if known and degrees[0] != degrees[-1] else (SWEEP[0], SWEEP[-1])
-        at = {d: gat_statistics(sigma_u, sigma_w, d, program, round(_row_scale(row_scale, keys, d), 4))
-              for d in {low, high, *degrees[-1:]}}
+        at = {
+            d: gat_statistics(sigma_u, sigma_w, d, program, round(_row_scale(row_scale, keys, d), 4))
+            for d in {low, high, *degrees[-1:]}
+        }
         spread = at[high]["sharpness"] / at[low]["sharpness"]
         scale = expected_max(REFERENCE_DEGREE) / expected_max(high)
         scaled = gat_statistics(sigma_u, sigma_w, high, program, round(scale, 4))
         top = degrees[-1]
-        findings.append(Finding(
-            "IC517", "warning" if known and spread >= limit("IC517", "spread") else "info", "attention",
-            f"'{node.label}': graph attention (logits act(u_i + w_j), neighbour-part std {sigma_w:.3g}, node-part std "
-            f"{sigma_u:.3g}) at degree {top}: max probability {at[top]['p_max']:.3g}, entropy "
-            f"{at[top]['entropy_ratio']:.0%} of ln d; sharpness d * p_max goes from {at[low]['sharpness']:.3g} at "
-            f"degree {low} to {at[high]['sharpness']:.3g} at degree {high}"
-            + ("" if known else " (degree sweep: the graph does not carry its degrees, pass --degree)")
-            + ": high-degree nodes attend relatively sharper, and their output K falls like e^(sigma^2)/d",
-            node.name, node.scope, spread, limit("IC517", "spread"),
-            f"scale each node's logits by e_{REFERENCE_DEGREE} / e_d (expected max of d Gaussians; {scale:.3g} at "
-            f"degree {high}, giving sharpness {scaled['sharpness']:.3g}) to make attention sharpness degree-independent",
-            scale, details={"degree_min": low, "degree_max": high, "sharpness_min_degree": at[low]["sharpness"],
-                            "sharpness_max_degree": at[high]["sharpness"], "p_max": at[top]["p_max"],
-                            "entropy_ratio": at[top]["entropy_ratio"]}))
+        findings.append(
+            Finding(
+                "IC517",
+                "warning" if known and spread >= limit("IC517", "spread") else "info",
+                "attention",
+                f"'{node.label}': graph attention (logits act(u_i + w_j), neighbour-part std {sigma_w:.3g}, node-part std "
+                f"{sigma_u:.3g}) at degree {top}: max probability {at[top]['p_max']:.3g}, entropy "
+                f"{at[top]['entropy_ratio']:.0%} of ln d; sharpness d * p_max goes from {at[low]['sharpness']:.3g} at "
+                f"degree {low} to {at[high]['sharpness']:.3g} at degree {high}"
+                + ("" if known else " (degree sweep: the graph does not carry its degrees, pass --degree)")
+                + ": high-degree nodes attend relatively sharper, and their output K falls like e^(sigma^2)/d",
+                node.name,
+                node.scope,
+                spread,
+                limit("IC517", "spread"),
+                f"scale each node's logits by e_{REFERENCE_DEGREE} / e_d (expected max of d Gaussians; {scale:.3g} at "
+                f"degree {high}, giving sharpness {scaled['sharpness']:.3g}) to make attention sharpness degree-independent",
+                scale,
+                details={
+                    "degree_min": low,
+                    "degree_max": high,
+                    "sharpness_min_degree": at[low]["sharpness"],
+                    "sharpness_max_degree": at[high]["sharpness"],
+                    "p_max": at[top]["p_max"],
+                    "entropy_ratio": at[top]["entropy_ratio"],
+                },
+            )
+        )
     return findings
+
+
+@check("graph attention", "IC517")
+def _graph_attention_check(ctx: CheckContext) -> list[Finding]:
+    return graph_attention_findings(ctx.graph, ctx.result, ctx.degree)

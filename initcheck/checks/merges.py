@@ -7,8 +7,9 @@ import math
 
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks.registry import CheckContext, check
 from initcheck.checks.residual import residual_blocks, stream_value
-from initcheck.checks.thresholds import limit
+from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
 from initcheck.report.model import Finding
@@ -78,19 +79,32 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         scale = 1 / math.sqrt(block_gain)
         # summed embeddings (word + position + type) read through a LayerNorm: only its epsilon sees the scale
         reset = stream_value(node) in normalized
-        findings.append(Finding(
-            "IC508", "info" if reset else "warning", "branches",
-            f"'{node.label}' sums {len(terms)} parallel branches"
-            + (f" of '{fork.producer.label if fork.producer else fork.name}' (branch gains {gains})" if reference else "")
-            + f": K grows x{block_gain:.3g} across the block (x{merge_gain:.3g} at the sum itself; sum of the branch "
-            f"gains, ~N = {len(terms)} for balanced branches), and every branch receives the full gradient of the sum"
-            + ("; every path from it meets a normalisation, which resets the scale" if reset else ""),
-            node.name, node.scope, block_gain, limit("IC508", "growth"),
-            f"scale the sum by {scale:.3g} (= 1/sqrt(sum of branch gains); 1/sqrt(N) = {1 / math.sqrt(len(terms)):.3g} "
-            "for balanced branches) or each branch by its own gain; this scales forward K and the gradient into every "
-            "branch by the same factor^2, in training and eval mode alike",
-            scale, details={"branches": len(terms), "merge_gain": merge_gain},
-            measure=("K_ratio", stream_value(node).name, fork.name if fork is not None else "")))
+        findings.append(
+            Finding(
+                "IC508",
+                "info" if reset else "warning",
+                "branches",
+                f"'{node.label}' sums {len(terms)} parallel branches"
+                + (
+                    f" of '{fork.producer.label if fork.producer else fork.name}' (branch gains {gains})"
+                    if reference
+                    else ""
+                )
+                + f": K grows x{block_gain:.3g} across the block (x{merge_gain:.3g} at the sum itself; sum of the branch "
+                f"gains, ~N = {len(terms)} for balanced branches), and every branch receives the full gradient of the sum"
+                + ("; every path from it meets a normalisation, which resets the scale" if reset else ""),
+                node.name,
+                node.scope,
+                block_gain,
+                limit("IC508", "growth"),
+                f"scale the sum by {scale:.3g} (= 1/sqrt(sum of branch gains); 1/sqrt(N) = {1 / math.sqrt(len(terms)):.3g} "
+                "for balanced branches) or each branch by its own gain; this scales forward K and the gradient into every "
+                "branch by the same factor^2, in training and eval mode alike",
+                scale,
+                details={"branches": len(terms), "merge_gain": merge_gain},
+                measure=("K_ratio", stream_value(node).name, fork.name if fork is not None else ""),
+            )
+        )
     return findings
 
 
@@ -139,24 +153,49 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         channels = "+".join(str(v.shape[1]) if v.shape and len(v.shape) > 1 else "?" for v in parts)
         out_channels = y.shape[1] if y.shape and len(y.shape) > 1 else "?"
         keep_forward = 1 / math.sqrt(forward)
-        message = (f"'{node.label}' ({node.source_op}) reads a concat of {len(parts)} parts ({channels} -> "
-                   f"{out_channels} channels): forward gain x{forward:.3g}"
-                   + (f", backward gain x{backward:.3g} per input element" if backward else "")
-                   + " (the merge changes the fan-in the init was computed for)")
+        message = (
+            f"'{node.label}' ({node.source_op}) reads a concat of {len(parts)} parts ({channels} -> "
+            f"{out_channels} channels): forward gain x{forward:.3g}"
+            + (f", backward gain x{backward:.3g} per input element" if backward else "")
+            + " (the merge changes the fan-in the init was computed for)"
+        )
         fix = f"weights x{keep_forward:.3g} keep the forward signal"
         if backward:
-            fix += (f" (backward then x{backward * keep_forward ** 2:.3g}); x{1 / math.sqrt(backward):.3g} keeps the "
-                    f"gradient; x{(forward * backward) ** -0.25:.3g} balances both (geometric mean)")
+            fix += (
+                f" (backward then x{backward * keep_forward**2:.3g}); x{1 / math.sqrt(backward):.3g} keeps the "
+                f"gradient; x{(forward * backward) ** -0.25:.3g} balances both (geometric mean)"
+            )
         if imbalance >= imbalance_limit:
             loud = max(range(len(parts)), key=lambda i: energies[i])
-            message += (f"; the parts' K differ x{imbalance:.3g} (K = {', '.join(f'{e:.3g}' for e in energies)}), so "
-                        f"'{parts[loud].name}' dominates the output and the quieter part's signal is drowned")
+            message += (
+                f"; the parts' K differ x{imbalance:.3g} (K = {', '.join(f'{e:.3g}' for e in energies)}), so "
+                f"'{parts[loud].name}' dominates the output and the quieter part's signal is drowned"
+            )
             fix += "; normalise each part before the concat, or scale the quieter part by sqrt of the K ratio"
-        findings.append(Finding(
-            "IC509", "warning" if imbalance >= imbalance_limit else "info", "concat", message,
-            node.name, node.scope, imbalance if imbalance >= imbalance_limit else forward,
-            imbalance_limit if imbalance >= imbalance_limit else math.exp(gain),
-            fix + "; the same in training and eval mode", keep_forward,
-            details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
-            measure=("K_ratio", y.name, x.name)))
+        findings.append(
+            Finding(
+                "IC509",
+                "warning" if imbalance >= imbalance_limit else "info",
+                "concat",
+                message,
+                node.name,
+                node.scope,
+                imbalance if imbalance >= imbalance_limit else forward,
+                imbalance_limit if imbalance >= imbalance_limit else math.exp(gain),
+                fix + "; the same in training and eval mode",
+                keep_forward,
+                details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
+                measure=("K_ratio", y.name, x.name),
+            )
+        )
     return findings
+
+
+@check("branch sum", "IC508")
+def _branch_sum_check(ctx: CheckContext) -> list[Finding]:
+    return branch_sum_findings(ctx.graph, ctx.result)
+
+
+@check("concat", "IC509")
+def _concat_check(ctx: CheckContext) -> list[Finding]:
+    return concat_findings(ctx.graph, ctx.result)

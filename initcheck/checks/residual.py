@@ -8,7 +8,8 @@ from statistics import median
 
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
-from initcheck.checks.thresholds import limit
+from initcheck.checks.registry import CheckContext, check
+from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal, trace_back
 from initcheck.report.model import Finding
@@ -63,8 +64,11 @@ def residual_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     """Streams y = s (x + f(x)): per block K x s^2 (1 + g), g = K_f/K_x; Pi over each stream (docs/theory.md §5). A
     block whose skip path is not the previous block's output (a ResNet stage's conv + norm shortcut) starts a new
     stream: growth is never multiplied across a reset."""
-    blocks = [(n, x, f) for n, x, f in residual_blocks(graph)
-              if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))]
+    blocks = [
+        (n, x, f)
+        for n, x, f in residual_blocks(graph)
+        if result.forward.get(x) and result.forward.get(f) and result.forward.get(stream_value(n))
+    ]
     findings = []
     for stream in _streams(blocks):
         findings += _stream_findings(stream, result)
@@ -101,29 +105,46 @@ def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
     exploding = sum(1 for r in growth if r >= limit("IC502", "growth"))
     if exploding >= limit("IC502", "blocks"):
         scale = 1 / math.sqrt(1 + typical_g)
-        findings.append(Finding(
-            "IC502", "warning", "residual",
-            f"{len(blocks)} residual blocks y = x + f(x) with branch gain g = K_f/K_x ~ {typical_g:.3g}: K grows "
-            f"x{sorted(growth)[len(growth) // 2]:.3g} per block, x{total:.3g} over the stream (Pi(1+g); 2^L only when "
-            "g = 1), and the gradient grows alike toward the input",
-            last.name, last.scope, total, limit("IC502", "growth"),
-            f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
-            f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
-            "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
-            scale, measure=stream))
+        findings.append(
+            Finding(
+                "IC502",
+                "warning",
+                "residual",
+                f"{len(blocks)} residual blocks y = x + f(x) with branch gain g = K_f/K_x ~ {typical_g:.3g}: K grows "
+                f"x{sorted(growth)[len(growth) // 2]:.3g} per block, x{total:.3g} over the stream (Pi(1+g); 2^L only when "
+                "g = 1), and the gradient grows alike toward the input",
+                last.name,
+                last.scope,
+                total,
+                limit("IC502", "growth"),
+                f"scale each block as (x + f(x)) * {scale:.3g} (= 1/sqrt(1+g)), or the branch by alpha with "
+                f"alpha^2 g = 1/L (alpha = {1 / math.sqrt(max(typical_g, 1e-12) * len(blocks)):.3g}), or zero-init the "
+                "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
+                scale,
+                measure=stream,
+            )
+        )
     shrinking = sum(1 for r in growth if r <= limit("IC503", "shrink"))
     if shrinking >= limit("IC503", "blocks"):
         per_block = sorted(growth)[len(growth) // 2]
-        findings.append(Finding(
-            "IC503", "warning", "residual",
-            f"{len(blocks)} residual blocks shrink K x{per_block:.3g} per block (x{total:.3g} over the stream): the "
-            "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
-            last.name, last.scope, total, limit("IC503", "shrink"),
-            f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
-            f"{1 / math.sqrt(per_block):.3g}", 1 / math.sqrt(per_block), measure=stream))
+        findings.append(
+            Finding(
+                "IC503",
+                "warning",
+                "residual",
+                f"{len(blocks)} residual blocks shrink K x{per_block:.3g} per block (x{total:.3g} over the stream): the "
+                "block is over-corrected (e.g. /sqrt(2) with a branch gain g = 1/2 gives 0.75^L)",
+                last.name,
+                last.scope,
+                total,
+                limit("IC503", "shrink"),
+                f"use the scale 1/sqrt(1+g) for the actual g ~ {typical_g:.3g}: multiply the current scale by "
+                f"{1 / math.sqrt(per_block):.3g}",
+                1 / math.sqrt(per_block),
+                measure=stream,
+            )
+        )
     return findings
-
-
 
 
 def _placement(add: Node, x: Value, f: Value) -> str | None:
@@ -153,9 +174,19 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
             continue
         growth = result.forward[end].K / result.forward[start].K
         gradient = result.backward.get(start, 0.0) / result.backward[end]
-        findings.append(_pre_ln(mine, start, end, growth, gradient, end in normalized_downstream(graph),
-                                _depth_scaled(graph, [f for n, _, f, p in blocks if p == kind]))
-                        if kind == "pre" else _post_ln(mine, start, end, gradient))
+        findings.append(
+            _pre_ln(
+                mine,
+                start,
+                end,
+                growth,
+                gradient,
+                end in normalized_downstream(graph),
+                _depth_scaled(graph, [f for n, _, f, p in blocks if p == kind]),
+            )
+            if kind == "pre"
+            else _post_ln(mine, start, end, gradient)
+        )
     return findings
 
 
@@ -179,8 +210,9 @@ def _weight_std(node: Node) -> float:
     return math.sqrt(node.params["weight"].w_sq)
 
 
-def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool,
-            depth_scaled: bool) -> Finding:
+def _pre_ln(
+    blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool, depth_scaled: bool
+) -> Finding:
     """Harmless growth is info; a stream growing by a decade or more (GPT-2 without its 1/sqrt(2L) scaling of the
     residual projections: x54 over 12 layers at N(0, 0.02)) warns: the last blocks' updates are drowned in a stream
     many times their size and the first blocks' gradients are that much larger."""
@@ -189,12 +221,16 @@ def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, no
     too_much = growth >= 10 ** limit("IC516", "decades") and not depth_scaled
     scale = 1 / math.sqrt(max(growth - 1, 1e-12))  # branch energies add: c -> 1/L keeps the stream within x2
     if too_much:
-        verdict = ("; a decade or more, and the layers that write the branches into the stream start no smaller "
-                   "than the stack's others: late blocks write into a stream many times the size they start at, and "
-                   "early blocks get gradients that much larger (GPT-2 scales its residual projections by "
-                   "1/sqrt(2 x layers) for this)")
-        fix = (f"scale the last layer of every residual branch (attention and MLP output projections) by "
-               f"{scale:.3g}, e.g. std/sqrt(2 x layers) as GPT-2 does, to keep the stream within x2")
+        verdict = (
+            "; a decade or more, and the layers that write the branches into the stream start no smaller "
+            "than the stack's others: late blocks write into a stream many times the size they start at, and "
+            "early blocks get gradients that much larger (GPT-2 scales its residual projections by "
+            "1/sqrt(2 x layers) for this)"
+        )
+        fix = (
+            f"scale the last layer of every residual branch (attention and MLP output projections) by "
+            f"{scale:.3g}, e.g. std/sqrt(2 x layers) as GPT-2 does, to keep the stream within x2"
+        )
     else:
         verdict = "; every branch reads the stream through a normalisation, so this is harmless"
         fix = "nothing to do"
@@ -202,12 +238,20 @@ def _pre_ln(blocks, start: Value, end: Value, growth: float, gradient: float, no
         verdict += f", but nothing normalises the stream at its end: the output reads a stream {growth:.3g}x its start"
         fix = "add a final normalisation after the last block (as GPT-2's ln_f)" + ("; and " + fix if too_much else "")
     return Finding(
-        "IC516", "warning" if too_much or not final_norm else "info", "residual",
+        "IC516",
+        "warning" if too_much or not final_norm else "info",
+        "residual",
         f"pre-norm (Pre-LN) stack of {len(blocks)} residual blocks: the stream's K grows x{growth:.3g} (linearly, K_l = K_0 + c l) "
         f"and the gradient toward its start x{gradient:.3g} (theory: ~ the same factor)" + verdict,
-        last.name, last.scope, growth, 10 ** limit("IC516", "decades"), fix, scale if too_much else None,
+        last.name,
+        last.scope,
+        growth,
+        10 ** limit("IC516", "decades"),
+        fix,
+        scale if too_much else None,
         details={"blocks": len(blocks), "stream_growth": growth, "gradient_ratio": gradient},
-        measure=("K_ratio", end.name, start.name))  # the value is the stream's growth: measured alike
+        measure=("K_ratio", end.name, start.name),
+    )  # the value is the stream's growth: measured alike
 
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
@@ -215,13 +259,35 @@ def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
     shrinking = gradient > 0 and abs(math.log10(gradient)) >= limit("IC516", "decades")
     alpha = (2 * len(blocks)) ** 0.25
     return Finding(
-        "IC516", "warning" if shrinking else "info", "residual",
+        "IC516",
+        "warning" if shrinking else "info",
+        "residual",
         f"Post-LN stack of {len(blocks)} residual blocks: K is reset every block and the gradient reaching the "
         f"stack's input is x{gradient:.3g} the gradient at its output (per block (1 + chi_f)/(1 + g))"
-        + ("; early blocks train much slower than late ones, the reason Post-LN needs learning-rate warm-up"
-           if shrinking else ""),
-        last.name, last.scope, gradient, 10 ** -limit("IC516", "decades"),
+        + (
+            "; early blocks train much slower than late ones, the reason Post-LN needs learning-rate warm-up"
+            if shrinking
+            else ""
+        ),
+        last.name,
+        last.scope,
+        gradient,
+        10 ** -limit("IC516", "decades"),
         "Pre-LN placement, or DeepNorm (stream x alpha + f(x) with alpha = (2N)^(1/4) = "
-        f"{alpha:.3g}, branch init scaled down), or warm-up" if shrinking else "nothing to do",
-        alpha if shrinking else None, details={"blocks": len(blocks)},
-        measure=("G_energy_ratio", start.name, end.name))
+        f"{alpha:.3g}, branch init scaled down), or warm-up"
+        if shrinking
+        else "nothing to do",
+        alpha if shrinking else None,
+        details={"blocks": len(blocks)},
+        measure=("G_energy_ratio", start.name, end.name),
+    )
+
+
+@check("residual", "IC502", "IC503")
+def _residual_check(ctx: CheckContext) -> list[Finding]:
+    return residual_findings(ctx.graph, ctx.result)
+
+
+@check("norm placement", "IC516")
+def _norm_placement_check(ctx: CheckContext) -> list[Finding]:
+    return norm_placement_findings(ctx.graph, ctx.result)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.layers import REFERENCE_OPS
-from initcheck.checks.thresholds import limit
+from initcheck.checks.registry import CheckContext, check
+from initcheck.checks.weights import zero_scale_findings
+from initcheck.codes import limit
 from initcheck.report.model import Finding, LayerRow
 
 
@@ -20,8 +22,14 @@ def _severity(size: float, warn: float, error: float) -> str | None:
 def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> LayerRow | None:
     """The weighted layer whose std is furthest from its target: upstream of `at` for forward problems,
     downstream of it for gradient problems (gradients are shaped by the layers after them)."""
-    weighted = [r for r in rows if (r.index >= at.index if downstream else r.index <= at.index)
-                and r.weight_std and r.target_std and not (r.small_head or r.lead_in)]  # deliberate: never the fix
+    weighted = [
+        r
+        for r in rows
+        if (r.index >= at.index if downstream else r.index <= at.index)
+        and r.weight_std
+        and r.target_std
+        and not (r.small_head or r.lead_in)
+    ]  # deliberate: never the fix
     if not weighted:
         return None
     return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
@@ -33,8 +41,16 @@ def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
     not any layer far from its target (GPT-2's deliberately small residual projections are no cause of a big
     lm_head)."""
     start = max((r.index for r in rows if r.index < at.index and r.op.split("+")[0] in REFERENCE_OPS), default=-1)
-    weighted = [r for r in rows if start < r.index <= at.index and r.weight_std and r.target_std
-                and r.gain_log10 is not None and math.isfinite(r.gain_log10) and sign * r.gain_log10 > 0]
+    weighted = [
+        r
+        for r in rows
+        if start < r.index <= at.index
+        and r.weight_std
+        and r.target_std
+        and r.gain_log10 is not None
+        and math.isfinite(r.gain_log10)
+        and sign * r.gain_log10 > 0
+    ]
     return max(weighted, key=lambda r: sign * r.gain_log10, default=None)
 
 
@@ -44,12 +60,16 @@ def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1) -
         return "add a normalisation layer or rescale the branch that changes the scale", None
     factor = worst.target_std / worst.weight_std
     act = f" before {worst.activation}" if worst.activation else ""
-    text = (f"initialise weights with std {worst.target_std:.3g} = g/sqrt(fan_in){act} (now {worst.weight_std:.3g}); "
-            f"e.g. multiply '{worst.label}' and layers like it by {factor:.3g}")
+    text = (
+        f"initialise weights with std {worst.target_std:.3g} = g/sqrt(fan_in){act} (now {worst.weight_std:.3g}); "
+        f"e.g. multiply '{worst.label}' and layers like it by {factor:.3g}"
+    )
     if worst.tied_with:
-        text += (f"; its weight is tied to the embedding '{worst.tied_with}' (one tensor): scale the shared table, "
-                 f"and multiply the embedding's output by {1 / factor:.3g} if the input side must keep its scale "
-                 "(as T5 and Gemma scale embeddings by sqrt(d))")
+        text += (
+            f"; its weight is tied to the embedding '{worst.tied_with}' (one tensor): scale the shared table, "
+            f"and multiply the embedding's output by {1 / factor:.3g} if the input side must keep its scale "
+            "(as T5 and Gemma scale embeddings by sqrt(d))"
+        )
     return text, factor
 
 
@@ -96,23 +116,34 @@ def small_head_findings(rows: list[LayerRow]) -> list[Finding]:
         value = row.forward_log10
         if not row.small_head or value is None or value > -warn:
             continue
-        gain = 10 ** row.gain_log10 if row.gain_log10 is not None and math.isfinite(row.gain_log10) else 0.0
+        gain = 10**row.gain_log10 if row.gain_log10 is not None and math.isfinite(row.gain_log10) else 0.0
         decades = f"{-value:.2f}" if math.isfinite(value) else "all"
-        message = (f"output layer '{row.label}' starts small ({decades} decades below its reference; its own factor "
-                   f"x{gain:.3g}): the loss "
-                   "starts near ln(classes), as zero- or small-initialised heads intend; the gradient into the body "
-                   "is scaled by about the same factor, which adaptive optimisers (Adam) rescale per tensor")
-        fix = ("nothing to do if intended; with plain SGD and no warm-up, initialise it with std "
-               f"{row.target_std:.3g} = 1/sqrt(fan_in)" if row.target_std else "nothing to do if intended")
+        message = (
+            f"output layer '{row.label}' starts small ({decades} decades below its reference; its own factor "
+            f"x{gain:.3g}): the loss "
+            "starts near ln(classes), as zero- or small-initialised heads intend; the gradient into the body "
+            "is scaled by about the same factor, which adaptive optimisers (Adam) rescale per tensor"
+        )
+        fix = (
+            "nothing to do if intended; with plain SGD and no warm-up, initialise it with std "
+            f"{row.target_std:.3g} = 1/sqrt(fan_in)"
+            if row.target_std
+            else "nothing to do if intended"
+        )
         findings.append(Finding("IC102", "info", "forward", message, row.node, row.scope, value, warn, fix, None))
     return findings
 
 
 def signal_findings(rows: list[LayerRow]) -> list[Finding]:
     return (
-        small_head_findings(rows) +
-        _directional(rows, "forward_log10", 1, "IC101", "forward", "forward second moment")
+        small_head_findings(rows)
+        + _directional(rows, "forward_log10", 1, "IC101", "forward", "forward second moment")
         + _directional(rows, "forward_log10", -1, "IC102", "forward", "forward second moment")
         + _directional(rows, "backward_log10", 1, "IC111", "backward", "gradient second moment")
         + _directional(rows, "backward_log10", -1, "IC112", "backward", "gradient second moment")
     )
+
+
+@check("signal", "IC101", "IC102", "IC111", "IC112")
+def _signal_check(ctx: CheckContext) -> list[Finding]:
+    return signal_findings(ctx.rows) + zero_scale_findings(ctx.graph, at_branch_end=False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from initcheck.analysis.layers import output_heads
+from initcheck.checks.registry import CheckContext, check
 from initcheck.ir import Graph, Node
 from initcheck.passes import WEIGHTLESS, is_signal
 from initcheck.report.model import Finding
@@ -14,7 +15,8 @@ _MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
 def weight_findings(graph: Graph) -> list[Finding]:
-    return _tensor_findings(graph) + _zero_scale_findings(graph)
+    """Broken tensors and zero-scale norms, both kinds (the registry splits them between two checks)."""
+    return _tensor_findings(graph) + zero_scale_findings(graph, True) + zero_scale_findings(graph, False)
 
 
 def _tensor_findings(graph: Graph) -> list[Finding]:
@@ -28,59 +30,122 @@ def _tensor_findings(graph: Graph) -> list[Finding]:
             # -inf is a legitimate fill value of attention masks; NaN never is
             bad = stats.nan_count + (stats.inf_count if node.op not in _MASK_OPS else 0)
             if bad:
-                findings.append(Finding(
-                    "IC201", "error", "weights",
-                    f"'{value.name}' has {stats.nan_count} NaN and {stats.inf_count} Inf of {stats.numel} entries",
-                    node.name, node.scope, float(bad), 0.0, "re-initialise this tensor",
-                ))
-            elif node.op in _MATRIX_OPS and index == (0 if node.op == "embedding" else 1) and stats.is_constant and stats.numel > 1:
+                findings.append(
+                    Finding(
+                        "IC201",
+                        "error",
+                        "weights",
+                        f"'{value.name}' has {stats.nan_count} NaN and {stats.inf_count} Inf of {stats.numel} entries",
+                        node.name,
+                        node.scope,
+                        float(bad),
+                        0.0,
+                        "re-initialise this tensor",
+                    )
+                )
+            elif (
+                node.op in _MATRIX_OPS
+                and index == (0 if node.op == "embedding" else 1)
+                and stats.is_constant
+                and stats.numel > 1
+            ):
                 zero = stats.mean_sq == 0
                 if zero and _ends_residual_branch(node):  # the branch's last layer zero: the block starts as identity
-                    findings.append(Finding(
-                        "IC202", "info", "weights", f"'{value.name}' is zero at the end of a residual branch: the "
-                        "block starts as the identity (a deliberate init, or a zero-initialised norm folded into it)",
-                        node.name, node.scope, 0.0, None, "nothing to do"))
+                    findings.append(
+                        Finding(
+                            "IC202",
+                            "info",
+                            "weights",
+                            f"'{value.name}' is zero at the end of a residual branch: the "
+                            "block starts as the identity (a deliberate init, or a zero-initialised norm folded into it)",
+                            node.name,
+                            node.scope,
+                            0.0,
+                            None,
+                            "nothing to do",
+                        )
+                    )
                     continue
                 if zero and node in heads:  # ViT, MLP-Mixer: the classifier starts at zero on purpose
-                    findings.append(Finding(
-                        "IC202", "info", "weights", f"'{value.name}': the output layer is zero-initialised, so the "
-                        "model starts with uniform predictions; it learns from the first step (its gradient does not "
-                        "depend on its weights), and the body receives gradient from the second step on",
-                        node.name, node.scope, 0.0, None, "nothing to do: a deliberate init (ViT, MLP-Mixer heads)"))
+                    findings.append(
+                        Finding(
+                            "IC202",
+                            "info",
+                            "weights",
+                            f"'{value.name}': the output layer is zero-initialised, so the "
+                            "model starts with uniform predictions; it learns from the first step (its gradient does not "
+                            "depend on its weights), and the body receives gradient from the second step on",
+                            node.name,
+                            node.scope,
+                            0.0,
+                            None,
+                            "nothing to do: a deliberate init (ViT, MLP-Mixer heads)",
+                        )
+                    )
                     continue
-                findings.append(Finding(
-                    "IC202", "warning" if zero else "error", "weights",
-                    f"every entry of '{value.name}' equals {stats.mean:.4g}: "
-                    + ("no signal passes this layer" if zero else "all units compute the same function"),
-                    node.name, node.scope, stats.mean, None,
-                    "use a random init with std g/sqrt(fan_in)" + ("; ignore if this zero-init is deliberate" if zero else ""),
-                ))
+                findings.append(
+                    Finding(
+                        "IC202",
+                        "warning" if zero else "error",
+                        "weights",
+                        f"every entry of '{value.name}' equals {stats.mean:.4g}: "
+                        + ("no signal passes this layer" if zero else "all units compute the same function"),
+                        node.name,
+                        node.scope,
+                        stats.mean,
+                        None,
+                        "use a random init with std g/sqrt(fan_in)"
+                        + ("; ignore if this zero-init is deliberate" if zero else ""),
+                    )
+                )
     return findings
 
 
 _PASSIVE = WEIGHTLESS | {"mul", "div"}  # a layer-scale multiply sits between a branch's last layer and the add
 
 
-def _zero_scale_findings(graph: Graph) -> list[Finding]:
+def zero_scale_findings(graph: Graph, at_branch_end: bool) -> list[Finding]:
     """A normalisation with scale 0 outputs its bias for every input. At the end of a residual branch that is the
     well-known zero-init of the last norm (torchvision's zero_init_residual, timm's zero_init_last): the block starts
-    as the identity (info). Anywhere else nothing passes it: an error."""
+    as the identity (IC202 info, with the weights). Anywhere else nothing passes it: IC102 error, with the signal."""
     findings = []
     for node in graph.nodes:
         scale = node.params.get("scale")
         if node.op not in NORMALIZATIONS or scale is None or scale.mean_sq != 0:
             continue
-        if _ends_residual_branch(node):
-            findings.append(Finding(
-                "IC202", "info", "weights", f"'{node.label}' has scale 0 at the end of a residual branch: the block "
-                "starts as the identity (zero_init_residual / zero_init_last), a deliberate init", node.name,
-                node.scope, 0.0, None, "nothing to do"))
+        if _ends_residual_branch(node) != at_branch_end:
+            continue
+        if at_branch_end:
+            findings.append(
+                Finding(
+                    "IC202",
+                    "info",
+                    "weights",
+                    f"'{node.label}' has scale 0 at the end of a residual branch: the block "
+                    "starts as the identity (zero_init_residual / zero_init_last), a deliberate init",
+                    node.name,
+                    node.scope,
+                    0.0,
+                    None,
+                    "nothing to do",
+                )
+            )
         else:
-            findings.append(Finding(
-                "IC102", "error", "forward", f"'{node.label}' has scale (gamma) 0 on the main path: its output is its "
-                "bias for every input, so nothing after it carries signal and nothing before it gets gradient",
-                node.name, node.scope, float("-inf"), None, "initialise the scale to 1 (zero only the last "
-                "normalisation of residual branches, if that is what was meant)"))
+            findings.append(
+                Finding(
+                    "IC102",
+                    "error",
+                    "forward",
+                    f"'{node.label}' has scale (gamma) 0 on the main path: its output is its "
+                    "bias for every input, so nothing after it carries signal and nothing before it gets gradient",
+                    node.name,
+                    node.scope,
+                    float("-inf"),
+                    None,
+                    "initialise the scale to 1 (zero only the last "
+                    "normalisation of residual branches, if that is what was meant)",
+                )
+            )
     return findings
 
 
@@ -97,3 +162,8 @@ def _ends_residual_branch(node: Node) -> bool:
             return False
         value = consumer.outputs[0]
     return False
+
+
+@check("weights", "IC201", "IC202")
+def _weights_check(ctx: CheckContext) -> list[Finding]:
+    return _tensor_findings(ctx.graph) + zero_scale_findings(ctx.graph, at_branch_end=True)

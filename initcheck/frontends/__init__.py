@@ -17,8 +17,14 @@ def shapes_only(specs: InputSpecs | None) -> dict[str, tuple[int, ...]]:
     return {name: (s[0] if s and isinstance(s[0], tuple) else s) for name, s in (specs or {}).items()}
 
 
-def load(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
-         trust_pickle: bool = False) -> Graph:
+def load(
+    path: str | Path,
+    inputs: InputSpecs | None = None,
+    training: bool = False,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> Graph:
     return load_model(path, inputs, training, arch=arch, trust_pickle=trust_pickle)[0]
 
 
@@ -26,8 +32,14 @@ def load(path: str | Path, inputs: InputSpecs | None = None, training: bool = Fa
 ProbeRunner = Callable[[Graph, object], object]
 
 
-def load_model(path: str | Path, inputs: InputSpecs | None = None, training: bool = False, *, arch: str | None = None,
-               trust_pickle: bool = False) -> tuple[Graph, ProbeRunner]:
+def load_model(
+    path: str | Path,
+    inputs: InputSpecs | None = None,
+    training: bool = False,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+) -> tuple[Graph, ProbeRunner]:
     """The file's graph and a probe runner. The format is decided by the content, not the name (a TorchScript zip
     shipped as `.jit` is TorchScript); the suffix only decides for files whose content says nothing."""
     path = Path(path)
@@ -46,8 +58,10 @@ def load_model(path: str | Path, inputs: InputSpecs | None = None, training: boo
         from initcheck.frontends.onnx_frontend import load_onnx
 
         return load_onnx(path, shapes_only(inputs), training), _onnx_runner(path)
-    raise ModelLoadError(f"{path}: not a model file initcheck reads (ONNX, .pt2, TorchScript, torch.save or "
-                         "safetensors state dicts with --arch)")
+    raise ModelLoadError(
+        f"{path}: not a model file initcheck reads (ONNX, .pt2, TorchScript, torch.save or "
+        "safetensors state dicts with --arch)"
+    )
 
 
 def _onnx_runner(path: Path) -> ProbeRunner:
@@ -78,8 +92,9 @@ def _program_runner(program) -> ProbeRunner:
     return run
 
 
-def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None,
-                trust_pickle: bool) -> tuple[Graph, ProbeRunner]:
+def _load_torch(
+    path: Path, inputs: InputSpecs, training: bool, arch: str | None, trust_pickle: bool
+) -> tuple[Graph, ProbeRunner]:
     from initcheck.frontends import torch_load
 
     kind = torch_load.kind_of(path)
@@ -104,16 +119,19 @@ def _load_torch(path: Path, inputs: InputSpecs, training: bool, arch: str | None
         module = checkpoint  # a whole nn.Module, unpickled because the user trusts the file
     else:
         if arch is None:
-            raise UsageError(f"{path}: holds weights only (a state_dict); pass --arch package.module:factory to say "
-                             "which model they belong to")
+            raise UsageError(
+                f"{path}: holds weights only (a state_dict); pass --arch package.module:factory to say "
+                "which model they belong to"
+            )
         module = torch_load.build_module(arch)
         state = torch_load.find_state_dict(checkpoint, set(module.state_dict()))
         torch_load.load_weights(module, state, path)
     return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
 
 
-def module_graph(module, args: tuple, training: bool, source: str,
-                 kwargs: dict | None = None) -> tuple[Graph, ProbeRunner]:
+def module_graph(
+    module, args: tuple, training: bool, source: str, kwargs: dict | None = None
+) -> tuple[Graph, ProbeRunner]:
     """Export a live module (restoring its mode, buffers and RNG afterwards) and translate it. The probe runs
     on the exported program's own copy of the module, never on the user's."""
     import torch

@@ -72,13 +72,20 @@ def open_archive(path: Path) -> zipfile.ZipFile:
         if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ModelLoadError(f"{path}: member '{m.filename}' uses an unsupported compression ({m.compress_type})")
         if m.file_size > limit:
-            raise ModelLoadError(f"{path}: member '{m.filename}' declares {m.file_size:,} bytes, more than any tensor "
-                                 f"within the limit of {max_elements():.3g} elements (--max-elements)")
-        if (m.compress_type == zipfile.ZIP_DEFLATED and m.file_size > _RATIO_FLOOR
-                and m.file_size > MAX_RATIO * max(m.compress_size, 1)):
-            raise ModelLoadError(f"{path}: member '{m.filename}' would inflate {m.compress_size:,} bytes to "
-                                 f"{m.file_size:,} (ratio {m.file_size / max(m.compress_size, 1):.0f}:1): a compression "
-                                 "bomb, refused")
+            raise ModelLoadError(
+                f"{path}: member '{m.filename}' declares {m.file_size:,} bytes, more than any tensor "
+                f"within the limit of {max_elements():.3g} elements (--max-elements)"
+            )
+        if (
+            m.compress_type == zipfile.ZIP_DEFLATED
+            and m.file_size > _RATIO_FLOOR
+            and m.file_size > MAX_RATIO * max(m.compress_size, 1)
+        ):
+            raise ModelLoadError(
+                f"{path}: member '{m.filename}' would inflate {m.compress_size:,} bytes to "
+                f"{m.file_size:,} (ratio {m.file_size / max(m.compress_size, 1):.0f}:1): a compression "
+                "bomb, refused"
+            )
     return archive
 
 
@@ -104,9 +111,19 @@ def read_member(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
 # -- storages of torch.save / TorchScript pickles ---------------------------------------------------------
 
 _STORAGE_ITEMSIZE = {
-    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
-    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
-    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1,
+    "DoubleStorage": 8,
+    "FloatStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "ComplexFloatStorage": 8,
+    "ComplexDoubleStorage": 16,
+    "UntypedStorage": 1,
 }
 
 
@@ -122,8 +139,20 @@ def check_pickled_storages(path: Path, archive: zipfile.ZipFile) -> None:
                 raise _lying(path, record, "storage", nbytes)
 
 
-_SCALAR_OPS = {"GLOBAL", "BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BINUNICODE8", "BININT", "BININT1", "BININT2",
-               "LONG1", "LONG4", "INT", "LONG"}
+_SCALAR_OPS = {
+    "GLOBAL",
+    "BINUNICODE",
+    "SHORT_BINUNICODE",
+    "UNICODE",
+    "BINUNICODE8",
+    "BININT",
+    "BININT1",
+    "BININT2",
+    "LONG1",
+    "LONG4",
+    "INT",
+    "LONG",
+}
 
 
 def _storages(data: bytes) -> dict[str, int]:
@@ -160,7 +189,7 @@ def _storages(data: bytes) -> dict[str, int]:
 
 def _storage_record(recent: list, found: dict[str, int]) -> None:
     for i in range(len(recent) - 5, -1, -1):
-        kind, storage_type, key, _, numel = recent[i:i + 5]
+        kind, storage_type, key, _, numel = recent[i : i + 5]
         if kind == "storage" and isinstance(storage_type, str) and isinstance(numel, int) and isinstance(key, str):
             itemsize = _STORAGE_ITEMSIZE.get(storage_type.split()[-1].split(".")[-1])
             if itemsize:
@@ -171,12 +200,35 @@ def _storage_record(recent: list, found: dict[str, int]) -> None:
 # -- .pt2 -------------------------------------------------------------------------------------------------
 
 # torch.export's serialized ScalarType -> bytes per element (unknown codes: the largest, so never a false refusal)
-_DTYPE_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2, 28: 2, 29: 1,
-                   30: 1, 31: 1, 32: 1, 33: 1, 34: 4, 35: 8}
+_DTYPE_ITEMSIZE = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 2,
+    7: 4,
+    8: 8,
+    9: 4,
+    10: 8,
+    11: 16,
+    12: 1,
+    13: 2,
+    28: 2,
+    29: 1,
+    30: 1,
+    31: 1,
+    32: 1,
+    33: 1,
+    34: 4,
+    35: 8,
+}
 # tokens of a symbolic shape expression as torch writes them (s0*s1, Max(1, s0), FloorDiv(s0, 2), Eq(u0, 3) ...):
 # numbers, symbols, capitalised sympy/torch function names, operators. No attribute access, strings, subscripts,
 # comprehensions or lambdas: nothing sympy's parser could turn into a call of arbitrary Python.
-_EXPR_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?(?:e[+-]?\d+)?)|([A-Za-z][A-Za-z0-9_]*)|(\*\*|//|[<>=!]=|[-+*/%(),<>&|~]))")
+_EXPR_TOKEN = re.compile(
+    r"\s*(?:(\d+(?:\.\d+)?(?:e[+-]?\d+)?)|([A-Za-z][A-Za-z0-9_]*)|(\*\*|//|[<>=!]=|[-+*/%(),<>&|~]))"
+)
 _LOWER_NAMES = {"oo", "zoo", "nan", "true", "false", "floor", "ceiling", "sqrt", "exp", "log", "sin", "cos", "tan"}
 _SYMBOL = re.compile(r"[a-z]{1,4}\d+")
 
@@ -201,7 +253,7 @@ def _json(path: Path, archive: zipfile.ZipFile, name: str):
 def _check_payload_sizes(path: Path, archive: zipfile.ZipFile, folder: str, config) -> None:
     needed: dict[str, int] = {}
     entries = config.get("config", {}) if isinstance(config, dict) else {}
-    for fqn, payload in (entries.items() if isinstance(entries, dict) else []):
+    for fqn, payload in entries.items() if isinstance(entries, dict) else []:
         meta = payload.get("tensor_meta") if isinstance(payload, dict) else None
         if not isinstance(meta, dict) or payload.get("use_pickle"):
             continue
@@ -222,8 +274,10 @@ def _check_payload_sizes(path: Path, archive: zipfile.ZipFile, folder: str, conf
 
 
 def _lying(path: Path, record: zipfile.ZipInfo, what: str, nbytes: int) -> ModelLoadError:
-    return ModelLoadError(f"{path}: member '{record.filename}' holds {record.file_size:,} bytes for a {what} of "
-                          f"{nbytes:,}: its declared size lies; refused")
+    return ModelLoadError(
+        f"{path}: member '{record.filename}' holds {record.file_size:,} bytes for a {what} of "
+        f"{nbytes:,}: its declared size lies; refused"
+    )
 
 
 def _check_expressions(path: Path, model) -> None:
@@ -242,8 +296,10 @@ def _check_expressions(path: Path, model) -> None:
     for text in texts:
         if not _safe_expression(text):
             shown = text if len(text) <= 60 else text[:57] + "..."
-            raise ModelLoadError(f"{path}: a shape expression is not of the form torch writes ('{shown}'); "
-                                 "refused, since torch's loader would evaluate it as Python")
+            raise ModelLoadError(
+                f"{path}: a shape expression is not of the form torch writes ('{shown}'); "
+                "refused, since torch's loader would evaluate it as Python"
+            )
 
 
 def _safe_expression(text: str) -> bool:
@@ -269,6 +325,6 @@ def check_safetensors(path: Path) -> None:
             header = json.loads(f.read(length))
     except (struct.error, ValueError, UnicodeDecodeError):
         raise ModelLoadError(f"{path}: not a valid safetensors file (unreadable header)") from None
-    for name, entry in (header.items() if isinstance(header, dict) else []):
+    for name, entry in header.items() if isinstance(header, dict) else []:
         if isinstance(entry, dict) and isinstance(entry.get("shape"), list):
             check_shape(f"{path}: tensor '{name}'", entry["shape"])

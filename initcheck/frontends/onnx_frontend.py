@@ -53,8 +53,11 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     ctx = OpContext(arrays, shapes, signal, opset, training, _absorbed_biases(nodes, arrays, signal), consumers)
-    ctx.fake_quant = {n.output[0]: consumers[n.output[0]][0].output[0] for n in nodes
-                      if n.op_type == "QuantizeLinear" and n.output and n.output[0] in signal and fake_quant_range(n, ctx)}
+    ctx.fake_quant = {
+        n.output[0]: consumers[n.output[0]][0].output[0]
+        for n in nodes
+        if n.op_type == "QuantizeLinear" and n.output and n.output[0] in signal and fake_quant_range(n, ctx)
+    }
     notes += _integer_ops_note(nodes, signal)
     values = _make_values(graph, arrays, shapes, signal, fixed)
     for tensor in graph.initializer:
@@ -78,10 +81,12 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
             values[name.name].is_output = True
     folded = folded_batch_norm(model)
     if folded:
-        notes.append("batch norms appear folded into the convolutions (an eval-mode export): the scale they would "
-                     "reset in training is not in this file, so findings that follow from it are information; to "
-                     "check the model as it will train, export with training=torch.onnx.TrainingMode.TRAINING or "
-                     "analyse the .pt2 or the live module")
+        notes.append(
+            "batch norms appear folded into the convolutions (an eval-mode export): the scale they would "
+            "reset in training is not in this file, so findings that follow from it are information; to "
+            "check the model as it will train, export with training=torch.onnx.TrainingMode.TRAINING or "
+            "analyse the .pt2 or the live module"
+        )
     ir = Graph(
         folded_normalization=folded,
         nodes=ir_nodes,
@@ -200,8 +205,17 @@ def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
     return folded
 
 
-_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul",
-                "QGemm", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+_INTEGER_OPS = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearAdd",
+    "QLinearMul",
+    "QGemm",
+    "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul",
+}
 
 
 def _integer_ops_note(nodes, signal: set[str]) -> list[str]:
@@ -209,8 +223,10 @@ def _integer_ops_note(nodes, signal: set[str]) -> list[str]:
     found = sorted({n.op_type for n in nodes if n.op_type in _INTEGER_OPS and any(i in signal for i in n.input)})
     if not found:
         return []
-    return [f"integer-quantized graph ({', '.join(found)}): integer arithmetic is not modeled, so the analysis stops "
-            "where the signal becomes integers; check the float (or QDQ fake-quantized) model before quantization"]
+    return [
+        f"integer-quantized graph ({', '.join(found)}): integer arithmetic is not modeled, so the analysis stops "
+        "where the signal becomes integers; check the float (or QDQ fake-quantized) model before quantization"
+    ]
 
 
 def _signal_values(graph, nodes, arrays) -> set[str]:
@@ -232,7 +248,9 @@ def _signal_values(graph, nodes, arrays) -> set[str]:
         if all(o in arrays for o in node.output if o):
             continue
         embedding = (
-            node.op_type == "Gather" and node.input[0] in arrays and arrays[node.input[0]].dtype.kind == "f"
+            node.op_type == "Gather"
+            and node.input[0] in arrays
+            and arrays[node.input[0]].dtype.kind == "f"
             and node.input[1] not in arrays
         )
         if embedding or any(name in signal for name in node_inputs(node) if name):
@@ -244,8 +262,24 @@ def _signal_values(graph, nodes, arrays) -> set[str]:
 
 def _is_index_output(node, name: str) -> bool:
     """Outputs that are shapes, masks or indices rather than signal."""
-    if node.op_type in ("Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
-                        "IsNaN", "IsInf", "ArgMax", "ArgMin", "NonZero", "TopK") and (node.op_type != "TopK" or name != node.output[0]):
+    if node.op_type in (
+        "Shape",
+        "Size",
+        "Equal",
+        "Less",
+        "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "Not",
+        "And",
+        "Or",
+        "IsNaN",
+        "IsInf",
+        "ArgMax",
+        "ArgMin",
+        "NonZero",
+        "TopK",
+    ) and (node.op_type != "TopK" or name != node.output[0]):
         return True
     return node.op_type in ("MaxPool",) and name != node.output[0]
 
@@ -333,8 +367,10 @@ def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: se
         result = handler(node, ctx) if handler else None
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError) as e:
         # a node whose attributes or weights contradict the op's definition: a corrupt file, said in one line
-        raise ModelLoadError(f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type}) is malformed: "
-                             f"{type(e).__name__}: {str(e)[:160]}") from None
+        raise ModelLoadError(
+            f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type}) is malformed: "
+            f"{type(e).__name__}: {str(e)[:160]}"
+        ) from None
     source = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     if node.op_type in _SUBGRAPH_OPS:
         source += " (subgraph)"

@@ -14,8 +14,17 @@ from initcheck.stats import SMALL_CONST
 _BATCH_NAMES = {"batch", "batch_size", "n", "b", "bs", "batchsize", "n_batch", "num_batch"}
 # Ops folded even when their inputs are large: cheap views or casts of weights.
 _CHEAP = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "CastLike"}
-_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
-               "If", "Loop", "Scan"}
+_NEVER_FOLD = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+}
 _FOLD_LIMIT = 1 << 22
 _FOLD_OUTPUT_LIMIT = 1 << 25  # elements: a 4096x4096 attention mask still folds
 
@@ -27,7 +36,9 @@ def read_model(path: Path):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, TypeError) as e:
-        raise ModelLoadError(f"{path}: not a valid ONNX file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'could not parse'})") from None
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'could not parse'})"
+        ) from None
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
     if not model.graph.node and not model.graph.input:
@@ -41,8 +52,10 @@ def read_model(path: Path):
 
 
 # onnxruntime's fused residual norms (its transformer optimizer writes them): op -> standard norm op
-_SKIP_NORMS = {"SkipLayerNormalization": "LayerNormalization",
-               "SkipSimplifiedLayerNormalization": "SimplifiedLayerNormalization"}
+_SKIP_NORMS = {
+    "SkipLayerNormalization": "LayerNormalization",
+    "SkipSimplifiedLayerNormalization": "SimplifiedLayerNormalization",
+}
 
 
 def expand_fused_norms(model) -> None:
@@ -97,8 +110,10 @@ def structural_problem(model) -> str | None:
                 continue  # not defined at this opset: analysed around as unsupported
             given = len(node.input)
             if given < schema.min_input or given > schema.max_input:
-                return (f"node '{node.name}' ({node.op_type}) has {given} inputs; opset {opset} takes "
-                        f"{schema.min_input}..{schema.max_input}")
+                return (
+                    f"node '{node.name}' ({node.op_type}) has {given} inputs; opset {opset} takes "
+                    f"{schema.min_input}..{schema.max_input}"
+                )
     return None
 
 
@@ -115,17 +130,23 @@ def _load_external_data(model, path: Path) -> None:
         try:
             offset, length = int(info.get("offset", 0) or 0), int(info.get("length", -1) or 0)
         except ValueError:
-            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a malformed external data offset or length") from None
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' has a malformed external data offset or length"
+            ) from None
         if offset < 0 or length < -1:
             raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a negative external data offset or length")
         size = _tensor_bytes(tensor, path)
         if length not in (-1, size):  # -1: no length given
-            raise ModelLoadError(f"{path}: tensor '{tensor.name}' declares {length:,} bytes of external data but its "
-                                 f"shape {list(tensor.dims)} and type need {size:,}; refused")
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' declares {length:,} bytes of external data but its "
+                f"shape {list(tensor.dims)} and type need {size:,}; refused"
+            )
         available = target.stat().st_size - offset
         if available < size:
-            raise ModelLoadError(f"{path}: external data '{info.get('location')}' holds {max(available, 0):,} bytes at "
-                                 f"offset {offset:,} for tensor '{tensor.name}', which needs {size:,}")
+            raise ModelLoadError(
+                f"{path}: external data '{info.get('location')}' holds {max(available, 0):,} bytes at "
+                f"offset {offset:,} for tensor '{tensor.name}', which needs {size:,}"
+            )
         with target.open("rb") as f:
             f.seek(offset)
             tensor.raw_data = f.read(size)  # never more than the tensor's own size
@@ -147,7 +168,9 @@ def external_data_file(path: Path, tensor: str, location: str) -> Path:
     target = lexical.resolve()
     allowed = (folder.resolve(), path.resolve().parent)
     if not any(root == target.parent or root in target.parents for root in allowed):
-        raise ModelLoadError(f"{path}: external data '{location}' of tensor '{tensor}' links outside the model's folder")
+        raise ModelLoadError(
+            f"{path}: external data '{location}' of tensor '{tensor}' links outside the model's folder"
+        )
     if not target.exists():
         raise ModelLoadError(f"{path}: external data file '{location}' for tensor '{tensor}' is missing")
     if not target.is_file():
@@ -181,11 +204,33 @@ def dims_of(type_proto) -> list[int | str | None] | None:
 
 # (op, input slot) pairs that carry shapes, axes, indices or a dtype example, never signal: an empty tensor there is
 # a valid value (Reduce* axes of shape [0] mean "all axes" or "none"; CastLike's example only lends its type)
-_CONTROL_SLOTS = {"CastLike": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3},
-                  "Resize": {1, 2, 3}, "Upsample": {1}, "TopK": {1}, "Squeeze": {1}, "Unsqueeze": {1},
-                  "ConstantOfShape": {0}, "OneHot": {1, 2}, "Split": {1}, "ReduceSum": {1}, "ReduceMean": {1},
-                  "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL1": {1}, "ReduceL2": {1},
-                  "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1}, "Range": {0, 1, 2}}
+_CONTROL_SLOTS = {
+    "CastLike": {1},
+    "Reshape": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "Slice": {1, 2, 3, 4},
+    "Pad": {1, 2, 3},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "TopK": {1},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "ConstantOfShape": {0},
+    "OneHot": {1, 2},
+    "Split": {1},
+    "ReduceSum": {1},
+    "ReduceMean": {1},
+    "ReduceMax": {1},
+    "ReduceMin": {1},
+    "ReduceProd": {1},
+    "ReduceL1": {1},
+    "ReduceL2": {1},
+    "ReduceLogSum": {1},
+    "ReduceLogSumExp": {1},
+    "ReduceSumSquare": {1},
+    "Range": {0, 1, 2},
+}
 
 
 def control_inputs(model) -> set[str]:
@@ -206,14 +251,20 @@ def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[s
     names = {i.name for i in inputs}
     for name in overrides:
         if name not in names:
-            raise UsageError(f"--input {name}: the model has no input named '{name}' (inputs: {', '.join(sorted(names)) or 'none'})")
+            raise UsageError(
+                f"--input {name}: the model has no input named '{name}' (inputs: {', '.join(sorted(names)) or 'none'})"
+            )
     control = control_inputs(model)
     shapes, missing = {}, []
     for inp in inputs:
         kind = inp.type.WhichOneof("value")
         if kind != "tensor_type":
-            what = {"sequence_type": "a sequence", "optional_type": "an optional value", "map_type": "a map",
-                    "sparse_tensor_type": "a sparse tensor"}.get(kind, "not a tensor")
+            what = {
+                "sequence_type": "a sequence",
+                "optional_type": "an optional value",
+                "map_type": "a map",
+                "sparse_tensor_type": "a sparse tensor",
+            }.get(kind, "not a tensor")
             raise UsageError(f"input '{inp.name}' is {what}; initcheck analyses models whose inputs are tensors")
         dims = dims_of(inp.type)
         if inp.name in overrides:
@@ -229,8 +280,10 @@ def resolve_input_shapes(model, overrides: dict[str, tuple[int, ...]]) -> dict[s
             elif d == 0 and inp.name in control:
                 concrete.append(0)
             elif d == 0:
-                raise UsageError(f"input '{inp.name}' declares an empty dimension {axis} (size 0): nothing would flow "
-                                 f"through the model; pass --input {inp.name}=" + "x".join(str(x or "N") for x in dims))
+                raise UsageError(
+                    f"input '{inp.name}' declares an empty dimension {axis} (size 0): nothing would flow "
+                    f"through the model; pass --input {inp.name}=" + "x".join(str(x or "N") for x in dims)
+                )
             elif axis == 0 and (d is None or str(d).lower() in _BATCH_NAMES or str(d).startswith(("unk__", "s"))):
                 concrete.append(1)
             shown.append(str(concrete[-1]) if len(concrete) == axis + 1 else f"<{d or '?'}>")
@@ -251,12 +304,16 @@ def _checked_override(name: str, shape: tuple[int, ...], dims) -> tuple[int, ...
         return shape
     declared = "x".join(str(d) if isinstance(d, int) and d > 0 else str(d or "?") for d in dims)
     if len(shape) != len(dims):
-        raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: the model declares {name} with {len(dims)} "
-                         f"dimensions ({declared})")
+        raise UsageError(
+            f"--input {name}={'x'.join(map(str, shape))}: the model declares {name} with {len(dims)} "
+            f"dimensions ({declared})"
+        )
     for axis, (given, d) in enumerate(zip(shape, dims)):
         if isinstance(d, int) and d > 0 and given != d:
-            raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: dimension {axis} of {name} is fixed at {d} "
-                             f"in the model ({declared})")
+            raise UsageError(
+                f"--input {name}={'x'.join(map(str, shape))}: dimension {axis} of {name} is fixed at {d} "
+                f"in the model ({declared})"
+            )
     return shape
 
 
@@ -299,13 +356,18 @@ def infer_shapes(model, input_shapes: dict[str, tuple[int, ...]], known: dict[st
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         dims = dims_of(vi.type)
         if dims is not None:
-            shapes[vi.name] = (tuple(d if isinstance(d, int) and d >= 0 else None for d in dims), vi.type.tensor_type.elem_type)
+            shapes[vi.name] = (
+                tuple(d if isinstance(d, int) and d >= 0 else None for d in dims),
+                vi.type.tensor_type.elem_type,
+            )
     return shapes
 
 
 # onnx.reference's GatherElements fails on broadcast-shaped indices (onnx 1.23): numpy instead
 _NUMPY_FOLDS = {
-    "GatherElements": lambda inputs, attrs: np.take_along_axis(inputs[0], inputs[1].astype(np.int64), attrs.get("axis", 0)),
+    "GatherElements": lambda inputs, attrs: np.take_along_axis(
+        inputs[0], inputs[1].astype(np.int64), attrs.get("axis", 0)
+    ),
 }
 
 
@@ -322,7 +384,7 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
         if node.op_type == "Size":
             return [np.array(np.prod(full), dtype=np.int64)]
         attrs = {a.name: a.i for a in node.attribute}
-        return [full[attrs.get("start", 0): attrs.get("end", len(full)) or None]]
+        return [full[attrs.get("start", 0) : attrs.get("end", len(full)) or None]]
     inputs = [arrays.get(name) if name else None for name in node.input]
     if any(name and arr is None for name, arr in zip(node.input, inputs)):
         return None
@@ -359,9 +421,14 @@ def _output_size(node, inputs: list, shapes: dict) -> float | None:
         return float(np.prod(inferred, dtype=np.float64))
     if node.op_type not in _SIZE_FROM_DATA:
         return None
-    values = [np.abs(np.asarray(a, dtype=np.float64)) if a is not None and a.dtype.kind in "iuf" else None
-              for a in inputs]
-    if not values or values[0] is None or (node.op_type != "ConstantOfShape" and (len(values) < 2 or values[1] is None)):
+    values = [
+        np.abs(np.asarray(a, dtype=np.float64)) if a is not None and a.dtype.kind in "iuf" else None for a in inputs
+    ]
+    if (
+        not values
+        or values[0] is None
+        or (node.op_type != "ConstantOfShape" and (len(values) < 2 or values[1] is None))
+    ):
         return None
     first = values[0]
     with np.errstate(all="ignore"):

@@ -5,11 +5,11 @@ Handlers only translate: they normalise attributes and turn weights into statist
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from initcheck.registry import Table
 from initcheck.stats import (
     affine_stats,
     batch_norm_eval_stats,
@@ -49,16 +49,8 @@ class OpContext:
         return default if a is None or a.size != 1 else a.reshape(()).item()
 
 
-HANDLERS: dict[str, Callable] = {}
-
-
-def handles(*op_types: str):
-    def decorate(fn):
-        for t in op_types:
-            HANDLERS[t] = fn
-        return fn
-
-    return decorate
+HANDLERS = Table("ONNX handler")
+handles = HANDLERS.register
 
 
 def attributes(node) -> dict:
@@ -76,22 +68,63 @@ def attributes(node) -> dict:
 
 
 UNARY_OPS = {
-    "Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "HardSwish": "hard_swish", "Softplus": "softplus",
-    "Softsign": "softsign", "Mish": "mish", "Sin": "sin", "Cos": "cos", "Erf": "erf", "Exp": "exp", "Log": "log",
-    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Abs": "abs", "Neg": "neg", "Swish": "silu", "Sign": "sign",
+    "Relu": "relu",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "HardSwish": "hard_swish",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "Mish": "mish",
+    "Sin": "sin",
+    "Cos": "cos",
+    "Erf": "erf",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+    "Reciprocal": "reciprocal",
+    "Abs": "abs",
+    "Neg": "neg",
+    "Swish": "silu",
+    "Sign": "sign",
 }
 UNARY_ATTRS = {
-    "LeakyRelu": ("leaky_relu", {"alpha": 0.01}), "Elu": ("elu", {"alpha": 1.0}), "Celu": ("celu", {"alpha": 1.0}),
+    "LeakyRelu": ("leaky_relu", {"alpha": 0.01}),
+    "Elu": ("elu", {"alpha": 1.0}),
+    "Celu": ("celu", {"alpha": 1.0}),
     "Selu": ("selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
-    "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}), "ThresholdedRelu": ("thresholded_relu", {"alpha": 1.0}),
-    "Gelu": ("gelu", {"approximate": "none"}), "Shrink": ("shrink", {"bias": 0.0, "lambd": 0.5}),
+    "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "ThresholdedRelu": ("thresholded_relu", {"alpha": 1.0}),
+    "Gelu": ("gelu", {"approximate": "none"}),
+    "Shrink": ("shrink", {"bias": 0.0, "lambd": 0.5}),
 }
-BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min", "Sum": "sum"}
+BINARY_OPS = {
+    "Add": "add",
+    "Sub": "sub",
+    "Mul": "mul",
+    "Div": "div",
+    "Pow": "pow",
+    "Max": "max",
+    "Min": "min",
+    "Sum": "sum",
+}
 REARRANGE = {
-    "Reshape": "reshape", "Flatten": "flatten", "Transpose": "transpose", "Squeeze": "squeeze", "Unsqueeze": "unsqueeze",
-    "Identity": "identity", "Cast": "cast", "CastLike": "cast", "Expand": "expand", "Tile": "tile", "Slice": "slice",
-    "Split": "split", "GatherElements": "gather", "GatherND": "gather", "DepthToSpace": "depth_to_space",
-    "SpaceToDepth": "space_to_depth", "Where": "where",
+    "Reshape": "reshape",
+    "Flatten": "flatten",
+    "Transpose": "transpose",
+    "Squeeze": "squeeze",
+    "Unsqueeze": "unsqueeze",
+    "Identity": "identity",
+    "Cast": "cast",
+    "CastLike": "cast",
+    "Expand": "expand",
+    "Tile": "tile",
+    "Slice": "slice",
+    "Split": "split",
+    "GatherElements": "gather",
+    "GatherND": "gather",
+    "DepthToSpace": "depth_to_space",
+    "SpaceToDepth": "space_to_depth",
+    "Where": "where",
 }
 
 
@@ -190,7 +223,13 @@ def _gemm(node, ctx):
         return "matmul", {}, {}
     w = (b if at.get("transB", 0) else b.T) * at.get("alpha", 1.0)
     c = ctx.array(node.input[2]) if len(node.input) > 2 else None
-    bias = None if c is None else np.broadcast_to(c * at.get("beta", 1.0), (w.shape[0],)) if c.size in (1, w.shape[0]) else None
+    bias = (
+        None
+        if c is None
+        else np.broadcast_to(c * at.get("beta", 1.0), (w.shape[0],))
+        if c.size in (1, w.shape[0])
+        else None
+    )
     return "linear", {}, _linear_from(w, bias)
 
 
@@ -210,8 +249,14 @@ def _window_attrs(node, ctx, kernel: list[int]) -> dict:
             pads[i + n] = total - pads[i]
     elif auto == "VALID":
         pads = [0] * 2 * n
-    return {"kernel": list(kernel), "strides": strides, "dilations": dilations, "pads_begin": pads[:n], "pads_end": pads[n:],
-            "groups": int(a.get("group", 1))}
+    return {
+        "kernel": list(kernel),
+        "strides": strides,
+        "dilations": dilations,
+        "pads_begin": pads[:n],
+        "pads_end": pads[n:],
+        "groups": int(a.get("group", 1)),
+    }
 
 
 @handles("Conv")
@@ -258,8 +303,11 @@ def _norm_params(ctx, scale_name: str, bias_name: str) -> dict:
 @handles("BatchNormalization")
 def _batch_norm(node, ctx):
     a = attributes(node)
-    training = ctx.training or bool(a.get("training_mode", 0)) or (
-        ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
+    training = (
+        ctx.training
+        or bool(a.get("training_mode", 0))
+        or (ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
+    )
     gamma, beta, mu, var = (ctx.array(n) for n in node.input[1:5])
     if any(x is None for x in (gamma, beta, mu, var)):
         return None
@@ -273,29 +321,46 @@ def _batch_norm(node, ctx):
 @handles("LRN")
 def _lrn(node, ctx):
     a = attributes(node)
-    return "lrn", {"alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
-                   "bias": float(a.get("bias", 1.0)), "size": int(a["size"])}, {}
+    return (
+        "lrn",
+        {
+            "alpha": float(a.get("alpha", 1e-4)),
+            "beta": float(a.get("beta", 0.75)),
+            "bias": float(a.get("bias", 1.0)),
+            "size": int(a["size"]),
+        },
+        {},
+    )
 
 
 @handles("LayerNormalization")
 def _layer_norm(node, ctx):
     a = attributes(node)
-    return "layer_norm", {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
-        ctx, node.input[1], node.input[2] if len(node.input) > 2 else "")
+    return (
+        "layer_norm",
+        {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))},
+        _norm_params(ctx, node.input[1], node.input[2] if len(node.input) > 2 else ""),
+    )
 
 
 @handles("RMSNormalization", "SimplifiedLayerNormalization")
 def _rms_norm(node, ctx):
     a = attributes(node)
-    return "rms_norm", {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
-        ctx, node.input[1], "")
+    return (
+        "rms_norm",
+        {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("epsilon", 1e-5))},
+        _norm_params(ctx, node.input[1], ""),
+    )
 
 
 @handles("GroupNormalization")
 def _group_norm(node, ctx):
     a = attributes(node)
-    return "group_norm", {"num_groups": int(a["num_groups"]), "epsilon": float(a.get("epsilon", 1e-5))}, _norm_params(
-        ctx, node.input[1], node.input[2])
+    return (
+        "group_norm",
+        {"num_groups": int(a["num_groups"]), "epsilon": float(a.get("epsilon", 1e-5))},
+        _norm_params(ctx, node.input[1], node.input[2]),
+    )
 
 
 @handles("InstanceNormalization")
@@ -331,7 +396,11 @@ def _resize(node, ctx):
         scales = [o / i for o, i in zip(out_shape, in_shape)]
     spatial = [float(s) for s in (scales or [])[2:]]
     mode = a.get("mode", "nearest")
-    return "resize", {"mode": "nearest" if mode == "nearest" else "linear" if "linear" in mode else mode, "scales": spatial}, {}
+    return (
+        "resize",
+        {"mode": "nearest" if mode == "nearest" else "linear" if "linear" in mode else mode, "scales": spatial},
+        {},
+    )
 
 
 @handles("Dropout")
@@ -339,7 +408,9 @@ def _dropout(node, ctx):
     a = attributes(node)
     ratio = float(a.get("ratio", ctx.scalar(node.input[1] if len(node.input) > 1 else "", 0.5)))
     training_input = ctx.scalar(node.input[2] if len(node.input) > 2 else "", None)
-    training = ctx.training or (bool(training_input) if training_input is not None else (ctx.opset < 7 and not a.get("is_test", 0)))
+    training = ctx.training or (
+        bool(training_input) if training_input is not None else (ctx.opset < 7 and not a.get("is_test", 0))
+    )
     return "dropout", {"ratio": ratio, "training": training}, {}
 
 
@@ -409,6 +480,6 @@ def _recurrent(node, ctx):
     b = ctx.array(node.input[3]) if len(node.input) > 3 else None
     n_gates, hidden = _GATES[node.op_type], int(a["hidden_size"])
     w, r = w[0].astype(np.float64), r[0].astype(np.float64)  # first direction
-    bias = (b[0][: n_gates * hidden] + b[0][n_gates * hidden:]) if b is not None else np.zeros(n_gates * hidden)
+    bias = (b[0][: n_gates * hidden] + b[0][n_gates * hidden :]) if b is not None else np.zeros(n_gates * hidden)
     gates = [recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in range(n_gates)]
     return node.op_type.lower(), {"kind": node.op_type.lower(), "hidden_size": hidden}, {"gates": gates}

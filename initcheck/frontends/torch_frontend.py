@@ -108,7 +108,8 @@ class _Builder:
         if schema is not None and schema.is_mutable:  # in-place ops (running-stat updates) are never run
             return False
         args_known = all(n.name in self.tensors for n in _flat_nodes(node.args)) and all(
-            n.name in self.tensors for n in _flat_nodes(node.kwargs.values()))
+            n.name in self.tensors for n in _flat_nodes(node.kwargs.values())
+        )
         if not args_known:
             return False
 
@@ -168,8 +169,12 @@ class _Builder:
         if name in NO_OPS:
             return
         handler = HANDLERS.get(name)
-        ctx = TorchContext({k: _to_numpy(t) for k, t in self._small_constants(node).items()}, self.signal, self.training,
-                           {"shape": lambda a: _shape(a) if hasattr(a, "meta") else None})
+        ctx = TorchContext(
+            {k: _to_numpy(t) for k, t in self._small_constants(node).items()},
+            self.signal,
+            self.training,
+            {"shape": lambda a: _shape(a) if hasattr(a, "meta") else None},
+        )
         emits = None
         if handler is not None:
             try:
@@ -185,8 +190,11 @@ class _Builder:
     def _small_constants(self, node) -> dict:
         import torch
 
-        return {a.name: self.tensors[a.name] for a in _flat_nodes(list(node.args) + list(node.kwargs.values()))
-                if a.name in self.tensors and isinstance(self.tensors[a.name], torch.Tensor)}
+        return {
+            a.name: self.tensors[a.name]
+            for a in _flat_nodes(list(node.args) + list(node.kwargs.values()))
+            if a.name in self.tensors and isinstance(self.tensors[a.name], torch.Tensor)
+        }
 
     def emit(self, node, emit: Emit, source: str) -> None:
         tuple_valued = isinstance(_fake(node), (list, tuple))  # e.g. max_pool2d_with_indices: (values, indices)
@@ -198,8 +206,18 @@ class _Builder:
             outputs.append(self.value(out, shape))
             self.signal.add(out)
         self.signal.add(node.name)
-        self.nodes.append(Node(name=out_names[0], op=emit.op, source_op=source, inputs=inputs, outputs=outputs,
-                               attrs=emit.attrs, params=emit.params, scope=scope_of(node)))
+        self.nodes.append(
+            Node(
+                name=out_names[0],
+                op=emit.op,
+                source_op=source,
+                inputs=inputs,
+                outputs=outputs,
+                attrs=emit.attrs,
+                params=emit.params,
+                scope=scope_of(node),
+            )
+        )
 
     def _derived_shape(self, node, out: str):
         """Shapes of values a lowering creates: tuple elements, and attention internals."""
@@ -230,8 +248,10 @@ class _Builder:
                 continue
             if node.op != "call_function":
                 continue
-            uses_signal = any(self.alias.get(a.name, a.name) in self.signal
-                              for a in _flat_nodes(list(node.args) + list(node.kwargs.values())))
+            uses_signal = any(
+                self.alias.get(a.name, a.name) in self.signal
+                for a in _flat_nodes(list(node.args) + list(node.kwargs.values()))
+            )
             if uses_signal:
                 if _is_float(node) or isinstance(_fake(node), (list, tuple)) or op_name(node.target) == "getitem":
                     self.translate(node)
@@ -250,9 +270,16 @@ class _Builder:
         graph_outputs = [self.values[n] for n in outputs if n in self.values]
         for v in graph_outputs:
             v.is_output = True
-        graph = Graph(nodes=self.nodes, inputs=[self.values[n] for n in self.inputs if n in self.values],
-                      outputs=graph_outputs, values=self.values, source=self.source,
-                      producer_name="torch.export", opset=None, notes=self.notes)
+        graph = Graph(
+            nodes=self.nodes,
+            inputs=[self.values[n] for n in self.inputs if n in self.values],
+            outputs=graph_outputs,
+            values=self.values,
+            source=self.source,
+            producer_name="torch.export",
+            opset=None,
+            notes=self.notes,
+        )
         graph.rewire()
         return graph
 

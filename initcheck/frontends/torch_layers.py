@@ -43,10 +43,23 @@ def _conv(node, ctx):
         pads_begin, pads_end = begin, [t - b for t, b in zip(total, begin)]
     else:
         pads_begin = pads_end = _ints(pads, n)
-    attrs = {"kernel": kernel, "strides": strides, "dilations": dilations, "pads_begin": pads_begin,
-             "pads_end": pads_end, "groups": groups}
+    attrs = {
+        "kernel": kernel,
+        "strides": strides,
+        "dilations": dilations,
+        "pads_begin": pads_begin,
+        "pads_end": pads_end,
+        "groups": groups,
+    }
     if transposed:
-        return [Emit("conv_transpose", [node.args[0]], attrs, {"weight": conv_transpose_stats(w, bias, groups, strides, dilations)})]
+        return [
+            Emit(
+                "conv_transpose",
+                [node.args[0]],
+                attrs,
+                {"weight": conv_transpose_stats(w, bias, groups, strides, dilations)},
+            )
+        ]
     stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(kernel)))
     return [Emit("conv", [node.args[0]], attrs, {"weight": stats, **_subpixel(node, w)})]
 
@@ -80,13 +93,22 @@ def _layer_norm(node, ctx):
 def _rms_norm(node, ctx):
     eps = _arg(node, 3, "eps", None)
     params = _affine_params(ctx, _arg(node, 2, "weight"), None)
-    return [Emit("rms_norm", [node.args[0]], {"axis": -len(node.args[1]), "epsilon": float(eps) if eps else 1e-6}, params)]
+    return [
+        Emit("rms_norm", [node.args[0]], {"axis": -len(node.args[1]), "epsilon": float(eps) if eps else 1e-6}, params)
+    ]
 
 
 @handles("group_norm")
 def _group_norm(node, ctx):
     params = _affine_params(ctx, _arg(node, 2, "weight"), _arg(node, 3, "bias"))
-    return [Emit("group_norm", [node.args[0]], {"num_groups": int(node.args[1]), "epsilon": float(_arg(node, 4, "eps", 1e-5))}, params)]
+    return [
+        Emit(
+            "group_norm",
+            [node.args[0]],
+            {"num_groups": int(node.args[1]), "epsilon": float(_arg(node, 4, "eps", 1e-5))},
+            params,
+        )
+    ]
 
 
 @handles("instance_norm")
@@ -95,11 +117,18 @@ def _instance_norm(node, ctx):
     return [Emit("instance_norm", [node.args[0]], {"epsilon": float(_arg(node, 7, "eps", 1e-5))}, params)]
 
 
-@handles("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
-         "native_batch_norm", "_native_batch_norm_legit")
+@handles(
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional",
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+)
 def _batch_norm(node, ctx):
     name = op_name(node.target)
-    weight, bias, mean, var = (_arg(node, i, k) for i, k in ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")))
+    weight, bias, mean, var = (
+        _arg(node, i, k) for i, k in ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))
+    )
     if name == "_native_batch_norm_legit_no_training":
         training, eps = False, float(_arg(node, 6, "eps", 1e-5))
     else:
@@ -116,8 +145,14 @@ def _batch_norm(node, ctx):
     params = _affine_params(ctx, weight, bias)
     params["eval"] = batch_norm_eval_stats(*(a if a is not None else d for a, d in zip(arrays, defaults)), eps)
     untrained = not training and untrained_running_stats(arrays[2], arrays[3])
-    return [Emit("batch_norm", [node.args[0]], {"epsilon": eps, "training": training or untrained,
-                                                "untrained_stats": untrained}, params)]
+    return [
+        Emit(
+            "batch_norm",
+            [node.args[0]],
+            {"epsilon": eps, "training": training or untrained, "untrained_stats": untrained},
+            params,
+        )
+    ]
 
 
 @handles("embedding")
@@ -126,8 +161,14 @@ def _embedding(node, ctx):
     if table is None:
         return None
     columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
-    return [Emit("embedding", [node.args[1]], {"weight_source": node.args[0].name},
-                 params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))})]
+    return [
+        Emit(
+            "embedding",
+            [node.args[1]],
+            {"weight_source": node.args[0].name},
+            params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))},
+        )
+    ]
 
 
 @handles("softmax", "_softmax", "log_softmax", "_log_softmax")
@@ -149,21 +190,35 @@ def _sdpa(node, ctx):
     d = shape_q[-1] if shape_q else None
     scale = node.kwargs.get("scale") or (1 / math.sqrt(d) if d else 1.0)
     n = node.name
-    emits = [Emit("transpose", [k], outputs=[f"{n}__kt"]),
-             Emit("matmul", [q, f"{n}__kt"], outputs=[f"{n}__logits"]),
-             Emit("mul", [f"{n}__logits", float(scale)], outputs=[f"{n}__scaled"])]
+    emits = [
+        Emit("transpose", [k], outputs=[f"{n}__kt"]),
+        Emit("matmul", [q, f"{n}__kt"], outputs=[f"{n}__logits"]),
+        Emit("mul", [f"{n}__logits", float(scale)], outputs=[f"{n}__scaled"]),
+    ]
     logits = f"{n}__scaled"
     if mask is not None:
-        emits.append(Emit("add" if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f" else "where",
-                          [logits, mask] if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f" else [mask, logits, -1e9],
-                          outputs=[f"{n}__masked"]))
+        emits.append(
+            Emit(
+                "add" if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f" else "where",
+                [logits, mask]
+                if ctx.array(mask) is None or ctx.array(mask).dtype.kind == "f"
+                else [mask, logits, -1e9],
+                outputs=[f"{n}__masked"],
+            )
+        )
         logits = f"{n}__masked"
     if causal:
         emits.append(Emit("causal_mask", [logits], outputs=[f"{n}__causal"]))
         logits = f"{n}__causal"
-    emits += [Emit("softmax", [logits], {"axis": -1, "size": ctx.extra["shape"](k)[-2] if ctx.extra["shape"](k) else None},
-                   outputs=[f"{n}__probs"]),
-              Emit("matmul", [f"{n}__probs", v])]
+    emits += [
+        Emit(
+            "softmax",
+            [logits],
+            {"axis": -1, "size": ctx.extra["shape"](k)[-2] if ctx.extra["shape"](k) else None},
+            outputs=[f"{n}__probs"],
+        ),
+        Emit("matmul", [f"{n}__probs", v]),
+    ]
     return emits
 
 
@@ -188,7 +243,9 @@ def _avg_pool(node, ctx):
     return [Emit("avg_pool", [node.args[0]], _pool_attrs(node, n))]
 
 
-@handles("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool1d")
+@handles(
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool1d"
+)
 def _adaptive_pool(node, ctx):
     shape = ctx.extra["shape"](node.args[0])
     out = _ints(node.args[1], len(shape) - 2)
@@ -196,17 +253,28 @@ def _adaptive_pool(node, ctx):
     if all(o == 1 for o in out):
         return [Emit("global_max_pool" if is_max else "global_avg_pool", [node.args[0]])]
     kernel = [max(i // o, 1) for i, o in zip(shape[2:], out)]
-    attrs = {"kernel": kernel, "strides": kernel, "pads_begin": [0] * len(out), "pads_end": [0] * len(out),
-             "dilations": [1] * len(out)}
+    attrs = {
+        "kernel": kernel,
+        "strides": kernel,
+        "pads_begin": [0] * len(out),
+        "pads_end": [0] * len(out),
+        "dilations": [1] * len(out),
+    }
     return [Emit("max_pool" if is_max else "avg_pool", [node.args[0]], attrs)]
 
 
-@handles("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d",
-         "upsample_trilinear3d", "_upsample_nearest_exact2d", "upsample_bicubic2d")
+@handles(
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_nearest3d",
+    "upsample_bilinear2d",
+    "upsample_linear1d",
+    "upsample_trilinear3d",
+    "_upsample_nearest_exact2d",
+    "upsample_bicubic2d",
+)
 def _upsample(node, ctx):
     shape_in, shape_out = ctx.extra["shape"](node.args[0]), ctx.extra["shape"](node)
     scales = [o / i for o, i in zip(shape_out[2:], shape_in[2:])] if shape_in and shape_out else []
     mode = "nearest" if "nearest" in op_name(node.target) else "linear"
     return [Emit("resize", [node.args[0]], {"mode": mode, "scales": scales})]
-
-

@@ -55,13 +55,17 @@ def export_error(e: Exception) -> ModelLoadError:
     sentence (URLs and the rest of its explanation dropped, never cut mid-way) and the ONNX route."""
     text = str(e)
     if "Cache" in text and "in output" in text:  # Hugging Face models return their key/value cache by default
-        return ModelLoadError("torch.export failed: the model returns its key/value cache (a transformers Cache "
-                              "object); call it with use_cache=False (or set model.config.use_cache = False) and "
-                              "analyse again")
+        return ModelLoadError(
+            "torch.export failed: the model returns its key/value cache (a transformers Cache "
+            "object); call it with use_cache=False (or set model.config.use_cache = False) and "
+            "analyse again"
+        )
     first = next((line for line in text.splitlines() if line.strip()), type(e).__name__)
     first = re.split(r"(?<=[.!?])\s|\s*\(?(?:see )?https?://", first, maxsplit=1, flags=re.IGNORECASE)[0].rstrip(" .:(")
-    return ModelLoadError(f"torch.export failed: {type(e).__name__}: {first[:200]}. Export the model to ONNX "
-                          "(torch.onnx.export) and analyse the .onnx file instead")
+    return ModelLoadError(
+        f"torch.export failed: {type(e).__name__}: {first[:200]}. Export the model to ONNX "
+        "(torch.onnx.export) and analyse the .onnx file instead"
+    )
 
 
 def _first_line(e: Exception) -> str:
@@ -97,7 +101,7 @@ def check_program(program, path: Path) -> None:
     operator_types = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
     for module in program.graph_module.modules():
         graph = getattr(module, "graph", None)
-        for node in (graph.nodes if graph is not None else []):
+        for node in graph.nodes if graph is not None else []:
             bad = None
             if node.op == "call_function" and not (isinstance(node.target, operator_types) or node.target in allowed):
                 bad = f"calls {getattr(node.target, '__qualname__', None) or node.target!s:.80}"
@@ -106,8 +110,10 @@ def check_program(program, path: Path) -> None:
             elif node.op not in ("placeholder", "output", "call_function", "get_attr"):
                 bad = f"has a '{node.op}' node"
             if bad:
-                raise CodeFromFileRefused(f"{path}: refused: its graph {bad}, which is not an operator; that would run "
-                                          "Python named by the file. Pass --trust-pickle only if you trust its source")
+                raise CodeFromFileRefused(
+                    f"{path}: refused: its graph {bad}, which is not an operator; that would run "
+                    "Python named by the file. Pass --trust-pickle only if you trust its source"
+                )
     program._guards_code = []
 
 
@@ -117,8 +123,34 @@ def _pure_python_callables() -> set:
 
     import torch
 
-    names = ("getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs", "eq", "ne",
-             "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert", "lshift", "rshift", "matmul", "truth")
+    names = (
+        "getitem",
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "neg",
+        "pos",
+        "abs",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and_",
+        "or_",
+        "xor",
+        "not_",
+        "invert",
+        "lshift",
+        "rshift",
+        "matmul",
+        "truth",
+    )
     found = {getattr(operator, n) for n in names}
     found |= {v for k, v in vars(math).items() if callable(v) and not k.startswith("_")}
     found |= {getattr(torch, n) for n in dir(torch) if n.startswith(("sym_", "_sym_")) and callable(getattr(torch, n))}
@@ -144,7 +176,8 @@ def read_checkpoint(path: Path, trust_pickle: bool):
     except CodeFromFileRefused:
         raise ModelLoadError(
             f"{path}: contains pickled Python objects (e.g. a whole nn.Module); unpickling runs code from the "
-            "file, so it is refused. Pass --trust-pickle if you trust its source, or save a state_dict") from None
+            "file, so it is refused. Pass --trust-pickle if you trust its source, or save a state_dict"
+        ) from None
     except Exception as e:
         raise ModelLoadError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
 
@@ -167,7 +200,7 @@ def find_state_dict(obj, expected: set[str]) -> dict:
     best, best_score = {}, -1
     for tensors in candidates:
         for prefix in ("",) + _PREFIXES:
-            stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+            stripped = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in tensors.items()}
             score = len(expected & set(stripped))
             if score > best_score:
                 best, best_score = stripped, score
@@ -199,7 +232,9 @@ def build_module(spec: str):
     try:
         module = factory() if not isinstance(factory, torch.nn.Module) else factory
     except Exception as e:  # the factory raised
-        raise ModelLoadError(f"--arch '{spec}': the factory raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
+        raise ModelLoadError(
+            f"--arch '{spec}': the factory raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"--arch '{spec}': the factory returned {type(module).__name__}, not an nn.Module")
     return module
@@ -210,15 +245,20 @@ def load_weights(module, state: dict, path: Path) -> None:
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
+
         def show(keys):
             return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
         parts = ([f"missing {len(missing)} key(s): {show(missing)}"] if missing else []) + (
-            [f"unexpected {len(unexpected)} key(s): {show(unexpected)}"] if unexpected else [])
+            [f"unexpected {len(unexpected)} key(s): {show(unexpected)}"] if unexpected else []
+        )
         raise ModelLoadError(f"{path}: weights do not match the --arch model: " + "; ".join(parts))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelLoadError(f"{path}: weights do not fit the --arch model ({str(e).splitlines()[-1].strip()[:200]})") from None
+        raise ModelLoadError(
+            f"{path}: weights do not fit the --arch model ({str(e).splitlines()[-1].strip()[:200]})"
+        ) from None
 
 
 def forward_names(module) -> list[str]:
@@ -240,11 +280,15 @@ def example_inputs(module, specs: dict[str, tuple], path: Path | str = "model") 
     torch = _torch()
     names = forward_names(module)
     if not specs:
-        raise UsageError(f"{path}: pass the example input shapes with --input NAME=SHAPE "
-                         f"(forward takes: {', '.join(names) or 'positional tensors'})")
+        raise UsageError(
+            f"{path}: pass the example input shapes with --input NAME=SHAPE "
+            f"(forward takes: {', '.join(names) or 'positional tensors'})"
+        )
     unknown = [n for n in specs if names and n not in names]
     if unknown:
-        raise UsageError(f"--input {unknown[0]}: forward() has no parameter '{unknown[0]}' (it takes: {', '.join(names)})")
+        raise UsageError(
+            f"--input {unknown[0]}: forward() has no parameter '{unknown[0]}' (it takes: {', '.join(names)})"
+        )
     ordered = [n for n in names if n in specs] if names else list(specs)
     args = []
     generator = torch.Generator().manual_seed(0)
@@ -293,12 +337,15 @@ def torchscript_to_onnx(path: Path, specs: dict):
     buffer = io.BytesIO()
     try:
         with quiet_third_party(), no_code_from_files(str(path)):  # the module's TorchScript code runs here
-            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17,
-                              input_names=[n for n in names if n in specs])
+            torch.onnx.export(
+                module, args, buffer, dynamo=False, opset_version=17, input_names=[n for n in names if n in specs]
+            )
     except CodeFromFileRefused:
         raise
     except Exception as e:  # the exporter rejected an op
-        raise ModelLoadError(f"{path}: cannot convert the TorchScript module ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise ModelLoadError(
+            f"{path}: cannot convert the TorchScript module ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     return buffer.getvalue()
 
 
@@ -315,9 +362,13 @@ def check_program_inputs(program, specs: dict, path: Path) -> None:
     for name, spec in specs.items():
         shape = spec[0] if spec and isinstance(spec[0], tuple) else spec
         if name not in shapes:
-            raise UsageError(f"--input {name}: {path} has no input named '{name}' (inputs: {', '.join(shapes) or 'none'})")
+            raise UsageError(
+                f"--input {name}: {path} has no input named '{name}' (inputs: {', '.join(shapes) or 'none'})"
+            )
         exported = shapes[name]
         if exported is not None and tuple(shape) != exported:
-            raise UsageError(f"--input {name}={'x'.join(map(str, shape))}: {path} was exported with {name} of shape "
-                             f"{'x'.join(map(str, exported)) or 'scalar'} and is analysed at that shape; export it "
-                             "again with the shape you want")
+            raise UsageError(
+                f"--input {name}={'x'.join(map(str, shape))}: {path} was exported with {name} of shape "
+                f"{'x'.join(map(str, exported)) or 'scalar'} and is analysed at that shape; export it "
+                "again with the shape you want"
+            )

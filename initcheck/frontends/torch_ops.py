@@ -8,30 +8,85 @@ is lowered onto existing rules (scaled_dot_product_attention -> matmul, softmax,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from initcheck.registry import Table
 from initcheck.stats import linear_stats, recurrent_gate_stats, tensor_stats
 
 UNARY = {
-    "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
-    "silu": "silu", "silu_": "silu", "mish": "mish", "hardswish": "hard_swish", "hardswish_": "hard_swish",
-    "softplus": "softplus", "sin": "sin", "cos": "cos", "exp": "exp", "log": "log", "sqrt": "sqrt",
-    "reciprocal": "reciprocal", "rsqrt": "rsqrt", "abs": "abs", "neg": "neg", "erf": "erf", "sign": "sign",
+    "relu": "relu",
+    "relu_": "relu",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+    "silu": "silu",
+    "silu_": "silu",
+    "mish": "mish",
+    "hardswish": "hard_swish",
+    "hardswish_": "hard_swish",
+    "softplus": "softplus",
+    "sin": "sin",
+    "cos": "cos",
+    "exp": "exp",
+    "log": "log",
+    "sqrt": "sqrt",
+    "reciprocal": "reciprocal",
+    "rsqrt": "rsqrt",
+    "abs": "abs",
+    "neg": "neg",
+    "erf": "erf",
+    "sign": "sign",
 }
 REARRANGE = {
-    "view": "reshape", "reshape": "reshape", "_unsafe_view": "reshape", "flatten": "flatten", "permute": "transpose",
-    "transpose": "transpose", "t": "transpose", "numpy_T": "transpose", "mT": "transpose", "squeeze": "squeeze", "unsqueeze": "unsqueeze", "expand": "expand",
-    "contiguous": "identity", "clone": "identity", "to": "cast", "_to_copy": "cast", "type_as": "cast",
-    "detach": "identity", "detach_": "identity", "alias": "identity", "lift_fresh_copy": "identity",
-    "select": "gather", "slice": "slice", "narrow": "slice", "index_select": "gather", "index": "gather",
-    "repeat": "tile", "pixel_unshuffle": "space_to_depth", "dropout_": "identity", "feature_dropout": "identity",
+    "view": "reshape",
+    "reshape": "reshape",
+    "_unsafe_view": "reshape",
+    "flatten": "flatten",
+    "permute": "transpose",
+    "transpose": "transpose",
+    "t": "transpose",
+    "numpy_T": "transpose",
+    "mT": "transpose",
+    "squeeze": "squeeze",
+    "unsqueeze": "unsqueeze",
+    "expand": "expand",
+    "contiguous": "identity",
+    "clone": "identity",
+    "to": "cast",
+    "_to_copy": "cast",
+    "type_as": "cast",
+    "detach": "identity",
+    "detach_": "identity",
+    "alias": "identity",
+    "lift_fresh_copy": "identity",
+    "select": "gather",
+    "slice": "slice",
+    "narrow": "slice",
+    "index_select": "gather",
+    "index": "gather",
+    "repeat": "tile",
+    "pixel_unshuffle": "space_to_depth",
+    "dropout_": "identity",
+    "feature_dropout": "identity",
 }
-BINARY = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "rsub": "rsub", "mul": "mul", "mul_": "mul",
-          "div": "div", "div_": "div", "pow": "pow", "maximum": "max", "minimum": "min"}
+BINARY = {
+    "add": "add",
+    "add_": "add",
+    "sub": "sub",
+    "sub_": "sub",
+    "rsub": "rsub",
+    "mul": "mul",
+    "mul_": "mul",
+    "div": "div",
+    "div_": "div",
+    "pow": "pow",
+    "maximum": "max",
+    "minimum": "min",
+}
 
 
 @dataclass
@@ -55,16 +110,8 @@ class Emit:
     outputs: list[str] | None = None  # default: the fx node's own value
 
 
-HANDLERS: dict[str, Callable] = {}
-
-
-def handles(*names: str):
-    def decorate(fn):
-        for n in names:
-            HANDLERS[n] = fn
-        return fn
-
-    return decorate
+HANDLERS = Table("ATen handler")
+handles = HANDLERS.register
 
 
 def op_name(target) -> str:
@@ -88,7 +135,13 @@ def _unary(node, ctx):
 
 @handles("gelu", "gelu_")
 def _gelu(node, ctx):
-    return [Emit("gelu", [node.args[0]], {"approximate": node.kwargs.get("approximate", _arg(node, 1, "approximate", "none"))})]
+    return [
+        Emit(
+            "gelu",
+            [node.args[0]],
+            {"approximate": node.kwargs.get("approximate", _arg(node, 1, "approximate", "none"))},
+        )
+    ]
 
 
 @handles("leaky_relu", "leaky_relu_")
@@ -118,7 +171,13 @@ def _clamp(node, ctx):
         lo = _arg(node, 1, "min")
     elif name == "clamp_max":
         hi = _arg(node, 1, "max")
-    return [Emit("clip", [node.args[0]], {"min": -math.inf if lo is None else float(lo), "max": math.inf if hi is None else float(hi)})]
+    return [
+        Emit(
+            "clip",
+            [node.args[0]],
+            {"min": -math.inf if lo is None else float(lo), "max": math.inf if hi is None else float(hi)},
+        )
+    ]
 
 
 @handles("prelu", "_prelu_kernel")
@@ -146,8 +205,10 @@ def _binary(node, ctx):
     elif op == "div" and isinstance(b, (int, float)):
         params["reciprocal"] = tensor_stats(np.array(1.0 / b))
     if alpha != 1 and op in ("add", "sub"):
-        return [Emit("mul", [b, float(alpha)], outputs=[f"{node.name}__alpha"]),
-                Emit(op, [a, f"{node.name}__alpha"], params=params)]
+        return [
+            Emit("mul", [b, float(alpha)], outputs=[f"{node.name}__alpha"]),
+            Emit(op, [a, f"{node.name}__alpha"], params=params),
+        ]
     return [Emit(op, [a, b], params=params)]
 
 
@@ -181,7 +242,9 @@ def _linear(node, ctx):
     if w is None:
         return [Emit("matmul", [node.args[0], node.args[1]])]
     bias = ctx.array(_arg(node, 2, "bias"))
-    return [Emit("linear", [node.args[0]], {"weight_source": node.args[1].name}, params={"weight": linear_stats(w, bias)})]
+    return [
+        Emit("linear", [node.args[0]], {"weight_source": node.args[1].name}, params={"weight": linear_stats(w, bias)})
+    ]
 
 
 @handles("addmm")
@@ -212,10 +275,12 @@ def _baddbmm(node, ctx):
     """beta * input + alpha * (b1 @ b2)."""
     n = node.name
     beta, alpha = float(node.kwargs.get("beta", 1)), float(node.kwargs.get("alpha", 1))
-    return [Emit("matmul", [node.args[1], node.args[2]], outputs=[f"{n}__mm"]),
-            Emit("mul", [f"{n}__mm", alpha], outputs=[f"{n}__scaled"]),
-            Emit("mul", [node.args[0], beta], outputs=[f"{n}__bias"]),
-            Emit("add", [f"{n}__bias", f"{n}__scaled"])]
+    return [
+        Emit("matmul", [node.args[1], node.args[2]], outputs=[f"{n}__mm"]),
+        Emit("mul", [f"{n}__mm", alpha], outputs=[f"{n}__scaled"]),
+        Emit("mul", [node.args[0], beta], outputs=[f"{n}__bias"]),
+        Emit("add", [f"{n}__bias", f"{n}__scaled"]),
+    ]
 
 
 @handles("cat", "concat", "stack")
@@ -279,8 +344,15 @@ def _recurrent(node, ctx):
     count = len(node.meta.get("val", ())) or 2
     shape = ctx.extra["shape"](node.args[0])
     steps = (shape[1] if bool(_arg(node, 8, "batch_first", False)) else shape[0]) if shape else None
-    return [Emit(kind, [node.args[0]], {"kind": kind, "hidden_size": hidden, "steps": steps}, {"gates": gates},
-                 outputs=[f"{node.name}.{i}" for i in range(count)])]
+    return [
+        Emit(
+            kind,
+            [node.args[0]],
+            {"kind": kind, "hidden_size": hidden, "steps": steps},
+            {"gates": gates},
+            outputs=[f"{node.name}.{i}" for i in range(count)],
+        )
+    ]
 
 
 # the layer handlers (conv, normalisation, attention, pooling, up-sampling) register themselves there

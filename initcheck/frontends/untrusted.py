@@ -95,8 +95,10 @@ def _opens_for_writing(args: tuple, tempdir: str) -> bool:
 
 
 def refusal_message(guard: _Guard) -> str:
-    return (f"{guard.what}: refused: loading it would {guard.refusals[0]}, which runs code from the file; pass "
-            "--trust-pickle only if you trust its source")
+    return (
+        f"{guard.what}: refused: loading it would {guard.refusals[0]}, which runs code from the file; pass "
+        "--trust-pickle only if you trust its source"
+    )
 
 
 def _install_hook() -> None:

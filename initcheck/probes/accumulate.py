@@ -126,7 +126,7 @@ class Accumulator:
         for name, lengths in zip(names, sizes):
             chunks = []
             for length in lengths:
-                chunks.append(flat[offset:offset + length])
+                chunks.append(flat[offset : offset + length])
                 offset += length
             out[name] = self._finish(name, *chunks)
         return out

@@ -101,7 +101,7 @@ def make_input(name: str, shape, dtype, vocab: int, generator, data: dict | None
         array = data[name]
         batch = shape[0] if shape else 1
         start = (run * batch) % max(array.shape[0], 1)
-        rows = torch.as_tensor(array[start:start + batch])
+        rows = torch.as_tensor(array[start : start + batch])
         if rows.shape[0] < batch:
             rows = torch.cat([rows, torch.as_tensor(array[: batch - rows.shape[0]])])
         return rows.to(device=device, dtype=dtype).reshape(shape)

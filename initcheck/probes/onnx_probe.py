@@ -60,19 +60,25 @@ def with_batch_statistics(model, graph: Graph, opset: int) -> None:
         gamma = numpy_helper.to_array(arrays[node.input[1]]).astype(np.float32).reshape(shape)
         beta = numpy_helper.to_array(arrays[node.input[2]]).astype(np.float32).reshape(shape)
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        model.graph.initializer.extend([numpy_helper.from_array(gamma, f"{p}_gamma"),
-                                        numpy_helper.from_array(beta, f"{p}_beta"),
-                                        numpy_helper.from_array(np.array(eps, np.float32), f"{p}_eps")])
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(gamma, f"{p}_gamma"),
+                numpy_helper.from_array(beta, f"{p}_beta"),
+                numpy_helper.from_array(np.array(eps, np.float32), f"{p}_eps"),
+            ]
+        )
 
-        nodes += [_reduce_mean(model, x, f"{p}_mu", axes, opset),
-                  helper.make_node("Sub", [x, f"{p}_mu"], [f"{p}_d"]),
-                  helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]),
-                  _reduce_mean(model, f"{p}_d2", f"{p}_var", axes, opset),
-                  helper.make_node("Add", [f"{p}_var", f"{p}_eps"], [f"{p}_ve"]),
-                  helper.make_node("Sqrt", [f"{p}_ve"], [f"{p}_sd"]),
-                  helper.make_node("Div", [f"{p}_d", f"{p}_sd"], [f"{p}_n"]),
-                  helper.make_node("Mul", [f"{p}_n", f"{p}_gamma"], [f"{p}_s"]),
-                  helper.make_node("Add", [f"{p}_s", f"{p}_beta"], [y])]
+        nodes += [
+            _reduce_mean(model, x, f"{p}_mu", axes, opset),
+            helper.make_node("Sub", [x, f"{p}_mu"], [f"{p}_d"]),
+            helper.make_node("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]),
+            _reduce_mean(model, f"{p}_d2", f"{p}_var", axes, opset),
+            helper.make_node("Add", [f"{p}_var", f"{p}_eps"], [f"{p}_ve"]),
+            helper.make_node("Sqrt", [f"{p}_ve"], [f"{p}_sd"]),
+            helper.make_node("Div", [f"{p}_d", f"{p}_sd"], [f"{p}_n"]),
+            helper.make_node("Mul", [f"{p}_n", f"{p}_gamma"], [f"{p}_s"]),
+            helper.make_node("Add", [f"{p}_s", f"{p}_beta"], [y]),
+        ]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
@@ -100,7 +106,9 @@ def _session(model, outputs: list[str], device: str):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    )
     available = set(ort.get_available_providers())
     return ort.InferenceSession(model.SerializeToString(), options, providers=[p for p in providers if p in available])
 
@@ -146,16 +154,28 @@ class _TorchForm:
         for node in self.nodes:
             if node.op_type == "Constant":
                 attr = node.attribute[0]
-                array = numpy_helper.to_array(attr.t) if attr.name == "value" else np.array(
-                    attr.f if attr.name == "value_float" else attr.floats if attr.name == "value_floats" else
-                    attr.i if attr.name == "value_int" else list(attr.ints))
+                array = (
+                    numpy_helper.to_array(attr.t)
+                    if attr.name == "value"
+                    else np.array(
+                        attr.f
+                        if attr.name == "value_float"
+                        else attr.floats
+                        if attr.name == "value_floats"
+                        else attr.i
+                        if attr.name == "value_int"
+                        else list(attr.ints)
+                    )
+                )
                 values[node.output[0]] = torch.as_tensor(np.array(array)).to(self.device)
                 continue
             out = run_node(node, [values.get(n) if n else None for n in node.input], self.opset)
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
             for name, t in zip(node.output, outs):
                 if name in wanted and isinstance(t, torch.Tensor) and t.is_floating_point() and t.grad_fn is None:
-                    t = t.detach().requires_grad_(True)  # where the signal starts (an embedding lookup): differentiate here
+                    t = t.detach().requires_grad_(
+                        True
+                    )  # where the signal starts (an embedding lookup): differentiate here
                 values[name] = t
                 if name in wanted and isinstance(t, torch.Tensor) and t.is_floating_point():
                     if record is not None:
@@ -174,7 +194,9 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise UsageError("probing ONNX models needs onnxruntime: pip install 'initcheck[probe]' (or --no-probe)") from None
+        raise UsageError(
+            "probing ONNX models needs onnxruntime: pip install 'initcheck[probe]' (or --no-probe)"
+        ) from None
     device = resolve_device(options.device)
     model = read_model(Path(path))
     opset = graph.opset or 13
@@ -188,18 +210,40 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     inputs_wanted = [name for name, _, _ in specs if name in graph.values and graph.values[name].is_float]
     session = _session(model, wanted, device)
     form = _TorchForm(model, device, opset)
-    data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
+    data, vocab, notes = (
+        by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
+        vocabulary(graph),
+        [],
+    )
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1
     runs_per_seed = 1 if batched else max(1, -(-options.batch // max(run_batch, 1)))
     acc.batch = options.batch if batched else run_batch
     generator = torch.Generator().manual_seed(0)
     state = {"backward": True, "max_diff": None}
-    torch_dtypes = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
-                    "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
+    torch_dtypes = {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "float64": torch.float64,
+        "int64": torch.int64,
+        "int32": torch.int32,
+        "bool": torch.bool,
+        "uint8": torch.uint8,
+    }
 
     def step(seed: int, run: int) -> None:
-        feeds = {name: make_input(name, shape, torch_dtypes.get(dtype, torch.float32), vocab, generator, data,
-                                  seed * runs_per_seed + run, "cpu") for name, shape, dtype in specs}
+        feeds = {
+            name: make_input(
+                name,
+                shape,
+                torch_dtypes.get(dtype, torch.float32),
+                vocab,
+                generator,
+                data,
+                seed * runs_per_seed + run,
+                "cpu",
+            )
+            for name, shape, dtype in specs
+        }
         arrays = forward_statistics(session, wanted, feeds, acc)
         for name in inputs_wanted:
             acc.forward(name, feeds[name].to(device))
@@ -221,8 +265,10 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     if options.resample_weights:
         notes.append("--resample-weights applies to PyTorch models; ONNX weights were used as stored")
     if active_dropout:
-        notes.append("the torch form is not cross-checked against onnxruntime: active dropout draws its own masks "
-                     "in each runtime")
+        notes.append(
+            "the torch form is not cross-checked against onnxruntime: active dropout draws its own masks "
+            "in each runtime"
+        )
     import onnxruntime
 
     onnxruntime.set_seed(0)  # active dropout's masks the same on every run: byte-identical reports
@@ -230,8 +276,17 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
         torch.manual_seed(0)
         runs = run_loop(options, runs_per_seed, step, notes)
     diff, where = state["max_diff"] or (None, None)
-    return ProbeResult(acc.results(), device, runs * (options.batch if batched else run_batch), runs, options.loss,
-                       False, max_relative_difference=diff, max_difference_at=where, notes=notes)
+    return ProbeResult(
+        acc.results(),
+        device,
+        runs * (options.batch if batched else run_batch),
+        runs,
+        options.loss,
+        False,
+        max_relative_difference=diff,
+        max_difference_at=where,
+        notes=notes,
+    )
 
 
 def forward_statistics(session, wanted: list[str], feeds: dict, accumulator) -> list:

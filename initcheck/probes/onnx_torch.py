@@ -13,17 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from initcheck.frontends.onnx_ops import attributes
+from initcheck.registry import Table
 
-OPS = {}
-
-
-def op(*names):
-    def decorate(fn):
-        for n in names:
-            OPS[n] = fn
-        return fn
-
-    return decorate
+OPS = Table("torch kernel for ONNX op")
+op = OPS.register
 
 
 class NotExecutable(Exception):
@@ -34,14 +27,47 @@ def _int_list(t) -> list[int]:
     return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
 
 
-_UNARY = {"Relu": torch.relu, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Exp": torch.exp, "Log": torch.log,
-          "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Abs": torch.abs, "Neg": torch.neg, "Erf": torch.erf,
-          "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus, "Softsign": F.softsign, "Mish": F.mish,
-          "HardSwish": F.hardswish, "Identity": lambda x: x, "Sign": torch.sign, "Floor": torch.floor,
-          "Ceil": torch.ceil, "Not": torch.logical_not, "IsNaN": torch.isnan, "IsInf": torch.isinf}
-_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
-           "Max": torch.maximum, "Min": torch.minimum, "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt,
-           "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or}
+_UNARY = {
+    "Relu": torch.relu,
+    "Tanh": torch.tanh,
+    "Sigmoid": torch.sigmoid,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Reciprocal": torch.reciprocal,
+    "Abs": torch.abs,
+    "Neg": torch.neg,
+    "Erf": torch.erf,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Softplus": F.softplus,
+    "Softsign": F.softsign,
+    "Mish": F.mish,
+    "HardSwish": F.hardswish,
+    "Identity": lambda x: x,
+    "Sign": torch.sign,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Not": torch.logical_not,
+    "IsNaN": torch.isnan,
+    "IsInf": torch.isinf,
+}
+_BINARY = {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Div": torch.div,
+    "Pow": torch.pow,
+    "Max": torch.maximum,
+    "Min": torch.minimum,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "Greater": torch.gt,
+    "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+}
 
 
 @op(*_UNARY)
@@ -159,15 +185,26 @@ def _conv_t(node, x, a):
     if pads[:n] != pads[n:]:
         raise NotExecutable("asymmetric ConvTranspose pads")
     conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
-    return conv(x[0], w, x[2] if len(x) > 2 else None, a.get("strides", [1] * n), pads[:n],
-                a.get("output_padding", [0] * n), a.get("group", 1), a.get("dilations", [1] * n))
+    return conv(
+        x[0],
+        w,
+        x[2] if len(x) > 2 else None,
+        a.get("strides", [1] * n),
+        pads[:n],
+        a.get("output_padding", [0] * n),
+        a.get("group", 1),
+        a.get("dilations", [1] * n),
+    )
 
 
 @op("BatchNormalization")
 def _bn(node, x, a):
     training = bool(a.get("training_mode", 0))
-    return F.batch_norm(x[0], x[3], x[4], x[1], x[2], training=training, eps=a.get("epsilon", 1e-5)) if not training else \
-        F.batch_norm(x[0], None, None, x[1], x[2], training=True, eps=a.get("epsilon", 1e-5))
+    return (
+        F.batch_norm(x[0], x[3], x[4], x[1], x[2], training=training, eps=a.get("epsilon", 1e-5))
+        if not training
+        else F.batch_norm(x[0], None, None, x[1], x[2], training=True, eps=a.get("epsilon", 1e-5))
+    )
 
 
 @op("LayerNormalization")
@@ -271,7 +308,9 @@ def _reduce(node, x, a):
     axes = _axes(node, x, a)
     keep = bool(a.get("keepdims", 1))
     dims = tuple(range(x[0].ndim)) if not axes else tuple(axes)
-    fn = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin}[node.op_type]
+    fn = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin}[
+        node.op_type
+    ]
     return fn(x[0], dim=dims, keepdim=keep)
 
 

@@ -86,7 +86,9 @@ def _gather(node, x, a):
     axis = a.get("axis", 0)
     idx = x[1].long()
     idx = torch.where(idx < 0, idx + x[0].shape[axis], idx)
-    return torch.index_select(x[0], axis, idx.reshape(-1)).reshape(x[0].shape[:axis] + idx.shape + x[0].shape[axis + 1:])
+    return torch.index_select(x[0], axis, idx.reshape(-1)).reshape(
+        x[0].shape[:axis] + idx.shape + x[0].shape[axis + 1 :]
+    )
 
 
 @op("GatherElements")
@@ -120,7 +122,7 @@ def _cast(node, x, a):
 @op("Shape")
 def _shape(node, x, a):
     shape = torch.tensor(list(x[0].shape), dtype=torch.int64)
-    return shape[a.get("start", 0): a.get("end", None)]
+    return shape[a.get("start", 0) : a.get("end", None)]
 
 
 @op("ConstantOfShape")
@@ -161,7 +163,9 @@ def _resize(node, x, a):
     if "scales" in a:
         scales = list(a["scales"])[2:]
     torch_mode = "nearest" if mode == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[x[0].ndim - 2]
-    kwargs = {} if torch_mode == "nearest" else {"align_corners": a.get("coordinate_transformation_mode") == "align_corners"}
+    kwargs = (
+        {} if torch_mode == "nearest" else {"align_corners": a.get("coordinate_transformation_mode") == "align_corners"}
+    )
     return F.interpolate(x[0], size=sizes, scale_factor=None if sizes else scales, mode=torch_mode, **kwargs)
 
 
@@ -181,5 +185,3 @@ def _s2d(node, x, a):
     n, c, h, w = x[0].shape
     t = x[0].reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
     return t.reshape(n, c * b * b, h // b, w // b)
-
-

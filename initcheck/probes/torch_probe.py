@@ -33,8 +33,13 @@ class _Recorder(torch.fx.Interpreter):
             out = super().run_node(n)
         if isinstance(out, torch.Tensor) and n.name in self.wanted and out.is_floating_point() and out.grad_fn is None:
             out = out.detach().requires_grad_(True)  # where the signal starts (an embedding lookup): differentiate here
-        items = [(n.name, out)] if isinstance(out, torch.Tensor) else [
-            (f"{n.name}.{i}", t) for i, t in enumerate(out) if isinstance(t, torch.Tensor)] if isinstance(out, (tuple, list)) else []
+        items = (
+            [(n.name, out)]
+            if isinstance(out, torch.Tensor)
+            else [(f"{n.name}.{i}", t) for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
+            if isinstance(out, (tuple, list))
+            else []
+        )
         for name, t in items:
             if name in self.wanted and t.is_floating_point():
                 self.acc.forward(name, t)
@@ -69,8 +74,10 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
     module = program.module()
     # program.module() shares parameters with the user's model: work on detached tensors without gradients,
     # so .grad never reaches the user's; copies only where weights get permuted in place
-    detached = {k: (v.detach().clone() if options.resample_weights else v.detach()).to(device)
-                for k, v in module.state_dict(keep_vars=True).items()}
+    detached = {
+        k: (v.detach().clone() if options.resample_weights else v.detach()).to(device)
+        for k, v in module.state_dict(keep_vars=True).items()
+    }
     module.load_state_dict(detached, assign=True)
     for p in module.parameters():
         p.requires_grad_(False)
@@ -80,7 +87,11 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
     inputs_wanted = {v.name for v in graph.inputs if v.is_float}
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
-    data, vocab, notes = by_input(load_input_data(options.input_data), [name for name, _, _ in specs]), vocabulary(graph), []
+    data, vocab, notes = (
+        by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
+        vocabulary(graph),
+        [],
+    )
     batch = specs[0][1][0] if specs and specs[0][1] else 1
     acc.batch = batch
     runs_per_seed = max(1, -(-options.batch // max(batch, 1)))
@@ -91,8 +102,10 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
         if options.resample_weights and run == 0 and seed > 0:
             module.load_state_dict(original)
             _permute_weights(module, generator)
-        inputs = [make_input(name, shape, dtype, vocab, generator, data, seed * runs_per_seed + run, device)
-                  for name, shape, dtype in specs]
+        inputs = [
+            make_input(name, shape, dtype, vocab, generator, data, seed * runs_per_seed + run, device)
+            for name, shape, dtype in specs
+        ]
         for (name, _, _), x in zip(specs, inputs):
             if x.is_floating_point():
                 x.requires_grad_(True)

@@ -27,7 +27,9 @@ def render_json(report: Report) -> str:
 def render_results(results: list[ModelResult]) -> str:
     if len(results) == 1 and results[0].report is not None:
         return render_json(results[0].report)
-    data = {"schema_version": SCHEMA_VERSION,
-            "models": [r.report.to_dict() for r in results if r.report is not None],
-            "errors": [{"model": r.model, "error": r.error} for r in results if r.report is None]}
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "models": [r.report.to_dict() for r in results if r.report is not None],
+        "errors": [{"model": r.model, "error": r.error} for r in results if r.report is None],
+    }
     return json.dumps(_finite(data), indent=2) + "\n"

@@ -9,7 +9,7 @@ from initcheck.report.model import ModelResult
 
 
 def render_junit(results: list[ModelResult]) -> str:
-    from initcheck.checks.codes import CODES
+    from initcheck.codes import CODES
 
     root = ET.Element("testsuites", name="initcheck")
     totals = {"tests": 0, "failures": 0, "errors": 0}
@@ -33,7 +33,8 @@ def render_junit(results: list[ModelResult]) -> str:
                 others = [f for f in result.report.findings if f.code == code.code and f not in mine]
                 if others:
                     ET.SubElement(case, "system-out").text = "\n".join(
-                        f"[{f.severity}] {f.scope or f.node}: {f.message}" for f in others)
+                        f"[{f.severity}] {f.scope or f.node}: {f.message}" for f in others
+                    )
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

@@ -35,7 +35,9 @@ def _model(result: ModelResult) -> list[str]:
     extras += [f"{report.suppressed} suppressed by the config"] if report.suppressed else []
     states = [f.baseline for f in report.findings if f.baseline]
     if states or report.fixed:
-        extras.append(f"baseline: {states.count('new')} new, {states.count('worsened')} worsened, {len(report.fixed)} fixed")
+        extras.append(
+            f"baseline: {states.count('new')} new, {states.count('worsened')} worsened, {len(report.fixed)} fixed"
+        )
     if extras:
         lines += ["_" + "; ".join(extras) + "_", ""]
     if report.findings:
@@ -44,17 +46,25 @@ def _model(result: ModelResult) -> list[str]:
             note = f" (measured {f.measured:.3g})" if f.measured is not None else ""
             note += f" — intentional: {f.declared}" if f.declared else ""
             note += f" **[{f.baseline}]**" if f.baseline in ("new", "worsened") else ""
-            lines.append(f"| {_ICON[f.severity]} {f.severity} | `{f.code}` | {_cell(f.scope or f.node or '-')} | "
-                         f"{_cell(f.message + note)} | {_cell(f.fix or '-')} |")
+            lines.append(
+                f"| {_ICON[f.severity]} {f.severity} | `{f.code}` | {_cell(f.scope or f.node or '-')} | "
+                f"{_cell(f.message + note)} | {_cell(f.fix or '-')} |"
+            )
         lines.append("")
-    lines += [f"<details><summary>Per-layer table ({len(report.layers)} rows; depth {report.depth}, width "
-              f"{report.width if report.width is not None else '-'})</summary>", "",
-              "| # | layer | op | shape | K | fwd log10 | G | bwd log10 | K measured |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"<details><summary>Per-layer table ({len(report.layers)} rows; depth {report.depth}, width "
+        f"{report.width if report.width is not None else '-'})</summary>",
+        "",
+        "| # | layer | op | shape | K | fwd log10 | G | bwd log10 | K measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report.layers:
         shape = "x".join("?" if d is None else str(d) for d in row.shape) if row.shape else "?"
-        lines.append(f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.second_moment)} | "
-                     f"{_num(row.forward_log10)} | {_num(row.grad_second_moment)} | {_num(row.backward_log10)} | "
-                     f"{_num(row.measured_K)} |")
+        lines.append(
+            f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.second_moment)} | "
+            f"{_num(row.forward_log10)} | {_num(row.grad_second_moment)} | {_num(row.backward_log10)} | "
+            f"{_num(row.measured_K)} |"
+        )
     return lines + ["", "</details>", ""]
 
 

@@ -139,8 +139,11 @@ class Report:
         only new or worsened ones."""
         if fail_on == "never":
             return []
-        return [f for f in self.findings if severity_rank(f.severity) >= severity_rank(fail_on)
-                and f.baseline in (None, "new", "worsened")]
+        return [
+            f
+            for f in self.findings
+            if severity_rank(f.severity) >= severity_rank(fail_on) and f.baseline in (None, "new", "worsened")
+        ]
 
     def fails(self, fail_on: str) -> bool:
         return bool(self.failing(fail_on))

@@ -8,8 +8,14 @@ from initcheck.errors import UsageError
 from initcheck.report.model import ModelResult
 
 FORMATS = ("table", "json", "markdown", "sarif", "junit")
-_SUFFIXES = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".sarif": "sarif", ".xml": "junit",
-             ".txt": "table"}
+_SUFFIXES = {
+    ".json": "json",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".sarif": "sarif",
+    ".xml": "junit",
+    ".txt": "table",
+}
 
 
 def format_for(path: str) -> str:

@@ -65,8 +65,16 @@ def _agreement(row: LayerRow) -> Text:
 def layer_table(report: Report) -> Table:
     probed = report.probe is not None
     table = Table(title=f"initcheck: {report.model}", title_justify="left", header_style="bold", pad_edge=False)
-    columns = [("#", "right"), ("layer", "left"), ("op", "left"), ("shape", "left"), ("fan in/out", "right"),
-               ("w std/target", "right"), ("mean", "right"), ("K", "right")]
+    columns = [
+        ("#", "right"),
+        ("layer", "left"),
+        ("op", "left"),
+        ("shape", "left"),
+        ("fan in/out", "right"),
+        ("w std/target", "right"),
+        ("mean", "right"),
+        ("K", "right"),
+    ]
     columns += [("K meas", "right"), ("meas/pred", "right")] if probed else []
     columns += [("fwd log10", "right"), ("G", "right")] + ([("G meas", "right")] if probed else [])
     columns += [("bwd log10", "right"), ("flags", "left")]
@@ -114,21 +122,39 @@ def summary(report: Report) -> Group:
     if cov.approximated:
         lines.append(Text("  approximated: " + ", ".join(f"{k} ×{v}" for k, v in cov.approximated.items())))
     if cov.unsupported:
-        lines.append(Text("  unsupported: " + ", ".join(f"{k} ×{v}" for k, v in cov.unsupported.items()), style="yellow"))
+        lines.append(
+            Text("  unsupported: " + ", ".join(f"{k} ×{v}" for k, v in cov.unsupported.items()), style="yellow")
+        )
     width = report.width if report.width is not None else "-"
     inputs = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in report.inputs.items())
-    regime = (f"; instance spread CV² {report.instance_spread:.2g} ({report.width_regime})"
-              if report.instance_spread is not None else "")
-    lines.append(Text(f"depth {report.depth} weighted layers, median width {width}{regime}; mode {report.mode}; "
-                      f"inputs {inputs}"))
-    lines.append(Text("K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
-                      "G: gradient second moment, unit cotangent at outputs; ~ approximate; ±: expected instance-to-instance deviation at this width; norm↓ rescaled by a later norm",
-                      style="dim"))
+    regime = (
+        f"; instance spread CV² {report.instance_spread:.2g} ({report.width_regime})"
+        if report.instance_spread is not None
+        else ""
+    )
+    lines.append(
+        Text(f"depth {report.depth} weighted layers, median width {width}{regime}; mode {report.mode}; inputs {inputs}")
+    )
+    lines.append(
+        Text(
+            "K: second moment E[z^2]; fwd: log10 K/K_ref (nearest normalisation or input); "
+            "G: gradient second moment, unit cotangent at outputs; ~ approximate; ±: expected instance-to-instance deviation at this width; norm↓ rescaled by a later norm",
+            style="dim",
+        )
+    )
     if report.probe:
         p = report.probe
-        check = f"; torch form vs onnxruntime {p['max_relative_difference']:.1e}" if p.get("max_relative_difference") is not None else ""
-        lines.append(Text(f"probe: {p['samples']} samples in {p['runs']} runs on {p['device']}, backward seed "
-                          f"{p['loss']}{'; weights resampled per seed' if p['resampled_weights'] else ''}{check}"))
+        check = (
+            f"; torch form vs onnxruntime {p['max_relative_difference']:.1e}"
+            if p.get("max_relative_difference") is not None
+            else ""
+        )
+        lines.append(
+            Text(
+                f"probe: {p['samples']} samples in {p['runs']} runs on {p['device']}, backward seed "
+                f"{p['loss']}{'; weights resampled per seed' if p['resampled_weights'] else ''}{check}"
+            )
+        )
         for note in p["notes"]:
             lines.append(Text(f"probe note: {note}", style="yellow"))
     for note in report.notes:
@@ -167,11 +193,18 @@ def render_results(results, console: Console) -> None:
         render_table(result.report, console)
         report = result.report
         if report.config or report.suppressed:
-            console.print(Text(f"config: {report.config or '-'}; {report.suppressed} finding(s) suppressed", style="dim"))
+            console.print(
+                Text(f"config: {report.config or '-'}; {report.suppressed} finding(s) suppressed", style="dim")
+            )
         states = [f.baseline for f in report.findings if f.baseline]
         if states or report.fixed:
-            console.print(Text(f"baseline: {states.count('new')} new, {states.count('worsened')} worsened, "
-                               f"{len(report.fixed)} fixed", style="bold"))
+            console.print(
+                Text(
+                    f"baseline: {states.count('new')} new, {states.count('worsened')} worsened, "
+                    f"{len(report.fixed)} fixed",
+                    style="bold",
+                )
+            )
     if len(results) > 1:
         console.print(Text("summary:", style="bold"))
         for line in summary_lines(results):

@@ -55,7 +55,10 @@ def pointwise_forward(node, ins, ctx):
     mean, K, M, _ = program_moments(program, x)
     keeps_profile = program[0] in _HOMOGENEOUS
     return clean(
-        mean, K, M, x.exact and x.gaussian,
+        mean,
+        K,
+        M,
+        x.exact and x.gaussian,
         profile=x.profile if keeps_profile else None,
         gaussian=program[0] in ("identity", "neg"),
     )

@@ -54,8 +54,12 @@ def _extrapolated(sigma: float, n: int) -> dict[str, float]:
     shrink = _MAX_ROW / n
     entropy = base["entropy_ratio"] * np.log(_MAX_ROW) + np.log(1 / shrink)
     max_p = base["max_p"] * shrink * np.exp(sigma * (_expected_max(n) - _expected_max(_MAX_ROW)))
-    return {"sum_p2": base["sum_p2"] * shrink, "backward": base["backward"] * shrink, "max_p": float(min(max_p, 1.0)),
-            "entropy_ratio": float(entropy / np.log(n))}
+    return {
+        "sum_p2": base["sum_p2"] * shrink,
+        "backward": base["backward"] * shrink,
+        "max_p": float(min(max_p, 1.0)),
+        "entropy_ratio": float(entropy / np.log(n)),
+    }
 
 
 def _expected_max(n: int) -> float:

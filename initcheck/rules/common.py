@@ -74,8 +74,12 @@ def conv_profile(
 
 
 def transposed_profile(
-    in_lengths: list[int | None], out_lengths: list[int | None], kernel: list[int], strides: list[int],
-    dilations: list[int], pads_begin: list[int],
+    in_lengths: list[int | None],
+    out_lengths: list[int | None],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads_begin: list[int],
 ) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
     taps of its phase in the interior (edges and output_padding rows get fewer, docs/theory.md §3)."""
@@ -84,7 +88,7 @@ def transposed_profile(
     result = []
     for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
         o = np.arange(n_out)[:, None] + pb - np.arange(k)[None, :] * d
-        hits = (o % s == 0)
+        hits = o % s == 0
         interior = hits.sum(axis=1)
         valid = (hits & (o // s >= 0) & (o // s < n_in)).sum(axis=1)
         result.append(np.where(interior > 0, valid / np.maximum(interior, 1), 1.0))
@@ -92,8 +96,13 @@ def transposed_profile(
 
 
 def backward_border(
-    in_lengths: list[int | None], out_lengths: list[int | None], kernel: list[int], strides: list[int],
-    dilations: list[int], pads_begin: list[int], transposed: bool = False,
+    in_lengths: list[int | None],
+    out_lengths: list[int | None],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads_begin: list[int],
+    transposed: bool = False,
 ) -> float:
     """Fraction of the interior backward fan-out that border inputs keep under zero padding: the
     (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs)."""

@@ -54,8 +54,15 @@ def linear_backward(node, ins, outs, grads, ctx):
 def _border(node, transposed: bool) -> float:
     a = node.attrs
     n = len(a["kernel"])
-    return backward_border(spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n), a["kernel"],
-                           a["strides"], a["dilations"], a["pads_begin"], transposed)
+    return backward_border(
+        spatial_lengths(node.inputs[0], n),
+        spatial_lengths(node.outputs[0], n),
+        a["kernel"],
+        a["strides"],
+        a["dilations"],
+        a["pads_begin"],
+        transposed,
+    )
 
 
 @backward_rule("conv_transpose")
@@ -71,8 +78,13 @@ def conv_forward(node, ins, ctx):
     a = node.attrs
     n = len(a["kernel"])
     profile = conv_profile(
-        x.profile, spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
-        a["kernel"], a["strides"], a["dilations"], a["pads_begin"],
+        x.profile,
+        spatial_lengths(node.inputs[0], n),
+        spatial_lengths(node.outputs[0], n),
+        a["kernel"],
+        a["strides"],
+        a["dilations"],
+        a["pads_begin"],
     )
     w = node.params["weight"]
     exact = x.exact and (profile is not None or not any(a["pads_begin"] + a["pads_end"]))
@@ -104,8 +116,14 @@ def conv_transpose_forward(node, ins, ctx):
     w: LinearStats = node.params["weight"]
     a = node.attrs
     n = len(a["kernel"])
-    profile = transposed_profile(spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
-                                 a["kernel"], a["strides"], a["dilations"], a["pads_begin"])
+    profile = transposed_profile(
+        spatial_lengths(node.inputs[0], n),
+        spatial_lengths(node.outputs[0], n),
+        a["kernel"],
+        a["strides"],
+        a["dilations"],
+        a["pads_begin"],
+    )
     border = profile_factor(profile)
     energy = np.array(w.phase_energy)
     driven = x.var * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb)
@@ -113,8 +131,14 @@ def conv_transpose_forward(node, ins, ctx):
     coherent = max(x.M - x.m**2, 0.0) * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb)
     mean = w.bias_mean  # tap sums of zero-mean weights average out over phases
     exact = x.exact and profile is not None
-    return clean(mean, driven.mean() * border + w.bias_sq, coherent.mean() * border + w.bias_sq, exact,
-                 phases=tuple(float(p) for p in phases), profile=normalize_profile(profile))
+    return clean(
+        mean,
+        driven.mean() * border + w.bias_sq,
+        coherent.mean() * border + w.bias_sq,
+        exact,
+        phases=tuple(float(p) for p in phases),
+        profile=normalize_profile(profile),
+    )
 
 
 def _contracted(node) -> int | None:

@@ -37,8 +37,12 @@ def _mix_profiles(parts: list[Moments]) -> tuple[np.ndarray, ...] | None:
 
 
 def _is_additive_mask(value) -> bool:
-    return value is not None and value.array is not None and value.array.dtype.kind == "f" and bool(
-        (value.array <= -1e4).any())
+    return (
+        value is not None
+        and value.array is not None
+        and value.array.dtype.kind == "f"
+        and bool((value.array <= -1e4).any())
+    )
 
 
 def _signed_sum(node, ins, signs) -> Moments:
@@ -138,7 +142,9 @@ def div_forward(node, ins, ctx):
     else:
         inv_mean = node.params["reciprocal"].mean
     exact = all(x.exact for x in ins if x is not None) and ins[0] is not None
-    return clean(a.m * inv_mean, a.K * inv_sq, a.M * inv_sq, exact, profile=a.profile, gaussian=ins[1] is None and a.gaussian)
+    return clean(
+        a.m * inv_mean, a.K * inv_sq, a.M * inv_sq, exact, profile=a.profile, gaussian=ins[1] is None and a.gaussian
+    )
 
 
 @backward_rule("div")
@@ -178,7 +184,10 @@ def concat_forward(node, ins, ctx):
     M = float(sum(wi * p.M for wi, p in zip(w, parts)))
     exact = known and all(p.exact for p in parts)
     # parts of different scale make a mixture, not one Gaussian
-    alike = max(p.K for p in parts) <= 1.1 * min(p.K for p in parts) and max(abs(p.m) for p in parts) <= 0.1 * K**0.5 + 1e-12
+    alike = (
+        max(p.K for p in parts) <= 1.1 * min(p.K for p in parts)
+        and max(abs(p.m) for p in parts) <= 0.1 * K**0.5 + 1e-12
+    )
     return clean(m, K, M, exact, gaussian=all(p.gaussian for p in parts) and alike)
 
 

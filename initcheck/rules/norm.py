@@ -68,7 +68,14 @@ def rms_norm_forward(node, ins, ctx):
     x = ins[0]
     eps = node.attrs.get("epsilon", 1e-5)
     g2, b2, b_mean = _affine(node)
-    return clean(b_mean, g2 * x.K / (x.K + eps) + b2, g2 * x.M / (x.K + eps) + b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+    return clean(
+        b_mean,
+        g2 * x.K / (x.K + eps) + b2,
+        g2 * x.M / (x.K + eps) + b2,
+        x.exact,
+        profile=x.profile,
+        gaussian=x.gaussian,
+    )
 
 
 @backward_rule("rms_norm")
@@ -129,7 +136,7 @@ def batch_norm_forward(node, ins, ctx):
         return clean(b_mean, g2 * v / (v + eps) + b2, b2, x.exact, profile=x.profile, gaussian=x.gaussian)
     s = node.params["eval"]  # moments over channels of a = gamma/sqrt(var+eps), mu and beta
     m = x.m
-    K = (x.var * s["a2"] + m * m * s["a2"] - 2 * m * s["a2mu"] + s["a2mu2"] + 2 * m * s["ab"] - 2 * s["abmu"] + s["b2"])
+    K = x.var * s["a2"] + m * m * s["a2"] - 2 * m * s["a2mu"] + s["a2mu2"] + 2 * m * s["ab"] - 2 * s["abmu"] + s["b2"]
     mean = m * s["a"] - s["amu"] + s["b"]
     M = K - x.var * s["a2"] + max(x.M - m * m, 0.0) * s["a2"]
     return clean(mean, K, M, x.exact, profile=x.profile, gaussian=x.gaussian)

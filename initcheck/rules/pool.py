@@ -22,8 +22,13 @@ def _pool_profile(node, x: Moments):
     n = len(node.attrs["kernel"])
     a = node.attrs
     profile = conv_profile(
-        x.profile, spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n),
-        a["kernel"], a["strides"], a.get("dilations", [1] * n), a.get("pads_begin", [0] * n),
+        x.profile,
+        spatial_lengths(node.inputs[0], n),
+        spatial_lengths(node.outputs[0], n),
+        a["kernel"],
+        a["strides"],
+        a.get("dilations", [1] * n),
+        a.get("pads_begin", [0] * n),
     )
     return normalize_profile(profile) if x.profile else None
 
@@ -95,7 +100,11 @@ def max_pool_backward(node, ins, outs, grads, ctx):
     with probability 1 - 2^-A), not a random point; the activation's rule assumes independence and
     applies <phi'^2>, so the ratio <phi'(max)^2> / <phi'^2> is applied here to keep the gradient that
     reaches the pre-activation (and the weights) right."""
-    share = 1.0 / (_spatial_size(node) or 1) if node.op == "global_max_pool" else 1.0 / float(np.prod(node.attrs["strides"]))
+    share = (
+        1.0 / (_spatial_size(node) or 1)
+        if node.op == "global_max_pool"
+        else 1.0 / float(np.prod(node.attrs["strides"]))
+    )
     program, source = _source_program(node, ctx)
     if source is not None:
         area = _window(node) if node.op == "max_pool" else _spatial_size(node) or 1
@@ -212,7 +221,9 @@ def reduce_forward(node, ins, ctx):
     K = base + (x.K - base) / n
     scale = float(n * n) if node.op == "reduce_sum" else 1.0
     mean = x.m * (n if node.op == "reduce_sum" else 1)
-    return clean(mean, K * scale, base * scale, x.exact and _reduced_count(node) is not None, gaussian=n > 8 or x.gaussian)
+    return clean(
+        mean, K * scale, base * scale, x.exact and _reduced_count(node) is not None, gaussian=n > 8 or x.gaussian
+    )
 
 
 @backward_rule("reduce_mean", "reduce_sum")

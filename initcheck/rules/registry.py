@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-FORWARD: dict[str, Callable] = {}
-BACKWARD: dict[str, Callable] = {}
+from initcheck.registry import Table
+
+FORWARD = Table("forward rule")
+BACKWARD = Table("backward rule")
 APPROXIMATE: set[str] = set()  # ops whose forward rule is an approximation by construction
 
 
@@ -21,26 +23,14 @@ class Unsupported:
     reason: str
 
 
-def _register(table: dict[str, Callable], ops: tuple[str, ...], approximate: bool):
-    def decorate(fn: Callable) -> Callable:
-        taken = [op for op in ops if op in table]
-        if taken:
-            raise ValueError(f"duplicate rule for op {taken[0]!r}")
-        for op in ops:
-            table[op] = fn
-            if approximate:
-                APPROXIMATE.add(op)
-        return fn
-
-    return decorate
+def forward_rule(*ops: str, approximate: bool = False) -> Callable[[Callable], Callable]:
+    if approximate:
+        APPROXIMATE.update(ops)
+    return FORWARD.register(*ops)
 
 
-def forward_rule(*ops: str, approximate: bool = False):
-    return _register(FORWARD, ops, approximate)
-
-
-def backward_rule(*ops: str):
-    return _register(BACKWARD, ops, False)
+def backward_rule(*ops: str) -> Callable[[Callable], Callable]:
+    return BACKWARD.register(*ops)
 
 
 def load_all() -> None:

@@ -98,7 +98,13 @@ def pad_forward(node, ins, ctx):
         return x.with_(profile=None)
     c = node.attrs.get("value", 0.0)
     frac = n_in / n_out
-    return clean(frac * x.m + (1 - frac) * c, frac * x.K + (1 - frac) * c * c, frac * x.M + (1 - frac) * c * c, x.exact, gaussian=False)
+    return clean(
+        frac * x.m + (1 - frac) * c,
+        frac * x.K + (1 - frac) * c * c,
+        frac * x.M + (1 - frac) * c * c,
+        x.exact,
+        gaussian=False,
+    )
 
 
 @backward_rule("pad")

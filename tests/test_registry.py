@@ -1,0 +1,64 @@
+"""The registries that tie the project together: checks to their codes, ops to their handlers."""
+
+from __future__ import annotations
+
+import pytest
+
+from initcheck.checks import CHECKS, run_checks
+from initcheck.checks.registry import Check, CheckContext, check, emitters, verify_catalogue
+from initcheck.codes import CODES, DEFAULTS
+from initcheck.report.model import Finding
+
+
+def test_every_code_has_exactly_one_check_and_every_check_a_known_code():
+    assert {code: len(names) for code, names in emitters().items()} == {code: 1 for code in CODES}
+    assert {c for chk in CHECKS.values() for c in chk.codes} == set(CODES)
+
+
+def test_a_code_without_an_emitter_or_with_two_is_caught(monkeypatch):
+    monkeypatch.delitem(CHECKS, "dropout")
+    with pytest.raises(AssertionError, match="IC507: emitted by no check"):
+        verify_catalogue()
+    monkeypatch.setitem(CHECKS, "dropout", Check("dropout", ("IC507",), "symbolic", lambda ctx: []))
+    monkeypatch.setitem(CHECKS, "dropout again", Check("dropout again", ("IC507",), "symbolic", lambda ctx: []))
+    with pytest.raises(AssertionError, match=r"IC507: emitted by \['dropout', 'dropout again'\]"):
+        verify_catalogue()
+
+
+def test_registration_rejects_duplicates_and_unknown_codes():
+    with pytest.raises(ValueError, match="registered twice"):
+        check("signal", "IC101")(lambda ctx: [])
+    with pytest.raises(ValueError, match="IC999"):
+        check("new", "IC999")(lambda ctx: [])
+
+
+def test_a_check_emitting_an_undeclared_code_is_skipped_with_a_note(monkeypatch):
+    stray = Finding("IC101", "error", "forward", "x")
+    monkeypatch.setattr("initcheck.checks.CHECKS", {"odd": Check("odd", ("IC507",), "symbolic", lambda ctx: [stray])})
+    with pytest.raises(AssertionError, match="undeclared"):  # the tests run with INITCHECK_DEBUG: a bug raises
+        run_checks(CheckContext(graph=None, result=None, rows=[]))
+    monkeypatch.delenv("INITCHECK_DEBUG")
+    findings, notes = run_checks(CheckContext(graph=None, result=None, rows=[]))
+    assert findings == [] and notes == [
+        "odd check skipped on this model (AssertionError: emitted undeclared code(s) IC101)"
+    ]
+
+
+def test_thresholds_live_with_their_codes():
+    assert DEFAULTS == {code: dict(c.limits) for code, c in CODES.items() if c.limits}
+    assert DEFAULTS["IC101"] == {"warning": 1.0, "error": 2.0}
+
+
+def test_every_op_table_refuses_a_second_handler_for_an_op():
+    from initcheck.frontends import onnx_ops, torch_ops
+    from initcheck.probes import onnx_torch
+    from initcheck.registry import Table
+    from initcheck.rules import BACKWARD, FORWARD, load_all
+
+    load_all()
+    tables = [FORWARD, BACKWARD, onnx_ops.HANDLERS, torch_ops.HANDLERS, onnx_torch.OPS]
+    assert all(isinstance(t, Table) and len(t) > 20 for t in tables)
+    for table in tables:
+        taken = next(iter(table))
+        with pytest.raises(ValueError, match=f"duplicate {table.what} for '{taken}'"):
+            table.register(taken)(lambda *args: None)
