@@ -23,9 +23,9 @@ from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.limits import check_probe_memory, elements_at_most
 from initcheck.norm_patterns import recognize_normalizations
+from initcheck.options import Options, ProbeOptions, resolve
 from initcheck.passes import fuse_pointwise
 from initcheck.policy import apply_policy
-from initcheck.probes.common import ProbeOptions
 from initcheck.report.model import SEVERITIES, Coverage, Report, severity_rank
 
 
@@ -69,33 +69,39 @@ def analyze(
       The API never discovers a config on its own (the CLI does).
     """
     config = _config_for(config, model)
-    # overflowing moments become inf and are reported as findings, not warnings; no tensor beyond the limit
-    with np.errstate(all="ignore"), warnings.catch_warnings(), elements_at_most(config.max_elements):
-        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "mean of empty slice" and the like
-        return _analyze(model, inputs, arch, trust_pickle, all_nodes, training, probe, degree, config)
-
-
-def _analyze(model, inputs, arch, trust_pickle, all_nodes, training, probe, degree, config: Config) -> Report:
-    inputs = inputs if inputs is not None else (config.inputs or None)
-    arch = arch or config.arch
-    degree = degree or config.degree
-    training = training if training is not None else config.train
-    if _is_module(model):
-        graph, runner = _module_graph(model, inputs, training)
-        mode = "train" if (model.training if training is None else training) else "eval"
-    else:
-        graph, runner = frontends.load_model(Path(model), inputs, bool(training), arch=arch, trust_pickle=trust_pickle)
-        mode = "train" if training else "eval"
-    options = probe if isinstance(probe, ProbeOptions) else ProbeOptions() if probe else None
-    return analyze_graph(
-        graph,
+    module = _is_module(model)
+    options = resolve(
+        config,
+        shapes=None if module else inputs,
+        arch=arch,
+        trust_pickle=trust_pickle,
         all_nodes=all_nodes,
-        mode=mode,
-        runner=runner if options else None,
-        probe_options=options,
-        hints={"degree": degree} if degree else None,
-        config=config,
+        training=training,
+        probe=probe,
+        degree=degree,
+        model=None if module else model,
     )
+    return analyze_with(model, options, example_inputs=inputs if module else None)
+
+
+def analyze_with(model, options: Options, example_inputs=None) -> Report:
+    """analyze() once the options are resolved (the CLI resolves its flags and calls this)."""
+    # overflowing moments become inf and are reported as findings, not warnings; no tensor beyond the limit
+    with np.errstate(all="ignore"), warnings.catch_warnings(), elements_at_most(options.max_elements):
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "mean of empty slice" and the like
+        if _is_module(model):
+            graph, executable = _module_graph(model, example_inputs, options.training)
+            training = model.training if options.training is None else options.training
+        else:
+            graph, executable = frontends.load_model(
+                Path(model),
+                options.shapes or None,
+                bool(options.training),
+                arch=options.arch,
+                trust_pickle=options.trust_pickle,
+            )
+            training = bool(options.training)
+        return analyze_graph(graph, options, "train" if training else "eval", executable)
 
 
 def _config_for(config, model) -> Config:
@@ -139,22 +145,14 @@ def _module_graph(module, inputs, training: bool | None):
     return frontends.module_graph(module, args, mode, type(module).__name__, kwargs)
 
 
-def analyze_graph(
-    graph: Graph,
-    *,
-    all_nodes: bool = False,
-    mode: str = "eval",
-    runner=None,
-    probe_options: ProbeOptions | None = None,
-    hints: dict | None = None,
-    config: Config | None = None,
-) -> Report:
-    config = config or Config()
-    with overridden(config.thresholds), np.errstate(all="ignore"):
-        return _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config)
+def analyze_graph(graph: Graph, options: Options | None = None, mode: str = "eval", executable=None) -> Report:
+    """Analyse a graph already in the IR; `executable` (from the frontend) is what the probe runs, if it runs."""
+    options = options or Options()
+    with overridden(options.config.thresholds), np.errstate(all="ignore"):
+        return _analyze_graph(graph, options, mode, executable)
 
 
-def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config: Config) -> Report:
+def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Report:
     fuse_pointwise(graph)
     recognize_normalizations(graph)
     if any(n.attrs.get("untrained_stats") for n in graph.nodes):
@@ -163,15 +161,15 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
             "with batch statistics, as they will train"
         )
     result = run_symbolic(graph)
-    rows = build_rows(graph, result, all_nodes)
+    rows = build_rows(graph, result, options.all_nodes)
     depth, width = depth_and_width(graph)
     chis = susceptibilities(graph, result)
     attach_susceptibilities(rows, chis)
-    ctx = CheckContext(graph, result, rows, depth, width, chis, degree=(hints or {}).get("degree"))
+    ctx = CheckContext(graph, result, rows, depth, width, chis, degree=options.degree)
     findings, notes = run_checks(ctx)
     probe_summary = None
-    if runner is not None:
-        measured, failure = _run_probe(graph, runner, probe_options)
+    if options.probe is not None and executable is not None:
+        measured, failure = _run_probe(graph, executable, options.probe)
         if measured is not None:
             attach_measurements(rows, graph, result, measured)
             quote_measurements(findings, graph, measured)
@@ -182,7 +180,7 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
     findings = finish(findings)
     if graph.folded_normalization:
         findings = [_fold_consequence(f) for f in findings]
-    findings, suppressed = apply_policy(findings, config)
+    findings, suppressed = apply_policy(findings, options.config)
     spread = output_spread(graph, result)
     return Report(
         model=graph.source,
@@ -195,12 +193,12 @@ def _analyze_graph(graph, all_nodes, mode, runner, probe_options, hints, config:
         layers=rows,
         findings=findings,
         coverage=_coverage(result),
-        notes=list(graph.notes),
-        all_nodes=all_nodes,
+        notes=list(graph.notes) + ([options.probe_skipped] if options.probe_skipped else []),
+        all_nodes=options.all_nodes,
         probe=probe_summary,
         instance_spread=spread[0] if spread else None,
         width_regime=width_regime(spread[0]) if spread else "",
-        config=config.source,
+        config=options.config.source,
         suppressed=suppressed,
     )
 
@@ -221,11 +219,13 @@ def _fold_consequence(finding):
     return finding
 
 
-def _run_probe(graph: Graph, runner, options: ProbeOptions | None):
+def _run_probe(graph: Graph, executable, options: ProbeOptions):
     """(measurements, None), or (None, the error) when the model does not run here: the symbolic results stand."""
+    from initcheck.probes import run_probe
+
     try:
-        check_probe_memory(graph, options.batch if options else 16)
-        return runner(graph, options), None
+        check_probe_memory(graph, options.batch)
+        return run_probe(executable, graph, options), None
     except InitcheckError:
         raise  # the user's options are wrong (device, input data): say so
     except Exception as e:

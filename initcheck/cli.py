@@ -7,28 +7,13 @@ import argparse
 import os
 import sys
 
-from initcheck.cli_analyze import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from initcheck.errors import InitcheckError, UsageError, debugging, one_line
+from initcheck.config import parse_shape  # noqa: F401  (was public here)
+from initcheck.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, InitcheckError, UsageError, debugging, one_line
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, like every other usage error
         self.exit(EXIT_ERROR, f"initcheck: error: {message}\n")
-
-
-def parse_shape(text: str) -> tuple[str, tuple[tuple[int, ...], str | None]]:
-    """NAME=DIMxDIM...[:dtype] -> (name, (shape, dtype or None))."""
-    name, sep, spec = text.rpartition("=")
-    if not sep or not name:
-        raise UsageError(f"--input '{text}': expected NAME=DIMxDIM..., e.g. input=1x3x224x224")
-    dims, _, dtype = spec.partition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise UsageError(f"--input '{text}': dimensions must be integers, e.g. {name}=1x3x224x224") from None
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input '{text}': dimensions must be positive")
-    return name, (shape, dtype or None)
 
 
 def _parser() -> argparse.ArgumentParser:

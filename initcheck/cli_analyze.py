@@ -8,9 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from initcheck.errors import InitcheckError, UsageError, debugging, one_line
-
-EXIT_OK, EXIT_FINDINGS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+from initcheck.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, InitcheckError, UsageError, debugging, one_line
 
 
 def run_analyze(args) -> int:
@@ -22,9 +20,9 @@ def run_analyze(args) -> int:
     for path in [p for p, _ in outputs] + ([args.write_baseline] if args.write_baseline else []):
         check_writable(path, "--output" if path != args.write_baseline else "--write-baseline")
     entries = baseline.load(Path(args.baseline)) if args.baseline else None
-    results = []
+    results, said = [], set()
     for model in args.models:
-        result = _one(model, args)
+        result = _one(model, args, said)
         if result.report is not None and entries is not None:
             baseline.compare(result.report, entries.get(baseline.model_key(model, Path(args.baseline)), []))
         results.append(result)
@@ -51,35 +49,37 @@ def run_analyze(args) -> int:
     return EXIT_FINDINGS if any(isinstance(r, ModelResult) and r.failed for r in results) else EXIT_OK
 
 
-def _one(model: str, args):
+def _one(model: str, args, said: set[str]):
     """Analyse one model with its config; a failure becomes the result's one-line error."""
-    from dataclasses import replace
-
-    from initcheck.api import analyze
+    from initcheck.api import analyze_with
+    from initcheck.config import parse_shape
     from initcheck.limits import TimeLimitExceeded, time_limit
+    from initcheck.options import PROBE_SETTINGS, resolve
     from initcheck.report.model import ModelResult
 
     try:
-        config = _config(model, args)
-        config = replace(config, max_elements=args.max_elements or config.max_elements)
-        fail_on = args.fail_on or config.fail_on or "error"
-        options, skipped = _probe_options(model, args, config.probe)
-        inputs = {**config.inputs, **dict(_shapes(args))}
-        with _with_progress(options), time_limit(args.time_limit or config.time_limit, model):
-            report = analyze(
-                model,
-                inputs or None,
-                arch=args.arch or config.arch,
-                trust_pickle=args.trust_pickle,
-                all_nodes=args.all_nodes,
-                training=args.train if args.train is not None else config.train,
-                probe=options or False,
-                degree=args.degree or config.degree,
-                config=config,
-            )
-        if skipped:
-            report.notes.append(skipped)
-        return ModelResult(model, report, None, fail_on)
+        options = resolve(
+            _config(model, args),
+            shapes=dict(parse_shape(s) for s in args.input),
+            arch=args.arch,
+            trust_pickle=args.trust_pickle,
+            all_nodes=args.all_nodes,
+            training=args.train,
+            probe=False if args.no_probe else None,
+            probe_flags={name: getattr(args, name) for name in PROBE_SETTINGS},
+            degree=args.degree,
+            fail_on=args.fail_on,
+            max_elements=args.max_elements,
+            time_limit=args.time_limit,
+            model=model,
+        )
+        if options.probe_skipped and options.probe_skipped not in said:  # said first, not after the table
+            print(f"initcheck: {options.probe_skipped}", file=sys.stderr)
+            said.add(options.probe_skipped)
+        progress, options = _with_progress(options)
+        with progress, time_limit(options.time_limit, model):
+            report = analyze_with(model, options)
+        return ModelResult(model, report, None, options.fail_on)
     except (InitcheckError, TimeLimitExceeded) as e:
         return ModelResult(model, None, one_line(e), args.fail_on or "error")
     except Exception as e:  # a bug: one line per model unless --debug
@@ -102,57 +102,20 @@ def _config(model: str, args):
     return load(path).for_model(Path(model)) if path else Config().for_model(Path(model))
 
 
-def _shapes(args):
-    from initcheck.cli import parse_shape
-
-    return [parse_shape(s) for s in args.input]
-
-
-def _probe_options(model: str, args, configured: dict):
-    """ProbeOptions from the flags over the config, or None when the probe is off or cannot run here (then
-    said in a note)."""
-    from initcheck.probes.common import ProbeOptions
-
-    if args.no_probe or not configured.get("enabled", True):
-        return None, None
-    missing = [m for m in ("torch",) + (("onnxruntime",) if model.endswith(".onnx") else ()) if not _importable(m)]
-    if missing:
-        return None, f"probe skipped: {', '.join(missing)} not installed (pip install 'initcheck[probe,torch]')"
-
-    def pick(flag, key, default):
-        value = getattr(args, flag)
-        return value if value is not None else configured.get(key, default)
-
-    return ProbeOptions(
-        device=pick("device", "device", "auto"),
-        batch=pick("batch", "batch", 16),
-        seeds=pick("seeds", "seeds", 4),
-        resample_weights=args.resample_weights or configured.get("resample_weights", False),
-        loss=pick("loss", "loss", "cotangent"),
-        input_data=args.input_data,
-        timeout=pick("timeout", "timeout", None),
-    ), None
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def _with_progress(options):
-    """A transient progress bar on stderr for long probes (only on a terminal)."""
+    """A transient progress bar on stderr for long probes (only on a terminal): (context, options reporting to it)."""
     import contextlib
+    from dataclasses import replace
 
-    if options is None or not sys.stderr.isatty():
-        return contextlib.nullcontext()
+    if options.probe is None or not sys.stderr.isatty():
+        return contextlib.nullcontext(), options
     from rich.console import Console
     from rich.progress import Progress
 
     progress = Progress(transient=True, console=Console(stderr=True))
     task = progress.add_task("probing", total=None)
-    options.progress = lambda done, total: progress.update(task, completed=done, total=total)
-    return progress
+    report = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+    return progress, replace(options, probe=replace(options.probe, progress=report))
 
 
 def _write_outputs(results, outputs, args) -> None:

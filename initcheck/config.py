@@ -293,8 +293,6 @@ class _Checker:
         return out
 
     def model_entry(self, entry: dict, key: str) -> dict:
-        from initcheck.cli import parse_shape
-
         inputs = {}
         for name, text in self.mapping(entry.get("inputs", {}), f"{key}.inputs").items():
             self.typed(text, str, f"{key}.inputs.{name}")
@@ -315,3 +313,18 @@ class _Checker:
             "ignore": self.rules(entry.get("ignore", []), f"{key}.ignore", need_reason=False) or None,
             "deviations": self.rules(entry.get("deviations", []), f"{key}.deviations", need_reason=True) or None,
         }
+
+
+def parse_shape(text: str) -> tuple[str, tuple[tuple[int, ...], str | None]]:
+    """NAME=DIMxDIM...[:dtype] -> (name, (shape, dtype or None))."""
+    name, sep, spec = text.rpartition("=")
+    if not sep or not name:
+        raise UsageError(f"--input '{text}': expected NAME=DIMxDIM..., e.g. input=1x3x224x224")
+    dims, _, dtype = spec.partition(":")
+    try:
+        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise UsageError(f"--input '{text}': dimensions must be integers, e.g. {name}=1x3x224x224") from None
+    if any(d <= 0 for d in shape):
+        raise UsageError(f"--input '{text}': dimensions must be positive")
+    return name, (shape, dtype or None)

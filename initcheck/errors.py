@@ -1,4 +1,7 @@
-"""User-facing errors: each becomes one line on stderr and exit code 2."""
+"""User-facing errors: each becomes one line on stderr and exit code 2; the CLI's exit codes."""
+
+# 0 clean, 1 a finding at or above --fail-on, 2 usage or load error, 130 interrupted (128 + SIGINT)
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class InitcheckError(Exception):

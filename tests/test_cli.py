@@ -223,3 +223,36 @@ def test_console_script_and_module_entry_points():
     for cmd in ([sys.executable, "-m", "initcheck", "rules"],):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "IC101" in result.stdout
+
+
+def test_a_flag_that_cannot_act_is_an_error_never_ignored(capsys, monkeypatch):
+    code, out, err = run(
+        ["analyze", HEALTHY, "--no-probe", "--seeds", "8", "--device", "cpu"], capsys, monkeypatch=monkeypatch
+    )
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "initcheck: error: --device, --seeds: probe setting(s) given with --no-probe; drop one or the other"
+    )
+    # without torch the probe cannot run: asked for a device, that is an error; otherwise a note in the report
+    monkeypatch.setattr("initcheck.options._importable", lambda module: module != "torch")
+    code, out, err = run(["analyze", HEALTHY, "--device", "cuda"], capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "--device cuda: the probe needs torch" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(["analyze", HEALTHY, "--format", "json"], capsys, monkeypatch=monkeypatch)
+    report = json.loads(out)
+    assert code == 0 and report["probe"] is None
+    assert err.startswith("initcheck: probe skipped: torch not installed")  # said at the start, on stderr
+    assert any(n.startswith("probe skipped: torch not installed") for n in report["notes"])
+
+
+def test_options_resolve_flags_over_config_over_defaults(tmp_path):
+    from initcheck.config import load
+    from initcheck.options import ProbeOptions, resolve
+
+    path = tmp_path / ".initcheck.yaml"
+    path.write_text("fail_on: warning\nprobe: {seeds: 8, batch: 4}\nmodels:\n  m.onnx: {inputs: {x: 1x3}, degree: 5}\n")
+    config = load(path).for_model(tmp_path / "m.onnx")
+    options = resolve(config, shapes={"y": ((2,), None)}, probe_flags={"seeds": 2, "device": None}, fail_on=None)
+    assert options.fail_on == "warning" and options.degree == 5
+    assert options.shapes == {"x": ((1, 3), None), "y": ((2,), None)}
+    assert options.probe == ProbeOptions(seeds=2, batch=4)  # the flag over the config over the default
+    assert resolve(config, probe=False).probe is None

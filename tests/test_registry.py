@@ -62,3 +62,43 @@ def test_every_op_table_refuses_a_second_handler_for_an_op():
         taken = next(iter(table))
         with pytest.raises(ValueError, match=f"duplicate {table.what} for '{taken}'"):
             table.register(taken)(lambda *args: None)
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """initcheck's packages (initcheck.X) and the others each imports anywhere in its files, lazily or not."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "initcheck"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        source = "initcheck." + path.relative_to(root).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "initcheck" and len(parts) > 1 and f"initcheck.{parts[1]}" != source:
+                    graph.setdefault(source, set()).add(f"initcheck.{parts[1]}")
+    return graph
+
+
+def test_the_layers_import_downward_only():
+    graph = _package_imports()
+
+    def reaches(start: str, target: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            here = todo.pop()
+            if here == target:
+                return True
+            if here not in seen:
+                seen.add(here)
+                todo += graph.get(here, ())
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert cycles == []
+    # frontends translate; they never run the model or analyse it
+    assert not graph["initcheck.frontends"] & {"initcheck.probes", "initcheck.analysis", "initcheck.checks"}
+    assert not graph["initcheck.analysis"] & {"initcheck.checks", "initcheck.api", "initcheck.cli"}

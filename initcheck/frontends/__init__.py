@@ -1,10 +1,12 @@
-"""Frontends translate a model into the graph IR. They compute weight statistics; they never analyse."""
+"""Frontends translate a model into the graph IR. They compute weight statistics; they never analyse and never
+run the model: besides the graph they hand back what the probe would execute (`Executable`), as plain data."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from initcheck.errors import ModelLoadError, UsageError
 from initcheck.ir import Graph
@@ -28,8 +30,14 @@ def load(
     return load_model(path, inputs, training, arch=arch, trust_pickle=trust_pickle)[0]
 
 
-# A probe runner: (graph, ProbeOptions) -> ProbeResult, closed over the framework object it executes.
-ProbeRunner = Callable[[Graph, object], object]
+@dataclass(frozen=True)
+class Executable:
+    """What the probe runs for a loaded model: exactly one of an ONNX file, the bytes of an ONNX model converted
+    from TorchScript, or a torch.export program (its own copy of the weights, never the user's module)."""
+
+    onnx_path: Path | None = None
+    onnx_bytes: bytes | None = None
+    program: Any = None
 
 
 def load_model(
@@ -39,8 +47,8 @@ def load_model(
     *,
     arch: str | None = None,
     trust_pickle: bool = False,
-) -> tuple[Graph, ProbeRunner]:
-    """The file's graph and a probe runner. The format is decided by the content, not the name (a TorchScript zip
+) -> tuple[Graph, Executable]:
+    """The file's graph and what the probe would execute. The format is decided by the content, not the name (a TorchScript zip
     shipped as `.jit` is TorchScript); the suffix only decides for files whose content says nothing."""
     path = Path(path)
     if not path.exists():
@@ -57,44 +65,16 @@ def load_model(
     if content == "onnx" or path.suffix.lower() == ".onnx":
         from initcheck.frontends.onnx_frontend import load_onnx
 
-        return load_onnx(path, shapes_only(inputs), training), _onnx_runner(path)
+        return load_onnx(path, shapes_only(inputs), training), Executable(onnx_path=path)
     raise ModelLoadError(
         f"{path}: not a model file initcheck reads (ONNX, .pt2, TorchScript, torch.save or "
         "safetensors state dicts with --arch)"
     )
 
 
-def _onnx_runner(path: Path) -> ProbeRunner:
-    def run(graph, options):
-        from initcheck.probes.onnx_probe import probe_onnx
-
-        return probe_onnx(path, graph, options)
-
-    return run
-
-
-def _onnx_bytes_runner(data: bytes) -> ProbeRunner:
-    def run(graph, options):
-        with tempfile.TemporaryDirectory() as folder:
-            converted = Path(folder) / "model.onnx"
-            converted.write_bytes(data)
-            return _onnx_runner(converted)(graph, options)
-
-    return run
-
-
-def _program_runner(program) -> ProbeRunner:
-    def run(graph, options):
-        from initcheck.probes.torch_probe import probe_program
-
-        return probe_program(program, graph, options)
-
-    return run
-
-
 def _load_torch(
     path: Path, inputs: InputSpecs, training: bool, arch: str | None, trust_pickle: bool
-) -> tuple[Graph, ProbeRunner]:
+) -> tuple[Graph, Executable]:
     from initcheck.frontends import torch_load
 
     kind = torch_load.kind_of(path)
@@ -103,7 +83,7 @@ def _load_torch(
 
         program = torch_load.load_pt2(path, trust_pickle)
         torch_load.check_program_inputs(program, inputs, path)
-        return from_exported_program(program, training, str(path)), _program_runner(program)
+        return from_exported_program(program, training, str(path)), Executable(program=program)
     if kind == "torchscript":
         from initcheck.frontends.onnx_frontend import load_onnx
 
@@ -113,7 +93,7 @@ def _load_torch(
             converted.write_bytes(data)
             graph = load_onnx(converted, shapes_only(inputs), training)
         graph.source = str(path)
-        return graph, _onnx_bytes_runner(data)
+        return graph, Executable(onnx_bytes=data)
     checkpoint = torch_load.read_checkpoint(path, trust_pickle)
     if hasattr(checkpoint, "forward") and hasattr(checkpoint, "state_dict") and arch is None:
         module = checkpoint  # a whole nn.Module, unpickled because the user trusts the file
@@ -131,7 +111,7 @@ def _load_torch(
 
 def module_graph(
     module, args: tuple, training: bool, source: str, kwargs: dict | None = None
-) -> tuple[Graph, ProbeRunner]:
+) -> tuple[Graph, Executable]:
     """Export a live module (restoring its mode, buffers and RNG afterwards) and translate it. The probe runs
     on the exported program's own copy of the module, never on the user's."""
     import torch
@@ -146,7 +126,7 @@ def module_graph(
         module.train(training)
         program = torch_load.export_module(module, args, kwargs)
         module.train(was_training)
-        return from_exported_program(program, training, source), _program_runner(program)
+        return from_exported_program(program, training, source), Executable(program=program)
     finally:
         module.train(was_training)
         with torch.no_grad():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from initcheck.errors import ModelLoadError
-from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes
+from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes, topological_order
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
 from initcheck.ir import Graph, Node, Value
 from initcheck.limits import check_shape
@@ -42,7 +42,7 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
         check_shape(f"{path}: input '{name}'", shape)
     arrays = _initial_constants(graph, path)
     notes = _assume_full_masks(graph, fixed, arrays)
-    nodes = _topological(graph)
+    nodes = topological_order(graph)
     shapes = _checked(infer_shapes(model, fixed, {}), path)
     folded = _fold(nodes, arrays, opset, shapes)
     if folded:
@@ -158,29 +158,6 @@ def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:
         except Exception as e:  # truncated or inconsistent tensor data
             raise ModelLoadError(f"{path}: weight '{tensor.name}' cannot be decoded ({type(e).__name__})") from None
     return arrays
-
-
-def _topological(graph) -> list:
-    """Nodes in dependency order (ONNX requires it, but not every file obeys)."""
-    produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
-    order, state = [], {}
-    for start in range(len(graph.node)):
-        stack = [(start, False)]
-        while stack:
-            i, done = stack.pop()
-            if done:
-                state[i] = 2
-                order.append(graph.node[i])
-                continue
-            if state.get(i):
-                continue
-            state[i] = 1
-            stack.append((i, True))
-            for name in graph.node[i].input:
-                j = produced.get(name)
-                if j is not None and not state.get(j):
-                    stack.append((j, False))
-    return order
 
 
 def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:

@@ -445,3 +445,26 @@ def _output_size(node, inputs: list, shapes: dict) -> float | None:
             start, limit, delta = (float(v.reshape(-1)[0]) if v.size else 0.0 for v in values)
             return (limit + start) / delta if delta else float("inf")  # an upper bound: values are |.|
     return None
+
+
+def topological_order(graph) -> list:
+    """Nodes in dependency order (ONNX requires it, but not every file obeys)."""
+    produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    order, state = [], {}
+    for start in range(len(graph.node)):
+        stack = [(start, False)]
+        while stack:
+            i, done = stack.pop()
+            if done:
+                state[i] = 2
+                order.append(graph.node[i])
+                continue
+            if state.get(i):
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for name in graph.node[i].input:
+                j = produced.get(name)
+                if j is not None and not state.get(j):
+                    stack.append((j, False))
+    return order

@@ -8,22 +8,11 @@ from dataclasses import dataclass, field
 
 from initcheck.errors import UsageError
 from initcheck.ir import Graph
+from initcheck.options import ProbeOptions  # noqa: F401  (re-exported: probes take it)
 from initcheck.probes.accumulate import Accumulator, Measured
 
 RELU_FAMILY = {"relu", "leaky_relu", "prelu", "clip"}
 SATURATING = {"tanh": "tanh", "sigmoid": "sigmoid", "hard_sigmoid": "sigmoid"}
-
-
-@dataclass
-class ProbeOptions:
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
-    batch: int = 16  # samples per seed where the model's batch dimension allows it
-    seeds: int = 4  # fresh input batches (and, with resample_weights, fresh weight permutations)
-    resample_weights: bool = False
-    loss: str = "cotangent"  # cotangent: unit-variance random cotangent at every output; cross_entropy: random labels
-    input_data: str | None = None  # .npz with arrays named like the inputs
-    timeout: float | None = None  # seconds; the probe stops and reports what it measured so far
-    progress: Callable[[int, int], None] | None = None
 
 
 @dataclass

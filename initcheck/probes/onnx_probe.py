@@ -135,9 +135,9 @@ class _TorchForm:
         import torch
         from onnx import numpy_helper
 
-        from initcheck.frontends.onnx_frontend import _topological
+        from initcheck.frontends.onnx_load import topological_order
 
-        self.nodes = _topological(model.graph)
+        self.nodes = topological_order(model.graph)
         self.opset, self.device = opset, device
         self.constants = {}
         for t in model.graph.initializer:
@@ -194,9 +194,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "probing ONNX models needs onnxruntime: pip install 'initcheck[probe]' (or --no-probe)"
-        ) from None
+        raise UsageError("probing ONNX models needs onnxruntime: pip install onnxruntime (or --no-probe)") from None
     device = resolve_device(options.device)
     model = read_model(Path(path))
     opset = graph.opset or 13
