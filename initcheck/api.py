@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from initcheck import frontends
-from initcheck.analysis.agreement import attach_measurements, quote_measurements
+from initcheck.analysis.agreement import with_measurements, with_quotes
 from initcheck.analysis.criticality import attach_susceptibilities, susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
@@ -171,10 +171,11 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
     if options.probe is not None and executable is not None:
         measured, failure = _run_probe(graph, executable, options.probe)
         if measured is not None:
-            attach_measurements(rows, graph, result, measured)
-            quote_measurements(findings, graph, measured)
+            rows = with_measurements(rows, result.estimates(), measured)
+            findings = with_quotes(findings, graph, measured)
             probe_summary = _probe_summary(measured)
-        probe_findings, probe_notes = run_checks(replace(ctx, probe=measured, probe_error=failure), "probe")
+        probe_ctx = replace(ctx, rows=rows, probe=measured, probe_error=failure)
+        probe_findings, probe_notes = run_checks(probe_ctx, "probe")
         findings, notes = findings + probe_findings, notes + probe_notes
     graph.notes.extend(notes)
     findings = finish(findings)

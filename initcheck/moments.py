@@ -48,6 +48,29 @@ class Moments:
         return replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """One value's statistics as either interpretation gives them: the symbolic pass predicts them, the probe
+    measures them, and both return `dict[value name, Estimate]`, so a row holds one of each and their agreement
+    is computed the same way for every row.
+
+    m: mean; K: second moment E[z^2]; G: gradient second moment per element (unit-variance cotangent at every
+    output), None where no gradient reaches the value.
+    K_bar: the relative 1-sigma error bar of K. A prediction's is the expected instance-to-instance deviation at
+      this width (sqrt of the finite-width CV^2, docs/theory.md §12); a measurement's is its standard error
+      over the runs.
+    exact / grad_exact: a prediction exact in expectation (False downstream of an approximated or unsupported
+      op); measurements are exact.
+    """
+
+    m: float
+    K: float
+    G: float | None = None
+    K_bar: float = 0.0
+    exact: bool = True
+    grad_exact: bool = True
+
+
 def clean(m: float, K: float, M: float, exact: bool = True, **extra) -> Moments:
     """Build Moments, enforcing m^2 <= M <= K against rounding."""
     K = max(float(K), 0.0)

@@ -122,7 +122,7 @@ def test_weights_behind_constant_cast_identity_chains(tmp_path):
     row = report.layers[0]
     assert row.op == "linear"
     assert row.weight_std == pytest.approx(float(np.sqrt(np.mean(w.astype(np.float64) ** 2))), rel=1e-6)
-    assert abs(row.second_moment - 8 * float(np.mean(w.astype(np.float64) ** 2))) < 1e-6
+    assert abs(row.symbolic.K - 8 * float(np.mean(w.astype(np.float64) ** 2))) < 1e-6
 
 
 def test_shape_computations_carry_no_signal():

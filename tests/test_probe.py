@@ -32,11 +32,11 @@ def test_samples_measured_agree_with_prediction(name):
     else:
         assert difference < 1e-4
     assert not [f for f in report.findings if f.code.startswith("IC4")], [f.message for f in report.findings]
-    checked = [r for r in report.layers if r.exact and r.status == "modeled" and r.agreement is not None]
+    checked = [r for r in report.layers if r.symbolic.exact and r.status == "modeled" and r.agreement is not None]
     assert all(r.agrees for r in checked)
-    assert all(r.measured_K is not None for r in report.layers)
+    assert all(r.measured is not None for r in report.layers)
     if name != "lstm":
-        assert checked and any(r.measured_G is not None for r in report.layers)
+        assert checked and any(r.measured and r.measured.G is not None for r in report.layers)
 
 
 class CorrelatedBranch(nn.Module):
@@ -93,7 +93,7 @@ def test_live_module_probe_measures_what_is_predicted():
     for row in report.layers:
         assert row.agrees, (row.label, row.agreement)
         # measured 1.00-1.09 here: six ReLU layers of width 128 and 256 samples
-        assert row.measured_G == pytest.approx(row.grad_second_moment, rel=0.15)
+        assert row.measured.G == pytest.approx(row.symbolic.G, rel=0.15)
         assert row.dead_fraction is not None and row.dead_fraction < 0.2  # He ReLU, 64 samples: few dead units
         assert 0 <= row.cosine < 0.9
 
@@ -120,7 +120,7 @@ def test_cross_entropy_seed_and_resampled_weights():
         model, torch.randn(16, 128), probe=ProbeOptions(seeds=3, loss="cross_entropy", resample_weights=True)
     )
     assert report.probe["loss"] == "cross_entropy" and report.probe["resampled_weights"]
-    assert all(r.measured_G is not None and r.measured_G > 0 for r in report.layers)
+    assert all(r.measured and r.measured.G is not None and r.measured.G > 0 for r in report.layers)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -197,4 +197,27 @@ def test_cuda_probe_matches_cpu():
     cpu = initcheck.analyze(model, x, probe=ProbeOptions(device="cpu", seeds=2))
     gpu = initcheck.analyze(model, x, probe=ProbeOptions(device="cuda", seeds=2))
     assert gpu.probe["device"].startswith("cuda")
-    assert [r.measured_K for r in gpu.layers] == pytest.approx([r.measured_K for r in cpu.layers], rel=1e-4)
+    assert [r.measured.K for r in gpu.layers] == pytest.approx([r.measured.K for r in cpu.layers], rel=1e-4)
+
+
+def test_agreement_is_judged_from_the_two_estimates_and_their_bars():
+    import math
+
+    from initcheck.analysis.agreement import agreement
+    from initcheck.moments import Estimate
+
+    # |ln 1.5| = 0.405 against ln 1.15 + 3 hypot(bars): 0.475 with bars 0.1 / 0.05, 0.207 with 0.02 / 0.01
+    assert agreement(Estimate(0.0, 1.5, K_bar=0.1), Estimate(0.0, 1.0, K_bar=0.05)) == (1.5, True)
+    assert agreement(Estimate(0.0, 1.5, K_bar=0.02), Estimate(0.0, 1.0, K_bar=0.01)) == (1.5, False)
+    assert agreement(Estimate(0.0, 1.0), Estimate(0.0, 0.0)) is None
+    assert agreement(Estimate(0.0, 1.0), Estimate(0.0, math.inf)) is None
+
+
+def test_both_interpretations_key_the_same_estimates_by_value():
+    report = initcheck.analyze(he_mlp(depth=3), torch.randn(16, 128), probe=ProbeOptions(device="cpu", seeds=2))
+    rows = [r for r in report.layers if r.measured is not None]
+    assert len(rows) == len(report.layers) == 3  # one row per linear+relu
+    for row in rows:
+        assert type(row.symbolic) is type(row.measured)
+        assert row.measured.K == pytest.approx(row.symbolic.K, rel=0.35) and row.measured.K_bar > 0
+        assert row.agreement == pytest.approx(row.symbolic.K / row.measured.K)

@@ -54,7 +54,7 @@ def _onnx(model, args, path):
 
 
 def weighted(report):
-    return [(r.scope, r.second_moment) for r in report.layers if r.fan_in]
+    return [(r.scope, r.symbolic.K) for r in report.layers if r.fan_in]
 
 
 MODELS = [
@@ -158,7 +158,7 @@ def test_state_dict_with_arch(layout, tmp_path, capsys, monkeypatch):
     reference = Net()
     reference.load_state_dict(state)
     expected = initcheck.analyze(reference.eval(), torch.randint(0, 50, (8, 16)))  # files: eval unless --train
-    assert [r["second_moment"] for r in report["layers"]] == pytest.approx([r.second_moment for r in expected.layers])
+    assert [r["second_moment"] for r in report["layers"]] == pytest.approx([r.symbolic.K for r in expected.layers])
 
 
 def test_state_dict_errors(tmp_path, capsys, monkeypatch):
@@ -231,7 +231,7 @@ def test_torchscript_archive(tmp_path, capsys, monkeypatch):
     assert code in (0, 1), err
     direct = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
     assert [r["second_moment"] for r in json.loads(out)["layers"]] == pytest.approx(
-        [r.second_moment for r in direct.layers], rel=1e-6
+        [r.symbolic.K for r in direct.layers], rel=1e-6
     )
 
 

@@ -290,7 +290,7 @@ def test_ctrl_c_exits_130_with_no_output(monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(initcheck.api, "analyze", interrupted)
+    monkeypatch.setattr(initcheck.api, "analyze_with", interrupted)
     code, out, err = run_cli(["analyze", SAMPLES / "relu_mlp_he.onnx", "--no-probe"], monkeypatch)
     assert code == 130 and not out and err.strip() == "initcheck: interrupted"
 

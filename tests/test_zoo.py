@@ -91,7 +91,7 @@ def test_hand_written_norms_are_normalisations_and_match_monte_carlo(norm, op):
     with torch.no_grad():
         x = torch.randn(2000, 16, 64)
         measured = norm(x * 30.0).pow(2).mean().item()
-    assert rows[op].second_moment == pytest.approx(measured, rel=0.03)
+    assert rows[op].symbolic.K == pytest.approx(measured, rel=0.03)
 
 
 def test_a_product_of_two_signals_that_is_not_a_norm_stays_a_product():
@@ -168,14 +168,14 @@ def test_untrained_batch_norm_is_read_with_batch_statistics_and_trained_keeps_it
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
     nn.init.normal_(model[0].weight, 0, 3.0)
     report = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
-    assert report.layers[-1].second_moment == pytest.approx(1.0, rel=0.01)
+    assert report.layers[-1].symbolic.K == pytest.approx(1.0, rel=0.01)
     assert any("untrained running statistics" in n for n in report.notes)
     model[1].running_var.fill_(4.0)  # statistics from data: the eval map it computes
     report = initcheck.analyze(model, torch.randn(1, 3, 16, 16))
     with torch.no_grad():
         x = torch.randn(500, 3, 16, 16)
         measured = model(x).pow(2).mean().item()
-    assert report.layers[-1].second_moment == pytest.approx(measured, rel=0.05)
+    assert report.layers[-1].symbolic.K == pytest.approx(measured, rel=0.05)
 
 
 def test_zero_scale_norm_is_deliberate_at_a_branch_end_and_an_error_on_the_main_path():
@@ -314,7 +314,7 @@ def test_probe_measures_gradients_of_models_returning_model_outputs():
 
     model = next(m for m in STOCK if m.name == "gpt2")
     report = _analyze(model, probe=ProbeOptions(batch=2, seeds=1))
-    measured = [r for r in report.layers if r.measured_G is not None]
+    measured = [r for r in report.layers if r.measured and r.measured.G is not None]
     assert len(measured) >= 0.8 * len(report.layers)
 
 
@@ -330,7 +330,7 @@ def test_probe_measures_llm_families_through_files(name, route, tmp_path):
     path, shapes = export_file(model, route, tmp_path)
     report = initcheck.analyze(str(path), None if route == "pt2" else shapes, probe=ProbeOptions(batch=2, seeds=1))
     assert not [f.code for f in report.findings if f.code in ("IC402", "IC403")]
-    assert sum(r.measured_G is not None for r in report.layers) >= 0.8 * len(report.layers)
+    assert sum(r.measured and r.measured.G is not None for r in report.layers) >= 0.8 * len(report.layers)
 
 
 def test_pre_norm_growth_finding_quotes_the_measured_growth():

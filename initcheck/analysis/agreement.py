@@ -1,59 +1,71 @@
-"""Measured beside predicted: fills the probe columns of the rows and judges their agreement.
+"""Measured beside predicted: rows with the probe's measurements and their agreement with the prediction.
 
-A value the symbolic pass models exactly agrees when |ln(K_sym / K_meas)| <= ln 1.15 + 3 SE, SE combining
-the predicted finite-width spread of this network (docs/theory.md §12) and the probe's own sampling error
-(docs/theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
+Both interpretations give `Estimate`s keyed by value name. A prediction and a measurement agree when
+|ln(K_sym / K_meas)| <= ln 1.15 + 3 sqrt(bar_sym^2 + bar_meas^2): the prediction's bar is the finite-width
+spread of this network (docs/theory.md §12), the measurement's its sampling error (docs/theory.md §13). A disagreement there means the model breaks an assumption of the pass (e.g. x + x: two
 branches that are the same tensor): the check `agreement` (IC401) reports it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.codes import limit
 from initcheck.ir import Graph
-from initcheck.report.model import Finding, LayerRow
+from initcheck.moments import Estimate
+from initcheck.report.model import Finding, LayerRow, Measure
 
 
-def agreement_bound(spread: float, sampling_se: float) -> float:
-    return math.log(limit("IC401", "tolerance")) + 3 * math.sqrt(spread + sampling_se**2)
+def agreement_bound(predicted: Estimate, measured: Estimate) -> float:
+    """The largest |ln(K_sym / K_meas)| within the stated tolerance plus three combined error bars."""
+    return math.log(limit("IC401", "tolerance")) + 3 * math.hypot(predicted.K_bar, measured.K_bar)
 
 
-def attach_measurements(rows: list[LayerRow], graph: Graph, result: SymbolicResult, probe) -> None:
-    by_name = {v.name: v for v in graph.values.values()}
-    for row in rows:
-        value = by_name.get(row.value)
-        measured = probe.measured.get(row.value) if value is not None else None
-        if measured is None:
-            continue
-        row.measured_mean, row.measured_K, row.measured_G = measured.mean, measured.K, measured.G
-        row.dead_fraction, row.saturation, row.cosine = measured.dead_fraction, measured.saturation, measured.cosine
-        if measured.phases and min(measured.phases) > 0:
-            row.measured_phase_ratio = max(measured.phases) / min(measured.phases)
-        predicted = result.forward.get(value)
-        # a measurement that overflowed float32 (activations ~1e19, already an IC101 finding) is not compared
-        if predicted is None or not (0 < predicted.K < math.inf and 0 < measured.K < math.inf):
-            continue
-        row.agreement = predicted.K / measured.K
-        se = measured.K_se if math.isfinite(measured.K_se) else 0.0
-        row.agrees = abs(math.log(row.agreement)) <= agreement_bound(predicted.spread, se)
+def agreement(predicted: Estimate, measured: Estimate) -> tuple[float, bool] | None:
+    """(K_sym / K_meas, whether that is within the bars), or None where there is nothing to compare: a measurement
+    that overflowed float32 (activations ~1e19, already an IC101 finding) or a value that is identically zero."""
+    if not (0 < predicted.K < math.inf and 0 < measured.K < math.inf):
+        return None
+    ratio = predicted.K / measured.K
+    return ratio, abs(math.log(ratio)) <= agreement_bound(predicted, measured)
 
 
-def quote_measurements(findings: list[Finding], graph: Graph, probe) -> None:
-    """Put the probe's measurement of each finding's number beside the prediction, as the finding's `measure`
-    asks: ("K_ratio", a, b), ("phase_ratio", a), ("G_energy_ratio", a, b), ("spread", a), ("cosine", a)."""
-    for finding in findings:
-        if finding.measure:
-            finding.measured = _measure(finding.measure, graph, probe)
+def with_measurements(rows: list[LayerRow], predicted: dict[str, Estimate], probe) -> list[LayerRow]:
+    """New rows with the measurement of each row's value beside its prediction, and their agreement."""
+    measured = probe.estimates()
+    return [_measured_row(row, predicted.get(row.value), measured.get(row.value), probe) for row in rows]
 
 
-def _measure(spec: tuple, graph: Graph, probe) -> float | None:
-    kind, *names = spec
+def _measured_row(row: LayerRow, predicted: Estimate | None, measured: Estimate | None, probe) -> LayerRow:
+    if measured is None:
+        return row
+    extra = probe.measured[row.value]  # what only measurement shows
+    phases = extra.phases
+    judged = agreement(predicted, measured) if predicted is not None else None
+    return replace(
+        row,
+        measured=measured,
+        agreement=judged[0] if judged else None,
+        agrees=judged[1] if judged else None,
+        dead_fraction=extra.dead_fraction,
+        saturation=extra.saturation,
+        cosine=extra.cosine,
+        measured_phase_ratio=max(phases) / min(phases) if phases and min(phases) > 0 else None,
+    )
+
+
+def with_quotes(findings: list[Finding], graph: Graph, probe) -> list[Finding]:
+    """New findings with the probe's measurement of each finding's number beside the prediction."""
+    return [replace(f, measured=_measure(f.measure, graph, probe)) if f.measure else f for f in findings]
+
+
+def _measure(spec: Measure, graph: Graph, probe) -> float | None:
+    names = spec.values
     got = [probe.measured.get(n) for n in names]
     if not names or any(m is None for m in got):
         return None
-    a = got[0]
+    a, kind = got[0], spec.kind
     if kind == "K_ratio" and got[1].K > 0:
         return a.K / got[1].K
     if kind == "G_energy_ratio" and a.G is not None and got[1].G:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from initcheck.analysis.finite_width import with_spread
 from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
-from initcheck.moments import Moments, standard_input
+from initcheck.moments import Estimate, Moments, standard_input
 from initcheck.passes import is_signal
 from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, load_all
 
@@ -23,6 +23,24 @@ class SymbolicResult:
     backward_exact: dict[Value, bool] = field(default_factory=dict)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # rules that failed on this node, with the reason
+
+    def estimate(self, value: Value) -> Estimate | None:
+        """The prediction for one value, in the type the probe's measurements share."""
+        fwd = self.forward.get(value)
+        if fwd is None:
+            return None
+        return Estimate(
+            fwd.m,
+            fwd.K,
+            self.backward.get(value),
+            math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0,
+            fwd.exact,
+            self.backward_exact.get(value, False),
+        )
+
+    def estimates(self) -> dict[str, Estimate]:
+        """Every predicted value by name, as the probe keys its measurements."""
+        return {value.name: est for value in self.forward if (est := self.estimate(value)) is not None}
 
 
 def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:

@@ -13,19 +13,19 @@ from initcheck.report.model import Finding
 def _agreement_check(ctx: CheckContext) -> list[Finding]:
     findings = []
     for row in ctx.rows:
-        if row.agrees is False and row.exact and row.status == "modeled":
+        if row.agrees is False and row.measured and row.symbolic.exact and row.status == "modeled":
             findings.append(
                 Finding(
                     "IC401",
                     "warning",
                     "probe",
-                    f"measured K {row.measured_K:.4g} vs predicted {row.second_moment:.4g} (x{1 / row.agreement:.3g}) at "
+                    f"measured K {row.measured.K:.4g} vs predicted {row.symbolic.K:.4g} (x{1 / row.agreement:.3g}) at "
                     f"'{row.label}' ({row.op}): beyond sampling error and finite-width spread, so the model breaks an "
                     "assumption of the symbolic pass (e.g. correlated branches such as x + x, or weights correlated "
                     "with their inputs)",
                     row.node,
                     row.scope,
-                    row.measured_K / row.second_moment,
+                    row.measured.K / row.symbolic.K,
                     limit("IC401", "tolerance"),
                     "trust the measured numbers for this layer and the ones after it",
                 )

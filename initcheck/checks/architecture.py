@@ -12,7 +12,7 @@ from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node
 from initcheck.passes import is_signal
-from initcheck.report.model import Finding
+from initcheck.report.model import Finding, Measure
 from initcheck.rules.attention import softmax_statistics
 from initcheck.rules.common import normalizes
 
@@ -106,7 +106,7 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
             f"widen the network x{cv2 / warn:.2g} (CV^2 ~ nu L / n, so that brings it to {warn}), or make it "
             f"that much shallower, or add normalisation/residual scaling that resets the spread",
             cv2 / warn,
-            measure=("spread", hidden.name),
+            measure=Measure("spread", (hidden.name,)),
         )
     ]
 

@@ -10,7 +10,7 @@ from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node
-from initcheck.report.model import Finding
+from initcheck.report.model import Finding, Measure
 
 _MATRICES = ("linear", "conv", "conv_transpose")
 
@@ -184,7 +184,7 @@ def _collapse(chain: list[Susceptibility], result: SymbolicResult) -> list[Findi
             "ReLU chains still collapse polynomially (1 - rho ~ 1/L^2)",
             None,
             details={"rho_first": rhos[0]},
-            measure=("cosine", last.preactivation.name),
+            measure=Measure("cosine", (last.preactivation.name,)),
         )
     ]
 

@@ -12,7 +12,7 @@ from initcheck.checks.residual import residual_blocks, stream_value
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
-from initcheck.report.model import Finding
+from initcheck.report.model import Finding, Measure
 
 _SUMS = ("add", "sum")
 
@@ -102,7 +102,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 "branch by the same factor^2, in training and eval mode alike",
                 scale,
                 details={"branches": len(terms), "merge_gain": merge_gain},
-                measure=("K_ratio", stream_value(node).name, fork.name if fork is not None else ""),
+                measure=Measure("K_ratio", (stream_value(node).name, fork.name if fork is not None else "")),
             )
         )
     return findings
@@ -185,7 +185,7 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 fix + "; the same in training and eval mode",
                 keep_forward,
                 details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
-                measure=("K_ratio", y.name, x.name),
+                measure=Measure("K_ratio", (y.name, x.name)),
             )
         )
     return findings

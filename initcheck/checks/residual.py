@@ -12,7 +12,7 @@ from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal, trace_back
-from initcheck.report.model import Finding
+from initcheck.report.model import Finding, Measure
 from initcheck.rules.common import normalizes
 
 
@@ -100,7 +100,7 @@ def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
     total = math.prod(growth)
     typical_g = sorted(gains)[len(gains) // 2]
     last = blocks[-1][0]
-    stream = ("K_ratio", stream_value(last).name, blocks[0][1].name)  # measured growth over the whole stream
+    stream = Measure("K_ratio", (stream_value(last).name, blocks[0][1].name))  # measured growth over the whole stream
     findings = []
     exploding = sum(1 for r in growth if r >= limit("IC502", "growth"))
     if exploding >= limit("IC502", "blocks"):
@@ -250,7 +250,7 @@ def _pre_ln(
         fix,
         scale if too_much else None,
         details={"blocks": len(blocks), "stream_growth": growth, "gradient_ratio": gradient},
-        measure=("K_ratio", end.name, start.name),
+        measure=Measure("K_ratio", (end.name, start.name)),
     )  # the value is the stream's growth: measured alike
 
 
@@ -279,7 +279,7 @@ def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:
         else "nothing to do",
         alpha if shrinking else None,
         details={"blocks": len(blocks)},
-        measure=("G_energy_ratio", start.name, end.name),
+        measure=Measure("G_energy_ratio", (start.name, end.name)),
     )
 
 

@@ -10,7 +10,7 @@ from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
-from initcheck.report.model import Finding
+from initcheck.report.model import Finding, Measure
 from initcheck.stats import taps_per_phase
 
 # ops after which gradient position (i, j) still belongs to input position (i, j)
@@ -57,7 +57,7 @@ def checkerboard_findings(graph: Graph, result: SymbolicResult) -> list[Finding]
                 "fixes the mean gain, not the pattern; the backward pass has the same phase structure on its input",
                 float(suggestion[0]),
                 details={"mean_path_ratio": mean_path},
-                measure=("phase_ratio", node.outputs[0].name),
+                measure=Measure("phase_ratio", (node.outputs[0].name,)),
             )
         )
     return findings

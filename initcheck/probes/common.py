@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from initcheck.errors import UsageError
 from initcheck.ir import Graph
+from initcheck.moments import Estimate
 from initcheck.options import ProbeOptions  # noqa: F401  (re-exported: probes take it)
 from initcheck.probes.accumulate import Accumulator, Measured
 
@@ -26,6 +28,13 @@ class ProbeResult:
     max_relative_difference: float | None = None  # ONNX: torch form vs onnxruntime, relative L2
     max_difference_at: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    def estimates(self) -> dict[str, Estimate]:
+        """Every measured value by name, in the type the symbolic pass's predictions share."""
+        return {
+            name: Estimate(m.mean, m.K, m.G, m.K_se if math.isfinite(m.K_se) else 0.0)
+            for name, m in self.measured.items()
+        }
 
 
 def resolve_device(name: str) -> str:

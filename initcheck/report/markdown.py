@@ -61,9 +61,9 @@ def _model(result: ModelResult) -> list[str]:
     for row in report.layers:
         shape = "x".join("?" if d is None else str(d) for d in row.shape) if row.shape else "?"
         lines.append(
-            f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.second_moment)} | "
-            f"{_num(row.forward_log10)} | {_num(row.grad_second_moment)} | {_num(row.backward_log10)} | "
-            f"{_num(row.measured_K)} |"
+            f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.symbolic.K)} | "
+            f"{_num(row.forward_log10)} | {_num(row.symbolic.G)} | {_num(row.backward_log10)} | "
+            f"{_num(row.measured.K if row.measured else None)} |"
         )
     return lines + ["", "</details>", ""]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from initcheck.moments import Estimate
 
 SEVERITIES = ("info", "warning", "error")
 SCHEMA_VERSION = "1.1"
@@ -29,8 +32,19 @@ class Finding:
     measured: float | None = None  # the probe's measurement of `value`, when it ran and the check has one
     declared: str = ""  # the reason, when the config declares this deviation intentional (then severity info)
     baseline: str | None = None  # new | worsened | unchanged when compared with a baseline, else None
-    # how to read `measured` from the probe: (kind, value names...), see analysis.agreement.quote_measurements
-    measure: tuple | None = field(default=None, repr=False, compare=False)
+    # how the probe measures `value`, when it runs (analysis.agreement.with_quotes fills `measured` from it)
+    measure: Measure | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What the probe measures for a finding's number, over the named values:
+    K_ratio (a, b): K_a / K_b; G_energy_ratio (a, b): G_a numel_a / (G_b numel_b); phase_ratio (a): the largest
+    over the smallest per-phase K; spread (a): CV^2 of K across weight draws; cosine (a): mean cosine similarity
+    between samples."""
+
+    kind: str
+    values: tuple[str, ...]
 
 
 @dataclass
@@ -48,16 +62,11 @@ class LayerRow:
     weight_std: float | None
     target_std: float | None
     activation: str | None
-    mean: float | None
-    second_moment: float | None
+    symbolic: Estimate  # the prediction for this row's value
     coherent: float | None
     gain_log10: float | None  # log10(K_out / K_in) of this row
     forward_log10: float | None  # log10(K / K_ref), K_ref = nearest upstream normalisation or input
-    grad_second_moment: float | None  # G per element, unit-variance cotangent at every output
     backward_log10: float | None  # log10(E / E_ref), E = G * numel: gradient energy vs nearest downstream reference
-    spread: float  # predicted relative instance-to-instance deviation of K at this width (sqrt of CV^2, §12)
-    exact: bool
-    grad_exact: bool
     status: str  # modeled | approximated | unsupported
     normalized_downstream: bool
     small_head: bool = False  # the last weighted layer before an output, and it shrinks K by itself (small logits)
@@ -69,11 +78,9 @@ class LayerRow:
     chi_par: float | None = None  # C_W d<phi^2>/dK
     value: str = ""  # the IR value this row reports
     # filled when the empirical probe ran
-    measured_mean: float | None = None
-    measured_K: float | None = None
-    measured_G: float | None = None
+    measured: Estimate | None = None  # the measurement of the same value
     agreement: float | None = None  # K_sym / K_meas
-    agrees: bool | None = None  # within ln 1.15 + 3 SE
+    agrees: bool | None = None  # within the two error bars (analysis.agreement)
     dead_fraction: float | None = None
     saturation: float | None = None
     cosine: float | None = None
@@ -82,6 +89,32 @@ class LayerRow:
     @property
     def label(self) -> str:
         return self.scope or self.node
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the JSON report has it since schema 1.0: flat, prediction and measurement side by side."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        sym, meas = fields.pop("symbolic"), fields.pop("measured")
+        flat = {
+            "mean": sym.m,
+            "second_moment": sym.K,
+            "grad_second_moment": sym.G,
+            "spread": sym.K_bar,
+            "exact": sym.exact,
+            "grad_exact": sym.grad_exact,
+            "measured_mean": meas.m if meas else None,
+            "measured_K": meas.K if meas else None,
+            "measured_G": meas.G if meas else None,
+        }
+        return {name: flat[name] if name in flat else fields[name] for name in _ROW_KEYS}
+
+
+# the JSON row's keys in their published order (report/schema.json)
+_ROW_KEYS = (
+    "index node scope op source_op shape fan_in fan_out weight_std target_std activation mean second_moment coherent "
+    "gain_log10 forward_log10 grad_second_moment backward_log10 spread exact grad_exact status normalized_downstream "
+    "small_head lead_in tied_with flags phase_ratio chi_perp chi_par value measured_mean measured_K measured_G "
+    "agreement agrees dead_fraction saturation cosine measured_phase_ratio"
+).split()
 
 
 @dataclass
@@ -150,6 +183,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        data["layers"] = [row.to_dict() for row in self.layers]
         for finding in data["findings"]:
             del finding["measure"]
         data["summary"] = {s: self.count(s) for s in SEVERITIES}

@@ -40,10 +40,10 @@ def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
     marks = list(flagged.get(row.node, []))
     if row.status == "unsupported":
         marks.append("unsupported")
-    elif not row.exact:
+    elif not row.symbolic.exact:
         marks.append("~")
-    if row.spread >= 0.15:
-        marks.append(f"±{row.spread:.0%}")
+    if row.symbolic.K_bar >= 0.15:
+        marks.append(f"±{row.symbolic.K_bar:.0%}")
     if row.normalized_downstream:
         marks.append("norm↓")
     if row.dead_fraction is not None and row.dead_fraction >= 0.05:
@@ -59,7 +59,7 @@ def _agreement(row: LayerRow) -> Text:
     if row.agreement is None:
         return Text("-")
     text = f"x{1 / row.agreement:.2f}"
-    return Text(text, style="" if row.agrees or not row.exact else "red")
+    return Text(text, style="" if row.agrees or not row.symbolic.exact else "red")
 
 
 def layer_table(report: Report) -> Table:
@@ -86,12 +86,12 @@ def layer_table(report: Report) -> Table:
     for row in report.layers:
         fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
         stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
-        cells = [str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.mean), _num(row.second_moment)]
+        cells = [str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.symbolic.m), _num(row.symbolic.K)]
         if probed:
-            cells += [_num(row.measured_K), _agreement(row)]
-        cells += [_decades(row.forward_log10), _num(row.grad_second_moment)]
+            cells += [_num(row.measured.K if row.measured else None), _agreement(row)]
+        cells += [_decades(row.forward_log10), _num(row.symbolic.G)]
         if probed:
-            cells += [_num(row.measured_G)]
+            cells += [_num(row.measured.G if row.measured else None)]
         cells += [_decades(row.backward_log10), _flags(row, flagged)]
         table.add_row(*cells)
     return table
