@@ -1,163 +1,251 @@
-"""Command line: a thin caller of initcheck.analyze. Exit codes: 0 clean, 1 findings at or above
---fail-on, 2 usage or load error (one line on stderr, a traceback only with --debug)."""
+"""Command line (typer): a thin caller of initcheck's analysis. Exit codes: 0 clean, 1 findings at or above
+--fail-on, 2 usage or load error (one line on stderr, a traceback only with --debug), 130 interrupted."""
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
+from types import SimpleNamespace
+from typing import Annotated, Literal
 
-from initcheck.config import parse_shape  # noqa: F401  (was public here)
+import typer
+
 from initcheck.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, InitcheckError, UsageError, debugging, one_line
 
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like every other usage error
-        self.exit(EXIT_ERROR, f"initcheck: error: {message}\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="initcheck", description="Check a network's initialisation layer by layer.")
-    parser.add_argument("--version", action="version", version=f"initcheck {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    a = sub.add_parser("analyze", help="analyse model files and print the per-layer table")
-    a.add_argument(
-        "models",
-        nargs="+",
-        metavar="MODEL",
-        help="model files: .onnx, .pt2, TorchScript, or .pt/.pth/.bin/.safetensors state dicts",
-    )
-    a.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=SHAPE[:DTYPE]",
-        help="input shape (and dtype for torch files), e.g. input_ids=1x128:int64 (repeatable)",
-    )
-    a.add_argument(
-        "--arch",
-        metavar="MODULE:FACTORY",
-        help="for a state dict: the callable that builds the model (imports that module)",
-    )
-    a.add_argument(
-        "--trust-pickle", action="store_true", help="allow unpickling a whole pickled model (runs code from the file)"
-    )
-    a.add_argument(
-        "--format",
-        choices=["table", "json", "markdown", "sarif", "junit"],
-        help="what to print on stdout (default: the table; one summary line per model with --output)",
-    )
-    a.add_argument(
-        "--output",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="write a report to FILE, format from the suffix: .json .md .sarif .xml (JUnit) .txt; repeatable",
-    )
-    a.add_argument(
-        "--fail-on",
-        choices=["info", "warning", "error", "never"],
-        help="exit 1 when a finding reaches this severity (default: the config's, else error)",
-    )
-    a.add_argument(
-        "--config",
-        metavar="FILE",
-        help="config file (default: nearest .initcheck.yaml or pyproject.toml "
-        "with [tool.initcheck], from the model's folder upward)",
-    )
-    a.add_argument("--no-config", action="store_true", help="ignore config files")
-    a.add_argument("--baseline", metavar="FILE", help="fail only on findings that are new or worse than in FILE")
-    a.add_argument("--write-baseline", metavar="FILE", help="record the current findings in FILE (exit 0)")
-    a.add_argument("--all-nodes", action="store_true", help="one row per node instead of one per layer")
-    a.add_argument(
-        "--train",
-        action="store_const",
-        const=True,
-        default=None,
-        help="analyse batch norm and dropout as in training (batch statistics, active dropout)",
-    )
-    a.add_argument(
-        "--degree",
-        type=_positive,
-        metavar="D",
-        help="graph attention: typical node degree when the graph does not carry its neighbour counts",
-    )
-    p = a.add_argument_group("empirical probe (runs the model; on by default when torch/onnxruntime are installed)")
-    p.add_argument("--no-probe", action="store_true", help="symbolic pass only")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch", type=_positive, help="samples per seed (default 16)")
-    p.add_argument("--seeds", type=_positive, help="fresh input batches (default 4)")
-    p.add_argument(
-        "--resample-weights",
-        action="store_true",
-        help="each seed also permutes every weight tensor: instance-to-instance spread (PyTorch models)",
-    )
-    p.add_argument("--input-data", metavar="FILE.npz", help="real inputs, arrays named like the model's inputs")
-    p.add_argument(
-        "--loss",
-        choices=["cotangent", "cross_entropy"],
-        help="backward seed: unit-variance random cotangent (default) or cross-entropy on random labels",
-    )
-    p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop probing after this long, keep what was measured"
-    )
-    lim = a.add_argument_group("limits (for untrusted files)")
-    lim.add_argument(
-        "--max-elements",
-        type=_positive,
-        metavar="N",
-        help="refuse any tensor or shape with more than N elements (default 2^31)",
-    )
-    lim.add_argument(
-        "--time-limit",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="give up on a model after this long (one error line; the other models go on)",
-    )
-    a.add_argument("--debug", action="store_true", help="show tracebacks")
-    e = sub.add_parser("explain", help="explain a finding code: meaning, formula, fix")
-    e.add_argument("code")
-    sub.add_parser("rules", help="list every finding code with its thresholds")
-    return parser
+app = typer.Typer(
+    name="initcheck",
+    help="Check a network's initialisation layer by layer: signal and gradient flow, why not, and the fix.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+PROBE = "Empirical probe (runs the model; on by default when torch is installed)"
+LIMITS = "Limits (for untrusted files)"
+OUTPUT = "Output"
 
 
-def _positive_of(kind: type, what: str):
-    """An argparse type: a finite number of `kind` above zero, else one clear usage line."""
+def _positive(kind: type, what: str):
+    """A parser: a finite number of `kind` above zero, else one clear usage line."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive {what}, got '{text}'")
+        if value is None or not 0 < value < math.inf:
+            raise typer.BadParameter(f"expected a positive {what}, got '{text}'")
         return value
 
     return parse
 
 
-_positive = _positive_of(int, "integer")
-_positive_float = _positive_of(float, "number")
+PositiveInt = Annotated[int | None, typer.Option(parser=_positive(int, "integer"))]
+PositiveFloat = Annotated[float | None, typer.Option(parser=_positive(float, "number"))]
 
 
-def _version() -> str:
-    from initcheck import __version__
+def _version(show: bool) -> None:
+    if show:
+        from initcheck import __version__
 
-    return __version__
+        print(f"initcheck {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
-def _analyze(args) -> int:
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Check a network's initialisation layer by layer: signal and gradient flow, why not, and the fix."""
+
+
+@app.command("analyze", no_args_is_help=False)
+def _analyze(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL",
+            help="model files: .onnx, .pt2, TorchScript, or .pt/.pth/.bin/.safetensors state dicts",
+            show_default=False,
+        ),
+    ],
+    input: Annotated[
+        list[str],
+        typer.Option(
+            "--input",
+            metavar="NAME=SHAPE[:DTYPE]",
+            help="input shape (and dtype for torch files), e.g. input_ids=1x128:int64 (repeatable)",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006  (typer reads the default; it is never mutated)
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODULE:FACTORY", help="for a state dict: the callable that builds the model (imports that module)"
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="allow unpickling a whole pickled model (runs code from the file)")
+    ] = False,
+    format: Annotated[
+        Literal["table", "json", "markdown", "sarif", "junit"] | None,
+        typer.Option(
+            "--format",
+            help="what to print on stdout (default: the table; one summary line per model with --output)",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    output: Annotated[
+        list[str],
+        typer.Option(
+            "--output",
+            metavar="FILE",
+            help="write a report to FILE, format from the suffix: .json .md .sarif .xml (JUnit) .txt; repeatable",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = [],  # noqa: B006
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="one summary line per model on stdout; nothing else but errors",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    color: Annotated[
+        Literal["auto", "always", "never"],
+        typer.Option(
+            help="colour in the table (auto: on a terminal, as NO_COLOR / FORCE_COLOR say)", rich_help_panel=OUTPUT
+        ),
+    ] = "auto",
+    fail_on: Annotated[
+        Literal["info", "warning", "error", "never"] | None,
+        typer.Option(help="exit 1 when a finding reaches this severity (default: the config's, else error)"),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="config file (default: nearest .initcheck.yaml or pyproject.toml with \\[tool.initcheck], from the "
+            "model's folder upward)",
+        ),
+    ] = None,
+    no_config: Annotated[bool, typer.Option("--no-config", help="ignore config files")] = False,
+    baseline: Annotated[
+        str | None, typer.Option(metavar="FILE", help="fail only on findings that are new or worse than in FILE")
+    ] = None,
+    write_baseline: Annotated[
+        str | None, typer.Option(metavar="FILE", help="record the current findings in FILE (exit 0)")
+    ] = None,
+    all_nodes: Annotated[bool, typer.Option("--all-nodes", help="one row per node instead of one per layer")] = False,
+    train: Annotated[
+        bool | None,
+        typer.Option(
+            "--train", help="analyse batch norm and dropout as in training (batch statistics, active dropout)"
+        ),
+    ] = None,
+    degree: Annotated[
+        int | None,
+        typer.Option(
+            metavar="D",
+            parser=_positive(int, "integer"),
+            help="graph attention: typical node degree when the graph does not carry its neighbour counts",
+        ),
+    ] = None,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="symbolic pass only", rich_help_panel=PROBE)] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N or auto (default)", rich_help_panel=PROBE)
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(parser=_positive(int, "integer"), help="samples per seed (default 16)", rich_help_panel=PROBE),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(parser=_positive(int, "integer"), help="fresh input batches (default 4)", rich_help_panel=PROBE),
+    ] = None,
+    resample_weights: Annotated[
+        bool,
+        typer.Option(
+            "--resample-weights",
+            help="each seed also permutes every weight tensor: instance-to-instance spread (PyTorch models)",
+            rich_help_panel=PROBE,
+        ),
+    ] = False,
+    input_data: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE.npz", help="real inputs, arrays named like the model's inputs", rich_help_panel=PROBE
+        ),
+    ] = None,
+    loss: Annotated[
+        Literal["cotangent", "cross_entropy"] | None,
+        typer.Option(
+            help="backward seed: unit-variance random cotangent (default) or cross-entropy on random labels",
+            rich_help_panel=PROBE,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="stop probing after this long, keep what was measured", rich_help_panel=PROBE
+        ),
+    ] = None,
+    max_elements: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            parser=_positive(int, "integer"),
+            help="refuse any tensor or shape with more than N elements (default 2^31)",
+            rich_help_panel=LIMITS,
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            parser=_positive(float, "number"),
+            help="give up on a model after this long (one error line; the other models go on)",
+            rich_help_panel=LIMITS,
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> int:
+    """Analyse model files and print the per-layer table."""
     from initcheck.cli_analyze import run_analyze
 
-    return run_analyze(args)
+    if quiet and format is not None:
+        raise UsageError("--quiet prints one summary line per model; --format chooses another stdout: give one")
+    return run_analyze(SimpleNamespace(**{k: v for k, v in locals().items() if k != "run_analyze"}))
 
 
-def _explain(args) -> int:
+@app.command("explain")
+def _explain_command(code: Annotated[str, typer.Argument(metavar="CODE", help="a finding code, e.g. IC102")]) -> int:
+    """Explain a finding code: meaning, formula, fix."""
+    return _explain(code)
+
+
+@app.command("rules")
+def _rules_command() -> int:
+    """List every finding code with its thresholds, and the ops each frontend translates."""
+    return _rules()
+
+
+def _explain(code_name: str) -> int:
     from initcheck.codes import CODES
 
-    code = CODES.get(args.code.upper())
+    code = CODES.get(code_name.upper())
     if code is None:
-        raise UsageError(f"unknown code '{args.code}' (known: {', '.join(sorted(CODES))})")
+        raise UsageError(f"unknown code '{code_name}' (known: {', '.join(sorted(CODES))})")
     print(f"{code.code} {code.name} (default severity: {code.severity})\n")
     for title, text in (
         ("What", code.summary),
@@ -169,7 +257,7 @@ def _explain(args) -> int:
     return EXIT_OK
 
 
-def _rules(args) -> int:
+def _rules() -> int:
     """Every finding code with its default severity and thresholds, then the ops the symbolic pass covers."""
     from initcheck.codes import CODES, DEFAULTS
 
@@ -198,21 +286,30 @@ def _coverage() -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handler = {"analyze": _analyze, "explain": _explain, "rules": _rules}[args.command]
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    command = typer.main.get_command(app)
     try:
-        return handler(args)
+        return command.main(argv, prog_name="initcheck", standalone_mode=False) or EXIT_OK
+    except click_errors.NoArgsIsHelpError:  # the usage is on stdout; say why it came
+        print("initcheck: error: no command given (analyze, explain or rules)", file=sys.stderr)
+        return EXIT_ERROR
+    except typer.Exit as e:  # --help, --version
+        return e.exit_code
+    except click_errors.ClickException as e:  # one line and exit 2, like every other usage error
+        message = e.format_message().replace("Value error, ", "")  # typer's wording of a choice's ValueError
+        print(f"initcheck: error: {one_line(message)}", file=sys.stderr)
+        return EXIT_ERROR
     except InitcheckError as e:
         print(f"initcheck: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:  # the shell convention for SIGINT: 128 + 2
+    except (KeyboardInterrupt, typer.Abort):  # the shell convention for SIGINT: 128 + 2
         print("initcheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `initcheck rules | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as e:  # a bug: still one line unless --debug
-        if getattr(args, "debug", False) or debugging():
+        if "--debug" in argv or debugging():
             raise
         print(
             f"initcheck: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",

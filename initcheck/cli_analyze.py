@@ -41,7 +41,8 @@ def run_analyze(args) -> int:
         write_atomic(
             args.write_baseline, baseline.render([r.report for r in results if r.report], Path(args.write_baseline))
         )
-    _say_baseline_changes(results)
+    if not args.quiet:
+        _say_baseline_changes(results)
     if any(r.report is None for r in results):
         return EXIT_ERROR
     if args.write_baseline:
@@ -73,7 +74,9 @@ def _one(model: str, args, said: set[str]):
             time_limit=args.time_limit,
             model=model,
         )
-        if options.probe_skipped and options.probe_skipped not in said:  # said first, not after the table
+        if (
+            options.probe_skipped and options.probe_skipped not in said and not args.quiet
+        ):  # said first, not after the table
             print(f"initcheck: {options.probe_skipped}", file=sys.stderr)
             said.add(options.probe_skipped)
         progress, options = _with_progress(options)
@@ -125,9 +128,9 @@ def _write_outputs(results, outputs, args) -> None:
 
     for path, fmt in outputs:
         write_atomic(path, render(fmt, results, __version__))
-    fmt = args.format or ("summary" if outputs else "table")
+    fmt = args.format or ("summary" if outputs or args.quiet else "table")
     if fmt == "table":
-        render_results(results, make_console())
+        render_results(results, make_console(args.color))
     elif fmt == "summary":  # reports went to files: one line per model on stdout
         sys.stdout.write("\n".join(line.strip() for line in summary_lines(results)) + "\n")
     else:

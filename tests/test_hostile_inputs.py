@@ -438,7 +438,7 @@ def _last_k(path: Path) -> float:
     import initcheck
 
     report = initcheck.analyze(path)
-    return [r for r in report.layers if r.fan_in][-1].second_moment
+    return [r for r in report.layers if r.fan_in][-1].symbolic.K
 
 
 def _monte_carlo(forward, samples: int = 20000) -> float:

@@ -162,13 +162,18 @@ def summary(report: Report) -> Group:
     return Group(*lines)
 
 
-def make_console() -> Console:
-    """The terminal's width on a TTY; a wide fixed width and no colour codes when piped."""
+def make_console(color: str = "auto") -> Console:
+    """The terminal's width on a TTY, a wide fixed width when piped. Colour: `always`, `never`, or `auto`: NO_COLOR
+    set means none, FORCE_COLOR set means colour even when piped, else colour only on a terminal."""
+    import os
     import sys
 
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=200, color_system=None, force_terminal=False)
+    tty = sys.stdout.isatty()
+    if color == "auto":
+        color = "never" if os.environ.get("NO_COLOR") else "always" if os.environ.get("FORCE_COLOR") or tty else "never"
+    if color == "always":
+        return Console(width=None if tty else 200, force_terminal=True, color_system="auto" if tty else "standard")
+    return Console(width=None if tty else 200, color_system=None, force_terminal=tty, no_color=True)
 
 
 def render_table(report: Report, console: Console) -> None:
