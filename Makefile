@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint zoo samples bench clean
+.PHONY: demo test lint docs zoo samples bench clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: lint $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
 # The zoo's slow part: every stock model and broken twin through both ONNX exporters.
 zoo: $(VENV)/.dev
 	$(PY) -m pytest -q -p no:cacheprovider -m zoo tests/test_zoo.py
+
+# docs/checks.md is generated from the code catalogue (a test fails when it is stale)
+docs: $(VENV)/.runtime
+	$(PY) -m initcheck.catalogue > docs/checks.md
 
 samples: $(VENV)/.dev
 	$(PY) sample_models/make_samples.py

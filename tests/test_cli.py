@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 from conftest import SAMPLES
 from onnx import TensorProto, helper, numpy_helper
 

@@ -24,7 +24,7 @@ def render_json(report: Report) -> str:
     return json.dumps(_finite(report.to_dict()), indent=2, sort_keys=False) + "\n"
 
 
-def render_results(results: list[ModelResult]) -> str:
+def render_results(results: list[ModelResult], version: str = "") -> str:
     if len(results) == 1 and results[0].report is not None:
         return render_json(results[0].report)
     data = {

@@ -8,7 +8,7 @@ from xml.etree import ElementTree as ET
 from initcheck.report.model import ModelResult
 
 
-def render_junit(results: list[ModelResult]) -> str:
+def render_junit(results: list[ModelResult], version: str = "") -> str:
     from initcheck.codes import CODES
 
     root = ET.Element("testsuites", name="initcheck")

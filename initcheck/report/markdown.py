@@ -68,7 +68,7 @@ def _model(result: ModelResult) -> list[str]:
     return lines + ["", "</details>", ""]
 
 
-def render_markdown(results: list[ModelResult]) -> str:
+def render_markdown(results: list[ModelResult], version: str = "") -> str:
     failed = sum(1 for r in results if r.failed or r.report is None)
     lines = [f"## initcheck: {len(results) - failed} of {len(results)} model(s) pass", ""]
     for result in results:

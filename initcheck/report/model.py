@@ -20,7 +20,7 @@ def severity_rank(severity: str) -> int:
 class Finding:
     code: str
     severity: str
-    kind: str  # forward | backward | weights | coverage
+    kind: str  # the finding's family, one word: forward | backward | weights | coverage | probe | residual | ...
     message: str
     node: str = ""
     scope: str = ""

@@ -2,49 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from initcheck.errors import UsageError
 from initcheck.report.model import ModelResult
 
-FORMATS = ("table", "json", "markdown", "sarif", "junit")
-_SUFFIXES = {
-    ".json": "json",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".sarif": "sarif",
-    ".xml": "junit",
-    ".txt": "table",
+# One entry per output format: its --output suffixes and its renderer, `module:function(results, version)`.
+# Renderers are imported only when used (the table needs rich, JSON nothing). A new format is a module in
+# initcheck/report/ and one line here; `--format` offers exactly these.
+RENDERERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "table": ((".txt",), "initcheck.report.table:render_text"),
+    "json": ((".json",), "initcheck.report.json_out:render_results"),
+    "markdown": ((".md", ".markdown"), "initcheck.report.markdown:render_markdown"),
+    "sarif": ((".sarif", ".sarif.json"), "initcheck.report.sarif:render_sarif"),
+    "junit": ((".xml",), "initcheck.report.junit:render_junit"),
 }
+FORMATS = tuple(RENDERERS)
+_SUFFIXES = {suffix: fmt for fmt, (suffixes, _) in RENDERERS.items() for suffix in suffixes}
 
 
 def format_for(path: str) -> str:
     name = os.path.basename(path).lower()
-    if name.endswith(".sarif.json"):
-        return "sarif"
-    fmt = _SUFFIXES.get(os.path.splitext(name)[1])
-    if fmt is None:
-        raise UsageError(f"--output {path}: unknown suffix; use .json, .md, .sarif, .xml (JUnit) or .txt")
-    return fmt
+    # the longest matching suffix decides: report.sarif.json is SARIF, not plain JSON
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _SUFFIXES[suffix]
+    raise UsageError(f"--output {path}: unknown suffix; use .json, .md, .sarif, .xml (JUnit) or .txt")
 
 
-def render(fmt: str, results: list[ModelResult], version: str, width: int = 200) -> str:
-    if fmt == "json":
-        from initcheck.report.json_out import render_results
-
-        return render_results(results)
-    if fmt == "markdown":
-        from initcheck.report.markdown import render_markdown
-
-        return render_markdown(results)
-    if fmt == "sarif":
-        from initcheck.report.sarif import render_sarif
-
-        return render_sarif(results, version)
-    if fmt == "junit":
-        from initcheck.report.junit import render_junit
-
-        return render_junit(results)
-    from initcheck.report.table import render_text
-
-    return render_text(results, width)
+def render(fmt: str, results: list[ModelResult], version: str) -> str:
+    module, _, function = RENDERERS[fmt][1].partition(":")
+    return getattr(importlib.import_module(module), function)(results, version)

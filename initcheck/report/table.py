@@ -181,7 +181,7 @@ def render_table(report: Report, console: Console) -> None:
     console.print(summary(report))
 
 
-def render_text(results, width: int = 200) -> str:
+def render_text(results, version: str = "", width: int = 200) -> str:
     """Plain text of every model's table and summary (for --output FILE.txt and non-terminal stdout)."""
     import os
 
