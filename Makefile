@@ -34,10 +34,11 @@ demo: $(VENV)/.demo
 	$(VENV)/bin/initcheck analyze sample_models/relu_mlp_he.onnx
 	$(VENV)/bin/initcheck analyze sample_models/relu_mlp_glorot.onnx --fail-on never
 
-# Format and lint are part of the tests: CI fails on an unformatted file or a lint error.
+# Format, lint and types are part of the tests: CI fails on an unformatted file, a lint or a type error.
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check -q initcheck tests benchmarks sample_models
 	$(VENV)/bin/ruff check -q initcheck tests benchmarks sample_models
+	$(VENV)/bin/mypy
 
 test: lint $(VENV)/.dev $(VENV)/sarif-schema-2.1.0.json
 	INITCHECK_SARIF_SCHEMA=$(VENV)/sarif-schema-2.1.0.json $(PY) -m pytest -q -p no:cacheprovider -m "not zoo"

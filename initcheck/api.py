@@ -135,6 +135,7 @@ def _module_graph(module, inputs, training: bool | None):
     if inputs is None:
         raise InitcheckError("analyze(module, inputs): pass example inputs as forward() takes them")
     kwargs = None
+    args: tuple
     if isinstance(inputs, dict):
         args, kwargs = (), inputs
     elif isinstance(inputs, torch.Tensor):

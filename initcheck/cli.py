@@ -16,7 +16,7 @@ from initcheck.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, InitcheckErr
 try:  # typer >= 0.22 carries its own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="initcheck",
@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     command = typer.main.get_command(app)
     try:
-        return command.main(argv, prog_name="initcheck", standalone_mode=False) or EXIT_OK
+        # the command itself, not its main(): main() turns Ctrl-C and a closed pipe into bare exit codes
+        with command.make_context("initcheck", argv) as ctx:
+            return command.invoke(ctx) or EXIT_OK
     except click_errors.NoArgsIsHelpError:  # the usage is on stdout; say why it came
         print("initcheck: error: no command given (analyze, explain or rules)", file=sys.stderr)
         return EXIT_ERROR

@@ -20,7 +20,7 @@ def run_analyze(args) -> int:
     for path in [p for p, _ in outputs] + ([args.write_baseline] if args.write_baseline else []):
         check_writable(path, "--output" if path != args.write_baseline else "--write-baseline")
     entries = baseline.load(Path(args.baseline)) if args.baseline else None
-    results, said = [], set()
+    results, said = [], set[str]()
     for model in args.models:
         result = _one(model, args, said)
         if result.report is not None and entries is not None:

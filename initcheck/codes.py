@@ -30,8 +30,17 @@ class Code:
 CODES: dict[str, Code] = {}
 
 
-def _code(*args: str, limits: Mapping[str, float] | None = None) -> None:
-    c = Code(*args, limits=dict(limits or {}))
+def _code(
+    code: str,
+    name: str,
+    severity: str,
+    summary: str,
+    formula: str,
+    fix: str,
+    thresholds: str,
+    limits: Mapping[str, float] | None = None,
+) -> None:
+    c = Code(code, name, severity, summary, formula, fix, thresholds, dict(limits or {}))
     CODES[c.code] = c
 
 

@@ -19,6 +19,7 @@ Unknown keys and bad values are errors that name the key and the file.
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,9 @@ def _has_tool_section(path: Path) -> bool:
 
 def _parse(path: Path, text: str, section_only: bool = True) -> dict:
     if path.suffix == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
+        else:  # Python 3.10
             import tomli as tomllib
 
         try:
@@ -231,7 +232,7 @@ class _Checker:
     def thresholds(self, data) -> dict[str, dict[str, float]]:
         from initcheck.codes import DEFAULTS
 
-        out = {}
+        out: dict[str, dict[str, float]] = {}
         for code, names in self.mapping(data, "thresholds").items():
             self.code(code, f"thresholds.{code}")
             if code not in DEFAULTS:

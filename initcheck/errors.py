@@ -16,7 +16,7 @@ class UsageError(InitcheckError):
     """An option or argument is invalid."""
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """A message as one printable line: names taken from a damaged file may hold newlines or control bytes."""
     return "".join(
         c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in str(text)

@@ -37,7 +37,7 @@ class Value:
     def numel(self) -> int | None:
         if self.shape is None or any(d is None for d in self.shape):
             return None
-        return int(np.prod(self.shape, dtype=np.int64))
+        return int(np.prod([int(d) for d in self.shape if d is not None], dtype=np.int64))
 
 
 @dataclass(eq=False)
@@ -56,6 +56,13 @@ class Node:
     @property
     def label(self) -> str:
         return self.scope or self.name
+
+    def input(self, index: int = 0) -> Value:
+        """An input the op requires (a data input, never an omitted optional one)."""
+        value = self.inputs[index]
+        if value is None:
+            raise ValueError(f"node {self.name} ({self.op}): required input {index} is missing")
+        return value
 
 
 @dataclass
@@ -78,8 +85,8 @@ class Graph:
             value.producer = None
             value.consumers = []
         for node in self.nodes:
-            for value in node.inputs:
-                if value is not None:
-                    value.consumers.append(node)
-            for value in node.outputs:
-                value.producer = node
+            for consumed in node.inputs:
+                if consumed is not None:
+                    consumed.consumers.append(node)
+            for output in node.outputs:
+                output.producer = node

@@ -68,8 +68,8 @@ class TimeLimitExceeded(BaseException):
 @contextlib.contextmanager
 def time_limit(seconds: float | None, what: str):
     """Stop the analysis after `seconds` of wall-clock time (main thread on POSIX; elsewhere no limit)."""
-    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not seconds or not usable:
         yield
         return
 

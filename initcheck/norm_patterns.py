@@ -40,7 +40,7 @@ def _match(node: Node) -> Node | None:
         return None
     candidates = [(0, 1)] if node.op == "div" else [(0, 1), (1, 0)]
     for signal_at, scale_at in candidates:
-        signal, scale = node.inputs[signal_at], node.inputs[scale_at]
+        signal, scale = node.input(signal_at), node.input(scale_at)
         eps = _epsilon(scale, power=-0.5 if node.op == "mul" else 0.5)
         if eps is None:
             continue
@@ -60,7 +60,7 @@ def _as_program(value: Value) -> tuple[Value, tuple]:
     """(root, program) with value = program(root): through a fused pointwise node, else the value itself."""
     producer = value.producer
     if producer is not None and producer.op == "pointwise":
-        return producer.inputs[0], producer.attrs["program"]
+        return producer.input(0), producer.attrs["program"]
     return value, ("x",)
 
 
@@ -143,7 +143,8 @@ def _mean_over_last_axis(value: Value | None) -> Value | None:
     if producer is None or producer.op != "reduce_mean" or not producer.attrs.get("keepdims", 1):
         return None
     axes = producer.attrs.get("axes")
-    rank = len(producer.inputs[0].shape) if producer.inputs[0].shape is not None else None
+    shape = producer.input(0).shape
+    rank = len(shape) if shape is not None else None
     if axes is None or len(axes) != 1 or axes[0] not in (-1, (rank - 1) if rank else -1):
         return None
     return producer.inputs[0]
@@ -156,7 +157,7 @@ def _strip_identity(value: Value) -> Value:
         and value.producer.op == "pointwise"
         and value.producer.attrs.get("function") == "identity"
     ):
-        value = value.producer.inputs[0]
+        value = value.producer.input(0)
     return value
 
 
@@ -165,6 +166,6 @@ def _centred(value: Value) -> Value | None:
     producer = value.producer
     if producer is None or producer.op != "sub" or len(producer.inputs) != 2 or producer.inputs[1] is None:
         return None
-    x, mean = _strip_identity(producer.inputs[0]), producer.inputs[1]
+    x, mean = _strip_identity(producer.input(0)), producer.inputs[1]
     source = _mean_over_last_axis(mean)
     return x if source is not None and _equivalent(source, x) else None

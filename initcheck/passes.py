@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from initcheck import pointwise
 from initcheck.ir import Graph, Node, Value
 
 _FUSIBLE_BINARY = {"add", "sub", "mul", "div", "pow", "max", "min"}
 
 
-def is_signal(value: Value | None) -> bool:
+def is_signal(value: Value | None) -> TypeGuard[Value]:
     return value is not None and (value.producer is not None or (value.is_input and value.is_float))
 
 

@@ -17,7 +17,7 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def erf(z: np.ndarray) -> np.ndarray:
-    return _erf(np.asarray(z, dtype=np.float64)).astype(np.float64)
+    return np.asarray(_erf(np.asarray(z, dtype=np.float64)), dtype=np.float64)
 
 
 def _sigmoid(z):

@@ -133,10 +133,12 @@ def _constant_factor(node: Node) -> float:
         return 1.0
     if node.op in ("mul", "div"):
         constants = [
-            v for v in node.inputs if v is not None and not is_signal(v) and v.array is not None and v.array.size == 1
+            v.array
+            for v in node.inputs
+            if v is not None and not is_signal(v) and v.array is not None and v.array.size == 1
         ]
-        if len(constants) == 1 and float(constants[0].array.reshape(())) != 0:
-            c = abs(float(constants[0].array.reshape(())))
+        if len(constants) == 1 and float(constants[0].reshape(())) != 0:
+            c = abs(float(constants[0].reshape(())))
             if node.op == "mul":
                 return c
             if node.inputs[-1] is constants[0]:  # x / c; c / x is not a rescale

@@ -73,11 +73,11 @@ def _continues(layer: Node) -> bool:
 def susceptibilities(graph: Graph, result: SymbolicResult) -> dict[Node, Susceptibility]:
     found = {}
     for node in graph.nodes:
-        x = result.forward.get(node.inputs[0]) if node.op == "pointwise" and node.inputs else None
+        x = result.forward.get(node.input(0)) if node.op == "pointwise" and node.inputs else None
         name = node.attrs.get("function", "pointwise")
         layer = _feeds(node.outputs[0]) if x is not None and name != "identity" else None
         weights = layer.params.get("weight") if layer is not None else None
-        if weights is None or not _continues(layer) or x.var <= 0:
+        if layer is None or x is None or weights is None or not _continues(layer) or x.var <= 0:
             continue
         program = node.attrs["program"]
         _, _, _, slope_sq = program_moments(program, x)
@@ -85,7 +85,7 @@ def susceptibilities(graph: Graph, result: SymbolicResult) -> dict[Node, Suscept
         found[node] = Susceptibility(
             name,
             layer,
-            node.inputs[0],
+            node.input(0),
             x.K,
             c_w,
             weights.bias_sq,

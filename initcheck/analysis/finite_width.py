@@ -55,7 +55,7 @@ _OFFSET_SENSITIVE = {"gelu", "gelu_tanh", "silu", "mish", "hard_swish"}
 def _small_width_bias(node: Node) -> float:
     """GELU-like activations show an O(1/n) bias of the per-layer rule from per-unit offsets
     (docs/theory.md §4: ~3% at n=1024, ~12% at n=256, i.e. ~30/n)."""
-    shape = node.inputs[0].shape
+    shape = node.input(0).shape
     if not shape:
         return 0.0
     width = shape[1] if len(shape) == 4 else shape[-1]

@@ -137,7 +137,7 @@ def _region(head: Node) -> Region:
         producer = value.producer if value is not None else None
         if producer is not None and producer.op in REFERENCE_OPS and (producer.op not in NORMS or normalizes(producer)):
             return chain, value
-        if producer is None or len(signal_inputs(producer)) != 1 or len(value.consumers) != 1:
+        if producer is None or value is None or len(signal_inputs(producer)) != 1 or len(value.consumers) != 1:
             return _weightless_lead_in(chain)
         if producer.op in WEIGHTED:
             weighted += 1
@@ -230,6 +230,8 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
             program = last.attrs["program"] if last.op == "pointwise" and last is not first else ("x",)
             target = forward_gain(program) / math.sqrt(weight.fan_in)
         grad = result.backward.get(out)
+        symbolic = result.estimate(out)
+        assert symbolic is not None  # `out` was chosen among the predicted values
         rows.append(
             LayerRow(
                 index=index,
@@ -244,7 +246,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
                 weight_std=math.sqrt(weight.w_sq) if weight is not None else None,
                 target_std=target,
                 activation=activation or (first.attrs.get("function") if first.op == "pointwise" else None),
-                symbolic=result.estimate(out),
+                symbolic=symbolic,
                 coherent=fwd.M,
                 gain_log10=_log10(fwd.K / k_in) if k_in else None,
                 forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,
@@ -284,18 +286,19 @@ def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] |
         return first is not None and first.simplex
 
     ref: dict[Value, float] = {}
-    for v in graph.outputs:
-        if energy(v):
-            ref[v] = energy(v)
+    for output in graph.outputs:
+        if e := energy(output):
+            ref[output] = e
     for node in reversed(graph.nodes):
         for v in node.inputs:
-            if v is None or energy(v) is None or v in ref:
+            e = energy(v) if v is not None else None
+            if v is None or e is None or v in ref:
                 continue
             if any(
                 (c.op in BACKWARD_REFERENCE_OPS and (c.op not in NORMS or normalizes(c))) or averages(c) or c in heads
                 for c in v.consumers
             ):
-                ref[v] = energy(v)
+                ref[v] = e
                 continue
             downstream = [(energy(o), ref[o]) for c in v.consumers for o in c.outputs if o in ref and energy(o)]
             if downstream:

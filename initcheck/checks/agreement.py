@@ -13,7 +13,7 @@ from initcheck.report.model import Finding
 def _agreement_check(ctx: CheckContext) -> list[Finding]:
     findings = []
     for row in ctx.rows:
-        if row.agrees is False and row.measured and row.symbolic.exact and row.status == "modeled":
+        if row.agrees is False and row.agreement and row.measured and row.symbolic.exact and row.status == "modeled":
             findings.append(
                 Finding(
                     "IC401",

@@ -26,11 +26,12 @@ def attention_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
         if node.op != "softmax":
             continue
         scale = attention_scale(node)
-        logits = result.forward.get(node.inputs[0])
+        logits = result.forward.get(node.input(0))
         if scale is None or logits is None:
             continue
         sigma = math.sqrt(logits.var)
-        keys = node.attrs.get("size") or (node.inputs[0].shape[-1] if node.inputs[0].shape else None) or 1
+        shape = node.input(0).shape
+        keys = node.attrs.get("size") or (shape[-1] if shape else None) or 1
         if sigma < limit("IC504", "warning") and not scale.missing:
             continue
         findings.append(_attention_finding(node, scale, sigma, int(keys)))
@@ -118,10 +119,11 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
 
     findings = []
     for node in graph.nodes:
-        x = result.forward.get(node.inputs[0]) if node.op in ("rnn", "lstm", "gru") and node.inputs else None
+        x = result.forward.get(node.input(0)) if node.op in ("rnn", "lstm", "gru") and node.inputs else None
         if x is None:
             continue
-        steps = node.attrs.get("steps") or (node.inputs[0].shape[0] if node.inputs[0].shape else None) or 1
+        shape = node.input(0).shape
+        steps = node.attrs.get("steps") or (shape[0] if shape else None) or 1
         history, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
         candidate = node.params["gates"][-1]  # the tanh candidate / RNN gate: W_hh's own spectrum
         spectrum = (

@@ -56,7 +56,7 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
     for node in graph.nodes:
         w = node.params.get("weight") if node.op in _MATRICES else None
         out = result.forward.get(node.outputs[0]) if w is not None else None
-        if out is None or out.K <= 0 or w.bias_sq <= 0:
+        if w is None or out is None or out.K <= 0 or w.bias_sq <= 0:
             continue
         share = w.bias_sq / out.K
         if share < limit("IC511", "share"):
@@ -87,18 +87,19 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
 def chains(found: dict[Node, Susceptibility]) -> list[list[Susceptibility]]:
     """Maximal sequences activation -> layer -> activation of the plain chains in `found` (topological order)."""
     following: dict[Node, Node] = {}
-    for node, s in found.items():
+    for activation, s in found.items():
         out = through(s.weighted.outputs[0])
         nxt = out.consumers[0] if len(out.consumers) == 1 else None
         if nxt in found:
-            following[node] = nxt
+            following[activation] = nxt
     starts = [n for n in found if n not in set(following.values())]
     result = []
     for start in starts:
-        chain, node = [], start
-        while node is not None and len(chain) <= len(found):
-            chain.append(found[node])
-            node = following.get(node)
+        chain: list[Susceptibility] = []
+        at: Node | None = start
+        while at is not None and len(chain) <= len(found):
+            chain.append(found[at])
+            at = following.get(at)
         result.append(chain)
     return result
 
@@ -132,7 +133,7 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
         else ""
     )
     ordered = mean_chi < 1
-    at_point = family not in (None, "unknown") and abs(chain[len(chain) // 2].C_W / family[1] - 1) < 0.1
+    at_point = isinstance(family, tuple) and abs(chain[len(chain) // 2].C_W / family[1] - 1) < 0.1
     if at_point:  # e.g. tanh at C_W = 1: critical only as K -> 0, so the gradient still decays (polynomially)
         point += "; the weights sit at it, and the remaining drift is K's slow approach to its fixed point"
     return [

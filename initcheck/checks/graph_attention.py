@@ -59,9 +59,10 @@ def _logit_parts(softmax: Node) -> tuple[Value, Value, tuple, np.ndarray | None]
         if producer is None:
             return None
         signals = [v for v in producer.inputs if is_signal(v)]
-        if producer.op == "add" and len(signals) == 2 and all(v.shape and len(v.shape) >= 2 for v in signals):
-            rows = [v for v in signals if v.shape[-1] == 1 and v.shape[-2] != 1]
-            keys = [v for v in signals if v.shape[-2] == 1 and v.shape[-1] != 1]
+        shapes = [v.shape for v in signals]
+        if producer.op == "add" and len(signals) == 2 and all(s and len(s) >= 2 for s in shapes):
+            rows = [v for v, s in zip(signals, shapes) if s and s[-1] == 1 and s[-2] != 1]
+            keys = [v for v, s in zip(signals, shapes) if s and s[-2] == 1 and s[-1] != 1]
             return (rows[0], keys[0], program, scale) if rows and keys else None
         if producer.op == "pointwise":
             program = producer.attrs["program"]
@@ -88,12 +89,12 @@ def _row_scale(scale: np.ndarray | None, keys: np.ndarray | None, degree: int) -
 
 def _degrees(softmax: Node, result: SymbolicResult, hint: int | None) -> tuple[list[int], bool]:
     """The neighbour counts per row from the mask the logits carry; else the hint; else the key axis."""
-    logits = result.forward.get(softmax.inputs[0])
+    logits = result.forward.get(softmax.input(0))
     if logits is not None and logits.valid_keys is not None and len(logits.valid_keys):
         return sorted({int(d) for d in logits.valid_keys if d > 0}), True
     if hint:
         return [int(hint)], True
-    shape = softmax.inputs[0].shape
+    shape = softmax.input(0).shape
     return ([int(shape[-1])] if shape and shape[-1] else []), False
 
 
@@ -108,7 +109,7 @@ def graph_attention_findings(graph: Graph, result: SymbolicResult, degree_hint: 
         degrees, known = _degrees(node, result, degree_hint)
         if not degrees:
             continue
-        keys = result.forward[node.inputs[0]].valid_keys
+        keys = result.forward[node.input(0)].valid_keys
         low, high = (degrees[0], degrees[-1]) if known and degrees[0] != degrees[-1] else (SWEEP[0], SWEEP[-1])
         at = {
             d: gat_statistics(sigma_u, sigma_w, d, program, round(_row_scale(row_scale, keys, d), 4))

@@ -32,7 +32,8 @@ def _terms(node: Node) -> list[Value]:
 
 
 def _ancestors(value: Value, limit: int = 2000) -> set[Value]:
-    seen, stack = set(), [value]
+    seen: set[Value] = set()
+    stack = [value]
     while stack and len(seen) < limit:
         v = stack.pop()
         if v in seen:
@@ -48,7 +49,7 @@ def branch_point(terms: list[Value], order: dict[Node, int]) -> Value | None:
     common = set.intersection(*(_ancestors(t) for t in terms))
     if not common:
         return None
-    return max(common, key=lambda v: order.get(v.producer, -1))
+    return max(common, key=lambda v: order.get(v.producer, -1) if v.producer is not None else -1)
 
 
 def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
@@ -63,8 +64,9 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
             continue
         terms = _terms(node)
         out = result.forward.get(stream_value(node))
-        parts = [result.forward.get(t) for t in terms]
-        if len(terms) < limit("IC508", "branches") or out is None or any(p is None or p.K <= 0 for p in parts):
+        found = [result.forward.get(t) for t in terms]
+        parts = [p for p in found if p is not None and p.K > 0]
+        if len(terms) < limit("IC508", "branches") or out is None or len(parts) < len(found):
             continue
         if any(a in _ancestors(b) for a in terms for b in terms if a is not b):
             continue  # a residual with several branches: IC502's business
@@ -87,7 +89,7 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 f"'{node.label}' sums {len(terms)} parallel branches"
                 + (
                     f" of '{fork.producer.label if fork.producer else fork.name}' (branch gains {gains})"
-                    if reference
+                    if reference and fork is not None
                     else ""
                 )
                 + f": K grows x{block_gain:.3g} across the block (x{merge_gain:.3g} at the sum itself; sum of the branch "

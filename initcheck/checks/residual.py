@@ -18,7 +18,8 @@ from initcheck.rules.common import normalizes
 
 def _reaches(start: Value, target: Value, limit: int = 400) -> bool:
     """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
-    seen, stack = set(), [start]
+    seen: set[int] = set()
+    stack = [start]
     while stack and len(seen) < limit:
         v = stack.pop()
         if v is target:

@@ -129,7 +129,7 @@ def strided_gradient_findings(graph: Graph, result: SymbolicResult) -> list[Find
         if node.op != "conv" or all(s == 1 for s in node.attrs["strides"]):
             continue
         ratio, _ = _gradient_phases(node)
-        target = _pattern_lands_on(node.inputs[0]) if ratio >= limit("IC515", "info") else None
+        target = _pattern_lands_on(node.input(0)) if ratio >= limit("IC515", "info") else None
         if target is None:
             continue
         kernel, strides = node.attrs["kernel"], node.attrs["strides"]

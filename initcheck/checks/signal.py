@@ -32,7 +32,12 @@ def _worst_weight(rows: list[LayerRow], at: LayerRow, downstream: bool) -> Layer
     ]  # deliberate: never the fix
     if not weighted:
         return None
-    return max(weighted, key=lambda r: abs(math.log(r.weight_std / r.target_std)))
+    return max(weighted, key=_miss)
+
+
+def _miss(row: LayerRow) -> float:
+    """How far a weighted row's std is from its target, in natural-log units (0 for rows without a weight)."""
+    return abs(math.log(row.weight_std / row.target_std)) if row.weight_std and row.target_std else 0.0
 
 
 def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
@@ -51,12 +56,12 @@ def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
         and math.isfinite(r.gain_log10)
         and sign * r.gain_log10 > 0
     ]
-    return max(weighted, key=lambda r: sign * r.gain_log10, default=None)
+    return max(weighted, key=lambda r: sign * (r.gain_log10 or 0.0), default=None)
 
 
 def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1) -> tuple[str, float | None]:
     worst = (None if downstream else _cause(rows, row, sign)) or _worst_weight(rows, row, downstream)
-    if worst is None or abs(math.log(worst.weight_std / worst.target_std)) < math.log(1.2):
+    if worst is None or not worst.weight_std or not worst.target_std or _miss(worst) < math.log(1.2):
         return "add a normalisation layer or rescale the branch that changes the scale", None
     factor = worst.target_std / worst.weight_std
     act = f" before {worst.activation}" if worst.activation else ""

@@ -16,6 +16,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from initcheck.errors import ModelLoadError
 from initcheck.limits import check_shape, max_elements
@@ -254,13 +255,14 @@ def _check_payload_sizes(path: Path, archive: zipfile.ZipFile, folder: str, conf
     needed: dict[str, int] = {}
     entries = config.get("config", {}) if isinstance(config, dict) else {}
     for fqn, payload in entries.items() if isinstance(entries, dict) else []:
-        meta = payload.get("tensor_meta") if isinstance(payload, dict) else None
+        meta: Any = payload.get("tensor_meta") if isinstance(payload, dict) else None  # JSON, checked below
         if not isinstance(meta, dict) or payload.get("use_pickle"):
             continue
-        sizes = [s.get("as_int") for s in meta.get("sizes", []) if isinstance(s, dict)]
-        strides = [s.get("as_int") for s in meta.get("strides", []) if isinstance(s, dict)]
+        sizes: list[Any] = [s.get("as_int") for s in meta.get("sizes", []) if isinstance(s, dict)]
+        strides: list[Any] = [s.get("as_int") for s in meta.get("strides", []) if isinstance(s, dict)]
         offset = (meta.get("storage_offset") or {}).get("as_int", 0)
-        itemsize = _DTYPE_ITEMSIZE.get(meta.get("dtype"), _MAX_ITEMSIZE)
+        dtype: Any = meta.get("dtype")
+        itemsize = _DTYPE_ITEMSIZE.get(dtype, _MAX_ITEMSIZE)
         if not all(isinstance(d, int) for d in sizes + strides + [offset]):
             continue  # symbolic sizes: torch checks the record against them
         check_shape(f"{path}: weight '{fqn}'", sizes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,8 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
     for name in graph.output:
         if name.name in values:
             values[name.name].is_output = True
-    folded = folded_batch_norm(model)
-    if folded:
+    bn_folded = folded_batch_norm(model)
+    if bn_folded:
         notes.append(
             "batch norms appear folded into the convolutions (an eval-mode export): the scale they would "
             "reset in training is not in this file, so findings that follow from it are information; to "
@@ -88,7 +89,7 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
             "analyse the .pt2 or the live module"
         )
     ir = Graph(
-        folded_normalization=folded,
+        folded_normalization=bn_folded,
         nodes=ir_nodes,
         inputs=[values[n] for n in fixed],
         outputs=[values[o.name] for o in graph.output if o.name in values],
@@ -161,13 +162,14 @@ def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:
 
 
 def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
-    folded = set()
+    folded: set[str] = set()
     for node in nodes:
         if node.op_type == "Constant":
             from onnx.reference import ReferenceEvaluator
 
             try:
-                arrays[node.output[0]] = np.asarray(ReferenceEvaluator(node).run(None, {})[0])
+                evaluated: Any = ReferenceEvaluator(node).run(None, {})  # a list of the outputs
+                arrays[node.output[0]] = np.asarray(evaluated[0])
                 folded.add(node.output[0])
             except Exception:  # an unusual Constant form: treat as unknown
                 pass

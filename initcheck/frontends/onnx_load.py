@@ -151,7 +151,7 @@ def _load_external_data(model, path: Path) -> None:
             f.seek(offset)
             tensor.raw_data = f.read(size)  # never more than the tensor's own size
         del tensor.external_data[:]
-        tensor.data_location = 0
+        tensor.data_location = 0  # type: ignore[assignment]  # TensorProto.DEFAULT: the bytes are now inline
 
 
 def external_data_file(path: Path, tensor: str, location: str) -> Path:
@@ -431,18 +431,20 @@ def _output_size(node, inputs: list, shapes: dict) -> float | None:
     ):
         return None
     first = values[0]
+    second = values[1] if len(values) > 1 and values[1] is not None else np.zeros(0)  # checked above
+    assert first is not None
     with np.errstate(all="ignore"):
         if node.op_type == "ConstantOfShape":
             return float(np.prod(first))
         if node.op_type == "Expand":  # broadcast of the input's shape with the requested one
-            shape, requested = list(first.shape), [float(d) for d in values[1].reshape(-1)]
+            shape, requested = list(first.shape), [float(d) for d in second.reshape(-1)]
             rank = max(len(shape), len(requested))
             shape, requested = [1] * (rank - len(shape)) + shape, [1.0] * (rank - len(requested)) + requested
             return float(np.prod([max(a, b) for a, b in zip(shape, requested)]))
         if node.op_type in ("Tile", "OneHot"):
-            return first.size * float(np.prod(values[1]))
+            return first.size * float(np.prod(second))
         if len(values) == 3 and values[2] is not None:  # Range
-            start, limit, delta = (float(v.reshape(-1)[0]) if v.size else 0.0 for v in values)
+            start, limit, delta = (float(v.reshape(-1)[0]) if v is not None and v.size else 0.0 for v in values)
             return (limit + start) / delta if delta else float("inf")  # an upper bound: values are |.|
     return None
 

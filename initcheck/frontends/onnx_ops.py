@@ -6,6 +6,7 @@ Handlers only translate: they normalise attributes and turn weights into statist
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ UNARY_OPS = {
     "Swish": "silu",
     "Sign": "sign",
 }
-UNARY_ATTRS = {
+UNARY_ATTRS: dict[str, tuple[str, dict[str, Any]]] = {
     "LeakyRelu": ("leaky_relu", {"alpha": 0.01}),
     "Elu": ("elu", {"alpha": 1.0}),
     "Celu": ("celu", {"alpha": 1.0}),

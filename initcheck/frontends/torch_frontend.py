@@ -96,8 +96,8 @@ class _Builder:
             node = placeholders[name]
             if _is_float(node):
                 self.signal.add(name)
-            elif "mask" in name.lower() and _shape(node) and None not in _shape(node):
-                self.tensors[name] = torch.ones(_shape(node), dtype=_fake(node).dtype)
+            elif "mask" in name.lower() and (shape := _shape(node)) and None not in shape:
+                self.tensors[name] = torch.ones(shape, dtype=_fake(node).dtype)
                 self.notes.append(f"input '{name}' is taken as all ones (no padding)")
 
     def fold(self, node) -> bool:
@@ -225,7 +225,7 @@ class _Builder:
         if "." in out and isinstance(val, (list, tuple)):
             index = int(out.rsplit(".", 1)[1])
             item = val[index] if index < len(val) else None
-            return tuple(item.shape) if hasattr(item, "shape") else None
+            return tuple(item.shape) if item is not None and hasattr(item, "shape") else None
         if op_name(node.target) == "baddbmm":
             return _shape(node)
         if op_name(node.target) == "scaled_dot_product_attention":

@@ -143,7 +143,8 @@ def _batch_norm(node, ctx):
         return None
     defaults = (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))
     params = _affine_params(ctx, weight, bias)
-    params["eval"] = batch_norm_eval_stats(*(a if a is not None else d for a, d in zip(arrays, defaults)), eps)
+    gamma, beta, running_mean, running_var = (a if a is not None else d for a, d in zip(arrays, defaults))
+    params["eval"] = batch_norm_eval_stats(gamma, beta, running_mean, running_var, eps)
     untrained = not training and untrained_running_stats(arrays[2], arrays[3])
     return [
         Emit(

@@ -159,13 +159,13 @@ def _torch_restricted(guard: _Guard):
                     guard.refusals.append("unpickle Python objects that only an unrestricted unpickler can load")
                 raise
 
-        torch.load = serialization.load = weights_only_load
+        torch.load = serialization.load = weights_only_load  # type: ignore[attr-defined]
         if original_pickle_obj is not None:
             torch._C._pickle_load_obj = refuse_torchbind
         try:
             yield
         finally:
-            torch.load = serialization.load = original_load
+            torch.load = serialization.load = original_load  # type: ignore[attr-defined]
             if original_pickle_obj is not None:
                 torch._C._pickle_load_obj = original_pickle_obj
 

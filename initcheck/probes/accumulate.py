@@ -6,6 +6,7 @@ Nothing here keeps an activation: each tensor updates a handful of sums and is r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -35,10 +36,12 @@ class _Slot:
     count: int = 0
     runs: int = 0
     grad_count: int = 0
-    sums: object = None  # tensor [sum, sum_sq, sum_K, sum_K2, grad_sq, dead_sum, sat_sum, cos_sum, extras_runs]
-    channels: object = None  # per-channel sums
+    sums: Any = (
+        None  # a torch tensor: tensor [sum, sum_sq, sum_K, sum_K2, grad_sq, dead_sum, sat_sum, cos_sum, extras_runs]
+    )
+    channels: Any = None  # per-channel sums
     channel_count: int = 0
-    phases: object = None
+    phases: Any = None
 
 
 @dataclass

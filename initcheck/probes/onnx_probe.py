@@ -4,6 +4,7 @@ the executable torch form of the same graph, whose forward values are cross-chec
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,8 @@ def with_batch_statistics(model, graph: Graph, opset: int) -> None:
     nodes = []
     for node in model.graph.node:
         ir = chosen.get(node.output[0]) if node.op_type == "BatchNormalization" and node.output else None
-        rank = len(ir.inputs[0].shape) if ir is not None and ir.inputs[0].shape else None
+        first = ir.inputs[0] if ir is not None else None
+        rank = len(first.shape) if first is not None and first.shape else None
         if ir is None or rank is None or node.input[1] not in arrays or node.input[2] not in arrays:
             nodes.append(node)
             continue
@@ -217,7 +219,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     runs_per_seed = 1 if batched else max(1, -(-options.batch // max(run_batch, 1)))
     acc.batch = options.batch if batched else run_batch
     generator = torch.Generator().manual_seed(0)
-    state = {"backward": True, "max_diff": None}
+    state: dict[str, Any] = {"backward": True, "max_diff": None}
     torch_dtypes = {
         "float32": torch.float32,
         "float16": torch.float16,
@@ -248,7 +250,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
         if not state["backward"]:
             return
         inputs = {k: v.to(device).requires_grad_(v.is_floating_point()) for k, v in feeds.items()}
-        record = {} if seed == 0 and run == 0 else None
+        record: dict | None = {} if seed == 0 and run == 0 else None
         try:
             values = form.run(inputs, set(wanted), acc, record)
         except NotExecutable as e:

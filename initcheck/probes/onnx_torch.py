@@ -7,6 +7,7 @@ onto the IR. Its forward values are cross-checked against onnxruntime by the cal
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ _UNARY = {
     "IsNaN": torch.isnan,
     "IsInf": torch.isinf,
 }
-_BINARY = {
+_BINARY: dict[str, Callable] = {
     "Add": torch.add,
     "Sub": torch.sub,
     "Mul": torch.mul,
@@ -308,10 +309,15 @@ def _reduce(node, x, a):
     axes = _axes(node, x, a)
     keep = bool(a.get("keepdims", 1))
     dims = tuple(range(x[0].ndim)) if not axes else tuple(axes)
-    fn = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin}[
-        node.op_type
-    ]
-    return fn(x[0], dim=dims, keepdim=keep)
+    return _REDUCTIONS[node.op_type](x[0], dim=dims, keepdim=keep)
+
+
+_REDUCTIONS: dict[str, Callable] = {
+    "ReduceMean": torch.mean,
+    "ReduceSum": torch.sum,
+    "ReduceMax": torch.amax,
+    "ReduceMin": torch.amin,
+}
 
 
 # shape and layout ops register themselves there

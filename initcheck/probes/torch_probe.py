@@ -21,7 +21,9 @@ from initcheck.probes.common import (
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, module, wanted: set[str], accumulator, batch_statistics: set[str] = frozenset()):
+    def __init__(
+        self, module, wanted: set[str], accumulator, batch_statistics: frozenset[str] | set[str] = frozenset()
+    ):
         super().__init__(module)
         self.wanted, self.acc, self.batch_statistics = wanted, accumulator, batch_statistics
 
@@ -87,6 +89,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
     inputs_wanted = {v.name for v in graph.inputs if v.is_float}
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
+    notes: list[str]
     data, vocab, notes = (
         by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
         vocabulary(graph),

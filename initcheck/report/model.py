@@ -144,7 +144,7 @@ class Report:
     producer: str
     opset: int | None
     mode: str  # eval | train
-    inputs: dict[str, list[int]]
+    inputs: dict[str, list[int | None]]
     depth: int
     width: int | None
     layers: list[LayerRow]

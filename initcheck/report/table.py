@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -65,7 +65,7 @@ def _agreement(row: LayerRow) -> Text:
 def layer_table(report: Report) -> Table:
     probed = report.probe is not None
     table = Table(title=f"initcheck: {report.model}", title_justify="left", header_style="bold", pad_edge=False)
-    columns = [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("#", "right"),
         ("layer", "left"),
         ("op", "left"),
@@ -76,7 +76,8 @@ def layer_table(report: Report) -> Table:
         ("K", "right"),
     ]
     columns += [("K meas", "right"), ("meas/pred", "right")] if probed else []
-    columns += [("fwd log10", "right"), ("G", "right")] + ([("G meas", "right")] if probed else [])
+    columns += [("fwd log10", "right"), ("G", "right")]
+    columns += [("G meas", "right")] if probed else []
     columns += [("bwd log10", "right"), ("flags", "left")]
     for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("#", "shape"))
@@ -86,7 +87,16 @@ def layer_table(report: Report) -> Table:
     for row in report.layers:
         fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
         stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
-        cells = [str(row.index), row.label, row.op, _shape(row), fans, stds, _num(row.symbolic.m), _num(row.symbolic.K)]
+        cells: list[str | Text] = [
+            str(row.index),
+            row.label,
+            row.op,
+            _shape(row),
+            fans,
+            stds,
+            _num(row.symbolic.m),
+            _num(row.symbolic.K),
+        ]
         if probed:
             cells += [_num(row.measured.K if row.measured else None), _agreement(row)]
         cells += [_decades(row.forward_log10), _num(row.symbolic.G)]

@@ -147,7 +147,9 @@ def _contracted(node) -> int | None:
 
 def _signal_ancestors(value, limit: int = 400) -> set[int]:
     """ids of the computed values and model inputs a value descends from (bounded walk; constants excluded)."""
-    seen, found, stack = set(), set(), [value]
+    seen: set = set()
+    found: set = set()
+    stack = [value]
     while stack and len(seen) < limit:
         v = stack.pop()
         if v is None or id(v) in seen:

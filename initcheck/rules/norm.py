@@ -92,7 +92,7 @@ def _channel_group(node) -> tuple[int, int | None]:
     groups = node.attrs.get("num_groups")
     channels = dim(node.inputs[0], 1) or 1
     per_group = channels // groups if groups else 1
-    spatial = 1
+    spatial: int | None = 1
     if shape is not None and len(shape) > 2 and all(d is not None for d in shape[2:]):
         for d in shape[2:]:
             spatial *= d
