@@ -12,7 +12,7 @@ import numpy as np
 
 from initcheck import frontends
 from initcheck.analysis.agreement import with_measurements, with_quotes
-from initcheck.analysis.criticality import attach_susceptibilities, susceptibilities
+from initcheck.analysis.criticality import susceptibilities, with_susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
 from initcheck.checks import CheckContext, finish, run_checks
@@ -154,10 +154,11 @@ def analyze_graph(graph: Graph, options: Options | None = None, mode: str = "eva
 
 
 def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Report:
-    fuse_pointwise(graph)
+    fuse_pointwise(graph)  # the IR is the analysis's own: the two rewrite it in place, once
     recognize_normalizations(graph)
+    notes = list(graph.notes)  # from loading
     if any(n.attrs.get("untrained_stats") for n in graph.nodes):
-        graph.notes.append(
+        notes.append(
             "batch norms in eval form with untrained running statistics (mean 0, var 1) are analysed "
             "with batch statistics, as they will train"
         )
@@ -165,9 +166,9 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
     rows = build_rows(graph, result, options.all_nodes)
     depth, width = depth_and_width(graph)
     chis = susceptibilities(graph, result)
-    attach_susceptibilities(rows, chis)
+    rows = with_susceptibilities(rows, chis)
     ctx = CheckContext(graph, result, rows, depth, width, chis, degree=options.degree)
-    findings, notes = run_checks(ctx)
+    findings, check_notes = run_checks(ctx)
     probe_summary = None
     if options.probe is not None and executable is not None:
         measured, failure = _run_probe(graph, executable, options.probe)
@@ -177,8 +178,7 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
             probe_summary = _probe_summary(measured)
         probe_ctx = replace(ctx, rows=rows, probe=measured, probe_error=failure)
         probe_findings, probe_notes = run_checks(probe_ctx, "probe")
-        findings, notes = findings + probe_findings, notes + probe_notes
-    graph.notes.extend(notes)
+        findings, check_notes = findings + probe_findings, check_notes + probe_notes
     findings = finish(findings)
     if graph.folded_normalization:
         findings = [_fold_consequence(f) for f in findings]
@@ -195,7 +195,7 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
         layers=rows,
         findings=findings,
         coverage=_coverage(result),
-        notes=list(graph.notes) + ([options.probe_skipped] if options.probe_skipped else []),
+        notes=notes + check_notes + ([options.probe_skipped] if options.probe_skipped else []),
         all_nodes=options.all_nodes,
         probe=probe_summary,
         instance_spread=spread[0] if spread else None,
@@ -216,9 +216,11 @@ def _fold_consequence(finding):
         return finding
     if finding.value is not None and math.isinf(finding.value):  # no norm brings back a signal that is gone
         return finding
-    finding.severity = "info"
-    finding.declared = "batch norms folded into the convolutions by an eval-mode export: not the model as it trains"
-    return finding
+    return replace(
+        finding,
+        severity="info",
+        declared="batch norms folded into the convolutions by an eval-mode export: not the model as it trains",
+    )
 
 
 def _run_probe(graph: Graph, executable, options: ProbeOptions):

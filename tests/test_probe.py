@@ -36,7 +36,7 @@ def test_samples_measured_agree_with_prediction(name):
     assert all(r.agrees for r in checked)
     assert all(r.measured is not None for r in report.layers)
     if name != "lstm":
-        assert checked and any(r.measured and r.measured.G is not None for r in report.layers)
+        assert checked and any(r.measured is not None and r.measured.G is not None for r in report.layers)
 
 
 class CorrelatedBranch(nn.Module):
@@ -120,7 +120,7 @@ def test_cross_entropy_seed_and_resampled_weights():
         model, torch.randn(16, 128), probe=ProbeOptions(seeds=3, loss="cross_entropy", resample_weights=True)
     )
     assert report.probe["loss"] == "cross_entropy" and report.probe["resampled_weights"]
-    assert all(r.measured and r.measured.G is not None and r.measured.G > 0 for r in report.layers)
+    assert all(r.measured is not None and r.measured.G is not None and r.measured.G > 0 for r in report.layers)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -314,7 +314,7 @@ def test_probe_measures_gradients_of_models_returning_model_outputs():
 
     model = next(m for m in STOCK if m.name == "gpt2")
     report = _analyze(model, probe=ProbeOptions(batch=2, seeds=1))
-    measured = [r for r in report.layers if r.measured and r.measured.G is not None]
+    measured = [r for r in report.layers if r.measured is not None and r.measured.G is not None]
     assert len(measured) >= 0.8 * len(report.layers)
 
 
@@ -330,7 +330,7 @@ def test_probe_measures_llm_families_through_files(name, route, tmp_path):
     path, shapes = export_file(model, route, tmp_path)
     report = initcheck.analyze(str(path), None if route == "pt2" else shapes, probe=ProbeOptions(batch=2, seeds=1))
     assert not [f.code for f in report.findings if f.code in ("IC402", "IC403")]
-    assert sum(r.measured and r.measured.G is not None for r in report.layers) >= 0.8 * len(report.layers)
+    assert sum(r.measured is not None and r.measured.G is not None for r in report.layers) >= 0.8 * len(report.layers)
 
 
 def test_pre_norm_growth_finding_quotes_the_measured_growth():

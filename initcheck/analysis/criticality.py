@@ -9,12 +9,13 @@ what the gradient and the correlations do, and the chain's susceptibility would 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from initcheck import pointwise
 from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.gaussian import expect
 from initcheck.ir import Graph, Node, Value
+from initcheck.report.model import LayerRow
 from initcheck.rules.activations import program_moments
 
 _PASS = {"reshape", "flatten", "transpose", "squeeze", "unsqueeze", "identity", "cast", "dropout"}
@@ -104,10 +105,11 @@ def _energy_slope(program, mean: float, var: float, h: float = 1e-3) -> float:
     return (up - down) / (2 * h * var)
 
 
-def attach_susceptibilities(rows, found: dict[Node, Susceptibility]) -> None:
-    """chi_perp / chi_par on the row whose value is the activation's output (activations fold into their layer)."""
+def with_susceptibilities(rows: list[LayerRow], found: dict[Node, Susceptibility]) -> list[LayerRow]:
+    """New rows with chi_perp / chi_par on the row whose value is the activation's output (activations fold into
+    their layer)."""
     by_value = {node.outputs[0].name: s for node, s in found.items()}
-    for row in rows:
-        s = by_value.get(row.value)
-        if s is not None:
-            row.chi_perp, row.chi_par = s.chi_perp, s.chi_par
+    return [
+        replace(row, chi_perp=s.chi_perp, chi_par=s.chi_par) if (s := by_value.get(row.value)) is not None else row
+        for row in rows
+    ]

@@ -10,16 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from initcheck.frontends import canonical
 from initcheck.registry import Table
 from initcheck.stats import (
     affine_stats,
-    batch_norm_eval_stats,
-    conv_transpose_stats,
     linear_stats,
     recurrent_gate_stats,
-    subpixel_coherence,
     tensor_stats,
-    untrained_running_stats,
 )
 
 Translation = tuple[str, dict, dict]
@@ -250,14 +247,7 @@ def _window_attrs(node, ctx, kernel: list[int]) -> dict:
             pads[i + n] = total - pads[i]
     elif auto == "VALID":
         pads = [0] * 2 * n
-    return {
-        "kernel": list(kernel),
-        "strides": strides,
-        "dilations": dilations,
-        "pads_begin": pads[:n],
-        "pads_end": pads[n:],
-        "groups": int(a.get("group", 1)),
-    }
+    return canonical.window(kernel, strides, dilations, pads[:n], pads[n:], int(a.get("group", 1)))
 
 
 @handles("Conv")
@@ -266,24 +256,19 @@ def _conv(node, ctx):
     if w is None:
         return None
     bias = ctx.array(node.input[2]) if len(node.input) > 2 else None
-    attrs = _window_attrs(node, ctx, list(w.shape[2:]))
-    groups = attrs["groups"]
-    stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(w.shape[2:])))
-    return "conv", attrs, {"weight": stats, **_subpixel(node, ctx, w)}
+    shuffle = _depth_to_space_after(node, ctx)
+    block = int(shuffle.get("blocksize", 1)) if shuffle is not None else None
+    crd = shuffle is not None and shuffle.get("mode", "DCR") == "CRD"
+    return canonical.conv(w, bias, _window_attrs(node, ctx, list(w.shape[2:])), False, block, channel_first=crd)
 
 
-def _subpixel(node, ctx, w) -> dict:
-    """A conv feeding DepthToSpace (directly or through one elementwise op): its sub-pixel kernels' coherence."""
+def _depth_to_space_after(node, ctx) -> dict | None:
+    """The attributes of the DepthToSpace a conv feeds (directly or through one elementwise op), if any."""
     readers = ctx.consumers.get(node.output[0], [])
     if len(readers) == 1 and readers[0].op_type != "DepthToSpace" and len(readers[0].output) == 1:
         readers = ctx.consumers.get(readers[0].output[0], [])
     shuffle = next((r for r in readers if r.op_type == "DepthToSpace"), None)
-    if shuffle is None:
-        return {}
-    attrs = attributes(shuffle)
-    block = int(attrs.get("blocksize", 1))
-    coherence = subpixel_coherence(w, block, channel_first=attrs.get("mode", "DCR") == "CRD")
-    return {"subpixel": {"block": block, "coherence": coherence}} if coherence is not None else {}
+    return attributes(shuffle) if shuffle is not None else None
 
 
 @handles("ConvTranspose")
@@ -292,9 +277,7 @@ def _conv_transpose(node, ctx):
     if w is None:
         return None
     bias = ctx.array(node.input[2]) if len(node.input) > 2 else None
-    attrs = _window_attrs(node, ctx, list(w.shape[2:]))
-    stats = conv_transpose_stats(w, bias, attrs["groups"], attrs["strides"], attrs["dilations"])
-    return "conv_transpose", attrs, {"weight": stats}
+    return canonical.conv(w, bias, _window_attrs(node, ctx, list(w.shape[2:])), transposed=True)
 
 
 def _norm_params(ctx, scale_name: str, bias_name: str) -> dict:
@@ -310,13 +293,9 @@ def _batch_norm(node, ctx):
         or (ctx.opset < 9 and len(node.output) > 1 and not a.get("is_test", 0))
     )
     gamma, beta, mu, var = (ctx.array(n) for n in node.input[1:5])
-    if any(x is None for x in (gamma, beta, mu, var)):
+    if any(x is None for x in (gamma, beta, mu, var)):  # computed at run time: not an init to check
         return None
-    eps = float(a.get("epsilon", 1e-5))
-    params = _norm_params(ctx, node.input[1], node.input[2])
-    params["eval"] = batch_norm_eval_stats(gamma, beta, mu, var, eps)
-    untrained = not training and untrained_running_stats(mu, var)
-    return "batch_norm", {"epsilon": eps, "training": training or untrained, "untrained_stats": untrained}, params
+    return canonical.batch_norm(gamma, beta, mu, var, float(a.get("epsilon", 1e-5)), training)
 
 
 @handles("LRN")
@@ -452,8 +431,7 @@ def _reduce(node, ctx):
 def _gather(node, ctx):
     table = ctx.array(node.input[0])
     if table is not None and node.input[0] not in ctx.signal and table.dtype.kind == "f" and table.ndim == 2:
-        columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
-        return "embedding", {}, {"table": tensor_stats(table), "coherent": float(np.mean(columns**2))}
+        return canonical.embedding(table)
     return "gather", attributes(node), {}
 
 

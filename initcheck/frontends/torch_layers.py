@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
+from initcheck.frontends import canonical
 from initcheck.frontends.torch_ops import Emit, _arg, _ints, handles, op_name
 from initcheck.stats import (
     affine_stats,
-    batch_norm_eval_stats,
-    conv_transpose_stats,
-    linear_stats,
-    subpixel_coherence,
-    tensor_stats,
-    untrained_running_stats,
 )
 
 
@@ -43,38 +36,19 @@ def _conv(node, ctx):
         pads_begin, pads_end = begin, [t - b for t, b in zip(total, begin)]
     else:
         pads_begin = pads_end = _ints(pads, n)
-    attrs = {
-        "kernel": kernel,
-        "strides": strides,
-        "dilations": dilations,
-        "pads_begin": pads_begin,
-        "pads_end": pads_end,
-        "groups": groups,
-    }
-    if transposed:
-        return [
-            Emit(
-                "conv_transpose",
-                [node.args[0]],
-                attrs,
-                {"weight": conv_transpose_stats(w, bias, groups, strides, dilations)},
-            )
-        ]
-    stats = linear_stats(w, bias, fan_out=(w.shape[0] // groups) * int(np.prod(kernel)))
-    return [Emit("conv", [node.args[0]], attrs, {"weight": stats, **_subpixel(node, w)})]
+    attrs = canonical.window(kernel, strides, dilations, pads_begin, pads_end, groups)
+    block = None if transposed else _pixel_shuffle_after(node)
+    op, attrs, params = canonical.conv(w, bias, attrs, transposed, block)
+    return [Emit(op, [node.args[0]], attrs, params)]
 
 
-def _subpixel(node, w) -> dict:
-    """A conv feeding pixel_shuffle (directly or through one elementwise op): its sub-pixel kernels' coherence."""
+def _pixel_shuffle_after(node) -> int | None:
+    """The block of the pixel_shuffle a conv feeds (directly or through one elementwise op), if any."""
     readers = list(node.users)
     if len(readers) == 1 and op_name(readers[0].target) != "pixel_shuffle":
         readers = list(readers[0].users)
     shuffle = next((r for r in readers if op_name(r.target) == "pixel_shuffle"), None)
-    if shuffle is None:
-        return {}
-    block = int(shuffle.args[1])
-    coherence = subpixel_coherence(w, block)
-    return {"subpixel": {"block": block, "coherence": coherence}} if coherence is not None else {}
+    return int(shuffle.args[1]) if shuffle is not None else None
 
 
 def _affine_params(ctx, weight, bias) -> dict:
@@ -133,27 +107,12 @@ def _batch_norm(node, ctx):
         training, eps = False, float(_arg(node, 6, "eps", 1e-5))
     else:
         training, eps = bool(_arg(node, 5, "training", False)), float(_arg(node, 7, "eps", 1e-5))
-    training = training or ctx.training
-    c = None
-    arrays = [ctx.array(a) for a in (weight, bias, mean, var)]
-    for arr in arrays:
-        if arr is not None:
-            c = arr.size
-    if c is None:
+    gamma, beta, running_mean, running_var = (ctx.array(a) for a in (weight, bias, mean, var))
+    built = canonical.batch_norm(gamma, beta, running_mean, running_var, eps, training or ctx.training)
+    if built is None:
         return None
-    defaults = (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))
-    params = _affine_params(ctx, weight, bias)
-    gamma, beta, running_mean, running_var = (a if a is not None else d for a, d in zip(arrays, defaults))
-    params["eval"] = batch_norm_eval_stats(gamma, beta, running_mean, running_var, eps)
-    untrained = not training and untrained_running_stats(arrays[2], arrays[3])
-    return [
-        Emit(
-            "batch_norm",
-            [node.args[0]],
-            {"epsilon": eps, "training": training or untrained, "untrained_stats": untrained},
-            params,
-        )
-    ]
+    op, attrs, params = built
+    return [Emit(op, [node.args[0]], attrs, params)]
 
 
 @handles("embedding")
@@ -161,15 +120,8 @@ def _embedding(node, ctx):
     table = ctx.array(node.args[0])
     if table is None:
         return None
-    columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
-    return [
-        Emit(
-            "embedding",
-            [node.args[1]],
-            {"weight_source": node.args[0].name},
-            params={"table": tensor_stats(table), "coherent": float(np.mean(columns**2))},
-        )
-    ]
+    op, _, params = canonical.embedding(table)
+    return [Emit(op, [node.args[1]], {"weight_source": node.args[0].name}, params=params)]
 
 
 @handles("softmax", "_softmax", "log_softmax", "_log_softmax")
