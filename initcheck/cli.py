@@ -45,10 +45,6 @@ def _positive(kind: type, what: str):
     return parse
 
 
-PositiveInt = Annotated[int | None, typer.Option(parser=_positive(int, "integer"))]
-PositiveFloat = Annotated[float | None, typer.Option(parser=_positive(float, "number"))]
-
-
 def _version(show: bool) -> None:
     if show:
         from initcheck import __version__
