@@ -127,6 +127,17 @@ _code(
     "Any unsupported op on the signal path: warning.",
 )
 _code(
+    "IC302",
+    "internal-error",
+    "warning",
+    "initcheck's own rule or translation for an op raised an exception: a bug in initcheck, not a property of the "
+    "model. The op's moments are passed through unchanged, so every number downstream of it is an approximation.",
+    "-",
+    "Report it with the output of `initcheck analyze ... --debug` (the traceback); meanwhile the empirical probe "
+    "gives measured numbers for the layers after it.",
+    "Any op whose rule or translation failed: warning.",
+)
+_code(
     "IC401",
     "symbolic-empirical-mismatch",
     "warning",

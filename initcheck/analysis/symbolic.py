@@ -22,7 +22,8 @@ class SymbolicResult:
     backward: dict[Value, float] = field(default_factory=dict)
     backward_exact: dict[Value, bool] = field(default_factory=dict)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
-    errors: dict[Node, str] = field(default_factory=dict)  # rules that failed on this node, with the reason
+    errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
+    internal: dict[Node, str] = field(default_factory=dict)  # rules or translations that raised: initcheck's bugs
 
     def estimate(self, value: Value) -> Estimate | None:
         """The prediction for one value, in the type the probe's measurements share."""
@@ -71,15 +72,17 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         return
     rule = FORWARD.get(node.op)
     outs = None
+    if node.attrs.get("internal_error"):  # the frontend's handler raised: carried here to be reported
+        result.internal[node] = node.attrs["internal_error"]
     if rule is not None:
         try:
             outs = rule(node, ins, result)
         except OverflowError:  # Python floats raise where numpy gives inf: the moments overflow, which is a finding
             outs = [Moments(0.0, math.inf, math.inf, False) for _ in node.outputs]
-        except Exception as e:  # a rule that cannot handle this node must not end the analysis
+        except Exception as e:  # a bug in a rule must not end the analysis, nor pass for an unsupported op
             if debugging():
                 raise
-            result.errors[node] = f"{type(e).__name__}: {e}"
+            result.internal[node] = f"{type(e).__name__}: {e}"
             outs = None
         if isinstance(outs, Unsupported):
             result.errors[node] = outs.reason
@@ -125,9 +128,10 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     if rule is not None and result.status.get(node) != "unsupported":
         try:
             gins = rule(node, ins, outs, filled, result)
-        except Exception:
+        except Exception as e:  # a bug: reported (IC302), the gradient passed through
             if debugging():
                 raise
+            result.internal.setdefault(node, f"{type(e).__name__}: {e} (backward)")
             gins = None
     if gins is None:
         exact = False

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from initcheck.errors import debugging
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
 from initcheck.ir import Graph, Node, Value
 from initcheck.limits import check_shape
@@ -175,15 +176,17 @@ class _Builder:
             self.training,
             {"shape": lambda a: _shape(a) if hasattr(a, "meta") else None},
         )
-        emits = None
+        emits, failure = None, None
         if handler is not None:
             try:
                 emits = handler(node, ctx)
-            except (KeyError, IndexError, TypeError, ValueError):
-                emits = None
+            except Exception as e:  # a bug in the handler: reported as such (IC302), never as an unsupported op
+                if debugging():
+                    raise
+                failure = f"{type(e).__name__}: {str(e)[:160]}"
         if emits is None:
             signal_args = [a for a in _flat_nodes(node.args) if self.alias.get(a.name, a.name) in self.signal]
-            emits = [Emit("unsupported", signal_args)]
+            emits = [Emit("unsupported", signal_args, {"internal_error": failure} if failure else {})]
         for emit in emits:
             self.emit(node, emit, source=str(node.target))
 

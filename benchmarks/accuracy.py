@@ -1,0 +1,107 @@
+"""How close the symbolic pass comes to measurement, per model of the zoo: the share of layer rows whose predicted
+second moment K (and gradient second moment G) lies within 15% and within 2x of the probe's measurement, the
+median |log10| error, the worst row, and how many rows the agreement check (IC401) flags.
+
+    python benchmarks/accuracy.py [--models resnet50 gpt2 ...] [--seeds 4] [--batch 8] [--markdown]
+
+The models are the zoo's stock models (tests/zoo.py: library configs and faithful re-implementations with their
+libraries' init code), analysed as live modules in their own mode, the probe on CPU. Not a test: a table for the
+README, and the figures the accuracy work is judged by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the zoo
+
+
+def row_errors(report, which: str) -> list[tuple[float, str]]:
+    """(log10 predicted / measured, row label) for every row where both are positive and finite."""
+    out = []
+    for row in report.layers:
+        if row.measured is None:
+            continue
+        pred, meas = (row.symbolic.K, row.measured.K) if which == "K" else (row.symbolic.G, row.measured.G)
+        if pred and meas and 0 < pred < math.inf and 0 < meas < math.inf:
+            out.append((math.log10(pred / meas), f"{row.label} ({row.op})"))
+    return out
+
+
+def summarize(errors: list[tuple[float, str]]) -> dict:
+    if not errors:
+        return {"rows": 0}
+    logs = [abs(e) for e, _ in errors]
+    worst = max(errors, key=lambda e: abs(e[0]))
+    return {
+        "rows": len(errors),
+        "within_15": sum(e <= math.log10(1.15) for e in logs) / len(logs),
+        "within_2x": sum(e <= math.log10(2) for e in logs) / len(logs),
+        "median": statistics.median(logs),
+        "worst": f"{worst[0]:+.2f} at {worst[1]}",
+    }
+
+
+def measure(model, seeds: int, batch: int) -> dict:
+    import initcheck
+    from initcheck.options import ProbeOptions
+
+    module, inputs = model.build()
+    start = time.perf_counter()
+    report = initcheck.analyze(module, inputs, probe=ProbeOptions(device="cpu", seeds=seeds, batch=batch))
+    return {
+        "model": model.name,
+        "family": model.family,
+        "K": summarize(row_errors(report, "K")),
+        "G": summarize(row_errors(report, "G")),
+        "ic401": sum(f.code == "IC401" for f in report.findings),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _pct(x) -> str:
+    return f"{x:.0%}" if isinstance(x, float) else "-"
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| model | family | rows | K within 15% | K within 2x | K median log10 err | K worst (log10) "
+        "| G within 15% | G within 2x | IC401 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        k, g = r["K"], r["G"]
+        lines.append(
+            f"| {r['model']} | {r['family']} | {k['rows']} | {_pct(k.get('within_15'))} | {_pct(k.get('within_2x'))} "
+            f"| {k.get('median', float('nan')):.3f} | {k.get('worst', '-')} | {_pct(g.get('within_15'))} "
+            f"| {_pct(g.get('within_2x'))} | {r['ic401']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from zoo import STOCK
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="zoo names (default: every stock model)")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    chosen = [m for m in STOCK if not args.models or m.name in args.models]
+    results = []
+    for model in chosen:
+        try:
+            results.append(measure(model, args.seeds, args.batch))
+        except Exception as e:  # one model that does not run must not hide the others
+            print(f"{model.name}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
