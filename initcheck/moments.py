@@ -23,6 +23,10 @@ class Moments:
       are exact in expectation, a single network deviates by about sqrt(spread).
     cross: E[x_a^2 x_b^2] / K^2 - 1 for two different inputs a, b (the cross-input 4-point vertex
       that the next weighted layer turns into spread).
+    S: the energy of the part shared by all positions (tokens, pixels) of one sample, per channel:
+      mean_c E_sample (mean over positions of z_c)^2, M <= S <= K. Ops that mix positions create it (attention
+      averages values over tokens, pooling broadcasts); it is what survives the next attention average
+      (docs/theory.md §9). None: no more than the batch-coherent part, S = M.
     """
 
     m: float
@@ -36,6 +40,12 @@ class Moments:
     phases: tuple[float, ...] | None = None
     spread: float = 0.0
     cross: float = 0.0
+    S: float | None = None
+
+    @property
+    def shared(self) -> float:
+        """S, or M where nothing made positions share more than the batch does."""
+        return self.M if self.S is None else self.S
 
     @property
     def var(self) -> float:
@@ -71,12 +81,13 @@ class Estimate:
     grad_exact: bool = True
 
 
-def clean(m: float, K: float, M: float, exact: bool = True, **extra) -> Moments:
-    """Build Moments, enforcing m^2 <= M <= K against rounding."""
+def clean(m: float, K: float, M: float, exact: bool = True, S: float | None = None, **extra) -> Moments:
+    """Build Moments, enforcing m^2 <= M <= S <= K against rounding."""
     K = max(float(K), 0.0)
     m2 = float(m) ** 2 if abs(float(m)) < 1e150 else float("inf")  # Python floats raise on overflow; moments go to inf
     M = min(max(float(M), m2), K)
-    return Moments(float(m), K, M, bool(exact), **extra)
+    shared = None if S is None else min(max(float(S), M), K)
+    return Moments(float(m), K, M, bool(exact), S=shared, **extra)
 
 
 def standard_input() -> Moments:

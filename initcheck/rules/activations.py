@@ -59,6 +59,7 @@ def pointwise_forward(node, ins, ctx):
         K,
         M,
         x.exact and x.gaussian,
+        S=program_moments(program, x.with_(M=x.S))[2] if x.S is not None else None,
         profile=x.profile if keeps_profile else None,
         gaussian=program[0] in ("identity", "neg"),
     )

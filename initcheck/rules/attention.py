@@ -89,7 +89,7 @@ def softmax_forward(node, ins, ctx):
     x = ins[0]
     n, s = _stats(node, x)
     exact = x.exact and dim(node.inputs[0], node.attrs.get("axis", -1)) is not None
-    return clean(1.0 / n, s["sum_p2"] / n, 1.0 / n**2, exact, simplex=True, gaussian=False)
+    return clean(1.0 / n, s["sum_p2"] / n, 1.0 / n**2, exact, simplex=True, gaussian=False, valid_keys=x.valid_keys)
 
 
 @backward_rule("softmax")

@@ -10,6 +10,13 @@ from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
 from initcheck.stats import LinearStats
 
 
+def affine_shared(x: Moments, w: LinearStats, border: float = 1.0) -> float | None:
+    """The shared-over-positions energy S through the layer: mapped like M (a vector every position carries)."""
+    if x.S is None:
+        return None
+    return (w.gain * max(x.S - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
+
+
 def affine_moments(x: Moments, w: LinearStats, border: float = 1.0) -> tuple[float, float, float]:
     """docs/theory.md §2: K = fan_in W2 (K - m^2) + m^2 R + 2 m Sb + b2, m = m S + b, M likewise.
 
@@ -42,7 +49,7 @@ def linear_forward(node, ins, ctx):
         return Unsupported("its input has no moments (a constant computed from parameters, not a signal)")
     w = node.params["weight"]
     mean, K, M = affine_moments(x, w)
-    return clean(mean, K, M, x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE)
+    return clean(mean, K, M, x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE, S=affine_shared(x, w))
 
 
 @backward_rule("linear")
@@ -90,7 +97,8 @@ def conv_forward(node, ins, ctx):
     exact = x.exact and (profile is not None or not any(a["pads_begin"] + a["pads_end"]))
     exact = exact and coherent_noise(x, _out_channels(w, node)) <= _NOISE_TOLERANCE
     mean, K, M = affine_moments(x, w, profile_factor(profile))
-    return clean(mean, K, M, exact, profile=normalize_profile(profile))
+    S = affine_shared(x, w, profile_factor(profile))
+    return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile))
 
 
 def _out_channels(w: LinearStats, node) -> LinearStats:
@@ -178,18 +186,30 @@ def matmul_forward(node, ins, ctx):
     d = d or 1
     if a.simplex:
         sum_p2 = a.K * d
-        K = b.M + (b.K - b.M) * sum_p2
-        # M is coherent over the batch; what passes attention is coherent over one sample's tokens, which is
-        # at least as large (measured: BERT's V, 20% coherent, passes ~2x more): exact only when M is small.
-        # When keys and values come from the same tokens (self-attention, and cross-attention over one memory),
-        # v_j correlates with the logit s_ij through W_v W_k^T: the output gains a term ~ K_v K_q K_k / d_model
-        # that does not shrink with the sequence length (measured: x1.12 at T=16, d=32; x3.9 at T=256), so the
-        # rule is then an approximation (a lower bound).
+        shared = b.shared
+        K = shared + (b.K - shared) * sum_p2
+        # What passes attention is the part the values share over one sequence's tokens (S, docs/theory.md §9):
+        # exact only while it is small. When keys and values come from the same tokens (self-attention), v_j also
+        # correlates with the logit s_ij through W_v W_k^T, a term ~ K_v K_q K_k / d_model: approximate then.
         coupled = _share_source(node.inputs[0], node.inputs[1])
-        return clean(b.m, K, b.M, exact and b.M <= 0.05 * b.K and not coupled)
+        S = shared + (b.K - shared) * _column_weight(a.valid_keys, d)
+        return clean(b.m, K, b.M, exact and shared <= 0.05 * b.K and not coupled, S=S)
     mean = d * a.m * b.m
     K = d * a.K * b.K + d * (d - 1) * a.m**2 * b.m**2
     return clean(mean, K, mean**2, exact, gaussian=d > 8)
+
+
+def _column_weight(valid_keys, n: int) -> float:
+    """sum_j pbar_j^2, pbar_j the attention weight key j gets on average over the queries: the share of the
+    values' independent energy that every query's output has in common. Diffuse attention (uniform over each
+    row's unmasked keys): 1/n without a mask; a causal mask gives the early keys more (~1.6/n)."""
+    import numpy as np
+
+    counts = np.asarray(valid_keys[:4096] if valid_keys is not None and len(valid_keys) else [n] * min(n, 4096))
+    counts = np.clip(counts.astype(np.float64), 1, n)
+    keys = np.arange(n)
+    pbar = ((keys[None, :] < counts[:, None]) / counts[:, None]).mean(axis=0)
+    return float((pbar**2).sum())
 
 
 @backward_rule("matmul")

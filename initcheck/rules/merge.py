@@ -48,6 +48,7 @@ def _is_additive_mask(value) -> bool:
 def _signed_sum(node, ins, signs) -> Moments:
     m = K = M = 0.0
     exact, gaussian, parts = True, True, []
+    S = 0.0
     for i, sign in enumerate(signs):
         x = ins[i]
         if x is None:
@@ -61,9 +62,11 @@ def _signed_sum(node, ins, signs) -> Moments:
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
         K += x.K + 2 * sign * m * x.m
         M += x.M + 2 * sign * m * x.m
+        S += x.shared + 2 * sign * m * x.m
         m += sign * x.m
     keys = next((p.valid_keys for p in parts if p.valid_keys is not None), _mask_keys(node))
-    return clean(m, K, M, exact, profile=_mix_profiles(parts), gaussian=gaussian, valid_keys=keys)
+    shared = S if any(p.S is not None for p in parts) else None
+    return clean(m, K, M, exact, S=shared, profile=_mix_profiles(parts), gaussian=gaussian, valid_keys=keys)
 
 
 def _mask_keys(node) -> np.ndarray | None:
@@ -108,7 +111,8 @@ def mul_forward(node, ins, ctx):
     exact = all(x.exact for x in ins if x is not None)
     both = ins[0] is not None and ins[1] is not None
     profile = (ins[0] or ins[1]).profile
-    return clean(a.m * b.m, a.K * b.K, a.M * b.M, exact, profile=profile, gaussian=not both)
+    S = a.shared * b.shared if a.S is not None or b.S is not None else None
+    return clean(a.m * b.m, a.K * b.K, a.M * b.M, exact, S=S, profile=profile, gaussian=not both)
 
 
 @backward_rule("mul")
@@ -143,7 +147,13 @@ def div_forward(node, ins, ctx):
         inv_mean = node.params["reciprocal"].mean
     exact = all(x.exact for x in ins if x is not None) and ins[0] is not None
     return clean(
-        a.m * inv_mean, a.K * inv_sq, a.M * inv_sq, exact, profile=a.profile, gaussian=ins[1] is None and a.gaussian
+        a.m * inv_mean,
+        a.K * inv_sq,
+        a.M * inv_sq,
+        exact,
+        S=a.S * inv_sq if a.S is not None else None,
+        profile=a.profile,
+        gaussian=ins[1] is None and a.gaussian,
     )
 
 
@@ -182,13 +192,14 @@ def concat_forward(node, ins, ctx):
     m = float(sum(wi * p.m for wi, p in zip(w, parts)))
     K = float(sum(wi * p.K for wi, p in zip(w, parts)))
     M = float(sum(wi * p.M for wi, p in zip(w, parts)))
+    S = float(sum(wi * p.shared for wi, p in zip(w, parts))) if any(p.S is not None for p in parts) else None
     exact = known and all(p.exact for p in parts)
     # parts of different scale make a mixture, not one Gaussian
     alike = (
         max(p.K for p in parts) <= 1.1 * min(p.K for p in parts)
         and max(abs(p.m) for p in parts) <= 0.1 * K**0.5 + 1e-12
     )
-    return clean(m, K, M, exact, gaussian=all(p.gaussian for p in parts) and alike)
+    return clean(m, K, M, exact, S=S, gaussian=all(p.gaussian for p in parts) and alike)
 
 
 @backward_rule("concat")

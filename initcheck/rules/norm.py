@@ -25,8 +25,10 @@ def _normalized(node, ins, v: float, channels: int):
     eps = node.attrs.get("epsilon", 1e-5)
     g2, b2, b_mean = _affine(node)
     r = v / (v + eps)
-    leftover = max(x.M - x.m**2, 0.0) * (1 - 1 / max(channels, 1)) / (v + eps)
-    return clean(b_mean, g2 * r + b2, g2 * leftover + b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+    keep = (1 - 1 / max(channels, 1)) / (v + eps)  # per-position: offsets shared by the group are removed
+    leftover = max(x.M - x.m**2, 0.0) * keep
+    S = g2 * max(x.S - x.m**2, 0.0) * keep + b2 if x.S is not None else None
+    return clean(b_mean, g2 * r + b2, g2 * leftover + b2, x.exact, S=S, profile=x.profile, gaussian=x.gaussian)
 
 
 def _backward(node, ins, grads, v: float, n: int | None):
@@ -73,6 +75,7 @@ def rms_norm_forward(node, ins, ctx):
         g2 * x.K / (x.K + eps) + b2,
         g2 * x.M / (x.K + eps) + b2,
         x.exact,
+        S=g2 * x.S / (x.K + eps) + b2 if x.S is not None else None,
         profile=x.profile,
         gaussian=x.gaussian,
     )

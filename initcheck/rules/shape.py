@@ -103,6 +103,7 @@ def pad_forward(node, ins, ctx):
         frac * x.K + (1 - frac) * c * c,
         frac * x.M + (1 - frac) * c * c,
         x.exact,
+        S=frac * x.S + (1 - frac) * c * c if x.S is not None else None,
         gaussian=False,
     )
 
