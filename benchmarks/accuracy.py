@@ -48,6 +48,27 @@ def summarize(errors: list[tuple[float, str]]) -> dict:
     }
 
 
+def row_records(model_name: str, report) -> list[dict]:
+    """One record per measured row: what calibrating the error bars needs."""
+    out = []
+    for row in report.layers:
+        if row.measured is None or not (0 < row.symbolic.K < math.inf and 0 < row.measured.K < math.inf):
+            continue
+        out.append(
+            {
+                "model": model_name,
+                "row": row.label,
+                "op": row.op,
+                "exact": row.symbolic.exact,
+                "status": row.status,
+                "spread": row.symbolic.K_bar,
+                "sampling": row.measured.K_bar,
+                "log_error": math.log(row.symbolic.K / row.measured.K),
+            }
+        )
+    return out
+
+
 def measure(model, seeds: int, batch: int) -> dict:
     import initcheck
     from initcheck.options import ProbeOptions
@@ -62,6 +83,7 @@ def measure(model, seeds: int, batch: int) -> dict:
         "G": summarize(row_errors(report, "G")),
         "ic401": sum(f.code == "IC401" for f in report.findings),
         "seconds": time.perf_counter() - start,
+        "records": row_records(model.name, report),
     }
 
 
@@ -92,6 +114,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="zoo names (default: every stock model)")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rows", metavar="FILE.jsonl", help="also write one JSON record per measured row")
     args = parser.parse_args()
     chosen = [m for m in STOCK if not args.models or m.name in args.models]
     results = []
@@ -101,6 +124,12 @@ def main() -> None:
         except Exception as e:  # one model that does not run must not hide the others
             print(f"{model.name}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
     print(table(results))
+    if args.rows:
+        import json
+
+        with open(args.rows, "w") as f:
+            for r in results:
+                f.writelines(json.dumps(record) + "\n" for record in r["records"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from initcheck import frontends
-from initcheck.analysis.agreement import with_measurements, with_quotes
+from initcheck.analysis.agreement import uninformative_note, with_measurements, with_quotes
 from initcheck.analysis.criticality import susceptibilities, with_susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
@@ -180,6 +180,8 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
         probe_findings, probe_notes = run_checks(probe_ctx, "probe")
         findings, check_notes = findings + probe_findings, check_notes + probe_notes
     findings = finish(findings)
+    if note := uninformative_note(rows, probe_summary is not None):
+        notes.append(note)
     if graph.folded_normalization:
         findings = [_fold_consequence(f) for f in findings]
     findings, suppressed = apply_policy(findings, options.config)

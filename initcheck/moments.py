@@ -66,9 +66,9 @@ class Estimate:
 
     m: mean; K: second moment E[z^2]; G: gradient second moment per element (unit-variance cotangent at every
     output), None where no gradient reaches the value.
-    K_bar: the relative 1-sigma error bar of K. A prediction's is the expected instance-to-instance deviation at
-      this width (sqrt of the finite-width CV^2, docs/theory.md §12); a measurement's is its standard error
-      over the runs.
+    K_bar: the relative 1-sigma error bar of K (natural-log units). A prediction's combines the expected
+      instance-to-instance deviation at this width (sqrt of the finite-width CV^2, docs/theory.md §12) with, on
+      approximate rows, the approximations' calibrated bar; a measurement's is its standard error over the runs.
     exact / grad_exact: a prediction exact in expectation (False downstream of an approximated or unsupported
       op); measurements are exact.
     """

@@ -115,3 +115,18 @@ def remove_dead(graph: Graph) -> None:
             needed.update(id(v) for v in node.inputs if v is not None)
     graph.nodes = live[::-1]
     graph.rewire()
+
+
+def reaches(start: Value, target: Value, limit: int = 400) -> bool:
+    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
+    seen: set[int] = set()
+    stack = [start]
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if v is target:
+            return True
+        if id(v) in seen or v.producer is None:
+            continue
+        seen.add(id(v))
+        stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
+    return False

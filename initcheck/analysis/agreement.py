@@ -31,6 +31,18 @@ def agreement(predicted: Estimate, measured: Estimate) -> tuple[float, bool] | N
     return ratio, abs(math.log(ratio)) <= agreement_bound(predicted, measured)
 
 
+def uninformative_note(rows: list[LayerRow], probed: bool) -> str | None:
+    """Rows whose stated bar is wider than 2x, said once: their predicted numbers are ensemble averages."""
+    wide = [r for r in rows if r.uninformative]
+    if not wide:
+        return None
+    where = "the probe's measurements stand for them" if probed else "run the probe for measured numbers"
+    return (
+        f"{len(wide)} of {len(rows)} rows (from '{wide[0].label}') have an error bar wider than 2x (finite width or "
+        f"approximations): their predictions are ensemble averages that say little about this network; {where}"
+    )
+
+
 def with_measurements(rows: list[LayerRow], predicted: dict[str, Estimate], probe) -> list[LayerRow]:
     """New rows with the measurement of each row's value beside its prediction, and their agreement."""
     measured = probe.estimates()

@@ -21,6 +21,7 @@ from initcheck import pointwise
 from initcheck.gaussian import coherent_energy, moments_of
 from initcheck.ir import Node
 from initcheck.moments import Moments
+from initcheck.passes import reaches
 from initcheck.rules.common import normalizes
 
 _RESETS = {"softmax", "log_softmax"}
@@ -79,6 +80,21 @@ def _units(node: Node) -> tuple[int, int]:
     return int(n_eff), max(c_out, 1)
 
 
+def _sum_spread(node: Node, ins: list[Moments | None]) -> float:
+    """CV^2 of a sum's K. Independent terms: sum (K_i / K)^2 s_i. A residual add x + f(x): f's K is x's times a
+    gain of its own, so x's deviation passes whole and f adds only its own part (K_f / K)^2 (s_f - s_x); summing
+    them as independent shrinks the stream's spread block by block (measured: a 12-block residual MLP deviates
+    x2.5 from the ensemble where the independent sum predicted 25%)."""
+    terms = [(v, m) for v, m in zip(node.inputs, ins) if v is not None and m is not None]
+    total = sum(m.K for _, m in terms) or 1.0
+    if len(terms) == 2:
+        (a, ma), (b, mb) = terms
+        skip, branch = (ma, mb) if reaches(b, a) else (mb, ma) if reaches(a, b) else (None, None)
+        if skip is not None and branch is not None:
+            return skip.spread + (branch.K / total) ** 2 * max(branch.spread - skip.spread, 0.0)
+    return sum((m.K / total) ** 2 * m.spread for _, m in terms)
+
+
 def with_spread(node: Node, ins: list[Moments | None], out: Moments) -> Moments:
     signal = [m for m in ins if m is not None]
     if not signal or node.op in _RESETS:
@@ -96,6 +112,5 @@ def with_spread(node: Node, ins: list[Moments | None], out: Moments) -> Moments:
         bias = _small_width_bias(node) ** 2 if node.attrs.get("function") in _OFFSET_SENSITIVE else 0.0
         return out.with_(spread=elasticity**2 * x.spread + bias, cross=cross)
     if node.op in ("add", "sub", "sum") and len(signal) > 1:
-        total = sum(m.K for m in signal) or 1.0
-        return out.with_(spread=sum((m.K / total) ** 2 * m.spread for m in signal), cross=max(m.cross for m in signal))
+        return out.with_(spread=_sum_spread(node, ins), cross=max(m.cross for m in signal))
     return out.with_(spread=max(m.spread for m in signal), cross=max(m.cross for m in signal))

@@ -9,6 +9,7 @@ import numpy as np
 
 from initcheck import pointwise
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.codes import limit
 from initcheck.gaussian import moments_of
 from initcheck.ir import Graph, Node, Value
 from initcheck.passes import is_signal
@@ -247,6 +248,8 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
                 target_std=target,
                 activation=activation or (first.attrs.get("function") if first.op == "pointwise" else None),
                 symbolic=symbolic,
+                spread=math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0,
+                uninformative=symbolic.K_bar >= math.log(limit("IC401", "uninformative")),
                 coherent=fwd.M,
                 gain_log10=_log10(fwd.K / k_in) if k_in else None,
                 forward_log10=_log10(fwd.K / refs[out]) if refs.get(out) else None,

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from initcheck.analysis.finite_width import with_spread
+from initcheck.codes import limit
 from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
 from initcheck.moments import Estimate, Moments, standard_input
@@ -30,14 +31,9 @@ class SymbolicResult:
         fwd = self.forward.get(value)
         if fwd is None:
             return None
-        return Estimate(
-            fwd.m,
-            fwd.K,
-            self.backward.get(value),
-            math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0,
-            fwd.exact,
-            self.backward_exact.get(value, False),
-        )
+        spread = math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0
+        bar = math.hypot(spread, 0.0 if fwd.exact else limit("IC401", "approximation_bar"))
+        return Estimate(fwd.m, fwd.K, self.backward.get(value), bar, fwd.exact, self.backward_exact.get(value, False))
 
     def estimates(self) -> dict[str, Estimate]:
         """Every predicted value by name, as the probe keys its measurements."""

@@ -64,7 +64,14 @@ def _without_deliberate_zeros(findings: list[Finding]) -> list[Finding]:
 
 
 # findings that repeat layer after layer from one cause: reported once, at the first layer, with the count
-_GROUPED = {("IC511", "warning"), ("IC102", "error"), ("IC202", "info"), ("IC504", "error"), ("IC504", "warning")}
+_GROUPED = {
+    ("IC401", "warning"),
+    ("IC511", "warning"),
+    ("IC102", "error"),
+    ("IC202", "info"),
+    ("IC504", "error"),
+    ("IC504", "warning"),
+}
 
 
 def group_repeats(findings: list[Finding]) -> list[Finding]:

@@ -11,25 +11,32 @@ from initcheck.report.model import Finding
 
 @check("agreement", "IC401", stage="probe")
 def _agreement_check(ctx: CheckContext) -> list[Finding]:
+    """Every measured row against its own stated bar; rows whose bar is wider than 2x are not judged (marked)."""
     findings = []
     for row in ctx.rows:
-        if row.agrees is False and row.agreement and row.measured and row.symbolic.exact and row.status == "modeled":
-            findings.append(
-                Finding(
-                    "IC401",
-                    "warning",
-                    "probe",
-                    f"measured K {row.measured.K:.4g} vs predicted {row.symbolic.K:.4g} (x{1 / row.agreement:.3g}) at "
-                    f"'{row.label}' ({row.op}): beyond sampling error and finite-width spread, so the model breaks an "
-                    "assumption of the symbolic pass (e.g. correlated branches such as x + x, or weights correlated "
-                    "with their inputs)",
-                    row.node,
-                    row.scope,
-                    row.measured.K / row.symbolic.K,
-                    limit("IC401", "tolerance"),
-                    "trust the measured numbers for this layer and the ones after it",
-                )
+        if row.agrees is not False or not row.agreement or row.measured is None or row.uninformative:
+            continue
+        why = (
+            "so the model breaks an assumption of the symbolic pass (e.g. correlated branches such as x + x, or "
+            "weights correlated with their inputs)"
+            if row.symbolic.exact
+            else "so an approximation at or above this layer is off by more than its calibrated bar"
+        )
+        findings.append(
+            Finding(
+                "IC401",
+                "warning",
+                "probe",
+                f"measured K {row.measured.K:.4g} vs predicted {row.symbolic.K:.4g} (x{1 / row.agreement:.3g}) at "
+                f"'{row.label}' ({row.op}): beyond its error bar (±{row.symbolic.K_bar:.0%}) and the sampling "
+                f"error, {why}",
+                row.node,
+                row.scope,
+                row.measured.K / row.symbolic.K,
+                limit("IC401", "tolerance"),
+                "trust the measured numbers for this layer and the ones after it",
             )
+        )
     return findings
 
 

@@ -11,24 +11,9 @@ from initcheck.analysis.symbolic import SymbolicResult
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
-from initcheck.passes import is_signal, trace_back
+from initcheck.passes import is_signal, reaches, trace_back
 from initcheck.report.model import Finding, Measure
 from initcheck.rules.common import normalizes
-
-
-def _reaches(start: Value, target: Value, limit: int = 400) -> bool:
-    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
-    seen: set[int] = set()
-    stack = [start]
-    while stack and len(seen) < limit:
-        v = stack.pop()
-        if v is target:
-            return True
-        if id(v) in seen or v.producer is None:
-            continue
-        seen.add(id(v))
-        stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
-    return False
 
 
 def residual_blocks(graph: Graph) -> list[tuple[Node, Value, Value]]:
@@ -38,9 +23,9 @@ def residual_blocks(graph: Graph) -> list[tuple[Node, Value, Value]]:
         if node.op not in ("add", "sum") or len([v for v in node.inputs if is_signal(v)]) != 2:
             continue
         a, b = (v for v in node.inputs if is_signal(v))
-        if _reaches(b, a):
+        if reaches(b, a):
             blocks.append((node, a, b))
-        elif _reaches(a, b):
+        elif reaches(a, b):
             blocks.append((node, b, a))
     return blocks
 
@@ -150,7 +135,7 @@ def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
 
 def _placement(add: Node, x: Value, f: Value) -> str | None:
     """'pre' for x + f(LN(x)), 'post' for LN(x + f(x)), None otherwise."""
-    if any(c is not add and normalizes(c) and _reaches(f, c.outputs[0]) for c in x.consumers):
+    if any(c is not add and normalizes(c) and reaches(f, c.outputs[0]) for c in x.consumers):
         return "pre"
     out = stream_value(add)
     if len(out.consumers) == 1 and normalizes(out.consumers[0]):

@@ -62,11 +62,13 @@ class LayerRow:
     weight_std: float | None
     target_std: float | None
     activation: str | None
-    symbolic: Estimate  # the prediction for this row's value
+    symbolic: Estimate  # the prediction for this row's value; its K_bar is the row's stated error bar
     coherent: float | None
     gain_log10: float | None  # log10(K_out / K_in) of this row
     forward_log10: float | None  # log10(K / K_ref), K_ref = nearest upstream normalisation or input
     backward_log10: float | None  # log10(E / E_ref), E = G * numel: gradient energy vs nearest downstream reference
+    spread: float  # predicted relative instance-to-instance deviation of K at this width (sqrt of CV^2, §12)
+    uninformative: bool  # the stated error bar is wider than 2x: the ensemble value says little about this instance
     status: str  # modeled | approximated | unsupported
     normalized_downstream: bool
     small_head: bool = False  # the last weighted layer before an output, and it shrinks K by itself (small logits)
@@ -98,12 +100,12 @@ class LayerRow:
             "mean": sym.m,
             "second_moment": sym.K,
             "grad_second_moment": sym.G,
-            "spread": sym.K_bar,
             "exact": sym.exact,
             "grad_exact": sym.grad_exact,
             "measured_mean": meas.m if meas else None,
             "measured_K": meas.K if meas else None,
             "measured_G": meas.G if meas else None,
+            "error_bar": sym.K_bar,
         }
         return {name: flat[name] if name in flat else fields[name] for name in _ROW_KEYS}
 
@@ -113,7 +115,7 @@ _ROW_KEYS = (
     "index node scope op source_op shape fan_in fan_out weight_std target_std activation mean second_moment coherent "
     "gain_log10 forward_log10 grad_second_moment backward_log10 spread exact grad_exact status normalized_downstream "
     "small_head lead_in tied_with flags phase_ratio chi_perp chi_par value measured_mean measured_K measured_G "
-    "agreement agrees dead_fraction saturation cosine measured_phase_ratio"
+    "agreement agrees dead_fraction saturation cosine measured_phase_ratio error_bar uninformative"
 ).split()
 
 

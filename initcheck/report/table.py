@@ -42,7 +42,9 @@ def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
         marks.append("unsupported")
     elif not row.symbolic.exact:
         marks.append("~")
-    if row.symbolic.K_bar >= 0.15:
+    if row.uninformative:
+        marks.append("±>2x")  # the ensemble value says little about this instance
+    elif row.symbolic.K_bar >= 0.15:
         marks.append(f"±{row.symbolic.K_bar:.0%}")
     if row.normalized_downstream:
         marks.append("norm↓")
