@@ -220,3 +220,28 @@ def test_both_interpretations_key_the_same_estimates_by_value():
         assert type(row.symbolic) is type(row.measured)
         assert row.measured.K == pytest.approx(row.symbolic.K, rel=0.35) and row.measured.K_bar > 0
         assert row.agreement == pytest.approx(row.symbolic.K / row.measured.K)
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_an_approximate_row_off_by_2x_is_a_finding(factor, monkeypatch):
+    """IC401 judges approximate rows too, against their calibrated bar: a rule that is approximate and right
+    raises nothing; the same rule 2x off is one IC401 (grouped over the rows it spoils), never silence."""
+    from initcheck.rules import FORWARD, load_all
+
+    load_all()
+    exact_rule = FORWARD["linear"]
+
+    def approximate(node, ins, ctx):
+        out = exact_rule(node, ins, ctx)
+        return out.with_(K=out.K * factor, M=out.M * factor, exact=False)
+
+    monkeypatch.setitem(FORWARD, "linear", approximate)
+    report = initcheck.analyze(SAMPLES / "relu_mlp_he.onnx", probe=ProbeOptions(seeds=4, batch=16))
+    mismatches = [f for f in report.findings if f.code == "IC401"]
+    first = report.layers[0]
+    assert not first.symbolic.exact and not first.uninformative
+    if factor == 1.0:
+        assert mismatches == [] and first.agrees
+    else:
+        assert len(mismatches) == 1 and "approximation" in mismatches[0].message
+        assert mismatches[0].node == first.node and mismatches[0].value == pytest.approx(0.5, rel=0.1)
