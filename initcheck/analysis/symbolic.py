@@ -22,6 +22,10 @@ class SymbolicResult:
     forward: dict[Value, Moments] = field(default_factory=dict)
     backward: dict[Value, float] = field(default_factory=dict)
     backward_exact: dict[Value, bool] = field(default_factory=dict)
+    # the part of G shared by all positions (tokens, pixels) of a sample, as S is for K (docs/theory.md §9): what
+    # a later average over positions (attention's values, a broadcast gate) adds up coherently
+    backward_shared: dict[Value, float] = field(default_factory=dict)
+    batch: int = 1  # samples in the analysed batch (the inputs' leading dimension)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
     internal: dict[Node, str] = field(default_factory=dict)  # rules or translations that raised: initcheck's bugs
@@ -47,7 +51,7 @@ def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:
 
 def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> SymbolicResult:
     load_all()
-    result = SymbolicResult()
+    result = SymbolicResult(batch=_batch(graph))
     for value in graph.inputs:
         if is_signal(value):
             result.forward[value] = (inputs or {}).get(value.name, standard_input())
@@ -57,6 +61,8 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
         if value in result.forward:
             result.backward[value] = 1.0
             result.backward_exact[value] = True
+            # an independent cotangent per element: shared only where a sample has one position
+            result.backward_shared[value] = 1.0 if positions(value, result.batch) == 1 else 0.0
     for node in reversed(graph.nodes):
         _backward_node(node, result)
     return result
@@ -133,8 +139,46 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         exact = False
         total = sum(filled)
         gins = [None if m is None else total for m in ins]
-    for value, g, moments in zip(node.inputs, gins, ins):
+    shared_out = sum(result.backward_shared.get(v, 0.0) for v in node.outputs)
+    fraction = min(shared_out / sum(filled), 1.0) if sum(filled) > 0 else 0.0
+    for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
             continue
         result.backward[value] = result.backward.get(value, 0.0) + g
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
+        shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
+        result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
+
+
+def _batch(graph: Graph) -> int:
+    leading = [v.shape[0] for v in graph.inputs if v.shape and len(v.shape) >= 2 and v.shape[0]]
+    return int(min(leading)) if leading else 1
+
+
+def positions(value: Value, batch: int = 1) -> int | None:
+    """Positions per sample: tokens of (B, T, C), pixels of (B, C, H, W); for (N, C), N / B (one for (B, C),
+    T for a (B T, C) that a layer flattened)."""
+    shape = value.shape
+    if shape is None or any(d is None for d in shape) or len(shape) < 2:
+        return None
+    if len(shape) == 2:
+        rows = int(shape[0] or 0)
+        return rows // batch if batch and rows % batch == 0 else None
+    if len(shape) == 3:
+        return int(shape[1] or 0)
+    return int(math.prod(int(d or 0) for d in shape[2:]))
+
+
+_POSITION_REDUCERS = {"global_avg_pool", "global_max_pool"}
+
+
+def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: float, ins, batch: int) -> float:
+    """Gs of an input from its G: all of it where the input has one position per sample or the op averages over
+    positions (its gradient is broadcast back); the attention values get the queries' mean gradient; elsewhere
+    the output's shared fraction (position-wise ops map a gradient that is the same at every position alike)."""
+    if positions(value, batch) == 1 or node.op in _POSITION_REDUCERS:
+        return g
+    a = ins[0]
+    if node.op == "matmul" and index == 1 and a is not None and a.simplex:
+        return min(g, g * fraction + g * (1 - fraction) / max(positions(value, batch) or 1, 1))
+    return g * fraction

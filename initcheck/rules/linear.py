@@ -214,11 +214,18 @@ def _column_weight(valid_keys, n: int) -> float:
 
 @backward_rule("matmul")
 def matmul_backward(node, ins, outs, grads, ctx):
-    """G_a = (columns of b) K_b G; G_b = (rows of a) K_a G."""
+    """G_a = (columns of b) K_b G; G_b = (rows of a) K_a G. Attention values: each key's gradient sums the queries'
+    gradients weighted by its column of p, so the part all queries share adds coherently (docs/theory.md §9)."""
     a, b = ins[0], ins[1]
     cols = dim(node.inputs[1], -1) or 1
     rows = dim(node.inputs[0], -2) or 1
-    return [grads[0] * cols * b.K if b is not None else None, grads[0] * rows * a.K if a is not None else None]
+    g = grads[0]
+    grad_b = g * rows * a.K if a is not None else None
+    if a is not None and a.simplex:
+        keys = _contracted(node) or 1
+        shared = min(ctx.backward_shared.get(node.outputs[0], 0.0), g)
+        grad_b = (g - shared) * rows * a.K + shared * rows * rows * _column_weight(a.valid_keys, keys) / keys
+    return [g * cols * b.K if b is not None else None, grad_b]
 
 
 @forward_rule("embedding")

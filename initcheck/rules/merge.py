@@ -118,11 +118,18 @@ def mul_forward(node, ins, ctx):
 @backward_rule("mul")
 def mul_backward(node, ins, outs, grads, ctx):
     out = node.outputs[0]
-    result = []
+    g, shared = grads[0], min(ctx.backward_shared.get(out, 0.0), grads[0])
+    result: list[float | None] = []
     for i, x in enumerate(ins):
         other = _operand(node, ins, 1 - i)
-        k_other = other.K if other is not None else 1.0
-        result.append(None if x is None else grads[0] * k_other * broadcast_factor(node.inputs[i], out))
+        k_other, s_other = (other.K, other.shared) if other is not None else (1.0, 1.0)
+        n = broadcast_factor(node.inputs[i], out)
+        if x is None:
+            result.append(None)
+        elif n > 1:  # a broadcast operand (a gate) sums n terms: their shared parts add coherently
+            result.append(n * ((g - shared) * k_other + shared * (k_other - s_other)) + n * n * shared * s_other)
+        else:
+            result.append(g * k_other)
     return result
 
 
