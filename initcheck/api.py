@@ -171,14 +171,7 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
     findings, check_notes = run_checks(ctx)
     probe_summary = None
     if options.probe is not None and executable is not None:
-        measured, failure = _run_probe(graph, executable, options.probe)
-        if measured is not None:
-            rows = with_measurements(rows, result.estimates(), measured)
-            findings = with_quotes(findings, graph, measured)
-            probe_summary = _probe_summary(measured)
-        probe_ctx = replace(ctx, rows=rows, probe=measured, probe_error=failure)
-        probe_findings, probe_notes = run_checks(probe_ctx, "probe")
-        findings, check_notes = findings + probe_findings, check_notes + probe_notes
+        rows, findings, check_notes, probe_summary = _probe_stage(ctx, findings, check_notes, executable, options.probe)
     findings = finish(findings)
     if note := uninformative_note(rows, probe_summary is not None):
         notes.append(note)
@@ -205,6 +198,19 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
         config=options.config.source,
         suppressed=suppressed,
     )
+
+
+def _probe_stage(ctx: CheckContext, findings: list, notes: list[str], executable, options: ProbeOptions):
+    """Run the probe; rows with measurements, findings with their measured numbers plus the probe-stage checks'
+    (agreement, cross-check, failure), notes, and the probe's summary (None when it could not run)."""
+    measured, failure = _run_probe(ctx.graph, executable, options)
+    rows, summary = ctx.rows, None
+    if measured is not None:
+        rows = with_measurements(rows, ctx.result.estimates(), measured)
+        findings = with_quotes(findings, ctx.graph, measured)
+        summary = _probe_summary(measured)
+    probe_findings, probe_notes = run_checks(replace(ctx, rows=rows, probe=measured, probe_error=failure), "probe")
+    return rows, findings + probe_findings, notes + probe_notes, summary
 
 
 # what a missing batch norm changes: the scale of signals and gradients, their spread, and zero-folded weights

@@ -44,9 +44,23 @@ def test_a_check_emitting_an_undeclared_code_is_skipped_with_a_note(monkeypatch)
     ]
 
 
-def test_thresholds_live_with_their_codes():
-    assert DEFAULTS == {code: dict(c.limits) for code, c in CODES.items() if c.limits}
-    assert DEFAULTS["IC101"] == {"warning": 1.0, "error": 2.0}
+def test_a_configured_threshold_reaches_the_rows(tmp_path):
+    """Thresholds live with their codes and a config sets them: IC401's approximation bar is every approximate
+    row's stated error bar."""
+    import math
+
+    from conftest import SAMPLES
+
+    import initcheck
+
+    config = tmp_path / ".initcheck.yaml"
+    config.write_text("thresholds:\n  IC401: {approximation_bar: 0.5}\n")
+    default, wide = (initcheck.analyze(SAMPLES / "residual_mlp.onnx", config=c) for c in (None, config))
+    pairs = [(a, b) for a, b in zip(default.layers, wide.layers) if not a.symbolic.exact]
+    assert pairs and DEFAULTS["IC401"]["approximation_bar"] == 0.1
+    for a, b in pairs:
+        assert a.symbolic.K_bar == pytest.approx(math.hypot(a.spread, 0.1))
+        assert b.symbolic.K_bar == pytest.approx(math.hypot(b.spread, 0.5))
 
 
 def test_every_op_table_refuses_a_second_handler_for_an_op():

@@ -14,11 +14,6 @@ _MATRIX_OPS = {"linear", "conv", "conv_transpose", "embedding", "rnn", "lstm", "
 _MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
-def weight_findings(graph: Graph) -> list[Finding]:
-    """Broken tensors and zero-scale norms, both kinds (the registry splits them between two checks)."""
-    return _tensor_findings(graph) + zero_scale_findings(graph, True) + zero_scale_findings(graph, False)
-
-
 def _tensor_findings(graph: Graph) -> list[Finding]:
     heads = output_heads(graph)
     findings = []

@@ -10,11 +10,14 @@ from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
 from initcheck.stats import LinearStats
 
 
+def _mapped(energy: float, x: Moments, w: LinearStats, border: float) -> float:
+    """An energy (K, or a coherent part of it: M, S) through the layer: fan_in W2 (E - m^2) + m^2 R + 2 m Sb + b2."""
+    return (w.gain * max(energy - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
+
+
 def affine_shared(x: Moments, w: LinearStats, border: float = 1.0) -> float | None:
     """The shared-over-positions energy S through the layer: mapped like M (a vector every position carries)."""
-    if x.S is None:
-        return None
-    return (w.gain * max(x.S - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
+    return None if x.S is None else _mapped(x.S, x, w, border)
 
 
 def affine_moments(x: Moments, w: LinearStats, border: float = 1.0) -> tuple[float, float, float]:
@@ -22,9 +25,7 @@ def affine_moments(x: Moments, w: LinearStats, border: float = 1.0) -> tuple[flo
 
     `border` scales the weight-driven part for zero-padded maps (fewer valid taps at the edges)."""
     mean = x.m * w.row_sum_mean * border + w.bias_mean
-    K = (w.gain * x.var + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
-    M = (w.gain * max(x.M - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * border + w.bias_sq
-    return mean, K, M
+    return mean, _mapped(x.K, x, w, border), _mapped(x.M, x, w, border)
 
 
 def coherent_noise(x: Moments, w: LinearStats) -> float:
@@ -203,8 +204,6 @@ def _column_weight(valid_keys, n: int) -> float:
     """sum_j pbar_j^2, pbar_j the attention weight key j gets on average over the queries: the share of the
     values' independent energy that every query's output has in common. Diffuse attention (uniform over each
     row's unmasked keys): 1/n without a mask; a causal mask gives the early keys more (~1.6/n)."""
-    import numpy as np
-
     counts = np.asarray(valid_keys[:4096] if valid_keys is not None and len(valid_keys) else [n] * min(n, 4096))
     counts = np.clip(counts.astype(np.float64), 1, n)
     keys = np.arange(n)

@@ -122,7 +122,7 @@ def mul_backward(node, ins, outs, grads, ctx):
     result: list[float | None] = []
     for i, x in enumerate(ins):
         other = _operand(node, ins, 1 - i)
-        k_other, s_other = (other.K, other.shared) if other is not None else (1.0, 1.0)
+        k_other, s_other = (other.K, other.shared) if other is not None else (1.0, 0.0)  # a mask: passes g
         n = broadcast_factor(node.inputs[i], out)
         if x is None:
             result.append(None)
