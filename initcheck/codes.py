@@ -235,11 +235,12 @@ _code(
     "recurrent-gradient-decay",
     "warning",
     "A recurrent layer's gradient shrinks (or grows) by orders of magnitude over the sequence at init.",
-    "tanh RNN: chi = c <tanh'^2> at the stationary pre-activation; LSTM: E[f^2] on the cell path (a lower bound); "
-    "GRU: E[z^2] (docs/theory.md §10); over T steps chi^T.",
+    "gradient energy k steps back r(k): per step it stays on the carry (LSTM E[f^2], GRU E[z^2]) or goes through "
+    "W_hh; paths with as many W_hh steps add coherently through the gates' means, so r(1) = carry + mixing and far "
+    "back chi ~ (E[f] + sqrt(coherent))^2 + noise (docs/theory.md §10); over T steps r(T-1).",
     "Orthogonal W_hh, forget/update-gate bias >= 1 (chrono init), shorter truncation.",
-    "chi^T < 1e-2 or > 1e2: warning; LSTM forget bias < 1: info.",
-    limits={"low": 1e-2, "high": 1e2},  # chi^T over the sequence
+    "r(T-1) < 1e-2 or > 1e2: warning; LSTM forget bias < 1: info.",
+    limits={"low": 1e-2, "high": 1e2},  # r(T-1): gradient energy from the last step back to the first
 )
 _code(
     "IC507",

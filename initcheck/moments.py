@@ -27,6 +27,9 @@ class Moments:
       mean_c E_sample (mean over positions of z_c)^2, M <= S <= K. Ops that mix positions create it (attention
       averages values over tokens, pooling broadcasts); it is what survives the next attention average
       (docs/theory.md §9). None: no more than the batch-coherent part, S = M.
+    bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
+      the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
+      modeled, §10); carried downstream as the largest upstream bar.
     """
 
     m: float
@@ -41,6 +44,7 @@ class Moments:
     spread: float = 0.0
     cross: float = 0.0
     S: float | None = None
+    bar: float = 0.0
 
     @property
     def shared(self) -> float:

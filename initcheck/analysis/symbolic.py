@@ -36,7 +36,7 @@ class SymbolicResult:
         if fwd is None:
             return None
         spread = math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0
-        bar = math.hypot(spread, 0.0 if fwd.exact else limit("IC401", "approximation_bar"))
+        bar = math.hypot(spread, 0.0 if fwd.exact else limit("IC401", "approximation_bar"), fwd.bar)
         return Estimate(fwd.m, fwd.K, self.backward.get(value), bar, fwd.exact, self.backward_exact.get(value, False))
 
     def estimates(self) -> dict[str, Estimate]:
@@ -101,8 +101,11 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         result.status[node] = (
             "approximated" if approximate and (upstream_exact or node.op in APPROXIMATE) else "modeled"
         )
+    upstream_bar = max((m.bar for m in ins if m is not None), default=0.0)
     for value, moments in zip(node.outputs, outs):
         if moments is not None and (value.is_float or value.dtype == "unknown"):
+            if moments.bar < upstream_bar:
+                moments = moments.with_(bar=upstream_bar)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
 
 

@@ -113,73 +113,31 @@ def depth_width_findings(graph: Graph, result: SymbolicResult, depth: int, width
 
 
 def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
-    """RNN/LSTM/GRU: per-step gradient factor chi from the mean field at the stationary state; chi^T over the
-    sequence (docs/theory.md §10). LSTM/GRU values are lower bounds (tied weights interfere constructively)."""
-    from initcheck.rules.recurrent import run_mean_field
+    """RNN/LSTM/GRU: the gradient energy from the last step back to the first, r(T - 1), and the per-step factor
+    chi it settles at (docs/theory.md §10); per direction, the one furthest out of the healthy band."""
+    from initcheck.rules.recurrent import cell_states, sequence_length
 
     findings = []
+    low, high = limit("IC506", "low"), limit("IC506", "high")
     for node in graph.nodes:
         x = result.forward.get(node.input(0)) if node.op in ("rnn", "lstm", "gru") and node.inputs else None
         if x is None:
             continue
-        shape = node.input(0).shape
-        steps = node.attrs.get("steps") or (shape[0] if shape else None) or 1
-        history, chi, _ = run_mean_field(node.attrs["kind"], node.params["gates"], x.K, max(steps, 50))
-        candidate = node.params["gates"][-1]  # the tanh candidate / RNN gate: W_hh's own spectrum
-        spectrum = (
-            f"; W_hh (candidate) spectral radius {candidate.get('spectral_radius', math.nan):.3g}, spectral norm "
-            f"{candidate.get('spectral_norm', math.nan):.3g}, stationary K_h {history[-1]:.3g} (the decay is set by chi, "
-            "not by the radius)"
-        )
-        total = chi**steps
-        forget = node.params["gates"][2]["bias_mean"] if node.op == "lstm" else None
-        low, high = limit("IC506", "low"), limit("IC506", "high")
+        steps = sequence_length(node)
+        states = cell_states(node, x.K, max(steps, 50))
+        totals = [float(s.decay(steps)[-1]) for s in states]
+        worst = max(range(len(states)), key=lambda d: abs(math.log(max(totals[d], 1e-300))))
+        state, total, gates = states[worst], totals[worst], node.params["directions"][worst]
+        forget = gates[2]["bias_mean"] if node.op == "lstm" else None
         if total < low or total > high:
-            vanishing = total < low
-            memory = -1 / math.log(chi) if 0 < chi < 1 else math.inf
-            fix = (
-                (
-                    "orthogonal W_hh with gain 1 and a stronger input drive"
-                    if node.op == "rnn"
-                    else f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)"
-                    if node.op == "lstm"
-                    else "update-gate bias >= 1"
-                )
-                if vanishing
-                else "reduce W_hh's spectral radius (orthogonal, gain < 1)"
-            )
-            findings.append(
-                Finding(
-                    "IC506",
-                    "warning",
-                    "recurrent",
-                    f"'{node.label}' ({node.op.upper()}): per-step gradient factor {chi:.3g}, x{total:.3g} over {steps} steps "
-                    f"(memory ~{memory:.3g} steps): gradients {'vanish' if vanishing else 'explode'} across the sequence"
-                    + (" (a lower bound for gated cells)" if node.op != "rnn" else "")
-                    + spectrum,
-                    node.name,
-                    node.scope,
-                    total,
-                    low if vanishing else high,
-                    fix
-                    + f"; or truncate backpropagation to ~{max(1, int(memory)) if math.isfinite(memory) else steps} steps",
-                    chi,
-                    details={
-                        "chi": chi,
-                        "steps": steps,
-                        "stationary_K": history[-1],
-                        "spectral_radius": candidate.get("spectral_radius", math.nan),
-                        "spectral_norm": candidate.get("spectral_norm", math.nan),
-                    },
-                )
-            )
-        elif node.op == "lstm" and forget is not None and forget < 1:
+            findings.append(_recurrent_finding(node, state, total, steps, gates, forget, low if total < low else high))
+        elif forget is not None and forget < 1:
             findings.append(
                 Finding(
                     "IC506",
                     "info",
                     "recurrent",
-                    f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{-1 / math.log(chi):.2g} steps at init",
+                    f"'{node.label}': LSTM forget-gate bias {forget:.2f} < 1: memory of ~{_memory(state.chi):.2g} steps at init",
                     node.name,
                     node.scope,
                     forget,
@@ -189,6 +147,61 @@ def recurrent_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _memory(chi: float) -> float:
+    return -1 / math.log(chi) if 0 < chi < 1 else math.inf
+
+
+def _recurrent_finding(node, state, total: float, steps: int, gates: list[dict], forget, threshold: float) -> Finding:
+    vanishing = total < threshold
+    chi, memory = state.chi, _memory(state.chi)
+    candidate = gates[-1]  # the tanh candidate / RNN gate: W_hh's own spectrum
+    spectrum = (
+        f"; W_hh (candidate) spectral radius {candidate.get('spectral_radius', math.nan):.3g}, spectral norm "
+        f"{candidate.get('spectral_norm', math.nan):.3g}, stationary K_h {state.history[-1]:.3g}"
+    )
+    carry = {"lstm": "the cell state through the forget gate", "gru": "the update gate"}.get(node.op)
+    paths = (
+        f"per step {state.carry:.3g} stays on {carry} and {state.mixing:.3g} goes through W_hh"
+        if carry
+        else f"per step {state.mixing:.3g} through W_hh"
+    )
+    fix = (
+        (
+            "orthogonal W_hh with gain 1 and a stronger input drive"
+            if node.op == "rnn"
+            else f"forget/update-gate bias >= 1 (now {forget:.2f}; chrono init for long sequences)"
+            if node.op == "lstm"
+            else "update-gate bias >= 1"
+        )
+        if vanishing
+        else "reduce W_hh's spectral radius (orthogonal, gain < 1)"
+    )
+    truncate = max(1, int(memory)) if math.isfinite(memory) else steps
+    return Finding(
+        "IC506",
+        "warning",
+        "recurrent",
+        f"'{node.label}' ({node.op.upper()}): gradient energy x{total:.3g} from the last of {steps} steps back to the "
+        f"first ({paths}; settling at chi = {chi:.3g} per step, memory ~{memory:.3g} steps): gradients "
+        f"{'vanish' if vanishing else 'explode'} across the sequence" + spectrum,
+        node.name,
+        node.scope,
+        total,
+        threshold,
+        fix + f"; or truncate backpropagation to ~{truncate} steps",
+        chi,
+        details={
+            "chi": chi,
+            "carry": state.carry,
+            "mixing": state.mixing,
+            "steps": steps,
+            "stationary_K": state.history[-1],
+            "spectral_radius": candidate.get("spectral_radius", math.nan),
+            "spectral_norm": candidate.get("spectral_norm", math.nan),
+        },
+    )
 
 
 def dropout_findings(graph: Graph) -> list[Finding]:

@@ -448,17 +448,41 @@ def _pad(node, ctx):
 
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+_DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 
 
 @handles("RNN", "GRU", "LSTM")
 def _recurrent(node, ctx):
+    """One gate list per direction (W, R, B hold the directions along their first axis). The rules know the
+    default activations (and ReLU for RNN); other activations, clipping and peepholes are not modeled."""
     a = attributes(node)
     w, r = ctx.array(node.input[1]), ctx.array(node.input[2])
-    if w is None or r is None:
+    activations = [str(x.decode() if isinstance(x, bytes) else x) for x in a.get("activations", [])]
+    peepholes = len(node.input) > 7 and node.input[7]
+    default = _DEFAULT_ACTIVATIONS[node.op_type]
+    relu_rnn = node.op_type == "RNN" and activations[:1] == ["Relu"]
+    if (
+        w is None
+        or r is None
+        or peepholes
+        or "clip" in a
+        or (activations[: len(default)] not in ([], default) and not relu_rnn)
+    ):
         return None
-    b = ctx.array(node.input[3]) if len(node.input) > 3 else None
+    b = ctx.array(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     n_gates, hidden = _GATES[node.op_type], int(a["hidden_size"])
-    w, r = w[0].astype(np.float64), r[0].astype(np.float64)  # first direction
-    bias = (b[0][: n_gates * hidden] + b[0][n_gates * hidden :]) if b is not None else np.zeros(n_gates * hidden)
-    gates = [recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in range(n_gates)]
-    return node.op_type.lower(), {"kind": node.op_type.lower(), "hidden_size": hidden}, {"gates": gates}
+    directions = []
+    for d in range(w.shape[0]):
+        w_d, r_d = w[d].astype(np.float64), r[d].astype(np.float64)
+        bias = (b[d][: n_gates * hidden] + b[d][n_gates * hidden :]) if b is not None else np.zeros(n_gates * hidden)
+        directions.append(
+            [recurrent_gate_stats(w_d, r_d, bias, slice(g * hidden, (g + 1) * hidden)) for g in range(n_gates)]
+        )
+    kind = node.op_type.lower()
+    attrs = {
+        "kind": kind,
+        "hidden_size": hidden,
+        "activation": "relu" if relu_rnn else "tanh",
+        "layout": a.get("layout", 0),
+    }
+    return kind, attrs, {"directions": directions}

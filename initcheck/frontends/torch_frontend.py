@@ -65,6 +65,19 @@ def scope_of(node) -> str:
     return str(path)
 
 
+# ops that make a new tensor of a given (or another tensor's) shape, and the value they fill it with
+_FILLED = {
+    "new_zeros": lambda node: 0.0,
+    "new_empty": lambda node: 0.0,
+    "zeros_like": lambda node: 0.0,
+    "empty_like": lambda node: 0.0,
+    "new_ones": lambda node: 1.0,
+    "ones_like": lambda node: 1.0,
+    "new_full": lambda node: node.args[2],
+    "full_like": lambda node: node.args[1],
+}
+
+
 class _Builder:
     def __init__(self, ep, training: bool, source: str):
         self.ep, self.training, self.source = ep, training, source
@@ -108,6 +121,10 @@ class _Builder:
         schema = getattr(node.target, "_schema", None)
         if schema is not None and schema.is_mutable:  # in-place ops (running-stat updates) are never run
             return False
+        fill, shape = _FILLED.get(op_name(node.target)), _shape(node)
+        if fill is not None and shape is not None:  # a fresh tensor: only the argument's shape matters
+            self.tensors[node.name] = torch.full(shape, float(fill(node)), dtype=_fake(node).dtype)
+            return True
         args_known = all(n.name in self.tensors for n in _flat_nodes(node.args)) and all(
             n.name in self.tensors for n in _flat_nodes(node.kwargs.values())
         )
@@ -231,6 +248,8 @@ class _Builder:
             return tuple(item.shape) if item is not None and hasattr(item, "shape") else None
         if op_name(node.target) == "baddbmm":
             return _shape(node)
+        if "__layer" in out and isinstance(val, (list, tuple)):  # a recurrent stack's inner layer: its sequence
+            return tuple(val[0].shape)
         if op_name(node.target) == "scaled_dot_product_attention":
             q, k = (_shape(a) for a in node.args[:2])
             if q and k:
@@ -255,6 +274,8 @@ class _Builder:
                 self.alias.get(a.name, a.name) in self.signal
                 for a in _flat_nodes(list(node.args) + list(node.kwargs.values()))
             )
+            if uses_signal and op_name(node.target) in _FILLED and self.fold(node):
+                continue  # x.new_zeros(...): a constant, whatever x holds
             if uses_signal:
                 if _is_float(node) or isinstance(_fake(node), (list, tuple)) or op_name(node.target) == "getitem":
                     self.translate(node)

@@ -328,31 +328,59 @@ _GATES = {"lstm": ([0, 3, 1, 2], 4), "gru": ([1, 0, 2], 3), "rnn_tanh": ([0], 1)
 
 @handles("lstm", "gru", "rnn_tanh", "rnn_relu")
 def _recurrent(node, ctx):
-    """torch packs gates as (i, f, g, o) for LSTM and (r, z, n) for GRU; the rule expects ONNX's (i, o, f, c)
-    and (z, r, h)."""
+    """One IR node per layer of the stack, each with one gate list per direction. torch packs gates as
+    (i, f, g, o) for LSTM and (r, z, n) for GRU; the rule expects ONNX's (i, o, f, c) and (z, r, h)."""
     name = op_name(node.target)
     order, n_gates = _GATES[name]
+    has_biases = bool(_arg(node, 3, "has_biases", True))
+    layers, bidirectional = int(_arg(node, 4, "num_layers", 1)), bool(_arg(node, 7, "bidirectional", False))
+    per_direction = 4 if has_biases else 2
     flat = list(node.args[2])
-    arrays = [ctx.array(a) for a in flat[:4]]
-    if arrays[0] is None or arrays[1] is None:
-        return None
-    w, r = arrays[0].astype(np.float64), arrays[1].astype(np.float64)
-    hidden = r.shape[1]
-    bias = (arrays[2] + arrays[3]) if arrays[2] is not None and arrays[3] is not None else np.zeros(n_gates * hidden)
-    gates = [recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in order]
-    kind = "rnn" if name.startswith("rnn") else name
-    count = len(node.meta.get("val", ())) or 2
     shape = ctx.extra["shape"](node.args[0])
-    steps = (shape[1] if bool(_arg(node, 8, "batch_first", False)) else shape[0]) if shape else None
-    return [
-        Emit(
-            kind,
-            [node.args[0]],
-            {"kind": kind, "hidden_size": hidden, "steps": steps},
-            {"gates": gates},
-            outputs=[f"{node.name}.{i}" for i in range(count)],
-        )
-    ]
+    steps = (shape[1] if bool(_arg(node, 8, "batch_first", False)) else shape[0]) if shape and len(shape) == 3 else None
+    kind = "rnn" if name.startswith("rnn") else name
+    attrs = {"kind": kind, "steps": steps, "activation": "relu" if name == "rnn_relu" else "tanh"}
+    count = len(node.meta.get("val", ())) or 2
+    emits, source = [], node.args[0]
+    for layer in range(layers):
+        directions = []
+        for direction in range(2 if bidirectional else 1):
+            at = (layer * (2 if bidirectional else 1) + direction) * per_direction
+            arrays = [ctx.array(a) for a in flat[at : at + per_direction]]
+            if arrays[0] is None or arrays[1] is None:
+                return None
+            w, r = arrays[0].astype(np.float64), arrays[1].astype(np.float64)
+            hidden = r.shape[1]
+            bias = arrays[2] + arrays[3] if has_biases and arrays[2] is not None and arrays[3] is not None else None
+            bias = np.zeros(n_gates * hidden) if bias is None else bias.astype(np.float64)
+            directions.append([recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in order])
+        last = layer == layers - 1
+        outputs = [f"{node.name}.{i}" for i in range(count)] if last else [f"{node.name}__layer{layer}"]
+        emits.append(Emit(kind, [source], {**attrs, "hidden_size": hidden}, {"directions": directions}, outputs))
+        source = outputs[0]
+    return emits
+
+
+@handles("rnn_tanh_cell", "rnn_relu_cell")
+def _rnn_cell(node, ctx):
+    """One step of a plain RNN, as the ops it is: phi(W x + b_ih + U h + b_hh). A cell unrolled in a Python loop
+    is then modeled step by step, like the unrolled cells of an ONNX file."""
+    x, h, w_ih, w_hh = node.args[:4]
+    b_ih, b_hh = (ctx.array(_arg(node, i, name)) for i, name in ((4, "b_ih"), (5, "b_hh")))
+    W, U = ctx.array(w_ih), ctx.array(w_hh)
+    if W is None or U is None:
+        return None
+    n, act = node.name, "relu" if op_name(node.target) == "rnn_relu_cell" else "tanh"
+    hidden_is_signal = getattr(h, "name", None) in ctx.signal
+    if not hidden_is_signal:  # h = 0 (the first step): only its bias remains
+        b_ih = (b_ih if b_ih is not None else 0.0) + (b_hh if b_hh is not None else 0.0)
+    emits = [Emit("linear", [x], params={"weight": linear_stats(W, b_ih)}, outputs=[f"{n}__input"])]
+    if hidden_is_signal:
+        emits += [
+            Emit("linear", [h], params={"weight": linear_stats(U, b_hh)}, outputs=[f"{n}__hidden"]),
+            Emit("add", [f"{n}__input", f"{n}__hidden"], outputs=[f"{n}__pre"]),
+        ]
+    return emits + [Emit(act, [f"{n}__pre" if hidden_is_signal else f"{n}__input"], outputs=[n])]
 
 
 # the layer handlers (conv, normalisation, attention, pooling, up-sampling) register themselves there

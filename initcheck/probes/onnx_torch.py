@@ -320,8 +320,8 @@ _REDUCTIONS: dict[str, Callable] = {
 }
 
 
-# shape and layout ops register themselves there
-from initcheck.probes import onnx_torch_shape  # noqa: E402,F401
+# shape and layout ops, and the recurrent layers, register themselves there
+from initcheck.probes import onnx_torch_recurrent, onnx_torch_shape  # noqa: E402,F401
 
 
 def run_node(node, inputs: list, opset: int):
