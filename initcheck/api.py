@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from initcheck import frontends
-from initcheck.analysis.agreement import uninformative_note, with_measurements, with_quotes
+from initcheck.analysis.agreement import resting_on_measurement, uninformative_note, with_measurements, with_quotes
 from initcheck.analysis.criticality import susceptibilities, with_susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
@@ -171,7 +171,9 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
     findings, check_notes = run_checks(ctx)
     probe_summary = None
     if options.probe is not None and executable is not None:
-        rows, findings, check_notes, probe_summary = _probe_stage(ctx, findings, check_notes, executable, options.probe)
+        rows, findings, check_notes, probe_summary = _probe_stage(
+            ctx, findings, check_notes, executable, options.probe, options.all_nodes
+        )
     findings = finish(findings)
     if note := uninformative_note(rows, probe_summary is not None):
         notes.append(note)
@@ -200,13 +202,18 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
     )
 
 
-def _probe_stage(ctx: CheckContext, findings: list, notes: list[str], executable, options: ProbeOptions):
+def _probe_stage(
+    ctx: CheckContext, findings: list, notes: list[str], executable, options: ProbeOptions, all_nodes: bool
+):
     """Run the probe; rows with measurements, findings with their measured numbers plus the probe-stage checks'
     (agreement, cross-check, failure), notes, and the probe's summary (None when it could not run)."""
     measured, failure = _run_probe(ctx.graph, executable, options)
     rows, summary = ctx.rows, None
     if measured is not None:
         rows = with_measurements(rows, ctx.result.estimates(), measured)
+        resting = resting_on_measurement(rows, ctx.graph, ctx.result, measured, all_nodes)
+        if resting is not rows:  # rows whose prediction says little about this network: judged as measured
+            findings, notes = run_checks(replace(ctx, rows=resting))
         findings = with_quotes(findings, ctx.graph, measured)
         summary = _probe_summary(measured)
     probe_findings, probe_notes = run_checks(replace(ctx, rows=rows, probe=measured, probe_error=failure), "probe")

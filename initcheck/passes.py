@@ -76,18 +76,29 @@ def _program_for(node: Node, roots: dict) -> tuple[Value, tuple] | None:
     return None
 
 
+def _is_identity(program: tuple) -> bool:
+    return program == ("x",) or (program[0] == "identity" and _is_identity(program[2]))
+
+
 def fuse_pointwise(graph: Graph) -> None:
     """Replace every chain of elementwise ops of one root tensor by one `pointwise` node per output
     that is still needed (exported GELU/SiLU/Mish decompositions become single, exact nodes)."""
     roots: dict[Value, tuple[Value, tuple]] = {}
+    same: dict[Value, Value] = {}  # outputs of float casts and copies: the value they copy
     fused: list[Node] = []
     for node in graph.nodes:
+        node.inputs = [same.get(v, v) if v is not None else None for v in node.inputs]
         found = _program_for(node, roots)
         if found is None:
             fused.append(node)
             continue
         root, program = found
         out = node.outputs[0]
+        if _is_identity(program) and out.is_float and not out.is_output:
+            # x.to(float32), x.clone(): one value, so a residual block's skip and its norm's input are the same
+            # tensor on every route (an ONNX exporter folds such casts, torch.export keeps them)
+            same[out] = root
+            continue
         roots[out] = (root, program)
         fused.append(
             Node(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -243,3 +244,33 @@ def test_an_approximate_row_off_by_2x_is_a_finding(factor, monkeypatch):
     else:
         assert len(mismatches) == 1 and "approximation" in mismatches[0].message
         assert mismatches[0].node == first.node and mismatches[0].value == pytest.approx(0.5, rel=0.1)
+
+
+def _narrow_deep_he_mlp() -> nn.Module:
+    """He-initialised ReLU MLP, width 16, depth 64: L/n = 4, far beyond where one network follows the ensemble."""
+    torch.manual_seed(3)
+    layers: list[nn.Module] = []
+    for _ in range(64):
+        linear = nn.Linear(16, 16)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(16, 10)).eval()
+
+
+def test_findings_rest_on_the_measurement_where_the_prediction_is_uninformative():
+    """This network's own weights predict K x5.6 at the last hidden layer (IC101 warning); its error bar is far
+    wider than 2x, and the network measures 7e-8: the signal collapses. With the probe the signal findings
+    are judged on the measured numbers (IC102 error, saying so); without it the prediction and the note stand."""
+    model = _narrow_deep_he_mlp()
+    predicted = initcheck.analyze(model, torch.randn(8, 16))
+    assert "IC101" in {f.code for f in predicted.findings} and not [
+        f for f in predicted.findings if f.code == "IC102" and f.severity == "error"
+    ]
+    assert any("run the probe" in n for n in predicted.notes)
+    probed = initcheck.analyze(model, torch.randn(8, 16), probe=ProbeOptions(batch=64))
+    collapse = next(f for f in probed.findings if f.code == "IC102" and f.severity == "error")
+    assert "measured" in collapse.message and "IC101" not in {f.code for f in probed.findings}
+    row = next(r for r in probed.layers if r.node == collapse.node)
+    assert row.uninformative and row.measured is not None
+    assert collapse.value == pytest.approx(math.log10(row.measured.K), abs=0.1)  # against the input's K = 1

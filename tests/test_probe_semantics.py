@@ -78,3 +78,48 @@ def test_torch_form_mod_matches_onnxruntime():
         expected = ort.InferenceSession(model.SerializeToString()).run(None, {"a": a, "b": b})[0]
         got = OPS["Mod"](node, [torch.tensor(a), torch.tensor(b)], {"fmod": fmod}).numpy()
         assert np.array_equal(expected, got), (fmod, dtype)
+
+
+def _onnxruntime_and_torch_form(node, feeds: dict, constants: dict, opset: int = 17):
+    """One node run by onnxruntime (the constants as initializers) and by the probe's torch form."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from initcheck.probes.onnx_torch import run_node
+
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+        [
+            helper.make_tensor_value_info(
+                node.output[0], helper.np_dtype_to_tensor_dtype(next(iter(feeds.values())).dtype), None
+            )
+        ],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    values = {**feeds, **constants}
+    got = run_node(node, [torch.tensor(np.asarray(values[n])) if n else None for n in node.input], opset)
+    return expected, got.numpy()
+
+
+def test_torch_form_backward_slices_and_gather_nd_match_onnxruntime():
+    """Negative Slice steps (a reversed sequence, as the dynamo exporter writes a bidirectional RNN) and GatherND
+    (Llama through the dynamo exporter) had no torch form: the probe measured no gradients there."""
+    import numpy as np
+    from onnx import helper
+
+    x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    for start, end, step in ((-1, -100, -1), (4, 0, -2), (10, -10, -1), (3, 1, -1), (0, 7, 2)):
+        node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])
+        constants = {"s": [start], "e": [end], "a": [1], "st": [step]}
+        expected, got = _onnxruntime_and_torch_form(node, {"x": x}, {k: np.array(v) for k, v in constants.items()})
+        assert expected.shape == got.shape and np.allclose(expected, got), (start, end, step)
+    data = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    for batch_dims, indices in ((0, [[0, 1], [1, 2]]), (1, [[1], [2]]), (0, [[[1, -1, 2]]])):
+        node = helper.make_node("GatherND", ["d", "i"], ["y"], batch_dims=batch_dims)
+        expected, got = _onnxruntime_and_torch_form(node, {"d": data}, {"i": np.array(indices)})
+        assert expected.shape == got.shape and np.allclose(expected, got), batch_dims

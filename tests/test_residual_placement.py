@@ -73,3 +73,21 @@ def test_post_ln_with_bias_heavy_branches_shrinks_the_gradient():
 def test_matched_post_ln_is_information_only():
     f = finding(initcheck.analyze(Stack("post"), torch.randn(2, 256)), "IC516")
     assert f.severity == "info" and f.value == pytest.approx(1.0, abs=0.15)  # (1 + 1)/(1 + 1) per block
+
+
+class CastingStack(Stack):
+    """The same stack, its norms fed through x.to(float32) and x.clone() as HF's RMSNorm and some blocks write."""
+
+    def forward(self, x, keep=None):
+        for norm, f in zip(self.norms, self.branches):
+            x = x.clone() + f(norm(x.to(torch.float32)))
+        return self.norms[-1](x.to(torch.float32))
+
+
+def test_float_casts_and_copies_do_not_hide_a_residual_stream():
+    """A same-dtype cast or copy is the value itself: the live module (where torch.export keeps the casts) finds
+    the same blocks and the same IC516 numbers as the plain stack (an ONNX exporter folds such casts). Before,
+    HF Llama's stream went unseen live and was a warning through the dynamo exporter."""
+    plain = finding(initcheck.analyze(Stack("pre").eval(), torch.randn(4, 256)), "IC516")
+    casting = finding(initcheck.analyze(CastingStack("pre").eval(), torch.randn(4, 256)), "IC516")
+    assert casting.value == pytest.approx(plain.value, rel=1e-9) and casting.details == pytest.approx(plain.details)

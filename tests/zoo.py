@@ -596,14 +596,15 @@ TWINS = [
 
 class TensorOutputs(nn.Module):
     """Files store tensors: the first tensor of a model's output (logits, last hidden state); the inputs come
-    positionally (both ONNX exporters take them so) and are passed on by name."""
+    positionally (both ONNX exporters take them so, with input_names) or by name (torch.export keeps the names)
+    and are passed on by name."""
 
     def __init__(self, model: nn.Module, names: list[str]):
         super().__init__()
         self.model, self.names = model, names
 
-    def forward(self, *args):
-        out = self.model(**dict(zip(self.names, args)))
+    def forward(self, *args, **named):
+        out = self.model(**dict(zip(self.names, args)), **named)
         if isinstance(out, torch.Tensor):
             return out
         if isinstance(out, (tuple, list)):
@@ -626,7 +627,8 @@ def export_file(model: ZooModel, route: str, folder) -> tuple[object, dict | Non
         logging.disable(logging.WARNING)
         try:
             if route == "pt2":
-                torch.export.save(torch.export.export(wrapped, args, strict=False), str(path))
+                # by name, as a user exports a HF model: the input names (attention_mask) reach the file
+                torch.export.save(torch.export.export(wrapped, (), inputs, strict=False), str(path))
             else:
                 torch.onnx.export(
                     wrapped,

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from initcheck.codes import limit
 from initcheck.ir import Graph
-from initcheck.moments import Estimate
+from initcheck.moments import Estimate, clean
 from initcheck.report.model import Finding, LayerRow, Measure
 
 
@@ -90,3 +90,51 @@ def _measure(spec: Measure, graph: Graph, probe) -> float | None:
     if kind == "cosine":
         return a.cosine
     return None
+
+
+def resting_on_measurement(rows: list[LayerRow], graph: Graph, result, probe, all_nodes: bool) -> list[LayerRow]:
+    """The rows as the signal checks should judge them once the probe ran: where a row's stated bar is wider than
+    2x (its prediction is an ensemble average that says little about this network) and it was measured, its
+    forward log10 comes from the measurement, against measured references; so does its backward log10 where the
+    gradient's bar is that wide (the gradient's spread builds up from the outputs back: the variance of the
+    deepest row's bar less the row's own). Other rows keep the prediction."""
+    wide = math.log(limit("IC401", "uninformative"))
+    deepest = [0.0] * len(rows)  # the largest K bar at or after each row
+    for i in range(len(rows) - 1, -1, -1):
+        deepest[i] = max(rows[i].symbolic.K_bar, deepest[i + 1] if i + 1 < len(rows) else 0.0)
+    forward = {r.value for r in rows if r.measured is not None and r.symbolic.K_bar >= wide}
+    backward = {
+        r.value
+        for i, r in enumerate(rows)
+        if r.measured is not None and math.sqrt(max(deepest[i] ** 2 - r.symbolic.K_bar**2, 0.0)) >= wide
+    }
+    if not forward and not backward:
+        return rows
+    from initcheck.analysis.layers import build_rows
+
+    measured = {r.value: r for r in build_rows(graph, _measured_result(result, probe), all_nodes)}
+    return [
+        replace(
+            row,
+            forward_log10=measured[row.value].forward_log10 if row.value in forward else row.forward_log10,
+            backward_log10=measured[row.value].backward_log10 if row.value in backward else row.backward_log10,
+            uninformative=row.uninformative or row.value in backward,
+        )
+        if row.value in measured and (row.value in forward or row.value in backward)
+        else row
+        for row in rows
+    ]
+
+
+def _measured_result(result, probe):
+    """A copy of the symbolic result with every measured value's K and G in place of the predicted ones."""
+    estimates = probe.estimates()
+    forward, backward = dict(result.forward), dict(result.backward)
+    for value, moments in result.forward.items():
+        got = estimates.get(value.name)
+        if got is None or not math.isfinite(got.K):
+            continue
+        forward[value] = clean(got.m, got.K, min(moments.M, got.K), moments.exact, S=moments.S)
+        if got.G is not None and math.isfinite(got.G):
+            backward[value] = got.G
+    return replace(result, forward=forward, backward=backward)

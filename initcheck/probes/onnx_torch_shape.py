@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from initcheck.probes.onnx_torch import NotExecutable, _axes, _int_list, op
+from initcheck.probes.onnx_torch import _axes, _int_list, op
 
 
 @op("Reshape")
@@ -73,8 +73,11 @@ def _slice(node, x, a):
     out = x[0]
     for s, e, ax, st in zip(starts, ends, axes, steps):
         length = out.shape[ax]
-        if st < 0:
-            raise NotExecutable("negative Slice steps")
+        if st < 0:  # backwards (a reversed sequence): the ONNX clamping, then the indices it walks
+            s = max(min(s + length if s < 0 else s, length - 1), -1)
+            e = max(min(e + length if e < 0 else e, length - 1), -1)
+            out = torch.index_select(out, ax, torch.arange(s, e, st, device=out.device))
+            continue
         s = max(min(s + length if s < 0 else s, length), 0)
         e = max(min(e + length if e < 0 else e, length), 0)
         out = out.narrow(ax, s, max(e - s, 0))[(slice(None),) * (ax % out.ndim) + (slice(None, None, st),)]
@@ -89,6 +92,19 @@ def _gather(node, x, a):
     return torch.index_select(x[0], axis, idx.reshape(-1)).reshape(
         x[0].shape[:axis] + idx.shape + x[0].shape[axis + 1 :]
     )
+
+
+@op("GatherND")
+def _gather_nd(node, x, a):
+    """data[indices[..., 0], indices[..., 1], ...], after `batch_dims` leading dimensions shared by both."""
+    data, idx, batch = x[0], x[1].long(), int(a.get("batch_dims", 0))
+    if batch == 0:
+        return data[tuple(idx[..., i] for i in range(idx.shape[-1]))]
+    lead = data.shape[:batch]
+    flat_data, flat_idx = data.reshape(-1, *data.shape[batch:]), idx.reshape(-1, *idx.shape[batch:])
+    parts = [d[tuple(i[..., k] for k in range(i.shape[-1]))] for d, i in zip(flat_data, flat_idx)]
+    out = torch.stack(parts)
+    return out.reshape(*lead, *out.shape[1:])
 
 
 @op("GatherElements")
