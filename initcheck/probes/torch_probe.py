@@ -31,6 +31,11 @@ class _Recorder(torch.fx.Interpreter):
         if n.name in self.batch_statistics and n.op == "call_function":
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = _with_batch_statistics(n.target, args)
+        elif (
+            n.op == "call_function" and str(n.target).split(".")[:2] in _STACKED and f"{n.name}__layer0" in self.wanted
+        ):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = _layer_by_layer(n.target, args, n.name, self._record)
         else:
             out = super().run_node(n)
         if isinstance(out, torch.Tensor) and n.name in self.wanted and out.is_floating_point() and out.grad_fn is None:
@@ -43,11 +48,40 @@ class _Recorder(torch.fx.Interpreter):
             else []
         )
         for name, t in items:
-            if name in self.wanted and t.is_floating_point():
-                self.acc.forward(name, t)
-                if t.requires_grad:
-                    t.register_hook(lambda g, name=name: self.acc.backward(name, g))
+            self._record(name, t)
         return out
+
+    def _record(self, name: str, t) -> None:
+        if name in self.wanted and t.is_floating_point():
+            self.acc.forward(name, t)
+            if t.requires_grad:
+                t.register_hook(lambda g, name=name: self.acc.backward(name, g))
+
+
+_STACKED = (["aten", "lstm"], ["aten", "gru"], ["aten", "rnn_tanh"], ["aten", "rnn_relu"])
+
+
+def _layer_by_layer(target, args, name: str, record):
+    """A packed multi-layer RNN/LSTM/GRU run one layer at a time (the same op, num_layers = 1), so that the
+    sequence between layers, which the analysis reports as its own row (`<node>__layer<l>`), is measured too."""
+    x, hx, params, has_biases, layers, dropout, train, bidirectional, batch_first = args[:9]
+    directions = 2 if bidirectional else 1
+    per_layer = (4 if has_biases else 2) * directions
+    lstm = isinstance(hx, (list, tuple))
+    finals: list[list] = [[], []]
+    for layer in range(layers):
+        rows = slice(layer * directions, (layer + 1) * directions)
+        state = [hx[0][rows], hx[1][rows]] if lstm else hx[rows]
+        weights = params[layer * per_layer : (layer + 1) * per_layer]
+        out = target(x, state, weights, has_biases, 1, 0.0, train, bidirectional, batch_first)
+        x = out[0]
+        for i, final in enumerate(out[1:]):
+            finals[i].append(final)
+        if layer < layers - 1:
+            record(f"{name}__layer{layer}", x)
+            if train and dropout > 0:
+                x = torch.nn.functional.dropout(x, float(dropout), True)
+    return (x, *(torch.cat(f) for f in finals if f))
 
 
 def _with_batch_statistics(target, args):
