@@ -19,6 +19,7 @@ from pathlib import Path
 
 from initcheck.errors import ModelLoadError, UsageError
 from initcheck.frontends import archives
+from initcheck.frontends.output_containers import stand_ins_for_unknown_containers
 from initcheck.frontends.untrusted import CodeFromFileRefused, no_code_from_files, quiet_third_party
 from initcheck.limits import check_shape
 
@@ -80,7 +81,7 @@ def load_pt2(path: Path, trust_pickle: bool = False):
     may only call operators (never a Python function named by the file) nor run the file's guard code."""
     torch = _torch()
     try:
-        with quiet_third_party(), no_code_from_files(str(path), trust_pickle):
+        with quiet_third_party(), no_code_from_files(str(path), trust_pickle), stand_ins_for_unknown_containers():
             program = torch.export.load(str(path))
     except CodeFromFileRefused:
         raise

@@ -149,7 +149,9 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
                 if name in inputs_wanted:  # the reference many findings measure against
                     acc.forward(name, x)
                     x.register_hook(lambda g, name=name: acc.backward(name, g))
-        outputs = _Recorder(module, wanted, acc, batch_statistics).run(*inputs)
+        # flat in, flat out: the placeholders in order, the output node's tensors as they are (an output container
+        # the file names need not be importable here: .pt2 files of HF and diffusers models)
+        outputs = _Recorder(module, wanted, acc, batch_statistics).run(*inputs, enable_io_processing=False)
         # dicts, ModelOutputs and nested tuples (every HF and diffusers model): seed every tensor leaf
         seed_backward(torch.utils._pytree.tree_leaves(outputs), options.loss, generator)
 
