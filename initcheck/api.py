@@ -19,7 +19,7 @@ from initcheck.checks import CheckContext, finish, run_checks
 from initcheck.codes import overridden
 from initcheck.config import Config
 from initcheck.config import load as load_config
-from initcheck.errors import InitcheckError, ModelLoadError
+from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
 from initcheck.limits import check_probe_memory, elements_at_most
 from initcheck.norm_patterns import recognize_normalizations
@@ -99,6 +99,7 @@ def analyze_with(model, options: Options, example_inputs=None) -> Report:
                 bool(options.training),
                 arch=options.arch,
                 trust_pickle=options.trust_pickle,
+                stream=options.probe is None,
             )
             training = bool(options.training)
         return analyze_graph(graph, options, "train" if training else "eval", executable)
@@ -142,13 +143,6 @@ def _module_graph(module, inputs, training: bool | None):
         args = (inputs,)
     else:
         args = tuple(inputs)
-    on_meta = next((name for name, p in module.named_parameters() if p.is_meta), None)
-    if on_meta is not None:  # no values: nothing to take statistics from (issue 16 asks to init it module by module)
-        raise ModelLoadError(
-            f"the model's parameters are on the meta device ('{on_meta}'): they hold no values to take statistics "
-            "from; materialise it first (model.to_empty(device='cpu') and its init: reset_parameters(), or "
-            "model.init_weights() for a transformers model), or analyse a checkpoint of it"
-        )
     mode = module.training if training is None else training
     return frontends.module_graph(module, args, mode, type(module).__name__, kwargs)
 

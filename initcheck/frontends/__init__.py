@@ -47,8 +47,10 @@ def load_model(
     *,
     arch: str | None = None,
     trust_pickle: bool = False,
+    stream: bool = False,
 ) -> tuple[Graph, Executable]:
-    """The file's graph and what the probe would execute. The format is decided by the content, not the name (a TorchScript zip
+    """The file's graph and what the probe would execute (stream: no probe will run, so a safetensors checkpoint
+    with --arch is read one tensor at a time into a meta-device model; frontends.streamed). The format is decided by the content, not the name (a TorchScript zip
     shipped as `.jit` is TorchScript); the suffix only decides for files whose content says nothing."""
     path = Path(path)
     if not path.exists():
@@ -57,9 +59,14 @@ def load_model(
         raise ModelLoadError(f"{path}: is a directory, expected a model file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a regular file")
+    from initcheck.frontends import streamed
     from initcheck.frontends.archives import sniff
 
-    content = sniff(path)
+    content = "safetensors index" if streamed.is_index(path) else sniff(path)
+    if content == "safetensors index" and arch is None:
+        raise UsageError(f"{path}: a safetensors index names weights only; pass --arch package.module:factory")
+    if content in ("safetensors", "safetensors index") and arch is not None:
+        return _load_safetensors(path, inputs or {}, training, arch, stream)
     if content in ("zip", "safetensors", "pickle"):
         return _load_torch(path, inputs or {}, training, arch, trust_pickle)
     if content == "onnx" or path.suffix.lower() == ".onnx":
@@ -109,6 +116,61 @@ def _load_torch(
     return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
 
 
+def _load_safetensors(path: Path, inputs: InputSpecs, training: bool, arch: str, stream: bool):
+    """A safetensors checkpoint (or shards and their index) for an --arch model: streamed into a meta-device build
+    of the model when no probe will run, else loaded whole into a built one."""
+    import torch
+
+    from initcheck.frontends import meta_init, streamed, torch_load
+
+    files = streamed.tensor_files(path)
+    if not stream:
+        module = torch_load.build_module(arch)
+        state = torch_load.find_state_dict(streamed.all_tensors(files), set(module.state_dict()))
+        torch_load.load_weights(module, state, path)
+        return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
+    with torch.device("meta"):
+        module = torch_load.build_module(arch)
+    expected = set(module.state_dict())
+    names = torch_load.matched_names(files, expected)
+    torch_load.check_names(expected, set(names), path)
+    values = streamed.CheckpointValues(files, names, fallback=meta_init.InitOnDemand(module))
+    args = torch_load.example_inputs(module, inputs, path)
+    note = "weights read one tensor at a time from the checkpoint into a meta-device build of the model"
+    return _meta_module_graph(module, args, training, str(path), None, values, note)
+
+
+def _meta_module_graph(
+    module, args: tuple, training: bool, source: str, kwargs: dict | None, values=None, note: str = ""
+):
+    """A model on the meta device: exported with meta inputs (shapes only), its weights read unit by unit from its
+    own init (frontends.meta_init), or from `values`. Nothing to run: the probe is skipped, with a note."""
+    import torch
+
+    from initcheck.frontends import meta_init, torch_load
+    from initcheck.frontends.torch_frontend import from_exported_program
+
+    def to_meta(x):
+        return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+    was_training, rng = module.training, torch.get_rng_state()
+    try:
+        module.train(training)
+        program = torch_load.export_module(
+            module, tuple(map(to_meta, args)), {k: to_meta(v) for k, v in (kwargs or {}).items()} or None
+        )
+        graph = from_exported_program(program, training, source, init=values or meta_init.InitOnDemand(module))
+    finally:
+        module.train(was_training)
+        torch.set_rng_state(rng)
+    graph.notes.append(
+        note
+        or "the model is on the meta device: its weights' statistics come from its own init, one block at a time; "
+        "there is nothing to run, so no probe"
+    )
+    return graph, None
+
+
 def module_graph(
     module, args: tuple, training: bool, source: str, kwargs: dict | None = None
 ) -> tuple[Graph, Executable]:
@@ -116,9 +178,11 @@ def module_graph(
     on the exported program's own copy of the module, never on the user's."""
     import torch
 
-    from initcheck.frontends import torch_load
+    from initcheck.frontends import meta_init, torch_load
     from initcheck.frontends.torch_frontend import from_exported_program
 
+    if meta_init.on_meta(module):
+        return _meta_module_graph(module, args, training, source, kwargs)
     was_training = module.training
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     rng = torch.get_rng_state()

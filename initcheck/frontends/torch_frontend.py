@@ -65,6 +65,12 @@ def scope_of(node) -> str:
     return str(path)
 
 
+def _is_meta_device(device) -> bool:
+    import torch
+
+    return isinstance(device, torch.device) and device.type == "meta" or (isinstance(device, str) and device == "meta")
+
+
 # ops that make a new tensor of a given (or another tensor's) shape, and the value they fill it with
 _FILLED = {
     "new_zeros": lambda node: 0.0,
@@ -79,9 +85,9 @@ _FILLED = {
 
 
 class _Builder:
-    def __init__(self, ep, training: bool, source: str):
+    def __init__(self, ep, training: bool, source: str, init=None):
         self.ep, self.training, self.source = ep, training, source
-        self.tensors: dict[str, object] = {}  # fx name -> torch value for constants and folded results
+        self.tensors = _Constants(init)  # fx name -> torch value for constants and folded results
         self.signal: set[str] = set()
         self.alias: dict[str, str] = {}  # getitem fx name -> IR value name
         self.values: dict[str, Value] = {}
@@ -102,7 +108,9 @@ class _Builder:
                 continue
             target = spec.target
             tensor = state.get(target) if target in state else constants.get(target)
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta and self.tensors.source is not None:
+                self.tensors.targets[name] = target  # a meta-device model: its init gives the value when needed
+            elif isinstance(tensor, torch.Tensor):
                 # buffers share storage with the user's module: never let an op touch the original
                 self.tensors[name] = tensor.detach().clone() if spec.kind == InputKind.BUFFER else tensor.detach()
         placeholders = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
@@ -134,6 +142,8 @@ class _Builder:
         def sub(a):
             if isinstance(a, torch.fx.Node):
                 return self.tensors[a.name]
+            if _is_meta_device(a):  # traced from meta inputs (a meta-device model): computed here instead
+                return torch.device("cpu")
             if isinstance(a, (list, tuple)):
                 return type(a)(sub(x) for x in a)
             return a
@@ -308,5 +318,22 @@ class _Builder:
         return graph
 
 
-def from_exported_program(ep, training: bool = False, source: str = "") -> Graph:
-    return _Builder(ep, training, source).build()
+def from_exported_program(ep, training: bool = False, source: str = "", init=None) -> Graph:
+    """init: for a program exported from a meta-device model, where its weights' values come from (InitOnDemand)."""
+    return _Builder(ep, training, source, init).build()
+
+
+class _Constants(dict):
+    """fx name -> torch value; the weights of a meta-device model come from their init when first read."""
+
+    def __init__(self, source=None):
+        super().__init__()
+        self.source, self.targets = source, {}
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self.targets
+
+    def __getitem__(self, name):
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return self.source.value(self.targets[name])

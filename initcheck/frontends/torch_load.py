@@ -200,12 +200,22 @@ def find_state_dict(obj, expected: set[str]) -> dict:
     visit(obj if not hasattr(obj, "state_dict") else obj.state_dict())
     best, best_score = {}, -1
     for tensors in candidates:
-        for prefix in ("",) + _PREFIXES:
-            stripped = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in tensors.items()}
-            score = len(expected & set(stripped))
-            if score > best_score:
-                best, best_score = stripped, score
+        names = matched_names(tensors, expected)
+        score = len(expected & set(names))
+        if score > best_score:
+            best, best_score = {name: tensors[key] for name, key in names.items()}, score
     return best
+
+
+def matched_names(keys, expected: set[str]) -> dict[str, str]:
+    """Model name -> checkpoint key, with the prefix (DDP's `module.`, torch.compile's `_orig_mod.`, ...) that
+    matches most of the model's names stripped."""
+    best: dict[str, str] = {}
+    for prefix in ("",) + _PREFIXES:
+        names = {k[len(prefix) :] if k.startswith(prefix) else k: k for k in keys}
+        if len(expected & set(names)) > len(expected & set(best)):
+            best = names
+    return best or {k: k for k in keys}
 
 
 def resolve_factory(spec: str):
@@ -242,9 +252,19 @@ def build_module(spec: str):
 
 
 def load_weights(module, state: dict, path: Path) -> None:
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    check_names(set(module.state_dict()), set(state), path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(
+            f"{path}: weights do not fit the --arch model ({str(e).splitlines()[-1].strip()[:200]})"
+        ) from None
+
+
+def check_names(expected: set[str], present: set[str], path: Path) -> None:
+    """Refuse a checkpoint whose names are not the model's, listing the missing and unexpected ones."""
+    missing = sorted(expected - present)
+    unexpected = sorted(present - expected)
     if missing or unexpected:
 
         def show(keys):
@@ -254,12 +274,6 @@ def load_weights(module, state: dict, path: Path) -> None:
             [f"unexpected {len(unexpected)} key(s): {show(unexpected)}"] if unexpected else []
         )
         raise ModelLoadError(f"{path}: weights do not match the --arch model: " + "; ".join(parts))
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelLoadError(
-            f"{path}: weights do not fit the --arch model ({str(e).splitlines()[-1].strip()[:200]})"
-        ) from None
 
 
 def forward_names(module) -> list[str]:
