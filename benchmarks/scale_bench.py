@@ -87,8 +87,18 @@ def write_checkpoint(size: str, folder: Path) -> Path:
     return index
 
 
-def measure(size: str, tokens: int, source: str, folder: str) -> dict:
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from the
+    parent across exec, so a child started by a parent that just wrote 1 GiB shards would report the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB
     import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure(size: str, tokens: int, source: str, folder: str) -> dict:
     import time
     import warnings
 
@@ -116,7 +126,7 @@ def measure(size: str, tokens: int, source: str, folder: str) -> dict:
         with torch.device("meta"):
             parameters = sum(p.numel() for p in scale_factory.make().parameters())
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    peak = _peak_rss_gib()
     return {
         "size": size,
         "parameters": parameters,
