@@ -36,7 +36,6 @@ class InitOnDemand:
         }
         self.current: int | None = None
         self.values: dict = {}
-        self.largest = 0  # elements of the largest unit materialised (for the benchmark and the tests)
 
     def __contains__(self, name: str) -> bool:
         return name in self.unit_of
@@ -65,29 +64,33 @@ class InitOnDemand:
         tensors = dict(_named_tensors(prefix, unit, recurse))
         with torch.no_grad():
             for t in tensors.values():
-                t.fill_(
-                    float("nan")
-                    if t.is_floating_point()
-                    else torch.iinfo(t.dtype).min
-                    if t.dtype != torch.bool
-                    else False
-                )
+                t.fill_(_sentinel(t))
             _run_init(twin, unit, recurse)
-        for name, t in tensors.items():
-            unset = (
-                t.isnan().any()
-                if t.is_floating_point()
-                else (t == torch.iinfo(t.dtype).min).all()
-                if t.dtype != torch.bool and t.numel()
-                else False
+        unwritten = next((name for name, t in tensors.items() if _still_sentinel(t)), None)
+        if unwritten is not None:
+            raise ModelLoadError(
+                f"the model is on the meta device and its init does not write '{unwritten}' "
+                f"({type(_owner(twin, unwritten)).__name__}): materialise the model (to_empty and its init) and "
+                "analyse it, or give that module a reset_parameters()"
             )
-            if bool(unset):
-                raise ModelLoadError(
-                    f"the model is on the meta device and its init does not write '{name}' ({type(_owner(twin, name)).__name__}): "
-                    "materialise the model (to_empty and its init) and analyse it, or give that module a reset_parameters()"
-                )
-        self.largest = max(self.largest, sum(t.numel() for t in tensors.values()))
         return {name: t.detach() for name, t in tensors.items()}
+
+
+def _sentinel(t):
+    """What no init writes: NaN for floats, the smallest integer for integers (booleans are not checked)."""
+    import torch
+
+    if t.is_floating_point():
+        return float("nan")
+    return False if t.dtype == torch.bool else torch.iinfo(t.dtype).min
+
+
+def _still_sentinel(t) -> bool:
+    import torch
+
+    if t.is_floating_point():
+        return bool(t.isnan().any())
+    return t.dtype != torch.bool and t.numel() > 0 and bool((t == torch.iinfo(t.dtype).min).all())
 
 
 def _run_init(twin, unit, recurse: bool) -> None:
