@@ -12,6 +12,7 @@ import numpy as np
 
 from initcheck import frontends
 from initcheck.analysis.agreement import resting_on_measurement, uninformative_note, with_measurements, with_quotes
+from initcheck.analysis.blocks import repeated_blocks
 from initcheck.analysis.criticality import susceptibilities, with_susceptibilities
 from initcheck.analysis.layers import build_rows, depth_and_width, output_spread, width_regime
 from initcheck.analysis.symbolic import run_symbolic
@@ -198,6 +199,7 @@ def _analyze_graph(graph: Graph, options: Options, mode: str, executable) -> Rep
         probe=probe_summary,
         instance_spread=spread[0] if spread else None,
         width_regime=width_regime(spread[0]) if spread else "",
+        blocks=[] if options.all_layers or options.all_nodes else repeated_blocks(rows),
         config=options.config.source,
         suppressed=suppressed,
     )

@@ -143,6 +143,9 @@ def _analyze(
         str | None, typer.Option(metavar="FILE", help="record the current findings in FILE (exit 0)")
     ] = None,
     all_nodes: Annotated[bool, typer.Option("--all-nodes", help="one row per node instead of one per layer")] = False,
+    all_layers: Annotated[
+        bool, typer.Option("--all-layers", help="one table row per layer in repeated blocks too (not grouped)")
+    ] = False,
     train: Annotated[
         bool | None,
         typer.Option(

@@ -65,6 +65,7 @@ def _one(model: str, args, said: set[str]):
             arch=args.arch,
             trust_pickle=args.trust_pickle,
             all_nodes=args.all_nodes,
+            all_layers=args.all_layers,
             training=args.train,
             probe=False if args.no_probe else None,
             probe_flags={name: getattr(args, name) for name in PROBE_SETTINGS},

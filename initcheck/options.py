@@ -45,6 +45,7 @@ class Options:
     arch: str | None = None
     trust_pickle: bool = False
     all_nodes: bool = False
+    all_layers: bool = False  # one table row per layer even in repeated blocks
     training: bool | None = None  # None: a module's own mode; eval for files
     probe: ProbeOptions | None = None  # None: symbolic pass only
     probe_skipped: str | None = None  # why the probe that was asked for cannot run here
@@ -61,6 +62,7 @@ def resolve(
     arch: str | None = None,
     trust_pickle: bool = False,
     all_nodes: bool = False,
+    all_layers: bool = False,
     training: bool | None = None,
     probe: bool | ProbeOptions | None = None,
     probe_flags: dict[str, Any] | None = None,
@@ -94,6 +96,7 @@ def resolve(
         arch=arch or config.arch,
         trust_pickle=trust_pickle,
         all_nodes=all_nodes,
+        all_layers=all_layers,
         training=training if training is not None else config.train,
         probe=probe_options,
         probe_skipped=skipped,

@@ -58,7 +58,19 @@ def _model(result: ModelResult) -> list[str]:
         "| # | layer | op | shape | K | fwd log10 | G | bwd log10 | K measured |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    grouped = {i for group in report.blocks for position in group.positions for i in position.rows}
+    starts = {group.positions[0].rows[0]: group for group in report.blocks}
     for row in report.layers:
+        for position in starts[row.index].positions if row.index in starts else []:
+            first = report.layers[position.rows[0]]
+            shape = "x".join("?" if d is None else str(d) for d in first.shape) if first.shape else "?"
+            lines.append(
+                f"| {position.rows[0]}–{position.rows[-1]} | {_cell(position.label)} | {position.op} | {shape} | "
+                f"{_span(position.K)} | {_num(position.forward_log10)} | {_span(position.G)} | "
+                f"{_num(position.backward_log10)} | - |"
+            )
+        if row.index in grouped:
+            continue
         shape = "x".join("?" if d is None else str(d) for d in row.shape) if row.shape else "?"
         lines.append(
             f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.symbolic.K)} | "
@@ -66,6 +78,14 @@ def _model(result: ModelResult) -> list[str]:
             f"{_num(row.measured.K if row.measured else None)} |"
         )
     return lines + ["", "</details>", ""]
+
+
+def _span(values: list[float] | None) -> str:
+    """A repeated block's [min, max] across its blocks."""
+    if not values:
+        return "-"
+    low, high = (_num(v) for v in values)
+    return low if low == high else f"{low}–{high}"
 
 
 def render_markdown(results: list[ModelResult], version: str = "") -> str:

@@ -119,6 +119,27 @@ _ROW_KEYS = (
 ).split()
 
 
+@dataclass(frozen=True)
+class BlockPosition:
+    """One position of a repeated block: its rows (one per block) and each number's range across the blocks."""
+
+    label: str  # prefix.[first-last].rest
+    op: str
+    rows: list[int]  # table row indices, one per block
+    K: list[float]  # [min, max]
+    G: list[float] | None  # [min, max] where every block has one
+    forward_log10: float | None  # the largest in magnitude
+    backward_log10: float | None
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    prefix: str  # e.g. model.layers
+    first: int  # first and last block index
+    last: int
+    positions: list[BlockPosition]
+
+
 @dataclass
 class ModelResult:
     """One model of a run: its report, or the one-line error that stopped it; the gate it is held to."""
@@ -160,6 +181,7 @@ class Report:
     config: str = ""  # the config file that applied ("" = none)
     suppressed: int = 0  # findings the config's ignore / severity "off" removed
     fixed: list[dict[str, Any]] = field(default_factory=list)  # baseline findings no longer raised
+    blocks: list[BlockGroup] = field(default_factory=list)  # repeated blocks the table shows grouped
 
     def worst_severity(self) -> str | None:
         if not self.findings:

@@ -8,7 +8,7 @@ from rich.console import Console, Group, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from initcheck.report.model import LayerRow, Report
+from initcheck.report.model import BlockPosition, LayerRow, Report
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -86,7 +86,14 @@ def layer_table(report: Report) -> Table:
     flagged: dict[str, list[str]] = {}
     for f in report.findings:
         flagged.setdefault(f.node, []).append(f.code)
+    grouped = {i for group in report.blocks for position in group.positions for i in position.rows}
+    starts = {group.positions[0].rows[0]: group for group in report.blocks}
     for row in report.layers:
+        if row.index in starts:
+            for position in starts[row.index].positions:
+                table.add_row(*_block_cells(position, report.layers, flagged, probed))
+        if row.index in grouped:
+            continue
         fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
         stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
         cells: list[str | Text] = [
@@ -107,6 +114,27 @@ def layer_table(report: Report) -> Table:
         cells += [_decades(row.backward_log10), _flags(row, flagged)]
         table.add_row(*cells)
     return table
+
+
+def _range(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    low, high = values
+    return _num(low) if _num(low) == _num(high) else f"{_num(low)}–{_num(high)}"
+
+
+def _block_cells(position: BlockPosition, rows: list[LayerRow], flagged: dict, probed: bool) -> list[str | Text]:
+    """One position of a repeated block: the first block's shape and weights, each number's range across blocks."""
+    first = rows[position.rows[0]]
+    fans = f"{first.fan_in}/{first.fan_out}" if first.fan_in is not None else "-"
+    stds = f"{_num(first.weight_std)}/{_num(first.target_std)}" if first.weight_std is not None else "-"
+    codes = sorted({code for i in position.rows for code in flagged.get(rows[i].node, [])})
+    span = f"{position.rows[0]}–{position.rows[-1]}"
+    cells: list[str | Text] = [span, position.label, position.op, _shape(first), fans, stds, "-", _range(position.K)]
+    cells += ["-", "-"] if probed else []
+    cells += [_decades(position.forward_log10), _range(position.G)]
+    cells += ["-"] if probed else []
+    return cells + [_decades(position.backward_log10), " ".join(codes + [f"×{len(position.rows)}"])]
 
 
 def summary(report: Report) -> Group:
