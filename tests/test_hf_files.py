@@ -86,3 +86,17 @@ def test_hf_causal_lm_exported_as_is_analyses_from_the_command_line(tmp_path):
     report = report["models"][0] if "models" in report else report
     assert report["probe"] and "IC403" not in {f["code"] for f in report["findings"]}
     assert sum(1 for row in report["layers"] if row["measured_G"] is not None) > len(report["layers"]) // 2
+
+
+def test_a_transformers_model_with_its_default_cache_is_analysed_and_left_as_it_was():
+    """use_cache=True is transformers' default, and torch.export cannot put the cache in a graph: the cache is
+    off while exporting (it failed with a one-line error asking for use_cache=False), the config restored."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=200
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    assert model.config.use_cache is True
+    report = initcheck.analyze(model, {"input_ids": torch.randint(0, 200, (1, 16))}, probe=True)
+    assert report.probe and sum(r.measured is not None for r in report.layers) > len(report.layers) // 2
+    assert model.config.use_cache is True

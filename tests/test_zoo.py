@@ -366,9 +366,10 @@ def test_summed_branches_read_through_a_norm_are_information():
     assert any(f.code == "IC508" and f.severity == "warning" for f in report.findings)
 
 
-def test_default_hf_cache_gets_the_exact_advice():
-    """A decoder at its default use_cache=True returns a DynamicCache torch.export cannot trace: one line with the
-    exact advice (it was torch's message cut mid-URL)."""
+def test_an_explicit_hf_cache_gets_the_exact_advice():
+    """A decoder called with use_cache=True returns a DynamicCache torch.export cannot trace: one line with the
+    exact advice (it was torch's message cut mid-URL). Its default use_cache is turned off while exporting
+    (tests/test_hf_files.py); one passed explicitly is the caller's."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from initcheck.errors import ModelLoadError
@@ -384,5 +385,5 @@ def test_default_hf_cache_gets_the_exact_advice():
         )
     ).eval()
     with pytest.raises(ModelLoadError, match="use_cache=False") as caught:
-        initcheck.analyze(model, {"input_ids": torch.randint(0, 100, (1, 8))})
+        initcheck.analyze(model, {"input_ids": torch.randint(0, 100, (1, 8)), "use_cache": True})
     assert "http" not in str(caught.value) and "\n" not in str(caught.value)

@@ -15,6 +15,7 @@ import inspect
 import io
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from initcheck.errors import ModelLoadError, UsageError
@@ -326,10 +327,26 @@ def example_inputs(module, specs: dict[str, tuple], path: Path | str = "model") 
 def export_module(module, args: tuple, kwargs: dict | None = None):
     torch = _torch()
     try:
-        with quiet_third_party():
+        with quiet_third_party(), _without_cache(module, kwargs):
             return torch.export.export(module, args, kwargs=kwargs or {}, strict=False)
     except Exception as e:  # torch.export cannot trace this model
         raise export_error(e) from None
+
+
+@contextmanager
+def _without_cache(module, kwargs: dict | None):
+    """A transformers model returns its key/value cache by default (config.use_cache), which torch.export cannot
+    put in a graph and an initialisation check does not need: off while exporting, unless the caller passed
+    use_cache; the config is restored after."""
+    config = getattr(module, "config", None)
+    if config is None or getattr(config, "use_cache", None) is not True or "use_cache" in (kwargs or {}):
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
 
 
 def torchscript_to_onnx(path: Path, specs: dict):
