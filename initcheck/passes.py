@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeGuard
 
 from initcheck import pointwise
@@ -128,16 +129,21 @@ def remove_dead(graph: Graph) -> None:
     graph.rewire()
 
 
-def reaches(start: Value, target: Value, limit: int = 400) -> bool:
-    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
+def upstream(start: Value, limit: int = 400) -> Iterator[Value]:
+    """`start` and the signal values it derives from, walking back through producers (bounded: at most `limit`
+    values with a producer are expanded)."""
     seen: set[int] = set()
     stack = [start]
     while stack and len(seen) < limit:
         v = stack.pop()
-        if v is target:
-            return True
-        if id(v) in seen or v.producer is None:
+        if id(v) in seen:
             continue
-        seen.add(id(v))
-        stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
-    return False
+        yield v
+        if v.producer is not None:
+            seen.add(id(v))
+            stack.extend(i for i in v.producer.inputs if i is not None and is_signal(i))
+
+
+def reaches(start: Value, target: Value, limit: int = 400) -> bool:
+    """Is `target` an ancestor of `start` (a bounded walk back through producers)?"""
+    return any(v is target for v in upstream(start, limit))

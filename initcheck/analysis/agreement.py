@@ -118,7 +118,12 @@ def resting_on_measurement(rows: list[LayerRow], graph: Graph, result, probe, al
             row,
             forward_log10=measured[row.value].forward_log10 if row.value in forward else row.forward_log10,
             backward_log10=measured[row.value].backward_log10 if row.value in backward else row.backward_log10,
-            uninformative=row.uninformative or row.value in backward,
+            flags=row.flags
+            + [
+                f"{kind} measured"
+                for kind, judged in (("forward", forward), ("backward", backward))
+                if row.value in judged
+            ],
         )
         if row.value in measured and (row.value in forward or row.value in backward)
         else row

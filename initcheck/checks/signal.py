@@ -108,7 +108,7 @@ def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
         message = f"{what} {direction} by {decades} decades {origin} '{row.label}' ({row.op})"
         if normalized:
             message += "; every path from it meets a normalisation, so only epsilon and the normalisation's 1/v see it"
-        if row.uninformative and row.measured is not None:
+        if f"{kind} measured" in row.flags:  # analysis.agreement.resting_on_measurement
             message += " (measured: the prediction's error bar is wider than 2x here, so the probe's numbers decide)"
         findings.append(Finding(code, severity, kind, message, row.node, row.scope, value, warn, fix, factor))
     return findings

@@ -110,10 +110,17 @@ def _load_torch(
                 f"{path}: holds weights only (a state_dict); pass --arch package.module:factory to say "
                 "which model they belong to"
             )
-        module = torch_load.build_module(arch)
-        state = torch_load.find_state_dict(checkpoint, set(module.state_dict()))
-        torch_load.load_weights(module, state, path)
+        module = _built_with_weights(arch, checkpoint, path)
     return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
+
+
+def _built_with_weights(arch: str, checkpoint, path: Path):
+    """The --arch model with the checkpoint's matching tensors loaded (prefixes stripped, names checked)."""
+    from initcheck.frontends import torch_load
+
+    module = torch_load.build_module(arch)
+    torch_load.load_weights(module, torch_load.find_state_dict(checkpoint, set(module.state_dict())), path)
+    return module
 
 
 def _load_safetensors(path: Path, inputs: InputSpecs, training: bool, arch: str, stream: bool):
@@ -125,9 +132,7 @@ def _load_safetensors(path: Path, inputs: InputSpecs, training: bool, arch: str,
 
     files = streamed.tensor_files(path)
     if not stream:
-        module = torch_load.build_module(arch)
-        state = torch_load.find_state_dict(streamed.all_tensors(files), set(module.state_dict()))
-        torch_load.load_weights(module, state, path)
+        module = _built_with_weights(arch, streamed.all_tensors(files), path)
         return module_graph(module, torch_load.example_inputs(module, inputs, path), training, str(path))
     with torch.device("meta"):
         module = torch_load.build_module(arch)

@@ -68,7 +68,7 @@ def scope_of(node) -> str:
 def _is_meta_device(device) -> bool:
     import torch
 
-    return isinstance(device, torch.device) and device.type == "meta" or (isinstance(device, str) and device == "meta")
+    return (isinstance(device, torch.device) and device.type == "meta") or device == "meta"
 
 
 # ops that make a new tensor of a given (or another tensor's) shape, and the value they fill it with

@@ -351,8 +351,8 @@ def _recurrent(node, ctx):
                 return None
             w, r = arrays[0].astype(np.float64), arrays[1].astype(np.float64)
             hidden = r.shape[1]
-            bias = arrays[2] + arrays[3] if has_biases and arrays[2] is not None and arrays[3] is not None else None
-            bias = np.zeros(n_gates * hidden) if bias is None else bias.astype(np.float64)
+            both = has_biases and arrays[2] is not None and arrays[3] is not None
+            bias = (arrays[2] + arrays[3]).astype(np.float64) if both else np.zeros(n_gates * hidden)
             directions.append([recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in order])
         last = layer == layers - 1
         outputs = [f"{node.name}.{i}" for i in range(count)] if last else [f"{node.name}__layer{layer}"]

@@ -31,9 +31,7 @@ class _Recorder(torch.fx.Interpreter):
         if n.name in self.batch_statistics and n.op == "call_function":
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = _with_batch_statistics(n.target, args)
-        elif (
-            n.op == "call_function" and str(n.target).split(".")[:2] in _STACKED and f"{n.name}__layer0" in self.wanted
-        ):
+        elif n.op == "call_function" and f"{n.name}__layer0" in self.wanted:  # a packed stack the analysis split
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = _layer_by_layer(n.target, args, n.name, self._record)
         else:
@@ -56,9 +54,6 @@ class _Recorder(torch.fx.Interpreter):
             self.acc.forward(name, t)
             if t.requires_grad:
                 t.register_hook(lambda g, name=name: self.acc.backward(name, g))
-
-
-_STACKED = (["aten", "lstm"], ["aten", "gru"], ["aten", "rnn_tanh"], ["aten", "rnn_relu"])
 
 
 def _layer_by_layer(target, args, name: str, record):

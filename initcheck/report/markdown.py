@@ -62,22 +62,24 @@ def _model(result: ModelResult) -> list[str]:
     starts = {group.positions[0].rows[0]: group for group in report.blocks}
     for row in report.layers:
         for position in starts[row.index].positions if row.index in starts else []:
-            first = report.layers[position.rows[0]]
-            shape = "x".join("?" if d is None else str(d) for d in first.shape) if first.shape else "?"
             lines.append(
-                f"| {position.rows[0]}–{position.rows[-1]} | {_cell(position.label)} | {position.op} | {shape} | "
+                f"| {position.rows[0]}–{position.rows[-1]} | {_cell(position.label)} | {position.op} | "
+                f"{_shape(report.layers[position.rows[0]])} | "
                 f"{_span(position.K)} | {_num(position.forward_log10)} | {_span(position.G)} | "
                 f"{_num(position.backward_log10)} | - |"
             )
         if row.index in grouped:
             continue
-        shape = "x".join("?" if d is None else str(d) for d in row.shape) if row.shape else "?"
         lines.append(
-            f"| {row.index} | {_cell(row.label)} | {row.op} | {shape} | {_num(row.symbolic.K)} | "
+            f"| {row.index} | {_cell(row.label)} | {row.op} | {_shape(row)} | {_num(row.symbolic.K)} | "
             f"{_num(row.forward_log10)} | {_num(row.symbolic.G)} | {_num(row.backward_log10)} | "
             f"{_num(row.measured.K if row.measured else None)} |"
         )
     return lines + ["", "</details>", ""]
+
+
+def _shape(row) -> str:
+    return "x".join("?" if d is None else str(d) for d in row.shape) if row.shape else "?"
 
 
 def _span(values: list[float] | None) -> str:

@@ -36,6 +36,14 @@ def _shape(row: LayerRow) -> str:
     return "x".join("?" if d is None else str(d) for d in row.shape) if row.shape is not None else "?"
 
 
+def _fans(row: LayerRow) -> str:
+    return f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
+
+
+def _stds(row: LayerRow) -> str:
+    return f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
+
+
 def _flags(row: LayerRow, flagged: dict[str, list[str]]) -> str:
     marks = list(flagged.get(row.node, []))
     if row.status == "unsupported":
@@ -94,15 +102,13 @@ def layer_table(report: Report) -> Table:
                 table.add_row(*_block_cells(position, report.layers, flagged, probed))
         if row.index in grouped:
             continue
-        fans = f"{row.fan_in}/{row.fan_out}" if row.fan_in is not None else "-"
-        stds = f"{_num(row.weight_std)}/{_num(row.target_std)}" if row.weight_std is not None else "-"
         cells: list[str | Text] = [
             str(row.index),
             row.label,
             row.op,
             _shape(row),
-            fans,
-            stds,
+            _fans(row),
+            _stds(row),
             _num(row.symbolic.m),
             _num(row.symbolic.K),
         ]
@@ -126,11 +132,10 @@ def _range(values: list[float] | None) -> str:
 def _block_cells(position: BlockPosition, rows: list[LayerRow], flagged: dict, probed: bool) -> list[str | Text]:
     """One position of a repeated block: the first block's shape and weights, each number's range across blocks."""
     first = rows[position.rows[0]]
-    fans = f"{first.fan_in}/{first.fan_out}" if first.fan_in is not None else "-"
-    stds = f"{_num(first.weight_std)}/{_num(first.target_std)}" if first.weight_std is not None else "-"
     codes = sorted({code for i in position.rows for code in flagged.get(rows[i].node, [])})
     span = f"{position.rows[0]}–{position.rows[-1]}"
-    cells: list[str | Text] = [span, position.label, position.op, _shape(first), fans, stds, "-", _range(position.K)]
+    cells: list[str | Text] = [span, position.label, position.op, _shape(first), _fans(first), _stds(first)]
+    cells += ["-", _range(position.K)]
     cells += ["-", "-"] if probed else []
     cells += [_decades(position.forward_log10), _range(position.G)]
     cells += ["-"] if probed else []

@@ -23,12 +23,14 @@ import numpy as np
 from initcheck import pointwise
 from initcheck.gaussian import derivative, expect, moments_of
 from initcheck.moments import clean
+from initcheck.passes import upstream
 from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _TANH = pointwise.as_function(pointwise.unary("tanh"))
 _SIGMOID = pointwise.as_function(pointwise.unary("sigmoid"))
 _RELU = pointwise.as_function(pointwise.unary("relu"))
+_RECURRENT = ("rnn", "lstm", "gru")
 _MAX_LAG = 1024  # r(k) is summed exactly up to here; beyond, it decays at its settled rate
 
 
@@ -89,9 +91,14 @@ class CellState:
         return math.exp((log_r[-1] - log_r[far]) / max(len(log_r) - 1 - far, 1))
 
 
+def _log_factorials(n: int) -> np.ndarray:
+    """log k! for k = 0 .. n-1."""
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n)))])
+
+
 def _renewal(carry_sq: float, coherent: float, one_step: float, steps: int) -> np.ndarray:
     """log r(k), k < steps: coherent paths c(k) restarted by incoherent noise nu = one_step - carry_sq - coherent."""
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, steps)))])
+    log_fact = _log_factorials(steps)
     log_c = np.full(steps, -np.inf)
     log_c[0] = 0.0
     a, b = _log(carry_sq), _log(coherent)
@@ -181,7 +188,7 @@ def _coherent_sum(carry_mean: float, coherent: float, steps: int) -> np.ndarray:
     """E|sum_{k<t} M^k b|^2 / |b|^2 for t = 1 .. steps, M = carry_mean + sqrt(coherent) U with U i.i.d.: powers of U
     are orthogonal on average, so it is sum_m coherent^m (sum_{k=m}^{t-1} C(k, m) carry_mean^(k-m))^2."""
     k = np.arange(steps)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, steps)))])
+    log_fact = _log_factorials(steps)
     m = k[:, None]
     log_terms = np.where(
         k[None, :] >= m,
@@ -274,7 +281,7 @@ def cell_states(node, K_x: float, steps: int | None = None) -> list[CellState]:
     return [run_mean_field(kind, gates, K_x, steps, activation) for gates in node.params["directions"]]
 
 
-@forward_rule("rnn", "lstm", "gru", approximate=True)
+@forward_rule(*_RECURRENT, approximate=True)
 def recurrent_forward(node, ins, ctx):
     """Outputs: the hidden sequence (every direction), the last hidden state, the last cell state. The rule
     takes the input as independent from step to step; behind another recurrent layer it is not, and the row
@@ -288,20 +295,9 @@ def recurrent_forward(node, ins, ctx):
     return [sequence, last, last][: len(node.outputs)]
 
 
-def _after_recurrent(node, limit: int = 200) -> bool:
+def _after_recurrent(node) -> bool:
     """Does another recurrent layer feed this one (its input then varies slowly in time, not white)?"""
-    seen: set[int] = set()
-    stack = [node.inputs[0]]
-    while stack and len(seen) < limit:
-        value = stack.pop()
-        producer = value.producer if value is not None else None
-        if producer is None or id(producer) in seen:
-            continue
-        if producer.op in ("rnn", "lstm", "gru"):
-            return True
-        seen.add(id(producer))
-        stack.extend(v for v in producer.inputs if v is not None)
-    return False
+    return any(v.producer is not None and v.producer.op in _RECURRENT for v in upstream(node.inputs[0], 200))
 
 
 def _order_in_time_bar(state: CellState, steps: int) -> float:
@@ -311,7 +307,7 @@ def _order_in_time_bar(state: CellState, steps: int) -> float:
     return abs(math.log(max(constant, 1e-300) / max(white, 1e-300))) / 2
 
 
-@backward_rule("rnn", "lstm", "gru")
+@backward_rule(*_RECURRENT)
 def recurrent_backward(node, ins, outs, grads, ctx):
     """Input gradient, averaged over positions: a gradient entering at step t reaches step t - k with energy
     r(k); the sequence output's gradient enters at every step, the last states' only at the last one. Each
