@@ -13,12 +13,27 @@ from itertools import product
 import numpy as np
 
 SMALL_CONST = 4096  # constants up to this many elements keep their values (shapes, scalars, masks)
-MASK_CONST = 1 << 22  # boolean masks (attention, graph adjacency) are kept up to this many elements
+MASK_CONST = 1 << 22  # masks (attention, graph adjacency) are kept up to this many elements
+MASKED = -1e4  # an additive attention mask's masked entries are this negative or more (-inf, float32's min)
 
 
 def keeps_values(array: np.ndarray) -> bool:
-    """Whether the IR keeps a constant's values, not only its statistics: small ones and boolean masks."""
-    return array.size <= SMALL_CONST or (array.dtype == np.bool_ and array.size <= MASK_CONST)
+    """Whether the IR keeps a constant's values, not only its statistics: small ones and masks (boolean, or an
+    additive float mask of zeros and very negative entries: the attention rules count its unmasked keys)."""
+    if array.size <= SMALL_CONST:
+        return True
+    if array.size > MASK_CONST:
+        return False
+    return array.dtype == np.bool_ or (array.dtype.kind == "f" and is_additive_mask(array))
+
+
+def is_additive_mask(array: np.ndarray) -> bool:
+    """Only zeros and very negative entries, some of each kind there may be (a weight fails at its first entries)."""
+    flat = array.reshape(-1)
+    head = flat[:64]
+    if not np.all((head == 0) | (head <= MASKED)):
+        return False
+    return bool(np.all((flat == 0) | (flat <= MASKED)))
 
 
 @dataclass(frozen=True)

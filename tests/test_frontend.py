@@ -205,3 +205,45 @@ def test_registry_rejects_duplicates():
     load_all()
     with pytest.raises(ValueError, match="duplicate"):
         forward_rule("relu_unused_name", "linear")(lambda *a: None)
+
+
+@pytest.mark.parametrize("tokens", [16, 128])
+def test_a_large_additive_causal_mask_is_a_mask_not_signal(tmp_path, tokens):
+    """The torch.export-based exporter writes SDPA's causal mask as a constant of zeros and float32's minimum.
+    At 128 tokens it has more entries than small constants keep; it must still count as a mask (the keys each
+    query sees), not as a logit term of std 1.7e38 (a false IC504 error on every decoder at real lengths)."""
+    width = 64
+    rng = np.random.default_rng(0)
+    mask = np.where(np.tril(np.ones((tokens, tokens), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+    weights = {
+        name: numpy_helper.from_array(rng.normal(0, width**-0.5, (width, width)).astype(np.float32), name)
+        for name in ("wq", "wk", "wv")
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, width])],
+        [
+            *weights.values(),
+            numpy_helper.from_array(np.array(width**-0.5, np.float32), "scale"),
+            numpy_helper.from_array(mask[None], "mask"),
+        ],
+    )
+    path = tmp_path / "attention.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    report = initcheck.analyze(path, probe=initcheck.ProbeOptions(seeds=2, batch=8))
+    assert not [f for f in report.findings if f.code == "IC504"]
+    out = next(r for r in report.layers if r.value == "y")
+    assert out.symbolic.K == pytest.approx(out.measured.K, rel=0.15)  # diffuse causal attention: ~ K_v H_T / T

@@ -12,7 +12,7 @@ from initcheck.gaussian import expect
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import broadcast_factor, dim
 from initcheck.rules.registry import backward_rule, forward_rule
-from initcheck.stats import TensorStats
+from initcheck.stats import MASKED, TensorStats
 
 
 def _const(node, index: int) -> TensorStats | None:
@@ -41,7 +41,7 @@ def _is_additive_mask(value) -> bool:
         value is not None
         and value.array is not None
         and value.array.dtype.kind == "f"
-        and bool((value.array <= -1e4).any())
+        and bool((value.array <= MASKED).any())
     )
 
 
@@ -73,7 +73,7 @@ def _mask_keys(node) -> np.ndarray | None:
     """Unmasked keys per row when one operand is a constant additive mask (very negative = masked)."""
     for v in node.inputs:
         if _is_additive_mask(v) and v.array.ndim >= 2:
-            rows = (v.array > -1e4).reshape(-1, v.array.shape[-1]).sum(axis=1)
+            rows = (v.array > MASKED).reshape(-1, v.array.shape[-1]).sum(axis=1)
             if rows.min() < v.array.shape[-1]:
                 return rows
     return None
