@@ -101,3 +101,86 @@ def test_an_index_needs_arch(checkpoint, capsys):
     code = main(["analyze", "model.safetensors.index.json", "--no-probe"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--arch" in err[0]
+
+
+def _onnx_mlp(folder, external: bool, width: int = 256, depth: int = 4):
+    """A ReLU MLP as ONNX, its weights inline or all in one external data file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "x"
+    for i in range(depth):
+        w = rng.normal(0, (2 / width) ** 0.5, (width, width)).astype(np.float32)
+        weights += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.full(width, 0.1, np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+            helper.make_node("Relu", [f"a{i}"], [f"h{i}"]),
+        ]
+        x = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [8, width])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / ("external.onnx" if external else "inline.onnx")
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location="external.data", size_threshold=0)
+    else:
+        onnx.save(model, path)
+    return path
+
+
+def test_onnx_external_data_is_streamed_one_weight_at_a_time(tmp_path, monkeypatch):
+    """Without the probe, weights in an external data file are mapped as the analysis reaches them and let go:
+    never more than two weights alive at once; the table equals the inline file's; the data file is untouched and
+    mapped read-only."""
+    import gc
+    import hashlib
+    import weakref
+
+    from initcheck.frontends import onnx_load
+    from initcheck.stats import keeps_values
+
+    inline, external = _onnx_mlp(tmp_path, False), _onnx_mlp(tmp_path, True)
+    data = tmp_path / "external.data"
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
+    alive, most, original = [], [0], onnx_load.ExternalTensor.read
+
+    def read(self):
+        array = original(self)
+        if keeps_values(array):  # small constants (the biases here) are kept by design
+            return array
+        gc.collect()
+        alive[:] = [r for r in alive if r() is not None]
+        alive.append(weakref.ref(array))
+        most[0] = max(most[0], len(alive))
+        return array
+
+    monkeypatch.setattr(onnx_load, "_MAP_FROM", 0)  # every weight memory-mapped, as large ones are
+    monkeypatch.setattr(onnx_load.ExternalTensor, "read", read)
+    streamed = initcheck.analyze(external)
+    loaded = initcheck.analyze(inline)
+    assert 0 < most[0] <= 2  # the weight read now, and the one before it until its name is rebound
+    assert [(r.label, r.symbolic.K, r.symbolic.G) for r in streamed.layers] == [
+        (r.label, r.symbolic.K, r.symbolic.G) for r in loaded.layers
+    ]
+    assert [f.code for f in streamed.findings] == [f.code for f in loaded.findings]
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == before
+    assert not original(
+        onnx_load.external_tensors(onnx_load.read_model(external, stream=True), external)[0][1]
+    ).flags.writeable
+
+
+def test_onnx_external_data_with_the_probe_is_loaded_and_run(tmp_path):
+    external = _onnx_mlp(tmp_path, True)
+    report = initcheck.analyze(external, probe=True)
+    assert report.probe is not None and all(r.measured is not None for r in report.layers if r.op != "input")

@@ -72,7 +72,7 @@ def load_model(
     if content == "onnx" or path.suffix.lower() == ".onnx":
         from initcheck.frontends.onnx_frontend import load_onnx
 
-        return load_onnx(path, shapes_only(inputs), training), Executable(onnx_path=path)
+        return load_onnx(path, shapes_only(inputs), training, stream), Executable(onnx_path=path)
     raise ModelLoadError(
         f"{path}: not a model file initcheck reads (ONNX, .pt2, TorchScript, torch.save or "
         "safetensors state dicts with --arch)"

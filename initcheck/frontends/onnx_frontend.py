@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 
 from initcheck.errors import ModelLoadError
-from initcheck.frontends.onnx_load import fold_node, infer_shapes, read_model, resolve_input_shapes, topological_order
+from initcheck.frontends.onnx_load import (
+    ExternalTensor,
+    external_tensors,
+    fold_node,
+    infer_shapes,
+    read_model,
+    resolve_input_shapes,
+    topological_order,
+)
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
 from initcheck.ir import Graph, Node, Value
 from initcheck.limits import check_shape
@@ -34,14 +42,18 @@ def node_inputs(node) -> list[str]:
     return names
 
 
-def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bool = False) -> Graph:
-    model = read_model(path)
+def load_onnx(
+    path: Path, input_shapes: dict[str, tuple[int, ...]], training: bool = False, stream: bool = False
+) -> Graph:
+    """The file's graph in the IR. With `stream`, weights in external data files are mapped one at a time as the
+    analysis reaches them, never all held (peak memory: about the largest weight, not the model)."""
+    model = read_model(path, stream=stream)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     fixed = resolve_input_shapes(model, input_shapes)
     for name, shape in fixed.items():
         check_shape(f"{path}: input '{name}'", shape)
-    arrays = _initial_constants(graph, path)
+    arrays = _initial_constants(model, path)
     notes = _assume_full_masks(graph, fixed, arrays)
     nodes = topological_order(graph)
     shapes = _checked(infer_shapes(model, fixed, {}), path)
@@ -100,9 +112,6 @@ def load_onnx(path: Path, input_shapes: dict[str, tuple[int, ...]], training: bo
         notes=notes,
     )
     ir.rewire()
-    for value in values.values():  # weights are summarised on nodes now; keep only small constants
-        if value.array is not None and not keeps_values(value.array):
-            value.array = None
     return ir
 
 
@@ -146,11 +155,25 @@ def _checked(shapes: dict, path: Path) -> dict:
     return shapes
 
 
-def _initial_constants(graph, path: Path) -> dict[str, np.ndarray]:
+class _Constants(dict):
+    """Constants by name. A weight left in its external data file is mapped from it each time it is asked for and
+    never kept here, so the frontend holds one weight at a time."""
+
+    def __getitem__(self, name):
+        found = super().__getitem__(name)
+        return found.read() if isinstance(found, ExternalTensor) else found
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+def _initial_constants(model, path: Path) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
-    arrays = {}
-    for tensor in graph.initializer:
+    arrays = _Constants((t.name, where) for t, where in external_tensors(model, path))
+    for tensor in model.graph.initializer:
+        if tensor.name in arrays:
+            continue
         if any(d < 0 for d in tensor.dims):
             raise ModelLoadError(f"{path}: weight '{tensor.name}' has a negative dimension {list(tensor.dims)}")
         check_shape(f"{path}: weight '{tensor.name}'", tensor.dims)
@@ -312,7 +335,7 @@ def _make_values(graph, arrays, shapes, signal, fixed) -> dict[str, Value]:
             shape=tuple(shape) if shape is not None else None,
             dtype=dtype_of(name),
             const=tensor_stats(arr) if arr is not None and arr.dtype.kind in "fiub" else None,
-            array=arr,
+            array=arr if arr is not None and keeps_values(arr) else None,  # weights: their statistics only
             is_input=name in fixed,
         )
     return values

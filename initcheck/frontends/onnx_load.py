@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,9 @@ _FOLD_LIMIT = 1 << 22
 _FOLD_OUTPUT_LIMIT = 1 << 25  # elements: a 4096x4096 attention mask still folds
 
 
-def read_model(path: Path):
+def read_model(path: Path, stream: bool = False):
+    """The model, checked. Its external data is read into the model, or with `stream` left in its files (checked
+    all the same) for `external_tensors` to map one tensor at a time."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -46,7 +50,10 @@ def read_model(path: Path):
     problem = structural_problem(model)
     if problem:
         raise ModelLoadError(f"{path}: not a valid ONNX file ({problem})")
-    _load_external_data(model, path)
+    externals = external_tensors(model, path)
+    weights = {t.name for t in model.graph.initializer}
+    # streamed, only the graph's weights stay in their files: constants inside nodes are read as usual
+    _load_external_data([(t, where) for t, where in externals if not (stream and t.name in weights)])
     expand_fused_norms(model)
     return model
 
@@ -117,10 +124,33 @@ def structural_problem(model) -> str | None:
     return None
 
 
-def _load_external_data(model, path: Path) -> None:
-    """Load external tensor data: exactly the tensor's own bytes, from a regular file the model may name."""
+@dataclass(frozen=True)
+class ExternalTensor:
+    """Where one tensor's bytes lie in an external data file (checked: inside the model's folder, long enough)."""
+
+    file: Path
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def read(self) -> np.ndarray:
+        """The tensor, memory-mapped read-only: pages come from the file as they are read, and go with the map.
+        Input files are never written."""
+        count = int(np.prod(self.shape, dtype=np.int64))
+        if count * self.dtype.itemsize < _MAP_FROM:
+            return np.fromfile(self.file, self.dtype, count, offset=self.offset).reshape(self.shape)
+        return np.memmap(self.file, self.dtype, "r", offset=self.offset, shape=self.shape)
+
+
+_MAP_FROM = 1 << 20  # bytes: smaller tensors are simply read
+
+
+def external_tensors(model, path: Path) -> list[tuple[Any, ExternalTensor]]:
+    """Every tensor with external data and where its bytes are, checked: exactly the tensor's own bytes, in a
+    regular file the model may name."""
     from onnx import external_data_helper as ext
 
+    found = []
     for tensor in ext._get_all_tensors(model):
         if not ext.uses_external_data(tensor):
             continue
@@ -135,7 +165,8 @@ def _load_external_data(model, path: Path) -> None:
             ) from None
         if offset < 0 or length < -1:
             raise ModelLoadError(f"{path}: tensor '{tensor.name}' has a negative external data offset or length")
-        size = _tensor_bytes(tensor, path)
+        dtype = _element_type(tensor, path)
+        size = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
         if length not in (-1, size):  # -1: no length given
             raise ModelLoadError(
                 f"{path}: tensor '{tensor.name}' declares {length:,} bytes of external data but its "
@@ -147,11 +178,18 @@ def _load_external_data(model, path: Path) -> None:
                 f"{path}: external data '{info.get('location')}' holds {max(available, 0):,} bytes at "
                 f"offset {offset:,} for tensor '{tensor.name}', which needs {size:,}"
             )
-        with target.open("rb") as f:
-            f.seek(offset)
-            tensor.raw_data = f.read(size)  # never more than the tensor's own size
+        found.append((tensor, ExternalTensor(target, offset, dtype, tuple(int(d) for d in tensor.dims))))
+    return found
+
+
+def _load_external_data(externals: list[tuple[Any, ExternalTensor]]) -> None:
+    """Read each checked tensor's bytes into the model: never more than the tensor's own size."""
+    for tensor, where in externals:
+        with where.file.open("rb") as f:
+            f.seek(where.offset)
+            tensor.raw_data = f.read(int(np.prod(where.shape, dtype=np.int64)) * where.dtype.itemsize)
         del tensor.external_data[:]
-        tensor.data_location = 0  # type: ignore[assignment]  # TensorProto.DEFAULT: the bytes are now inline
+        tensor.data_location = 0  # TensorProto.DEFAULT: the bytes are now inline
 
 
 def external_data_file(path: Path, tensor: str, location: str) -> Path:
@@ -178,14 +216,14 @@ def external_data_file(path: Path, tensor: str, location: str) -> Path:
     return target
 
 
-def _tensor_bytes(tensor, path: Path) -> int:
+def _element_type(tensor, path: Path) -> np.dtype:
+    """The tensor's numpy element type, little-endian as ONNX stores it."""
     from onnx import helper
 
     try:
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
     except Exception:  # an unknown element type
         raise ModelLoadError(f"{path}: tensor '{tensor.name}' has an unknown element type {tensor.data_type}") from None
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
 def dims_of(type_proto) -> list[int | str | None] | None:
