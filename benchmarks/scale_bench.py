@@ -6,7 +6,11 @@ targets: 7B under 4 GiB peak RSS and 2 minutes, 1.1B under 1.5 GiB, on a 2-core 
 - a safetensors checkpoint: a bf16 checkpoint generated shard by shard (1 GiB shards and their index JSON) in a
   temporary folder, analysed with `--arch` and no probe, its weights read one tensor at a time.
 
-    python benchmarks/scale_bench.py [--sizes 1.1b 7b] [--sources meta safetensors] [--tokens 128]
+- an ONNX file with external data: the model exported (float32) with its weights in one data file beside it,
+  analysed with no probe, its weights memory-mapped one at a time (`--sources onnx`; exporting is slow and needs
+  the model in memory, so it is not in the default sources).
+
+    python benchmarks/scale_bench.py [--sizes 1.1b 7b] [--sources meta safetensors onnx] [--tokens 128]
 
 Each measurement runs in its own process: wall time from building the model (or opening the checkpoint) to the
 report, and the process's peak resident memory over its whole life (Python, torch and transformers imports
@@ -87,6 +91,27 @@ def write_checkpoint(size: str, folder: Path) -> Path:
     return index
 
 
+def write_onnx(size: str, folder: Path) -> Path:
+    """The model exported to ONNX (the torch.export-based exporter, float32, transformers' init), its weights in one
+    external data file beside it, as a model over 2 GB must be stored."""
+    import logging
+    import warnings
+
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=32000, max_position_embeddings=4096, use_cache=False, **CONFIGS[size])
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = folder / "model.onnx"
+    ids = torch.randint(0, 32000, (1, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        torch.onnx.export(model, (ids,), str(path), input_names=["input_ids"], dynamo=True, external_data=True)
+    return path
+
+
 def _peak_rss_gib() -> float:
     """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from the
     parent across exec, so a child started by a parent that just wrote 1 GiB shards would report the parent's."""
@@ -102,6 +127,8 @@ def measure(size: str, tokens: int, source: str, folder: str) -> dict:
     import time
     import warnings
 
+    import numpy as np
+    import onnx
     import torch
     import transformers
 
@@ -117,6 +144,12 @@ def measure(size: str, tokens: int, source: str, folder: str) -> dict:
             model = transformers.LlamaForCausalLM(config).eval()
         parameters = sum(p.numel() for p in model.parameters())
         report = initcheck.analyze(model, {"input_ids": torch.randint(0, 32000, (1, tokens))})
+    elif source == "onnx":
+        report = initcheck.analyze(Path(folder) / "model.onnx")
+        parameters = sum(
+            int(np.prod(t.dims))
+            for t in onnx.load(str(Path(folder) / "model.onnx"), load_external_data=False).graph.initializer
+        )
     else:
         sys.path.insert(0, folder)
         index = Path(folder) / "model.safetensors.index.json"
@@ -154,6 +187,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 if source == "safetensors":
                     write_checkpoint(size, Path(folder))
+                elif source == "onnx":
+                    write_onnx(size, Path(folder))
                 out = subprocess.run(
                     [sys.executable, __file__, "--one", size, source, folder, "--tokens", str(args.tokens)],
                     capture_output=True,
@@ -161,7 +196,11 @@ def main() -> None:
                     check=True,
                 ).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            origin = "meta device" if source == "meta" else "safetensors (bf16, 1 GiB shards)"
+            origin = {
+                "meta": "meta device",
+                "safetensors": "safetensors (bf16, 1 GiB shards)",
+                "onnx": "ONNX, external data (float32)",
+            }[source]
             print(
                 f"| Llama {size} | {r['parameters'] / 1e9:.2f}B | {origin} | {r['seconds']} s | {r['peak_gib']} GiB "
                 f"| {r['rows']} | {', '.join(r['findings'])} |"

@@ -22,7 +22,7 @@ from initcheck.config import Config
 from initcheck.config import load as load_config
 from initcheck.errors import InitcheckError
 from initcheck.ir import Graph
-from initcheck.limits import check_probe_memory, elements_at_most
+from initcheck.limits import elements_at_most
 from initcheck.norm_patterns import recognize_normalizations
 from initcheck.options import Options, ProbeOptions, resolve
 from initcheck.passes import fuse_pointwise
@@ -210,7 +210,7 @@ def _probe_stage(
 ):
     """Run the probe; rows with measurements, findings with their measured numbers plus the probe-stage checks'
     (agreement, cross-check, failure), notes, and the probe's summary (None when it could not run)."""
-    measured, failure = _run_probe(ctx.graph, executable, options)
+    measured, failure = _run_probe(ctx, executable, options)
     rows, summary = ctx.rows, None
     if measured is not None:
         rows = with_measurements(rows, ctx.result.estimates(), measured)
@@ -241,13 +241,14 @@ def _fold_consequence(finding):
     )
 
 
-def _run_probe(graph: Graph, executable, options: ProbeOptions):
+def _run_probe(ctx: CheckContext, executable, options: ProbeOptions):
     """(measurements, None), or (None, the error) when the model does not run here: the symbolic results stand."""
-    from initcheck.probes import run_probe
+    from initcheck.probes import plan_for, run_probe
 
     try:
-        check_probe_memory(graph, options.batch)
-        return run_probe(executable, graph, options), None
+        predicted_G = {name: e.G for name, e in ctx.result.estimates().items() if e.G is not None}
+        plan = plan_for(executable, ctx.graph, ctx.rows, options, predicted_G)
+        return run_probe(executable, ctx.graph, options, plan), None
     except InitcheckError:
         raise  # the user's options are wrong (device, input data): say so
     except Exception as e:

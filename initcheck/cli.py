@@ -199,6 +199,22 @@ def _analyze(
             metavar="SECONDS", help="stop probing after this long, keep what was measured", rich_help_panel=PROBE
         ),
     ] = None,
+    probe_dtype: Annotated[
+        Literal["float32", "bfloat16", "float16"] | None,
+        typer.Option(
+            help="run the probe in mixed precision (autocast), as training does; statistics stay float32 (PyTorch)",
+            rich_help_panel=PROBE,
+        ),
+    ] = None,
+    probe_layers: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            parser=_positive(int, "integer"),
+            help="probe only the first N blocks of the repeated stack (default: as many as fit in memory; PyTorch)",
+            rich_help_panel=PROBE,
+        ),
+    ] = None,
     max_elements: Annotated[
         int | None,
         typer.Option(

@@ -55,7 +55,7 @@ def _one(model: str, args, said: set[str]):
     from initcheck.api import analyze_with
     from initcheck.config import parse_shape
     from initcheck.limits import TimeLimitExceeded, time_limit
-    from initcheck.options import PROBE_SETTINGS, resolve
+    from initcheck.options import PROBE_SETTINGS, probe_flag, resolve
     from initcheck.report.model import ModelResult
 
     try:
@@ -68,7 +68,7 @@ def _one(model: str, args, said: set[str]):
             all_layers=args.all_layers,
             training=args.train,
             probe=False if args.no_probe else None,
-            probe_flags={name: getattr(args, name) for name in PROBE_SETTINGS},
+            probe_flags={name: getattr(args, probe_flag(name).replace("-", "_")) for name in PROBE_SETTINGS},
             degree=args.degree,
             fail_on=args.fail_on,
             max_elements=args.max_elements,

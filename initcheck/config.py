@@ -8,7 +8,7 @@ Keys (the same in both files; YAML has them at top level):
   severity     {CODE: info | warning | error | off}
   ignore       [CODE | {code: CODE, layer: GLOB}]   drop findings (layer globs match scope or node name)
   deviations   [{layer: GLOB, code: CODE, reason: TEXT}]   intentional: reported as info with the reason
-  probe        {enabled, device, batch, seeds, resample_weights, loss, timeout}
+  probe        {enabled, device, batch, seeds, resample_weights, loss, timeout, dtype, layers}
   limits       {max_elements, time_limit}   refuse tensors larger than max_elements; stop a model after
                time_limit seconds (defaults: 2^31 elements, no time limit)
   models       {GLOB: {inputs: {NAME: "1x3x224x224[:dtype]"}, degree, arch, train, fail_on, ignore, deviations}}
@@ -36,7 +36,10 @@ PROBE_KEYS = {
     "resample_weights": bool,
     "loss": str,
     "timeout": (int, float),
+    "dtype": str,
+    "layers": int,
 }
+PROBE_DTYPES = ("float32", "bfloat16", "float16")
 LIMIT_KEYS = {"max_elements": int, "time_limit": (int, float)}
 MODEL_KEYS = ("inputs", "degree", "arch", "train", "fail_on", "ignore", "deviations")
 TOP_KEYS = ("fail_on", "train", "thresholds", "severity", "ignore", "deviations", "probe", "limits", "models")
@@ -279,7 +282,8 @@ class _Checker:
         self.known(data, tuple(PROBE_KEYS), "probe")
         out = {key: self.typed(value, PROBE_KEYS[key], f"probe.{key}") for key, value in data.items()}
         self.choice(out.get("loss"), ("cotangent", "cross_entropy"), "probe.loss")
-        for key in ("batch", "seeds"):
+        self.choice(out.get("dtype"), PROBE_DTYPES, "probe.dtype")
+        for key in ("batch", "seeds", "layers"):
             if key in out and out[key] <= 0:
                 self.fail(f"probe.{key}", "must be positive")
         return out

@@ -83,33 +83,3 @@ def time_limit(seconds: float | None, what: str):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-class ProbeTooLarge(Exception):
-    """The probe would need more memory than this machine should give it (reported as IC403, not raised)."""
-
-
-def check_probe_memory(graph, batch: int) -> None:
-    """Refuse to probe when the activations and their gradients at this batch would take more than half of
-    the machine's memory: an out-of-memory kill would lose the whole report, symbolic results included."""
-    elements = sum(
-        element_count(v.shape) or 0
-        for v in graph.values.values()
-        if v.shape and v.const is None and v.array is None and not v.is_weight
-    )
-    need = elements * batch * 4 * 2  # float32, forward values kept for backward + their gradients
-    budget = _memory_bytes() // 2
-    if budget and need > budget:
-        raise ProbeTooLarge(
-            f"it would hold ~{need / 2**30:.0f} GiB of activations and gradients at batch {batch}, "
-            f"more than half of this machine's {budget * 2 / 2**30:.0f} GiB; lower --batch"
-        )
-
-
-def _memory_bytes() -> int:
-    try:
-        import os
-
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no estimate, no refusal
-        return 0

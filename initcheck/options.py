@@ -29,11 +29,18 @@ class ProbeOptions:
     loss: str = "cotangent"  # cotangent: unit-variance random cotangent at every output; cross_entropy: random labels
     input_data: str | None = None  # .npz with arrays named like the inputs
     timeout: float | None = None  # seconds; the probe stops and reports what it measured so far
+    dtype: str = "float32"  # float32, or bfloat16/float16: run under autocast, as mixed-precision training does
+    layers: int | None = None  # run only the first N blocks of the repeated stack (None: as many as fit)
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)
 
 
 # the probe's settings a flag or the config's `probe` table may give
-PROBE_SETTINGS = ("device", "batch", "seeds", "resample_weights", "loss", "input_data", "timeout")
+PROBE_SETTINGS = ("device", "batch", "seeds", "resample_weights", "loss", "input_data", "timeout", "dtype", "layers")
+
+
+def probe_flag(setting: str) -> str:
+    """The CLI flag (without dashes) that gives a probe setting: --probe-dtype sets dtype."""
+    return {"dtype": "probe-dtype", "layers": "probe-layers"}.get(setting, setting.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def resolve(
     given = {k: v for k, v in (probe_flags or {}).items() if v is not None and v is not False}
     enabled = probe if probe is not None else config.probe.get("enabled", True)
     if not enabled and given and probe is False:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        flags = ", ".join(f"--{probe_flag(k)}" for k in given)
         raise UsageError(f"{flags}: probe setting(s) given with --no-probe; drop one or the other")
     probe_options, skipped = None, None
     if isinstance(probe, ProbeOptions):

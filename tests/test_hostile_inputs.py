@@ -614,18 +614,19 @@ def test_denormal_zero_nan_and_empty_weights(tmp_path, monkeypatch):
 
 
 def test_probe_that_would_exhaust_memory_is_skipped_not_killed(monkeypatch):
-    """An out-of-memory kill would lose the report: above half the machine's memory the probe is skipped with
-    IC403 and the symbolic results stay."""
+    """An out-of-memory kill would lose the report: a probe that does not fit in half the machine's memory even at
+    its smallest is skipped with IC403 and the symbolic results stay."""
     import initcheck
-    import initcheck.limits
+    import initcheck.probes.plan
     from initcheck.probes.common import ProbeOptions
 
     sample = SAMPLES / "unet_block.onnx"
-    monkeypatch.setattr(initcheck.limits, "_memory_bytes", lambda: 4 << 20)  # a 4 MiB machine: 2 MiB for the probe
+    monkeypatch.setattr(initcheck.probes.plan, "_host_bytes", lambda: 4 << 10)  # a 4 KiB machine
     report = initcheck.analyze(sample, probe=ProbeOptions(batch=64, seeds=1))
     skipped = [f for f in report.findings if f.code == "IC403"]
-    assert skipped and "lower --batch" in skipped[0].message and report.probe is None and report.layers
-    report = initcheck.analyze(sample, probe=ProbeOptions(batch=1, seeds=1))
+    assert skipped and "give smaller input shapes" in skipped[0].message and report.probe is None and report.layers
+    monkeypatch.setattr(initcheck.probes.plan, "_host_bytes", lambda: 4 << 30)
+    report = initcheck.analyze(sample, probe=ProbeOptions(batch=64, seeds=1))
     assert report.probe is not None and not any(f.code == "IC403" for f in report.findings)
 
 

@@ -10,20 +10,46 @@ if TYPE_CHECKING:
     from initcheck.frontends import Executable
     from initcheck.ir import Graph
     from initcheck.probes.common import ProbeOptions, ProbeResult
+    from initcheck.probes.plan import ProbePlan
+    from initcheck.report.model import LayerRow
 
 
-def run_probe(executable: Executable, graph: Graph, options: ProbeOptions) -> ProbeResult:
+def plan_for(
+    executable: Executable, graph: Graph, rows: list[LayerRow], options: ProbeOptions, predicted_G: dict[str, float]
+) -> ProbePlan:
+    """How much of this model the probe runs on its device (probes/plan.py): what it adds for weights, whether
+    its batch dimension is free (ONNX with a symbolic batch), whether it can stop after a block (PyTorch)."""
+    from initcheck.probes.common import resolve_device
+    from initcheck.probes.plan import Footprint, activation_bytes, budget_bytes, graph_batch, plan_probe
+
+    device = resolve_device(options.device)
+    if executable.program is not None:
+        from initcheck.probes.torch_probe import weight_bytes
+
+        weights = weight_bytes(executable.program) if device != "cpu" or options.resample_weights else 0
+        free_batch, can_cut = False, True
+    else:
+        from initcheck.probes.onnx_probe import has_free_batch
+
+        size = executable.onnx_path.stat().st_size if executable.onnx_path else len(executable.onnx_bytes or b"")
+        weights = 2 * size  # onnxruntime's copy and the torch form's
+        free_batch, can_cut = has_free_batch(executable, graph), False
+    footprint = Footprint(weights, activation_bytes(graph), graph_batch(graph), budget_bytes(device))
+    return plan_probe(graph, rows, options, footprint, free_batch, predicted_G, can_cut)
+
+
+def run_probe(executable: Executable, graph: Graph, options: ProbeOptions, plan: ProbePlan) -> ProbeResult:
     """Measure the graph's values by running what the frontend handed back: an exported program in torch, an
     ONNX model in onnxruntime (forward) and in its torch form (gradients)."""
     if executable.program is not None:
         from initcheck.probes.torch_probe import probe_program
 
-        return probe_program(executable.program, graph, options)
+        return probe_program(executable.program, graph, options, plan)
     from initcheck.probes.onnx_probe import probe_onnx
 
     if executable.onnx_path is not None:
-        return probe_onnx(executable.onnx_path, graph, options)
+        return probe_onnx(executable.onnx_path, graph, options, plan)
     with tempfile.TemporaryDirectory() as folder:  # onnxruntime reads a file; the bytes never touch the user's disk
         converted = Path(folder) / "model.onnx"
         converted.write_bytes(executable.onnx_bytes or b"")
-        return probe_onnx(converted, graph, options)
+        return probe_onnx(converted, graph, options, plan)

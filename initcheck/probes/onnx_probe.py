@@ -22,6 +22,7 @@ from initcheck.probes.common import (
     seed_backward,
     vocabulary,
 )
+from initcheck.probes.plan import ProbePlan
 
 
 def without_inactive_dropout(model, graph: Graph) -> None:
@@ -187,7 +188,17 @@ class _TorchForm:
         return values
 
 
-def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
+def has_free_batch(executable, graph: Graph) -> bool:
+    """Whether the file leaves its first input's batch dimension free (the probe then chooses the batch)."""
+    import onnx
+
+    from initcheck.frontends.onnx_load import read_model
+
+    model = read_model(executable.onnx_path) if executable.onnx_path else onnx.load_from_string(executable.onnx_bytes)
+    return _input_specs(model, graph, 1)[1]
+
+
+def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan | None = None) -> ProbeResult:
     import torch
 
     from initcheck.frontends.onnx_load import read_model
@@ -197,6 +208,8 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UsageError("probing ONNX models needs onnxruntime: pip install onnxruntime (or --no-probe)") from None
+    if options.dtype != "float32":
+        raise UsageError("--probe-dtype: ONNX files are probed as stored (float32); mixed precision is for PyTorch")
     device = resolve_device(options.device)
     model = read_model(Path(path))
     opset = graph.opset or 13
@@ -206,7 +219,8 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     acc = new_accumulator(graph)
     produced = {o for n in model.graph.node for o in n.output}
     wanted = [v.name for n in graph.nodes for v in n.outputs if v.name in produced and v.is_float]
-    specs, batched = _input_specs(model, graph, options.batch)
+    per_run = plan.run_batch if plan is not None and plan.run_batch else options.batch
+    specs, batched = _input_specs(model, graph, per_run)
     inputs_wanted = [name for name, _, _ in specs if name in graph.values and graph.values[name].is_float]
     session = _session(model, wanted, device)
     form = _TorchForm(model, device, opset)
@@ -216,8 +230,8 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
         [],
     )
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1
-    runs_per_seed = 1 if batched else max(1, -(-options.batch // max(run_batch, 1)))
-    acc.batch = options.batch if batched else run_batch
+    runs_per_seed = max(1, -(-options.batch // max(run_batch, 1)))
+    acc.batch = run_batch
     generator = torch.Generator().manual_seed(0)
     state: dict[str, Any] = {"backward": True, "max_diff": None}
     torch_dtypes = {
@@ -279,13 +293,13 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions) -> ProbeResult:
     return ProbeResult(
         acc.results(),
         device,
-        runs * (options.batch if batched else run_batch),
+        runs * run_batch,
         runs,
         options.loss,
         False,
         max_relative_difference=diff,
         max_difference_at=where,
-        notes=notes,
+        notes=list(plan.notes if plan else ()) + notes,
     )
 
 

@@ -3,8 +3,12 @@ value it computes and hooks its gradient; the user's own module is never run or 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from initcheck.errors import UsageError
+from initcheck.frontends.torch_frontend import scope_of
 from initcheck.ir import Graph
 from initcheck.probes.common import (
     ProbeOptions,
@@ -18,16 +22,33 @@ from initcheck.probes.common import (
     seed_backward,
     vocabulary,
 )
+from initcheck.probes.plan import ProbePlan, in_scope
+
+
+class _CutReached(Exception):
+    """The run reached the first block the plan leaves out; `live` holds what the rest would have read."""
+
+    def __init__(self, live: list[tuple[str, torch.Tensor]]):
+        super().__init__("cut")
+        self.live = live
 
 
 class _Recorder(torch.fx.Interpreter):
     def __init__(
-        self, module, wanted: set[str], accumulator, batch_statistics: frozenset[str] | set[str] = frozenset()
+        self,
+        module,
+        wanted: set[str],
+        accumulator,
+        batch_statistics: frozenset[str] | set[str] = frozenset(),
+        cut: str | None = None,
     ):
         super().__init__(module)
-        self.wanted, self.acc, self.batch_statistics = wanted, accumulator, batch_statistics
+        self.wanted, self.acc, self.batch_statistics, self.cut = wanted, accumulator, batch_statistics, cut
+        self.position = {n: i for i, n in enumerate(module.graph.nodes)}
 
     def run_node(self, n):
+        if self.cut is not None and n.op == "call_function" and in_scope(scope_of(n), self.cut):
+            raise _CutReached(self._live_at(self.position[n]))
         if n.name in self.batch_statistics and n.op == "call_function":
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = _with_batch_statistics(n.target, args)
@@ -48,6 +69,14 @@ class _Recorder(torch.fx.Interpreter):
         for name, t in items:
             self._record(name, t)
         return out
+
+    def _live_at(self, at: int) -> list[tuple[str, torch.Tensor]]:
+        """Tensors computed before node `at` that it or a later node reads."""
+        return [
+            (node.name, value)
+            for node, value in self.env.items()
+            if isinstance(value, torch.Tensor) and any(self.position[u] >= at for u in node.users)
+        ]
 
     def _record(self, name: str, t) -> None:
         if name in self.wanted and t.is_floating_point():
@@ -100,7 +129,41 @@ def _permute_weights(module, generator) -> None:
             p.copy_(flat[torch.randperm(flat.numel(), generator=generator).to(flat.device)].reshape(p.shape))
 
 
-def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
+def weight_bytes(program) -> int:
+    """What a copy of the program's weights and buffers takes."""
+    tensors = list(program.state_dict.values()) + list(getattr(program, "constants", {}).values())
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+_AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _autocast_dtype(name: str):
+    if name not in _AUTOCAST:
+        raise UsageError(f"probe dtype '{name}': expected one of {', '.join(_AUTOCAST)}")
+    return _AUTOCAST[name]
+
+
+def _seed_at_cut(live: list[tuple[str, torch.Tensor]], gradients: dict[str, float], generator) -> str | None:
+    """Backward from where the run stopped: each live tensor gets a random cotangent with the gradient energy the
+    symbolic pass predicts there, so the prefix's gradients compare with the predictions. Returns why not, if not."""
+    tensors = [(name, t) for name, t in live if t.is_floating_point() and t.requires_grad]
+    missing = [name for name, _ in tensors if gradients.get(name) is None]
+    if missing:
+        return f"gradients not measured: no predicted gradient where the run stopped ({', '.join(missing[:3])})"
+    if not tensors:
+        return None
+    cotangents = [
+        torch.randn(t.shape, generator=generator).to(t.device, t.dtype) * math.sqrt(max(gradients[name], 0.0))
+        for name, t in tensors
+    ]
+    torch.autograd.backward([t for _, t in tensors], cotangents)
+    return None
+
+
+def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan | None = None) -> ProbeResult:
+    plan = plan or ProbePlan()
+    autocast = _autocast_dtype(options.dtype)
     device = resolve_device(options.device)
     module = program.module()
     # program.module() shares parameters with the user's model: work on detached tensors without gradients,
@@ -146,9 +209,26 @@ def probe_program(program, graph: Graph, options: ProbeOptions) -> ProbeResult:
                     x.register_hook(lambda g, name=name: acc.backward(name, g))
         # flat in, flat out: the placeholders in order, the output node's tensors as they are (an output container
         # the file names need not be importable here: .pt2 files of HF and diffusers models)
-        outputs = _Recorder(module, wanted, acc, batch_statistics).run(*inputs, enable_io_processing=False)
+        recorder = _Recorder(module, wanted, acc, batch_statistics, plan.cut)
+        try:
+            with torch.autocast(device.split(":")[0], dtype=autocast, enabled=autocast is not None):
+                outputs = recorder.run(*inputs, enable_io_processing=False)
+        except _CutReached as cut:
+            if (why := _seed_at_cut(cut.live, plan.gradients, generator)) and why not in notes:
+                notes.append(why)
+            return
         # dicts, ModelOutputs and nested tuples (every HF and diffusers model): seed every tensor leaf
         seed_backward(torch.utils._pytree.tree_leaves(outputs), options.loss, generator)
 
     runs = run_loop(options, runs_per_seed, step, notes)
-    return ProbeResult(acc.results(), device, runs * batch, runs, options.loss, options.resample_weights, notes=notes)
+    if autocast is not None:
+        notes.append(f"the probe ran under {options.dtype} autocast (mixed precision); statistics in float32")
+    return ProbeResult(
+        acc.results(),
+        device,
+        runs * batch,
+        runs,
+        options.loss,
+        options.resample_weights,
+        notes=list(plan.notes) + notes,
+    )
