@@ -10,7 +10,7 @@ model's own dtype), `bf16` (bfloat16 autocast) or `layers=N` (the first N blocks
 each run is one `initcheck.analyze` call (export, symbolic pass, probe). The model is built on the host, as
 users have it before a check; the probe copies its weights to the device. Printed per run, as a Markdown row and a
 JSON line: the wall time of the call, the device's peak memory during the call
-(CUDA) or the process's peak RSS (CPU), the rows measured, and the share of measured rows whose K and G are
+(CUDA) or the process's peak RSS (CPU; the model itself included, one process per run), the rows measured, and the share of measured rows whose K and G are
 within 15% of the prediction.
 """
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -119,32 +120,45 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", help="append each run's JSON line to FILE")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process's run
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args, args.one)))
+        return
+    print("| model | weights | probe | wall time | peak memory | rows measured | K within 15% | G within 15% |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.runs:  # each in its own process: a clean peak, as a user's one run has
+        command = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        k, g = r["agreement"]["K"], r["agreement"]["G"]
+        where = f"on {r['probe_device']}" if r["probe_device"] else ""
+        print(
+            f"| Llama {args.size} ({r['parameters'] / 1e9:.2f}B) | {args.model_dtype} | {name} {where} "
+            f"| {r['seconds']} s | {r['peak_gib']} GiB | {r['measured_rows']} / {r['rows']} "
+            f"| {k['within_15pct']} | {g['within_15pct']} |",
+            flush=True,
+        )
+
+
+def measure_one(args, name: str) -> dict:
     import warnings
 
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     model = build(args.size, args.model_dtype)
-    parameters = sum(p.numel() for p in model.parameters())
-    print(
-        f"built Llama {args.size} ({parameters / 1e9:.2f}B, {args.model_dtype}) on {args.device} "
-        f"in {time.perf_counter() - started:.1f} s; probe on {args.device}",
-        flush=True,
-    )
-    print("| model | weights | probe | wall time | peak memory | rows measured | K within 15% | G within 15% |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in args.runs:
-        r = run(model, name, args.device, args.tokens, args.seeds)
-        r |= {"size": args.size, "parameters": parameters, "model_dtype": args.model_dtype, "device": args.device}
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(r) + "\n")
-        k, g = r["agreement"]["K"], r["agreement"]["G"]
-        print(
-            f"| Llama {args.size} | {args.model_dtype} | {name} on {r['probe_device']} | {r['seconds']} s "
-            f"| {r['peak_gib']} GiB | {r['measured_rows']} / {r['rows']} | {k['within_15pct']} | {g['within_15pct']} |",
-            flush=True,
-        )
+    built = time.perf_counter() - started
+    r = run(model, name, args.device, args.tokens, args.seeds)
+    return r | {
+        "size": args.size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model_dtype": args.model_dtype,
+        "device": args.device,
+        "build_seconds": round(built, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from initcheck.checks import CheckContext, finish, run_checks
 from initcheck.codes import overridden
 from initcheck.config import Config
 from initcheck.config import load as load_config
-from initcheck.errors import InitcheckError
+from initcheck.errors import InitcheckError, UsageError
 from initcheck.ir import Graph
 from initcheck.limits import elements_at_most
 from initcheck.norm_patterns import recognize_normalizations
@@ -28,6 +29,9 @@ from initcheck.options import Options, ProbeOptions, resolve
 from initcheck.passes import fuse_pointwise
 from initcheck.policy import apply_policy
 from initcheck.report.model import SEVERITIES, Coverage, Report, severity_rank
+
+if TYPE_CHECKING:
+    from initcheck.repair import FixResult
 
 
 class InitcheckFailed(AssertionError):
@@ -69,20 +73,26 @@ def analyze(
       and deviations apply; its per-model inputs, degree, arch and train fill what the arguments leave unset.
       The API never discovers a config on its own (the CLI does).
     """
-    config = _config_for(config, model)
-    module = _is_module(model)
-    options = resolve(
+    options = _api_options(
+        model,
+        inputs,
         config,
-        shapes=None if module else inputs,
         arch=arch,
         trust_pickle=trust_pickle,
         all_nodes=all_nodes,
         training=training,
         probe=probe,
         degree=degree,
-        model=None if module else model,
     )
-    return analyze_with(model, options, example_inputs=inputs if module else None)
+    return analyze_with(model, options, example_inputs=inputs if _is_module(model) else None)
+
+
+def _api_options(model, inputs, config, **flags) -> Options:
+    """The API's arguments resolved like the CLI's flags: a module's inputs are examples, a file's are shapes."""
+    module = _is_module(model)
+    return resolve(
+        _config_for(config, model), shapes=None if module else inputs, model=None if module else model, **flags
+    )
 
 
 def analyze_with(model, options: Options, example_inputs=None) -> Report:
@@ -112,6 +122,28 @@ def _config_for(config, model) -> Config:
     if not isinstance(config, Config):
         config = load_config(Path(config))
     return config if _is_module(model) else config.for_model(Path(model))
+
+
+def fix(
+    model,
+    inputs=None,
+    *,
+    output: str | Path | None = None,
+    only: set[str] | None = None,
+    skip: set[str] | None = None,
+    dry_run: bool = False,
+    inplace: bool = False,
+    probe: bool | ProbeOptions = False,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    config: Config | str | Path | None = None,
+):
+    """Apply the numeric repairs of the findings and prove them: returns a FixResult (plan, before and after
+    reports, proof, init code). A live module gets a repaired copy (`result.model`; the module itself with
+    `inplace=True`); a file gets `output` in its own form (ONNX, .pt2), never the input overwritten."""
+    options = _api_options(model, inputs, config, arch=arch, trust_pickle=trust_pickle, probe=probe)
+    example_inputs = inputs if _is_module(model) else None
+    return fix_with(model, options, example_inputs, output, only, skip, dry_run, inplace)
 
 
 def check(model, inputs=None, *, fail_on: str = "error", **options) -> Report:
@@ -273,3 +305,38 @@ def _coverage(result) -> Coverage:
     for node, status in result.status.items():
         buckets[status][node.source_op] += 1
     return Coverage(*(dict(sorted(buckets[k].items())) for k in ("modeled", "approximated", "unsupported")))
+
+
+def fix_with(
+    model,
+    options,
+    example_inputs=None,
+    output=None,
+    only: set[str] | None = None,
+    skip: set[str] | None = None,
+    dry_run: bool = False,
+    inplace: bool = False,
+) -> FixResult:
+    """Analyse, plan, write the repaired model (a module copy, or `output` in the input file's form), analyse it
+    with the same options, and prove the fix."""
+    from initcheck.repair import FixResult, init_code, plan_fixes, prove
+    from initcheck.repair_write import check_output, rescaled_module, write_model
+
+    module = _is_module(model)
+    if not module and not dry_run:
+        if output is None:
+            raise UsageError("fix: give -o FILE for the repaired model (or --dry-run for the plan)")
+        check_output(Path(model), Path(output))
+    before = analyze_with(model, options, example_inputs)
+    plan = plan_fixes(before, only, skip)
+    result = FixResult(plan, before, code=init_code(plan))
+    if dry_run or not plan.scales:
+        return result
+    if module:
+        result.model = rescaled_module(model, plan.scales, inplace)
+        result.after = analyze_with(result.model, options, example_inputs)
+    else:
+        write_model(Path(model), Path(output), plan.scales, options.trust_pickle)
+        result.after = analyze_with(Path(output), options)
+    result.proof = prove(plan, before, result.after)
+    return result

@@ -243,6 +243,37 @@ def _analyze(
     return run_analyze(SimpleNamespace(**{k: v for k, v in locals().items() if k != "run_analyze"}))
 
 
+@app.command("fix")
+def _fix_command(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="an .onnx or .pt2 file", show_default=False)],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", metavar="FILE", help="where the repaired model goes (same form)")
+    ] = None,
+    only: Annotated[
+        list[str], typer.Option("--only", metavar="CODE", help="fix only these codes (repeatable)", show_default=False)
+    ] = [],  # noqa: B006  (typer reads the default; it is never mutated)
+    skip: Annotated[
+        list[str],
+        typer.Option("--skip", metavar="CODE", help="leave these codes alone (repeatable)", show_default=False),
+    ] = [],  # noqa: B006
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and the init code; write nothing")] = False,
+    input: Annotated[
+        list[str],
+        typer.Option("--input", metavar="NAME=SHAPE[:DTYPE]", help="input shape (repeatable)", show_default=False),
+    ] = [],  # noqa: B006
+    arch: Annotated[str | None, typer.Option(metavar="MODULE:FACTORY", help="as for analyze")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="as for analyze")] = False,
+    config: Annotated[str | None, typer.Option(metavar="FILE", help="config file (default: discovered)")] = None,
+    no_config: Annotated[bool, typer.Option("--no-config", help="ignore config files")] = False,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="prove with the symbolic pass only")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> int:
+    """Rescale the weights the findings name, write the repaired model, and prove it (exit 1 if the proof fails)."""
+    from initcheck.cli_fix import run_fix
+
+    return run_fix(SimpleNamespace(**{k: v for k, v in locals().items() if k != "run_fix"}))
+
+
 @app.command("explain")
 def _explain_command(code: Annotated[str, typer.Argument(metavar="CODE", help="a finding code, e.g. IC102")]) -> int:
     """Explain a finding code: meaning, formula, fix."""
@@ -308,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         with command.make_context("initcheck", argv) as ctx:
             return command.invoke(ctx) or EXIT_OK
     except click_errors.NoArgsIsHelpError:  # the usage is on stdout; say why it came
-        print("initcheck: error: no command given (analyze, explain or rules)", file=sys.stderr)
+        print("initcheck: error: no command given (analyze, fix, explain or rules)", file=sys.stderr)
         return EXIT_ERROR
     except typer.Exit as e:  # --help, --version
         return e.exit_code

@@ -40,6 +40,10 @@ class Value:
         return int(np.prod([int(d) for d in self.shape if d is not None], dtype=np.int64))
 
 
+# ops whose weight one stored tensor holds (Node.attrs["weight_tensor"] names it where the frontend knows it)
+WEIGHTED = ("linear", "conv", "conv_transpose", "embedding")
+
+
 @dataclass(eq=False)
 class Node:
     """One operation. `op` is canonical (`linear`, `conv`, `relu`, ...); `source_op` is the original name."""

@@ -45,6 +45,8 @@ class AttentionScale:
     d_k: int | None
     constant: float  # product of constant factors on the logits and the q, k paths
     folded: float  # q projection std / k projection std (1 when not folded or unknown)
+    q_proj: Node | None = None  # the weighted layers that make q and k (None where none is found)
+    k_proj: Node | None = None
 
     @property
     def effective(self) -> float:
@@ -71,7 +73,7 @@ def attention_scale(softmax: Node) -> AttentionScale | None:
         q_std, k_std = _weight_std(q_proj), _weight_std(k_proj)
         if q_std and k_std:
             folded = q_std / k_std
-    return AttentionScale(matmul, d_k, constant * q_factor * k_factor, folded)
+    return AttentionScale(matmul, d_k, constant * q_factor * k_factor, folded, q_proj, k_proj)
 
 
 def _walk_to_matmul(value: Value | None) -> tuple[Node, float] | None:

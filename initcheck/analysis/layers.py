@@ -261,6 +261,7 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
                 small_head=first in heads and first not in before_heads,
                 lead_in=first in before_heads or last in before_heads,  # the row reports its last node's value
                 tied_with=tables.get(first.attrs.get("weight_source")) if first.op != "embedding" else None,
+                weight_tensor=first.attrs.get("weight_tensor"),
                 phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf)
                 if fwd.phases
                 else None,

@@ -20,7 +20,7 @@ from initcheck.checks import (  # noqa: F401  (each module registers its checks)
 from initcheck.checks.registry import CHECKS, CheckContext, verify_catalogue
 from initcheck.codes import CODES
 from initcheck.errors import debugging
-from initcheck.report.model import Finding, severity_rank
+from initcheck.report.model import Finding, Repair, severity_rank
 
 __all__ = ["CHECKS", "CODES", "CheckContext", "run_checks"]
 
@@ -97,6 +97,18 @@ def group_repeats(findings: list[Finding]) -> list[Finding]:
                 first,
                 message=f"{first.message} (and {len(members) - 1} more layer(s) alike: {others})",
                 details={**first.details, "layers": len(members)},
+                repair=merged_repair(members),
             )
         kept.append(first)
     return kept
+
+
+def merged_repair(members: list[Finding]):
+    """One finding for layers alike repairs them all: every member's scales, or the first reason none can."""
+    repairs = [m.repair for m in members if m.repair is not None]
+    if not repairs:
+        return None
+    unfixable = next((r for r in repairs if not r.scales), None)
+    if unfixable is not None:
+        return unfixable
+    return Repair(scales=tuple(s for r in repairs for s in r.scales))

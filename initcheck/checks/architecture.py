@@ -8,6 +8,7 @@ import math
 from initcheck.analysis.attention_scale import attention_scale
 from initcheck.analysis.layers import output_spread, width_regime
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node
@@ -74,7 +75,23 @@ def _attention_finding(node: Node, scale, sigma: float, keys: int) -> Finding:
         limit("IC504", "warning"),
         fix + "; the softmax backward grows accordingly",
         factor,
+        repair=_logit_repair(scale, factor),
     )
+
+
+def _logit_repair(scale, factor: float):
+    """A missing 1/sqrt(d_k) folded into q's init (the form the scale analysis recognises, as some models ship it);
+    logits merely too spread: the factor split evenly over the q and k projections."""
+    q, k = scale.q_proj, scale.k_proj
+    if q is None or k is None:
+        return repairs.unfixable("no q or k projection weight was found to carry the scale")
+    if q is k or (q.attrs.get("weight_tensor") and q.attrs.get("weight_tensor") == k.attrs.get("weight_tensor")):
+        return repairs.unfixable(
+            f"q and k come from one packed projection '{q.label}' (with v): scale its q and k columns, or the logits"
+        )
+    if scale.missing:
+        return repairs.rescale([repairs.of_node(q, factor)])
+    return repairs.rescale([repairs.of_node(q, math.sqrt(factor)), repairs.of_node(k, math.sqrt(factor))])
 
 
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}

@@ -8,6 +8,7 @@ from statistics import median
 
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
@@ -108,6 +109,7 @@ def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
                 "last layer of f, or normalise; each keeps forward and backward gains near 1 in train and eval mode",
                 scale,
                 measure=stream,
+                repair=_branch_repair([f for _, _, f in blocks], 1 / math.sqrt(max(typical_g, 1e-12) * len(blocks))),
             )
         )
     shrinking = sum(1 for r in growth if r <= limit("IC503", "shrink"))
@@ -128,6 +130,7 @@ def _stream_findings(blocks, result: SymbolicResult) -> list[Finding]:
                 f"{1 / math.sqrt(per_block):.3g}",
                 1 / math.sqrt(per_block),
                 measure=stream,
+                repair=repairs.unfixable("the blocks' scale is a constant of the graph, not a weight: change it there"),
             )
         )
     return findings
@@ -169,6 +172,7 @@ def norm_placement_findings(graph: Graph, result: SymbolicResult) -> list[Findin
                 gradient,
                 end in normalized_downstream(graph),
                 _depth_scaled(graph, [f for n, _, f, p in blocks if p == kind]),
+                [f for n, _, f, p in blocks if p == kind],
             )
             if kind == "pre"
             else _post_ln(mine, start, end, gradient)
@@ -197,7 +201,14 @@ def _weight_std(node: Node) -> float:
 
 
 def _pre_ln(
-    blocks, start: Value, end: Value, growth: float, gradient: float, normalized_later: bool, depth_scaled: bool
+    blocks,
+    start: Value,
+    end: Value,
+    growth: float,
+    gradient: float,
+    normalized_later: bool,
+    depth_scaled: bool,
+    branches: list[Value],
 ) -> Finding:
     """Harmless growth is info; a stream growing by a decade or more (GPT-2 without its 1/sqrt(2L) scaling of the
     residual projections: x54 over 12 layers at N(0, 0.02)) warns: the last blocks' updates are drowned in a stream
@@ -237,7 +248,16 @@ def _pre_ln(
         scale if too_much else None,
         details={"blocks": len(blocks), "stream_growth": growth, "gradient_ratio": gradient},
         measure=Measure("K_ratio", (end.name, start.name)),
+        repair=_branch_repair(branches, scale) if too_much else None,
     )  # the value is the stream's growth: measured alike
+
+
+def _branch_repair(branches: list[Value], factor: float):
+    """The same factor on the layer that writes each branch into the stream."""
+    ends = [_branch_end(f) for f in branches]
+    if any(e is None for e in ends):
+        return repairs.unfixable("a branch ends in no weighted layer that could carry the scale")
+    return repairs.rescale([repairs.of_node(e, factor) for e in ends if e is not None])
 
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:

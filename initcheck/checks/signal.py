@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.layers import REFERENCE_OPS
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.checks.weights import zero_scale_findings
 from initcheck.codes import limit
-from initcheck.report.model import Finding, LayerRow
+from initcheck.report.model import Finding, LayerRow, Repair
 
 
 def _severity(size: float, warn: float, error: float) -> str | None:
@@ -59,10 +60,13 @@ def _cause(rows: list[LayerRow], at: LayerRow, sign: int) -> LayerRow | None:
     return max(weighted, key=lambda r: sign * (r.gain_log10 or 0.0), default=None)
 
 
-def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1) -> tuple[str, float | None]:
+def _fix(
+    rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1, every: list[LayerRow] | None = None
+) -> tuple[str, float | None, Repair]:
     worst = (None if downstream else _cause(rows, row, sign)) or _worst_weight(rows, row, downstream)
     if worst is None or not worst.weight_std or not worst.target_std or _miss(worst) < math.log(1.2):
-        return "add a normalisation layer or rescale the branch that changes the scale", None
+        text = "add a normalisation layer or rescale the branch that changes the scale"
+        return text, None, repairs.unfixable("no weight is off its target std: the scale changes elsewhere")
     factor = worst.target_std / worst.weight_std
     act = f" before {worst.activation}" if worst.activation else ""
     text = (
@@ -75,7 +79,35 @@ def _fix(rows: list[LayerRow], row: LayerRow, downstream: bool, sign: int = 1) -
             f"and multiply the embedding's output by {1 / factor:.3g} if the input side must keep its scale "
             "(as T5 and Gemma scale embeddings by sqrt(d))"
         )
-    return text, factor
+        return (
+            text,
+            factor,
+            repairs.unfixable(f"'{worst.label}' shares its weight with the embedding '{worst.tied_with}'"),
+        )
+    return (
+        text,
+        factor,
+        repairs.rescale([repairs.of_row(r, math.exp(-_signed_miss(r))) for r in _alike(every or rows, worst)]),
+    )
+
+
+def _alike(rows: list[LayerRow], worst: LayerRow) -> list[LayerRow]:
+    """'Layers like it', initialised the same way: off their target std by the same factor as the worst one
+    (within 10%: a wrong gain), or drawn with the same std whatever their fan-in (within 2%: N(0, 1) everywhere)
+    and off by 20% or more the same way; deliberately small output layers and tied weights are left alone."""
+    miss = _signed_miss(worst)
+
+    def alike(r: LayerRow) -> bool:
+        if abs(_signed_miss(r) - miss) < math.log(1.1):
+            return True
+        same_draw = abs(math.log(r.weight_std / worst.weight_std)) < math.log(1.02)  # type: ignore[operator]
+        return same_draw and abs(_signed_miss(r)) >= math.log(1.2) and _signed_miss(r) * miss > 0
+
+    return [r for r in rows if r.weight_std and r.target_std and not r.small_head and not r.tied_with and alike(r)]
+
+
+def _signed_miss(row: LayerRow) -> float:
+    return math.log(row.weight_std / row.target_std) if row.weight_std and row.target_std else 0.0
 
 
 def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
@@ -85,7 +117,7 @@ def _extreme(rows: list[LayerRow], attr: str, sign: int) -> LayerRow | None:
 
 def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
     warn, error = limit(code, "warning"), limit(code, "error")
-    findings = []
+    findings, every = [], rows  # every weighted layer may be repaired, whichever rows are judged
     rows = [r for r in rows if not r.lead_in]  # a head's lead-in is judged with the head
     if code == "IC102":  # small outputs are judged on their own (small_head_findings), not as the body's collapse
         rows = [r for r in rows if not r.small_head]
@@ -101,7 +133,7 @@ def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
             continue
         if normalized:
             severity = "info"
-        fix, factor = _fix(rows, row, downstream=kind == "backward", sign=sign)
+        fix, factor, repair = _fix(rows, row, downstream=kind == "backward", sign=sign, every=every)
         direction = "grows" if sign > 0 else "shrinks"
         decades = f"{size:.2f}" if math.isfinite(size) else "all"
         origin = "from the outputs back to" if kind == "backward" else "from its reference up to"
@@ -110,7 +142,9 @@ def _directional(rows, attr, sign, code, kind, what) -> list[Finding]:
             message += "; every path from it meets a normalisation, so only epsilon and the normalisation's 1/v see it"
         if f"{kind} measured" in row.flags:  # analysis.agreement.resting_on_measurement
             message += " (measured: the prediction's error bar is wider than 2x here, so the probe's numbers decide)"
-        findings.append(Finding(code, severity, kind, message, row.node, row.scope, value, warn, fix, factor))
+        findings.append(
+            Finding(code, severity, kind, message, row.node, row.scope, value, warn, fix, factor, repair=repair)
+        )
     return findings
 
 

@@ -19,7 +19,7 @@ from initcheck.frontends.onnx_load import (
     topological_order,
 )
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
-from initcheck.ir import Graph, Node, Value
+from initcheck.ir import WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
@@ -73,6 +73,7 @@ def load_onnx(
     }
     notes += _integer_ops_note(nodes, signal)
     values = _make_values(graph, arrays, shapes, signal, fixed)
+    stored = _stored_tensors(graph, nodes)
     for tensor in graph.initializer:
         values[tensor.name].is_weight = True
     ir_nodes = []
@@ -88,7 +89,7 @@ def load_onnx(
             continue  # one clip node with its QuantizeLinear
         if not any(name in signal for name in node.output):  # masks, shapes, indices computed from the signal
             continue
-        ir_nodes.append(_translate(node, ctx, values, absorbed_adds))
+        ir_nodes.append(_translate(node, ctx, values, absorbed_adds, stored))
     for name in graph.output:
         if name.name in values:
             values[name.name].is_output = True
@@ -363,7 +364,27 @@ def scope_of(node) -> str:
     return ""
 
 
-def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: set[str]) -> Node:
+# ops whose output is their first input's entries rearranged (or cast): scaling one scales the other
+_VIEWS = {"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+def _stored_tensors(graph, nodes) -> dict[str, str]:
+    """Value name -> the initializer it is, or a view of (a transposed weight is its initializer for a fix)."""
+    stored = {t.name: t.name for t in graph.initializer}
+    for node in nodes:
+        if node.op_type in _VIEWS and node.input and node.input[0] in stored:
+            for out in node.output:
+                stored[out] = stored[node.input[0]]
+    return stored
+
+
+def _weight_tensor(node, values: dict[str, Value], stored: dict[str, str]) -> str | None:
+    """The one stored tensor a weighted node's weight comes from, if exactly one."""
+    found = {stored[n] for n in node.input if n in stored and len(values[n].shape or ()) >= 2}
+    return found.pop() if len(found) == 1 else None
+
+
+def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: set[str], stored: dict[str, str]) -> Node:
     handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     try:
         result = handler(node, ctx) if handler else None
@@ -377,6 +398,8 @@ def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: se
     if node.op_type in _SUBGRAPH_OPS:
         source += " (subgraph)"
     op, attrs, params = result if result else ("unsupported", {}, {})
+    if op in WEIGHTED and (weight := _weight_tensor(node, values, stored)):
+        attrs = {**attrs, "weight_tensor": weight}
     outputs = list(node.output)
     if op == "linear" and ctx.absorbed.get(node.output[0]):
         outputs = [next(a for a, m in ctx.absorbed.items() if m == node.output[0] and a in absorbed_adds)]

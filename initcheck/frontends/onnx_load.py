@@ -31,9 +31,10 @@ _FOLD_LIMIT = 1 << 22
 _FOLD_OUTPUT_LIMIT = 1 << 25  # elements: a 4096x4096 attention mask still folds
 
 
-def read_model(path: Path, stream: bool = False):
+def read_model(path: Path, stream: bool = False, as_stored: bool = False):
     """The model, checked. Its external data is read into the model, or with `stream` left in its files (checked
-    all the same) for `external_tensors` to map one tensor at a time."""
+    all the same) for `external_tensors` to map one tensor at a time. `as_stored`: the graph as the file has it
+    (fused norms not expanded), for writing it back."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -54,7 +55,8 @@ def read_model(path: Path, stream: bool = False):
     weights = {t.name for t in model.graph.initializer}
     # streamed, only the graph's weights stay in their files: constants inside nodes are read as usual
     _load_external_data([(t, where) for t, where in externals if not (stream and t.name in weights)])
-    expand_fused_norms(model)
+    if not as_stored:
+        expand_fused_norms(model)
     return model
 
 

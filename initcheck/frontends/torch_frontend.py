@@ -13,7 +13,7 @@ import numpy as np
 
 from initcheck.errors import debugging
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
-from initcheck.ir import Graph, Node, Value
+from initcheck.ir import WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
@@ -51,6 +51,11 @@ def _shape(node) -> tuple | None:
     return tuple(int(d) if str(d).lstrip("-").isdigit() else None for d in shape)
 
 
+def _ndim(node) -> int:
+    shape = _shape(node)
+    return len(shape) if shape is not None else 0
+
+
 def _is_float(node) -> bool:
     val = _fake(node)
     dtype = getattr(val, "dtype", None)
@@ -71,6 +76,27 @@ def _is_meta_device(device) -> bool:
     return (isinstance(device, torch.device) and device.type == "meta") or device == "meta"
 
 
+# ops whose result is their first argument's entries rearranged: scaling one scales the other
+VIEWS = {
+    "t",
+    "transpose",
+    "permute",
+    "view",
+    "reshape",
+    "_unsafe_view",
+    "contiguous",
+    "clone",
+    "alias",
+    "detach",
+    "unsqueeze",
+    "squeeze",
+    "flatten",
+    "_to_copy",
+    "to",
+    "lift_fresh_copy",
+    "numpy_T",
+}
+
 # ops that make a new tensor of a given (or another tensor's) shape, and the value they fill it with
 _FILLED = {
     "new_zeros": lambda node: 0.0,
@@ -88,6 +114,7 @@ class _Builder:
     def __init__(self, ep, training: bool, source: str, init=None):
         self.ep, self.training, self.source = ep, training, source
         self.tensors = _Constants(init)  # fx name -> torch value for constants and folded results
+        self.stored: dict[str, str] = {}  # fx name -> the parameter (state-dict key) it is, or a view of
         self.signal: set[str] = set()
         self.alias: dict[str, str] = {}  # getitem fx name -> IR value name
         self.values: dict[str, Value] = {}
@@ -107,6 +134,8 @@ class _Builder:
                 self.inputs.append(name)
                 continue
             target = spec.target
+            if spec.kind == InputKind.PARAMETER:
+                self.stored[name] = target
             tensor = state.get(target) if target in state else constants.get(target)
             if isinstance(tensor, torch.Tensor) and tensor.is_meta and self.tensors.source is not None:
                 self.tensors.targets[name] = target  # a meta-device model: its init gives the value when needed
@@ -151,6 +180,9 @@ class _Builder:
         try:
             with torch.no_grad():
                 self.tensors[node.name] = node.target(*sub(node.args), **{k: sub(v) for k, v in node.kwargs.items()})
+            first = getattr(node.args[0], "name", None) if node.args else None
+            if op_name(node.target) in VIEWS and first in self.stored:
+                self.stored[node.name] = self.stored[first]  # W.t() is W, for a fix that rescales it
             return True
         except Exception:  # an op that cannot run on real tensors here stays unknown
             return False
@@ -236,6 +268,10 @@ class _Builder:
             outputs.append(self.value(out, shape))
             self.signal.add(out)
         self.signal.add(node.name)
+        if emit.op in WEIGHTED and "weight_tensor" not in emit.attrs:
+            stored = {self.stored[a.name] for a in _flat_nodes(node.args) if a.name in self.stored and _ndim(a) >= 2}
+            if len(stored) == 1:  # the one stored tensor a fix would rescale (not a recurrent layer's several)
+                emit.attrs["weight_tensor"] = stored.pop()
         self.nodes.append(
             Node(
                 name=out_names[0],

@@ -26,7 +26,10 @@ def plan_for(
     if executable.program is not None:
         from initcheck.probes.torch_probe import weight_bytes
 
-        weights = weight_bytes(executable.program) if device != "cpu" or options.resample_weights else 0
+        stored = weight_bytes(executable.program)
+        weights = stored if device != "cpu" or options.resample_weights else 0
+        if options.dtype != "float32":  # autocast's 16-bit copy of each weight, kept for the backward
+            weights += stored // 2
         free_batch, can_cut = False, True
     else:
         from initcheck.probes.onnx_probe import has_free_batch

@@ -34,6 +34,27 @@ class Finding:
     baseline: str | None = None  # new | worsened | unchanged when compared with a baseline, else None
     # how the probe measures `value`, when it runs (analysis.agreement.with_quotes fills `measured` from it)
     measure: Measure | None = field(default=None, repr=False, compare=False)
+    repair: Repair | None = field(default=None, repr=False, compare=False)  # what `initcheck fix` would do
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One weight `initcheck fix` multiplies: the layer (its table label), the stored tensor holding the weight,
+    the factor, and the weight's std now (so the init code can state the std to initialise with)."""
+
+    layer: str
+    tensor: str | None
+    factor: float
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What `initcheck fix` does about a finding: multiply each listed weight by its factor; `unfixable` says why
+    no rescaling of weights can fix it (then only a change to the model helps)."""
+
+    scales: tuple[Scale, ...] = ()
+    unfixable: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,7 @@ class LayerRow:
     small_head: bool = False  # the last weighted layer before an output, and it shrinks K by itself (small logits)
     lead_in: bool = False  # a weightless op right before an output layer (dropout, a rescale): judged with the head
     tied_with: str | None = None  # the embedding whose table is this layer's weight (tied input/output embeddings)
+    weight_tensor: str | None = None  # the stored tensor (state-dict key, ONNX initializer) holding the weight
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
     chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (docs/theory.md §4)
@@ -209,6 +231,6 @@ class Report:
         data = {"schema_version": SCHEMA_VERSION, **asdict(self)}
         data["layers"] = [row.to_dict() for row in self.layers]
         for finding in data["findings"]:
-            del finding["measure"]
+            del finding["measure"], finding["repair"]
         data["summary"] = {s: self.count(s) for s in SEVERITIES}
         return data

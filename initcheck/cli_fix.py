@@ -1,0 +1,92 @@
+"""`initcheck fix`: the plan, the repaired model written, and the proof, printed (the computing is in repair.py)."""
+
+from __future__ import annotations
+
+import sys
+
+from initcheck.errors import EXIT_FINDINGS, EXIT_OK
+
+
+def run_fix(args) -> int:
+    from initcheck.api import fix_with
+    from initcheck.cli_analyze import _config
+    from initcheck.config import parse_shape
+    from initcheck.options import resolve
+
+    options = resolve(
+        _config(args.model, args),
+        shapes=dict(parse_shape(s) for s in args.input),
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        probe=False if args.no_probe else None,
+        model=args.model,
+    )
+    if options.probe_skipped:
+        print(f"initcheck: {options.probe_skipped}", file=sys.stderr)
+    only = {c.upper() for c in args.only} or None
+    skip = {c.upper() for c in args.skip} or None
+    result = fix_with(args.model, options, None, args.output, only, skip, args.dry_run)
+    _print(result, args)
+    if result.proof is None:
+        return EXIT_OK
+    return EXIT_OK if result.proof.passed else EXIT_FINDINGS
+
+
+def _print(result, args) -> None:
+    plan = result.plan
+    target = "(dry run: nothing written)" if args.dry_run else f"-> {args.output}" if plan.scales else ""
+    print(f"initcheck fix: {args.model} {target}".rstrip())
+    if not plan.scales:
+        print("\nnothing to rescale: no warning or error here has a weight repair")
+    for planned in plan.acted:
+        f = planned.finding
+        print(f"\n{f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
+        if planned.why:
+            print(f"  {planned.why}")
+        for s in planned.scales:
+            std = f", std {s.std:.3g} -> {s.std * s.factor:.3g}" if s.std else ""
+            print(f"  multiply {s.tensor} (layer '{s.layer}') by {s.factor:.4g}{std}")
+    if plan.unfixable:
+        print("\nnot fixable by rescaling weights:")
+        for planned in plan.unfixable:
+            print(
+                f"  {planned.finding.code} {planned.finding.severity} at '{planned.finding.scope or planned.finding.node}': {planned.why}"
+            )
+    if plan.left:
+        print("\nleft alone:")
+        for planned in plan.left:
+            print(
+                f"  {planned.finding.code} {planned.finding.severity} at '{planned.finding.scope or planned.finding.node}': {planned.why}"
+            )
+    if result.code:
+        print("\nthe same in your PyTorch source (model = your module):")
+        for line in result.code:
+            print(f"  {line}")
+    if result.proof is not None:
+        _print_proof(result.proof)
+
+
+def _print_proof(proof) -> None:
+    print("\nproof (the repaired model analysed again):")
+    for o in proof.outcomes:
+        state = "fixed" if o.after is None else f"still there ({_value(o.after.value)})"
+        print(f"  {o.finding.code} at '{o.finding.scope or o.finding.node}': {_value(o.finding.value)} -> {state}")
+    for o in proof.others:
+        state = "gone with the fix" if o.after is None else "still there: needs a change to the model"
+        print(f"  {o.finding.code} at '{o.finding.scope or o.finding.node}' (not rescaled): {state}")
+    for f in proof.introduced:
+        print(f"  NEW {f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
+    if proof.rows:
+        print(f"\n  {'layer':40s} {'K before':>10s} {'K after':>10s} {'G before':>10s} {'G after':>10s}")
+        for label, k0, k1, g0, g1 in proof.rows:
+            print(f"  {label[:40]:40s} {k0:10.3g} {k1:10.3g} {_value(g0):>10s} {_value(g1):>10s}")
+    verdict = "passed: every finding it acted on is gone, nothing new" if proof.passed else "FAILED"
+    print(f"\nproof {verdict}")
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= 160 else message[:157] + "..."
+
+
+def _value(value) -> str:
+    return "-" if value is None else f"{value:.3g}"

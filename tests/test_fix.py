@@ -1,0 +1,141 @@
+"""`initcheck fix`: the findings' weight repairs applied to a copy, and the proof asserted on the numbers after."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+from conftest import SAMPLES
+from torch import nn
+
+import initcheck
+from initcheck.cli import main
+
+
+def _fixed(name: str, tmp_path, **options):
+    out = tmp_path / f"{name}_fixed.onnx"
+    return initcheck.fix(SAMPLES / f"{name}.onnx", output=out, **options), out
+
+
+def test_glorot_relu_mlp_gets_he_weights_and_its_signal_back(tmp_path):
+    result, out = _fixed("relu_mlp_glorot", tmp_path)
+    assert result.proof is not None and result.proof.passed
+    assert [p.finding.code for p in result.plan.acted][:1] == ["IC102"]
+    weighted = [r for r in result.after.layers if r.weight_std and r.target_std and not r.small_head]
+    assert len(weighted) >= 10
+    for row in weighted:  # every layer now at He's std sqrt(2/fan_in); the small output layer is left as chosen
+        assert row.weight_std == pytest.approx(row.target_std, rel=0.02)
+    before_last, after_last = (
+        next(r for r in reversed(rep.layers) if not r.small_head) for rep in (result.before, result.after)
+    )
+    assert (
+        before_last.symbolic.K < 1e-3 < 0.5 < after_last.symbolic.K
+    )  # the body's last layer: 4 decades lost, ~1 after
+    assert not [f for f in result.after.findings if f.code in ("IC102", "IC112") and f.severity != "info"]
+
+
+def test_missing_attention_scale_is_folded_into_q(tmp_path):
+    result, out = _fixed("attention_unscaled", tmp_path)
+    assert result.proof.passed
+    (scale,) = result.plan.acted[0].scales
+    assert scale.layer == "q" and scale.factor == pytest.approx(1 / math.sqrt(32))
+    q_before = next(r for r in result.before.layers if r.label == "q")
+    q_after = next(r for r in result.after.layers if r.label == "q")
+    assert q_after.weight_std == pytest.approx(q_before.weight_std / math.sqrt(32), rel=1e-4)
+    assert not [f for f in result.after.findings if f.code == "IC504"]
+
+
+def test_exploding_residual_branches_are_scaled(tmp_path):
+    result, out = _fixed("residual_mlp", tmp_path)
+    assert result.proof.passed
+    planned = next(p for p in result.plan.acted if p.finding.code == "IC502")
+    assert len(planned.scales) == 12 and all(s.tensor == f"blocks.{i}.2.weight" for i, s in enumerate(planned.scales))
+    growth = result.before.layers[-1].symbolic.K / result.after.layers[-1].symbolic.K
+    assert growth > 5  # the stream no longer grows x(1+g) per block
+
+
+def test_the_input_is_never_written_and_refusals_are_one_line(tmp_path, capsys):
+    source = SAMPLES / "relu_mlp_glorot.onnx"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    for args, message in [
+        (["-o", str(source)], "never writes its input"),
+        (["-o", str(tmp_path / "x.pt2")], "keeps the input's form"),
+        ([], "give -o FILE"),
+    ]:
+        assert main(["fix", str(source), "--no-probe", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    state = tmp_path / "weights.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), state)
+    assert main(["fix", str(state), "-o", str(tmp_path / "w2.pt"), "--no-probe"]) == 2
+    assert "fix writes ONNX and .pt2" in capsys.readouterr().err
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
+
+
+def test_dry_run_writes_nothing_and_prints_the_plan(tmp_path, capsys):
+    out = tmp_path / "never.onnx"
+    code = main(["fix", str(SAMPLES / "relu_mlp_glorot.onnx"), "-o", str(out), "--dry-run", "--no-probe"])
+    printed = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert "multiply 0.weight (layer '0') by 1.43" in printed
+    assert "torch.nn.init.normal_(model.get_parameter('0.weight'), std=0.144" in printed
+
+
+def test_only_skip_and_declared_findings_are_left_alone(tmp_path):
+    result, _ = _fixed("relu_mlp_glorot", tmp_path, skip={"IC102"}, dry_run=True)
+    left = {(p.finding.code, p.finding.severity): p.why for p in result.plan.left}
+    assert left["IC102", "error"] == "--skip" and [p.finding.code for p in result.plan.acted] == ["IC112"]
+    result, _ = _fixed("relu_mlp_glorot", tmp_path, only={"IC505"}, dry_run=True)
+    assert not result.plan.scales and [p.finding.code for p in result.plan.unfixable] == ["IC505"]
+    config = tmp_path / ".initcheck.yaml"
+    config.write_text(
+        "deviations:\n  - code: IC102\n    reason: a deliberately quiet stack\n  - code: IC112\n    reason: same\n"
+    )
+    result, _ = _fixed("relu_mlp_glorot", tmp_path, config=config, dry_run=True)
+    assert not result.plan.scales
+    assert any("declared in the configuration" in p.why for p in result.plan.left)
+
+
+def test_unfixable_findings_say_why(tmp_path):
+    result, _ = _fixed("residual_overcorrected", tmp_path, dry_run=True)
+    why = {p.finding.code: p.why for p in result.plan.unfixable}
+    assert "constant of the graph" in why["IC503"]
+
+
+def test_live_gpt2_without_its_residual_scaling_gets_it_back():
+    from zoo import gpt2
+
+    model, inputs = gpt2(layers=12, unscaled_residual=True)()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    result = initcheck.fix(model, inputs)
+    assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC516" and f.severity != "info"]
+    planned = next(p for p in result.plan.acted if p.finding.code == "IC516")
+    assert {s.tensor for s in planned.scales} == {
+        f"transformer.h.{i}.{part}.c_proj.weight" for i in range(12) for part in ("attn", "mlp")
+    }
+    factor = planned.scales[0].factor
+    repaired = result.model.state_dict()
+    name = "transformer.h.3.mlp.c_proj.weight"
+    assert torch.allclose(repaired[name], original[name] * factor)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # the user's model untouched
+    assert any("get_parameter('transformer.h.0.attn.c_proj.weight').data.mul_" in line for line in result.code)
+
+
+def test_pt2_is_written_as_pt2(tmp_path):
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(12):
+        linear = nn.Linear(128, 128)
+        nn.init.normal_(linear.weight, std=0.5 / math.sqrt(128))  # a quarter of He's variance: K shrinks 8x a layer
+        layers += [linear, nn.ReLU()]
+    model = nn.Sequential(*layers).eval()
+    source = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(4, 128),)), source)
+    out = tmp_path / "mlp_fixed.pt2"
+    assert main(["fix", str(source), "-o", str(out), "--no-probe"]) == 0
+    after = initcheck.analyze(out)
+    assert not [f for f in after.findings if f.code == "IC102" and f.severity != "info"]
+    for row in (r for r in after.layers if r.weight_std and r.target_std):
+        assert row.weight_std == pytest.approx(row.target_std, rel=0.03)
