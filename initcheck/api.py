@@ -319,8 +319,8 @@ def fix_with(
 ) -> FixResult:
     """Analyse, plan, write the repaired model (a module copy, or `output` in the input file's form), analyse it
     with the same options, and prove the fix."""
-    from initcheck.repair import FixResult, init_code, plan_fixes, prove
-    from initcheck.repair_write import check_output, rescaled_module, write_model
+    from initcheck.repair import FixResult, init_code, merged, plan_fixes, prove
+    from initcheck.repair_write import check_output
 
     module = _is_module(model)
     if not module and not dry_run:
@@ -329,14 +329,33 @@ def fix_with(
         check_output(Path(model), Path(output))
     before = analyze_with(model, options, example_inputs)
     plan = plan_fixes(before, only, skip)
-    result = FixResult(plan, before, code=init_code(plan))
-    if dry_run or not plan.scales:
+    result = FixResult(plan, before)
+    if dry_run or not plan.edits:
+        result.code = init_code(plan)
         return result
-    if module:
-        result.model = rescaled_module(model, plan.scales, inplace)
-        result.after = analyze_with(result.model, options, example_inputs)
-    else:
-        write_model(Path(model), Path(output), plan.scales, options.trust_pickle)
-        result.after = analyze_with(Path(output), options)
+    current = _repaired(model, output, plan.edits, options, inplace, first=True)
+    result.after = analyze_with(current, options, example_inputs)
+    if plan.deferred:  # the scale findings, planned again on the model as the resets left it
+        second = plan_fixes(result.after, only, skip, second=True)
+        if second.edits:
+            current = _repaired(current, output, second.edits, options, inplace=True, first=False)
+            result.after = analyze_with(current, options, example_inputs)
+        result.plan = plan = merged(plan, second)
+    result.model = current if _is_module(model) else None
+    result.code = init_code(plan)
     result.proof = prove(plan, before, result.after)
     return result
+
+
+def _repaired(model, output, edits, options: Options, inplace: bool, first: bool):
+    """The model with the edits: a module (a copy unless `inplace`), or the output file written (from the input
+    in the first round; over itself, through a temporary file, in the second)."""
+    from initcheck.repair_write import edited_module, rewrite, write_model
+
+    if _is_module(model):
+        return edited_module(model, edits, inplace)
+    if first:
+        write_model(Path(model), Path(output), edits, options.trust_pickle)
+    else:
+        rewrite(Path(output), edits, options.trust_pickle)
+    return Path(output)

@@ -34,20 +34,20 @@ def run_fix(args) -> int:
 
 def _print(result, args) -> None:
     plan = result.plan
-    target = "(dry run: nothing written)" if args.dry_run else f"-> {args.output}" if plan.scales else ""
+    target = "(dry run: nothing written)" if args.dry_run else f"-> {args.output}" if plan.edits else ""
     print(f"initcheck fix: {args.model} {target}".rstrip())
-    if not plan.scales:
+    if not plan.edits:
         print("\nnothing to rescale: no warning or error here has a weight repair")
     for planned in plan.acted:
         f = planned.finding
-        print(f"\n{f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
+        again = "then, planned on the model as the resets left it: " if planned.second else ""
+        print(f"\n{again}{f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
         if planned.why:
             print(f"  {planned.why}")
         for s in planned.scales:
-            std = f", std {s.std:.3g} -> {s.std * s.factor:.3g}" if s.std else ""
-            print(f"  multiply {s.tensor} (layer '{s.layer}') by {s.factor:.4g}{std}")
+            print(f"  {s.describe()}")
     if plan.unfixable:
-        print("\nnot fixable by rescaling weights:")
+        print("\nno change of the weights fixes these:")
         for planned in plan.unfixable:
             print(
                 f"  {planned.finding.code} {planned.finding.severity} at '{planned.finding.scope or planned.finding.node}': {planned.why}"
@@ -77,9 +77,12 @@ def _print_proof(proof) -> None:
     for f in proof.introduced:
         print(f"  NEW {f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
     if proof.rows:
-        print(f"\n  {'layer':40s} {'K before':>10s} {'K after':>10s} {'G before':>10s} {'G after':>10s}")
-        for label, k0, k1, g0, g1 in proof.rows:
-            print(f"  {label[:40]:40s} {k0:10.3g} {k1:10.3g} {_value(g0):>10s} {_value(g1):>10s}")
+        measured = any(row[5] is not None for row in proof.rows)
+        extra = f" {'K meas.':>10s} {'G meas.':>10s}" if measured else ""
+        print(f"\n  {'layer':40s} {'K before':>10s} {'K after':>10s} {'G before':>10s} {'G after':>10s}{extra}")
+        for label, k0, k1, g0, g1, km, gm in proof.rows:
+            tail = f" {_value(km):>10s} {_value(gm):>10s}" if measured else ""
+            print(f"  {label[:40]:40s} {k0:10.3g} {k1:10.3g} {_value(g0):>10s} {_value(g1):>10s}{tail}")
     verdict = "passed: every finding it acted on is gone, nothing new" if proof.passed else "FAILED"
     print(f"\nproof {verdict}")
 

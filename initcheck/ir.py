@@ -40,8 +40,10 @@ class Value:
         return int(np.prod([int(d) for d in self.shape if d is not None], dtype=np.int64))
 
 
-# ops whose weight one stored tensor holds (Node.attrs["weight_tensor"] names it where the frontend knows it)
+# ops whose weight one stored tensor holds (Node.attrs["weight_tensor"] and "bias_tensor" name them where the
+# frontend knows them; a normalisation's scale is "scale_tensor")
 WEIGHTED = ("linear", "conv", "conv_transpose", "embedding")
+NORMALIZATIONS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"})
 
 
 @dataclass(eq=False)

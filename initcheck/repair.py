@@ -12,32 +12,73 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from initcheck.report.model import Finding, Report, Scale, severity_rank
+from initcheck.report.model import Edit, Finding, Report, severity_rank
 
 ACTING = "warning"  # the least severity a fix acts on: information is left as it is
+
+# why no change of the stored weights fixes a finding of these codes: only a change to the model does
+NEEDS_A_MODEL_CHANGE = {
+    "IC301": "an op the analysis does not model: nothing to rescale from it",
+    "IC302": "an internal error of the analysis: please report it",
+    "IC401": "prediction and measurement disagree: a finding about the analysis, not the weights",
+    "IC402": "the probe's two runtimes disagree: a finding about the probe, not the weights",
+    "IC403": "the probe could not run: nothing to rescale from it",
+    "IC501": "the kernel does not tile the stride (a ConvTranspose checkerboard): use a kernel divisible by the "
+    "stride, or resize then convolve",
+    "IC505": "depth against width is the architecture's: a wider or shallower network, or normalisations",
+    "IC506": "a recurrent layer's decay is set by its gates' statistics, not one scale: a forget-gate (LSTM) or "
+    "update-gate (GRU) bias, or an orthogonal W_hh",
+    "IC507": "inherent to inverted dropout: keep a normalisation after dropout-heavy blocks",
+    "IC513": "inputs converge along the chain: a normalisation, or the chain's bias variance C_b",
+    "IC515": "the strided kernel does not tile its stride: a kernel divisible by the stride",
+    "IC516": "the stream needs a normalisation at its end (or its post-LN placement changed)",
+    "IC517": "the logits' sharpness follows each node's degree: scale them per node in the model",
+}
 
 
 @dataclass(frozen=True)
 class Planned:
     finding: Finding
-    scales: tuple[Scale, ...]  # what this finding's repair rescales (empty: unfixable or left alone)
+    scales: tuple[Edit, ...]  # what this finding's repair changes (empty: unfixable or left alone)
     why: str = ""  # unfixable, or why it was left alone
+    second: bool = False  # planned on the model as the resets left it (a second round)
 
 
 @dataclass
 class FixPlan:
-    acted: list[Planned] = field(default_factory=list)  # findings with weights to rescale
-    unfixable: list[Planned] = field(default_factory=list)  # findings no rescaling fixes
+    acted: list[Planned] = field(default_factory=list)  # findings with tensors to change
+    unfixable: list[Planned] = field(default_factory=list)  # findings no change of the weights fixes
     left: list[Planned] = field(default_factory=list)  # findings the plan leaves alone, with why
+    deferred: list[Planned] = field(default_factory=list)  # scale findings planned again after the resets
 
     @property
-    def scales(self) -> dict[str, float]:
-        """Stored tensor -> factor, over every acted finding."""
-        return {s.tensor: s.factor for p in self.acted for s in p.scales if s.tensor}
+    def edits(self) -> list[Edit]:
+        """Every edit of every acted finding, one per stored tensor."""
+        return [s for p in self.acted for s in p.scales if s.tensor]
 
 
-def plan_fixes(report: Report, only: set[str] | None = None, skip: set[str] | None = None) -> FixPlan:
+def plan_fixes(
+    report: Report, only: set[str] | None = None, skip: set[str] | None = None, second: bool = False
+) -> FixPlan:
+    """What to change. Resets (a zero scale set to 1, a broken weight drawn afresh, a bias zeroed, a mean removed)
+    go first: the scale findings downstream of a reset were measured on the broken model, so they wait for a
+    second round planned on the model as the resets leave it (`second`)."""
+    plan = _plan(report, only, skip, second)
+    if second or not any(e.how != "scale" for e in plan.edits):
+        return plan
+    waiting = [
+        p for p in plan.acted if p.finding.kind in ("forward", "backward") and all(e.how == "scale" for e in p.scales)
+    ]
+    plan.acted = [p for p in plan.acted if p not in waiting]
+    plan.deferred = [Planned(p.finding, (), "planned again once the resets above are applied") for p in waiting]
+    return plan
+
+
+def _plan(report: Report, only: set[str] | None, skip: set[str] | None, second: bool) -> FixPlan:
     plan, taken = FixPlan(), set[str | None]()
+    # deliberate choices no repair may undo: a small output layer (small logits at init) keeps its scale
+    weighted = [r for r in report.layers if r.weight_tensor]
+    protected = {weighted[-1].weight_tensor} if weighted and weighted[-1].small_head else set()
     for finding in report.findings:
         why = _left_alone(finding, only, skip)
         if why:
@@ -45,13 +86,29 @@ def plan_fixes(report: Report, only: set[str] | None = None, skip: set[str] | No
             continue
         repair = finding.repair
         if repair is None or not repair.scales:
-            plan.unfixable.append(Planned(finding, (), repair.unfixable if repair else "no automatic repair yet"))
+            why = repair.unfixable if repair else NEEDS_A_MODEL_CHANGE.get(finding.code, "no automatic repair yet")
+            plan.unfixable.append(Planned(finding, (), why))
             continue
-        fresh = tuple(s for s in repair.scales if s.tensor not in taken and not math.isclose(s.factor, 1.0))
+        kept = [s for s in repair.scales if not (s.how == "scale" and s.tensor in protected)]
+        fresh = tuple(s for s in kept if s.tensor not in taken and not _no_change(s))
         taken.update(s.tensor for s in fresh)
         # a finding whose weights an earlier finding rescales already is acted on by that fix: the proof checks it
-        plan.acted.append(Planned(finding, fresh, "" if fresh else "its weights are rescaled for a finding above"))
+        why = "" if fresh else "its weights are rescaled for a finding above"
+        if len(kept) < len(repair.scales):
+            why = (why + "; " if why else "") + "the small output layer is left as it is (small logits are deliberate)"
+        plan.acted.append(Planned(finding, fresh, why, second))
     return plan
+
+
+def merged(first: FixPlan, second: FixPlan) -> FixPlan:
+    """Both rounds as one plan: what the second round found beyond the first is acted on or reported too."""
+    seen = {(p.finding.code, p.finding.scope or p.finding.node) for p in first.acted + first.unfixable + first.left}
+    new = [p for p in second.unfixable if (p.finding.code, p.finding.scope or p.finding.node) not in seen]
+    return FixPlan(first.acted + second.acted, first.unfixable + new, first.left, first.deferred)
+
+
+def _no_change(edit: Edit) -> bool:
+    return edit.how == "scale" and math.isclose(edit.factor, 1.0)
 
 
 def _left_alone(finding: Finding, only: set[str] | None, skip: set[str] | None) -> str:
@@ -78,7 +135,8 @@ class Outcome:
 class Proof:
     outcomes: list[Outcome]  # the findings the fix acted on
     introduced: list[Finding]  # warnings or errors the repaired model has and the original had not
-    rows: list[tuple[str, float, float, float | None, float | None]]  # label, K before, after, G before, after
+    # label, K before, K after, G before, G after, and the probe's K and G after (None without the probe)
+    rows: list[tuple[str, float, float, float | None, float | None, float | None, float | None]]
     others: list[Outcome] = field(default_factory=list)  # the unfixable ones: gone as a consequence, or still there
 
     @property
@@ -94,12 +152,21 @@ def prove(plan: FixPlan, before: Report, after: Report) -> Proof:
 
     later = {key(f): f for f in after.findings if severity_rank(f.severity) >= severity_rank(ACTING)}
     earlier = {key(f) for f in before.findings}
-    outcomes = [Outcome(p.finding, later.get(key(p.finding))) for p in plan.acted]
+    acted = {key(p.finding): p.finding for p in plan.deferred + plan.acted if key(p.finding) in earlier}
+    outcomes = [Outcome(f, later.get(k)) for k, f in acted.items()]
     others = [Outcome(p.finding, later.get(key(p.finding))) for p in plan.unfixable]
     introduced = [f for k, f in later.items() if k not in earlier]
     changed = {s.layer for p in plan.acted for s in p.scales}
     rows = [
-        (a.label, a.symbolic.K, b.symbolic.K, a.symbolic.G, b.symbolic.G)
+        (
+            a.label,
+            a.symbolic.K,
+            b.symbolic.K,
+            a.symbolic.G,
+            b.symbolic.G,
+            b.measured.K if b.measured else None,
+            b.measured.G if b.measured else None,
+        )
         for a, b in zip(before.layers, after.layers)
         if a.label in changed
     ]
@@ -114,10 +181,16 @@ def init_code(plan: FixPlan) -> list[str]:
         for s in planned.scales:
             if s.tensor is None or "::" in s.tensor or s.tensor.startswith(("onnx", "val_")):
                 continue
-            if s.std is not None and planned.finding.kind in ("forward", "backward"):
-                lines.append(f"torch.nn.init.normal_(model.get_parameter({s.tensor!r}), std={s.std * s.factor:.4g})")
+            parameter = f"model.get_parameter({s.tensor!r})"
+            if s.how == "fill":
+                lines.append(f"torch.nn.init.constant_({parameter}, {s.value:g})")
+            elif s.how == "center":
+                lines.append(f"{parameter}.data.sub_({parameter}.data.mean())")
+            elif s.how == "normal" or (s.std is not None and planned.finding.kind in ("forward", "backward")):
+                std = s.value if s.how == "normal" else (s.std or 0.0) * s.factor
+                lines.append(f"torch.nn.init.normal_({parameter}, std={std:.4g})")
             else:
-                lines.append(f"model.get_parameter({s.tensor!r}).data.mul_({s.factor:.4g})")
+                lines.append(f"{parameter}.data.mul_({s.factor:.4g})")
     return lines
 
 

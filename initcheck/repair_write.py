@@ -5,10 +5,14 @@ written: an output that is the input, or a form this cannot write, is refused in
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from initcheck.errors import UsageError
+from initcheck.report.model import Edit
 
 WRITABLE = (".onnx", ".pt2")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # a model this large keeps its tensors in an external data file
@@ -27,15 +31,39 @@ def check_output(source: Path, output: Path) -> None:
         raise UsageError(f"-o {output}: that is the input; initcheck never writes its input, choose another path")
 
 
-def write_model(source: Path, output: Path, scales: dict[str, float], trust_pickle: bool = False) -> None:
+def write_model(source: Path, output: Path, edits: list[Edit], trust_pickle: bool = False) -> None:
     check_output(source, output)
+    _write(source, output, edits, trust_pickle)
+
+
+def rewrite(path: Path, edits: list[Edit], trust_pickle: bool = False) -> None:
+    """More edits on a repaired model fix wrote itself (a second round)."""
+    _write(path, path, edits, trust_pickle)
+
+
+def _write(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
     if source.suffix.lower() == ".onnx":
-        _write_onnx(source, output, scales)
+        _write_onnx(source, output, edits)
     else:
-        _write_pt2(source, output, scales, trust_pickle)
+        _write_pt2(source, output, edits, trust_pickle)
 
 
-def _write_onnx(source: Path, output: Path, scales: dict[str, float]) -> None:
+def edited(array: np.ndarray, edit: Edit) -> np.ndarray:
+    """The array after the edit, in its own dtype (a redraw is seeded by the tensor's name: the same file twice
+    gives the same repaired model)."""
+    if edit.how == "fill":
+        out = np.full_like(array, edit.value or 0.0)
+    elif edit.how == "center":
+        out = array - array.mean(dtype=np.float64)
+    elif edit.how == "normal":
+        seed = int.from_bytes(hashlib.sha256((edit.tensor or "").encode()).digest()[:8], "little")
+        out = np.random.default_rng(seed).normal(0.0, edit.value or 0.0, array.shape)
+    else:
+        out = array * edit.factor
+    return np.asarray(out).astype(array.dtype)
+
+
+def _write_onnx(source: Path, output: Path, edits: list[Edit]) -> None:
     import onnx
     from onnx import numpy_helper
 
@@ -43,12 +71,11 @@ def _write_onnx(source: Path, output: Path, scales: dict[str, float]) -> None:
 
     model = read_model(source, as_stored=True)
     initializers = {t.name: t for t in model.graph.initializer}
-    for name, factor in scales.items():
-        if name not in initializers:
-            raise UsageError(f"{source}: no initializer '{name}' to rescale")
-        tensor = initializers[name]
-        array = numpy_helper.to_array(tensor)
-        tensor.CopyFrom(numpy_helper.from_array((array * factor).astype(array.dtype), name))
+    for edit in edits:
+        if edit.tensor not in initializers:
+            raise UsageError(f"{source}: no initializer '{edit.tensor}' to change")
+        tensor = initializers[edit.tensor]
+        tensor.CopyFrom(numpy_helper.from_array(edited(numpy_helper.to_array(tensor), edit), tensor.name))
     temporary = output.with_name(f".{output.name}.tmp")
     if model.ByteSize() > _PROTOBUF_LIMIT:
         onnx.save(model, str(temporary), save_as_external_data=True, location=f"{output.name}.data")
@@ -57,28 +84,32 @@ def _write_onnx(source: Path, output: Path, scales: dict[str, float]) -> None:
     os.replace(temporary, output)
 
 
-def _write_pt2(source: Path, output: Path, scales: dict[str, float], trust_pickle: bool) -> None:
+def _write_pt2(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
     import torch
 
     from initcheck.frontends.torch_load import load_pt2
 
     program = load_pt2(source, trust_pickle)
-    with torch.no_grad():
-        for name, factor in scales.items():
-            if name not in program.state_dict:
-                raise UsageError(f"{source}: no parameter '{name}' to rescale")
-            program.state_dict[name].mul_(factor)
+    for edit in edits:
+        if edit.tensor not in program.state_dict:
+            raise UsageError(f"{source}: no parameter '{edit.tensor}' to change")
+        _edit_tensor(program.state_dict[edit.tensor], edit)
     temporary = output.with_name(f".{output.name}.tmp")
     torch.export.save(program, str(temporary))
     os.replace(temporary, output)
 
 
-def rescaled_module(module, scales: dict[str, float], inplace: bool = False):
-    """The module with its parameters rescaled: a deep copy unless `inplace`."""
+def _edit_tensor(tensor, edit: Edit) -> None:
     import torch
 
-    target = module if inplace else copy.deepcopy(module)
+    array = tensor.detach().cpu().float().numpy()
     with torch.no_grad():
-        for name, factor in scales.items():
-            target.get_parameter(name).mul_(factor)
+        tensor.copy_(torch.from_numpy(edited(array, edit)).to(tensor.dtype))
+
+
+def edited_module(module, edits: list[Edit], inplace: bool = False):
+    """The module with its parameters edited: a deep copy unless `inplace`."""
+    target = module if inplace else copy.deepcopy(module)
+    for edit in edits:
+        _edit_tensor(target.get_parameter(edit.tensor), edit)
     return target

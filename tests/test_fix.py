@@ -51,7 +51,9 @@ def test_exploding_residual_branches_are_scaled(tmp_path):
     result, out = _fixed("residual_mlp", tmp_path)
     assert result.proof.passed
     planned = next(p for p in result.plan.acted if p.finding.code == "IC502")
-    assert len(planned.scales) == 12 and all(s.tensor == f"blocks.{i}.2.weight" for i, s in enumerate(planned.scales))
+    # every branch end but the last, which is also the network's output layer (kept as it is: a small output)
+    assert [s.tensor for s in planned.scales] == [f"blocks.{i}.2.weight" for i in range(11)]
+    assert "small output layer is left as it is" in planned.why
     growth = result.before.layers[-1].symbolic.K / result.after.layers[-1].symbolic.K
     assert growth > 5  # the stream no longer grows x(1+g) per block
 
@@ -86,15 +88,16 @@ def test_dry_run_writes_nothing_and_prints_the_plan(tmp_path, capsys):
 def test_only_skip_and_declared_findings_are_left_alone(tmp_path):
     result, _ = _fixed("relu_mlp_glorot", tmp_path, skip={"IC102"}, dry_run=True)
     left = {(p.finding.code, p.finding.severity): p.why for p in result.plan.left}
-    assert left["IC102", "error"] == "--skip" and [p.finding.code for p in result.plan.acted] == ["IC112"]
+    assert left["IC102", "error"] == "--skip" and [p.finding.code for p in result.plan.acted] == ["IC112", "IC512"]
     result, _ = _fixed("relu_mlp_glorot", tmp_path, only={"IC505"}, dry_run=True)
-    assert not result.plan.scales and [p.finding.code for p in result.plan.unfixable] == ["IC505"]
+    assert not result.plan.edits and [p.finding.code for p in result.plan.unfixable] == ["IC505"]
     config = tmp_path / ".initcheck.yaml"
     config.write_text(
-        "deviations:\n  - code: IC102\n    reason: a deliberately quiet stack\n  - code: IC112\n    reason: same\n"
+        "deviations:\n"
+        + "".join(f"  - code: {code}\n    reason: a deliberately quiet stack\n" for code in ("IC102", "IC112", "IC512"))
     )
     result, _ = _fixed("relu_mlp_glorot", tmp_path, config=config, dry_run=True)
-    assert not result.plan.scales
+    assert not result.plan.edits
     assert any("declared in the configuration" in p.why for p in result.plan.left)
 
 
@@ -137,5 +140,81 @@ def test_pt2_is_written_as_pt2(tmp_path):
     assert main(["fix", str(source), "-o", str(out), "--no-probe"]) == 0
     after = initcheck.analyze(out)
     assert not [f for f in after.findings if f.code == "IC102" and f.severity != "info"]
-    for row in (r for r in after.layers if r.weight_std and r.target_std):
+    for row in (r for r in after.layers if r.weight_std and r.target_std and not r.small_head):
         assert row.weight_std == pytest.approx(row.target_std, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "name, codes",
+    [
+        ("relu_mlp_glorot", {"IC102", "IC112", "IC512"}),
+        ("tanh_mlp_glorot", {"IC102", "IC112", "IC512"}),
+        ("attention_unscaled", {"IC504"}),
+        ("residual_mlp", {"IC502"}),
+        ("inception_unscaled", {"IC508"}),
+        ("mean_weights", {"IC510"}),
+        ("post_ln_bias_heavy", {"IC511"}),
+    ],
+)
+def test_every_fixable_sample_is_fixed_and_proven(name, codes, tmp_path):
+    result, _ = _fixed(name, tmp_path)
+    assert {p.finding.code for p in result.plan.acted} == codes
+    assert result.proof.passed and {o.finding.code for o in result.proof.outcomes} == codes
+    assert all(o.after is None for o in result.proof.outcomes)
+
+
+@pytest.mark.parametrize(
+    "name, code, reason",
+    [
+        ("dcgan_generator", "IC501", "kernel divisible by the stride"),
+        ("strided_encoder_k3", "IC515", "kernel divisible by the stride"),
+        ("residual_overcorrected", "IC503", "constant of the graph"),
+        ("collapse_chain", "IC513", "a normalisation"),
+        ("concat_unbalanced", "IC509", "no weighted layer"),
+        ("lstm", "IC506", "forget-gate"),
+    ],
+)
+def test_unfixable_samples_say_what_only_a_model_change_does(name, code, reason, tmp_path):
+    result, _ = _fixed(name, tmp_path, dry_run=True)
+    assert any(p.finding.code == code and reason in p.why for p in result.plan.unfixable)
+
+
+def test_no_sample_finding_is_left_without_a_plan(tmp_path):
+    """Every warning or error of every bundled sample is either repaired or says why it cannot be."""
+    for path in sorted(SAMPLES.glob("*.onnx")):
+        result = initcheck.fix(path, dry_run=True)
+        for planned in result.plan.unfixable:
+            assert planned.why and planned.why != "no automatic repair yet", (path.name, planned.finding.code)
+
+
+def test_a_mean_is_removed_and_a_dominant_bias_zeroed(tmp_path):
+    result, out = _fixed("mean_weights", tmp_path)
+    layer = result.plan.acted[0].scales[0].layer
+    row = next(r for r in result.after.layers if r.label == layer)
+    weight = next(r for r in result.before.layers if r.label == layer)
+    assert row.weight_std < weight.weight_std  # the mean's share is gone from E[W^2]
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert abs(float(tensors[result.plan.acted[0].scales[0].tensor].mean())) < 1e-6
+    result, out = _fixed("post_ln_bias_heavy", tmp_path)
+    tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    biases = [s.tensor for s in result.plan.acted[0].scales]
+    assert biases and all(float(abs(tensors[b]).max()) == 0.0 for b in biases)
+
+
+def test_a_zero_norm_scale_is_reset_before_the_scales_are_planned():
+    """Zero gammas on the main path (IC102 -inf) are set to 1 first; the gradient findings measured on the
+    silenced model are planned again on the model as the reset leaves it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *[m for _ in range(6) for m in (nn.Linear(64, 64), nn.LayerNorm(64), nn.ReLU())], nn.Linear(64, 8)
+    ).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+    result = initcheck.fix(model, torch.randn(16, 64))
+    reset = next(p for p in result.plan.acted if p.finding.code == "IC102")
+    assert [(e.tensor, e.how, e.value) for e in reset.scales] == [("1.weight", "fill", 1.0)]
+    assert torch.equal(result.model[1].weight, torch.ones(64)) and torch.equal(model[1].weight, torch.zeros(64))
+    assert result.proof.passed

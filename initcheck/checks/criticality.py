@@ -7,6 +7,7 @@ import math
 
 from initcheck.analysis.criticality import CRITICAL, Susceptibility, through
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node
@@ -45,6 +46,7 @@ def weight_mean_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 f"{std:.3g}; this changes the backward pass alike (rows and columns share the offset)",
                 -w.w_mean,
                 details={"weight_mean": w.w_mean, "weight_std": std, "mean_amplification": amplification},
+                repair=repairs.rescale([repairs.centered(node)]),
             )
         )
     return findings
@@ -79,6 +81,7 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 + (", and fix the vanishing input signal that lets it dominate" if signal < 0.1 * out.K else ""),
                 scale,
                 details={"bias_sq": w.bias_sq, "K": out.K},
+                repair=repairs.rescale([repairs.filled(node, "bias_tensor", 0.0)]),
             )
         )
     return findings
@@ -158,6 +161,9 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
             "non-homogeneous activation re-check after the change, since K moves with C_W",
             scale,
             details={"chi_perp_mean": mean_chi, "layers": len(chain)},
+            repair=repairs.rescale([repairs.of_node(s.weighted, scale) for s in chain])
+            if family is not None
+            else repairs.unfixable("this activation has no critical point: only a normalisation helps"),
         )
     ]
 

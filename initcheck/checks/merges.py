@@ -7,11 +7,12 @@ import math
 
 from initcheck.analysis.layers import normalized_downstream
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.checks.residual import residual_blocks, stream_value
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
-from initcheck.passes import is_signal
+from initcheck.passes import is_signal, trace_back
 from initcheck.report.model import Finding, Measure
 
 _SUMS = ("add", "sum")
@@ -104,10 +105,24 @@ def branch_sum_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 "branch by the same factor^2, in training and eval mode alike",
                 scale,
                 details={"branches": len(terms), "merge_gain": merge_gain},
+                repair=_branch_ends(terms, [scale] * len(terms)),
                 measure=Measure("K_ratio", (stream_value(node).name, fork.name if fork is not None else "")),
             )
         )
     return findings
+
+
+def _branch_ends(values: list[Value], factors: list[float]):
+    """Each value's weighted producer scaled by its factor (those at 1 left alone)."""
+    edits = []
+    for value, factor in zip(values, factors):
+        if math.isclose(factor, 1.0):
+            continue
+        producer = trace_back(value).producer
+        if producer is None or producer.params.get("weight") is None:
+            return repairs.unfixable(f"'{value.name}' comes from no weighted layer that could carry the scale")
+        edits.append(repairs.of_node(producer, factor))
+    return repairs.rescale(edits)
 
 
 def _absorbed(node: Node) -> bool:
@@ -187,6 +202,9 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 fix + "; the same in training and eval mode",
                 keep_forward,
                 details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
+                repair=_branch_ends(parts, [math.sqrt(max(energies) / e) for e in energies])
+                if imbalance >= imbalance_limit
+                else None,
                 measure=Measure("K_ratio", (y.name, x.name)),
             )
         )

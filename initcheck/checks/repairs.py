@@ -1,4 +1,4 @@
-"""The repairs checks attach to their findings: which stored weights `initcheck fix` multiplies, and by what.
+"""The repairs checks attach to their findings: which stored tensors `initcheck fix` changes, and how.
 
 A check states its repair where it states its fix, from the same numbers; the fix command only applies them."""
 
@@ -7,32 +7,46 @@ from __future__ import annotations
 import math
 
 from initcheck.ir import Node
-from initcheck.report.model import LayerRow, Repair, Scale
+from initcheck.report.model import Edit, LayerRow, Repair
 
 
-def of_row(row: LayerRow, factor: float) -> Scale:
-    return Scale(row.label, row.weight_tensor, factor, row.weight_std)
+def of_row(row: LayerRow, factor: float) -> Edit:
+    return Edit(row.label, row.weight_tensor, factor, row.weight_std)
 
 
-def of_node(node: Node, factor: float) -> Scale:
+def of_node(node: Node, factor: float) -> Edit:
     weight = node.params.get("weight")
     std = math.sqrt(weight.w_sq) if weight is not None else None
-    return Scale(node.label, node.attrs.get("weight_tensor"), factor, std)
+    return Edit(node.label, node.attrs.get("weight_tensor"), factor, std)
 
 
-def rescale(scales: list[Scale]) -> Repair:
-    """Multiply these weights; unfixable where one of them has no stored tensor of its own, or where two layers
-    would scale one shared tensor by different factors."""
-    unnamed = [s.layer for s in scales if s.tensor is None]
+def redraw(node: Node, std: float) -> Edit:
+    """The weight drawn afresh from N(0, std^2)."""
+    return Edit(node.label, node.attrs.get("weight_tensor"), how="normal", value=std)
+
+
+def centered(node: Node) -> Edit:
+    return Edit(node.label, node.attrs.get("weight_tensor"), how="center")
+
+
+def filled(node: Node, tensor_attr: str, value: float) -> Edit:
+    """Every entry of the node's bias (`bias_tensor`) or normalisation scale (`scale_tensor`) set to `value`."""
+    return Edit(node.label, node.attrs.get(tensor_attr), how="fill", value=value)
+
+
+def rescale(edits: list[Edit]) -> Repair:
+    """These edits; unfixable where one of them has no stored tensor of its own, or where two layers would change
+    one shared tensor differently."""
+    unnamed = [e.layer for e in edits if e.tensor is None]
     if unnamed:
         return Repair(unfixable=f"the stored tensor of '{unnamed[0]}' is not known (a weight computed in the graph)")
-    factors: dict[str, set[float]] = {}
-    for s in scales:
-        factors.setdefault(s.tensor or "", set()).add(round(s.factor, 6))
-    shared = next((t for t, f in factors.items() if len(f) > 1), None)
+    ways: dict[str, set[tuple]] = {}
+    for e in edits:
+        ways.setdefault(e.tensor or "", set()).add((e.how, round(e.factor, 6), e.value))
+    shared = next((t for t, w in ways.items() if len(w) > 1), None)
     if shared:
-        return Repair(unfixable=f"layers that share the tensor '{shared}' would need different factors")
-    unique = {s.tensor: s for s in scales}  # one tensor written by several layers (tied): scaled once
+        return Repair(unfixable=f"layers that share the tensor '{shared}' would need different changes")
+    unique = {e.tensor: e for e in edits}  # one tensor written by several layers (tied): changed once
     return Repair(scales=tuple(unique.values()))
 
 

@@ -93,14 +93,15 @@ def _fix(
 
 def _alike(rows: list[LayerRow], worst: LayerRow) -> list[LayerRow]:
     """'Layers like it', initialised the same way: off their target std by the same factor as the worst one
-    (within 10%: a wrong gain), or drawn with the same std whatever their fan-in (within 2%: N(0, 1) everywhere)
-    and off by 20% or more the same way; deliberately small output layers and tied weights are left alone."""
+    (within 10%: a wrong gain), or drawn with the same std whatever their fan-in (within 10%, as a small layer's
+    sample std scatters: N(0, 1) everywhere) and off by 20% or more the same way; deliberately small output
+    layers and tied weights are left alone."""
     miss = _signed_miss(worst)
 
     def alike(r: LayerRow) -> bool:
         if abs(_signed_miss(r) - miss) < math.log(1.1):
             return True
-        same_draw = abs(math.log(r.weight_std / worst.weight_std)) < math.log(1.02)  # type: ignore[operator]
+        same_draw = abs(math.log(r.weight_std / worst.weight_std)) < math.log(1.1)  # type: ignore[operator]
         return same_draw and abs(_signed_miss(r)) >= math.log(1.2) and _signed_miss(r) * miss > 0
 
     return [r for r in rows if r.weight_std and r.target_std and not r.small_head and not r.tied_with and alike(r)]

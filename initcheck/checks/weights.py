@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from initcheck.analysis.layers import output_heads
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.ir import Graph, Node
 from initcheck.passes import WEIGHTLESS, is_signal
@@ -14,7 +15,18 @@ _MATRIX_OPS = {"linear", "conv", "conv_transpose", "embedding", "rnn", "lstm", "
 _MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
-def _tensor_findings(graph: Graph) -> list[Finding]:
+def _reinit(node: Node, index: int, targets: dict[str, float]):
+    """A broken weight drawn afresh at its layer's target std (g/sqrt(fan_in), from the table); a broken bias or
+    scale set to 0 or 1."""
+    weight = node.attrs.get("weight_tensor")
+    if index == (0 if node.op == "embedding" else 1) and weight in targets:
+        return repairs.rescale([repairs.redraw(node, targets[weight])])
+    if node.attrs.get("bias_tensor") and index == 2:
+        return repairs.rescale([repairs.filled(node, "bias_tensor", 0.0)])
+    return repairs.unfixable("no target std is known for this tensor: re-initialise it in the model's source")
+
+
+def _tensor_findings(graph: Graph, targets: dict[str, float]) -> list[Finding]:
     heads = output_heads(graph)
     findings = []
     for node in graph.nodes:
@@ -36,6 +48,7 @@ def _tensor_findings(graph: Graph) -> list[Finding]:
                         float(bad),
                         0.0,
                         "re-initialise this tensor",
+                        repair=_reinit(node, index, targets),
                     )
                 )
             elif (
@@ -91,6 +104,7 @@ def _tensor_findings(graph: Graph) -> list[Finding]:
                         None,
                         "use a random init with std g/sqrt(fan_in)"
                         + ("; ignore if this zero-init is deliberate" if zero else ""),
+                        repair=_reinit(node, index, targets),
                     )
                 )
     return findings
@@ -139,6 +153,7 @@ def zero_scale_findings(graph: Graph, at_branch_end: bool) -> list[Finding]:
                     None,
                     "initialise the scale to 1 (zero only the last "
                     "normalisation of residual branches, if that is what was meant)",
+                    repair=repairs.rescale([repairs.filled(node, "scale_tensor", 1.0)]),
                 )
             )
     return findings
@@ -161,4 +176,5 @@ def _ends_residual_branch(node: Node) -> bool:
 
 @check("weights", "IC201", "IC202")
 def _weights_check(ctx: CheckContext) -> list[Finding]:
-    return _tensor_findings(ctx.graph) + zero_scale_findings(ctx.graph, at_branch_end=True)
+    targets = {r.weight_tensor: r.target_std for r in ctx.rows if r.weight_tensor and r.target_std}
+    return _tensor_findings(ctx.graph, targets) + zero_scale_findings(ctx.graph, at_branch_end=True)

@@ -19,7 +19,7 @@ from initcheck.frontends.onnx_load import (
     topological_order,
 )
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
-from initcheck.ir import WEIGHTED, Graph, Node, Value
+from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
@@ -378,10 +378,21 @@ def _stored_tensors(graph, nodes) -> dict[str, str]:
     return stored
 
 
-def _weight_tensor(node, values: dict[str, Value], stored: dict[str, str]) -> str | None:
-    """The one stored tensor a weighted node's weight comes from, if exactly one."""
-    found = {stored[n] for n in node.input if n in stored and len(values[n].shape or ()) >= 2}
-    return found.pop() if len(found) == 1 else None
+def _fixable_tensors(node, op: str, values: dict[str, Value], stored: dict[str, str], bias: str | None) -> dict:
+    """The initializers a fix would change: a weighted node's weight (2-D and more) and bias (1-D, or the Add a
+    MatMul absorbed), a normalisation's scale (its second input in every ONNX norm); none where several fit."""
+    found: dict[str, str] = {}
+    if op in WEIGHTED:
+        ranks = [(stored[n], len(values[n].shape or ())) for n in node.input if n in stored]
+        weights = {name for name, rank in ranks if rank >= 2}
+        biases = {name for name, rank in ranks if rank == 1} | ({stored[bias]} if bias in stored else set())
+        if len(weights) == 1:
+            found["weight_tensor"] = weights.pop()
+        if len(biases) == 1:
+            found["bias_tensor"] = biases.pop()
+    elif op in NORMALIZATIONS and len(node.input) > 1 and node.input[1] in stored:
+        found["scale_tensor"] = stored[node.input[1]]
+    return found
 
 
 def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: set[str], stored: dict[str, str]) -> Node:
@@ -398,8 +409,7 @@ def _translate(node, ctx: OpContext, values: dict[str, Value], absorbed_adds: se
     if node.op_type in _SUBGRAPH_OPS:
         source += " (subgraph)"
     op, attrs, params = result if result else ("unsupported", {}, {})
-    if op in WEIGHTED and (weight := _weight_tensor(node, values, stored)):
-        attrs = {**attrs, "weight_tensor": weight}
+    attrs = {**attrs, **_fixable_tensors(node, op, values, stored, ctx.absorbed.get(node.output[0]))}
     outputs = list(node.output)
     if op == "linear" and ctx.absorbed.get(node.output[0]):
         outputs = [next(a for a, m in ctx.absorbed.items() if m == node.output[0] and a in absorbed_adds)]

@@ -13,7 +13,7 @@ import numpy as np
 
 from initcheck.errors import debugging
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
-from initcheck.ir import WEIGHTED, Graph, Node, Value
+from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
 from initcheck.stats import keeps_values, tensor_stats
 
@@ -268,10 +268,7 @@ class _Builder:
             outputs.append(self.value(out, shape))
             self.signal.add(out)
         self.signal.add(node.name)
-        if emit.op in WEIGHTED and "weight_tensor" not in emit.attrs:
-            stored = {self.stored[a.name] for a in _flat_nodes(node.args) if a.name in self.stored and _ndim(a) >= 2}
-            if len(stored) == 1:  # the one stored tensor a fix would rescale (not a recurrent layer's several)
-                emit.attrs["weight_tensor"] = stored.pop()
+        emit.attrs.update(self._fixable_tensors(node, emit.op))
         self.nodes.append(
             Node(
                 name=out_names[0],
@@ -284,6 +281,23 @@ class _Builder:
                 scope=scope_of(node),
             )
         )
+
+    def _fixable_tensors(self, node, op: str) -> dict[str, str]:
+        """The parameters a fix would change: a weighted layer's weight (2-D and more) and bias (1-D), a
+        normalisation's scale (its first 1-D parameter: weight before bias in every ATen norm); none where a node
+        reads several of one kind (a recurrent layer's matrices)."""
+        args = [(self.stored[a.name], _ndim(a)) for a in _flat_nodes(node.args) if a.name in self.stored]
+        found: dict[str, str] = {}
+        if op in WEIGHTED:
+            for attr, fits in (("weight_tensor", lambda d: d >= 2), ("bias_tensor", lambda d: d == 1)):
+                names = {name for name, ndim in args if fits(ndim)}
+                if len(names) == 1:
+                    found[attr] = names.pop()
+        elif op in NORMALIZATIONS:
+            scale = next((name for name, ndim in args if ndim == 1), None)
+            if scale is not None:
+                found["scale_tensor"] = scale
+        return found
 
     def _derived_shape(self, node, out: str):
         """Shapes of values a lowering creates: tuple elements, and attention internals."""

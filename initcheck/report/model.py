@@ -38,22 +38,35 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Scale:
-    """One weight `initcheck fix` multiplies: the layer (its table label), the stored tensor holding the weight,
-    the factor, and the weight's std now (so the init code can state the std to initialise with)."""
+class Edit:
+    """One stored tensor `initcheck fix` changes: the layer (its table label), the tensor, and how:
+    scale (multiply by `factor`), fill (set every entry to `value`), center (subtract the mean) or normal (draw
+    N(0, value^2) afresh, seeded by the tensor's name). `std` is the weight's std now, for the init code."""
 
     layer: str
     tensor: str | None
-    factor: float
+    factor: float = 1.0
     std: float | None = None
+    how: str = "scale"
+    value: float | None = None
+
+    def describe(self) -> str:
+        if self.how == "fill":
+            return f"set every entry of {self.tensor} (layer '{self.layer}') to {self.value:g}"
+        if self.how == "center":
+            return f"subtract the mean from {self.tensor} (layer '{self.layer}')"
+        if self.how == "normal":
+            return f"re-initialise {self.tensor} (layer '{self.layer}') with N(0, {self.value:.3g}^2)"
+        std = f", std {self.std:.3g} -> {self.std * self.factor:.3g}" if self.std else ""
+        return f"multiply {self.tensor} (layer '{self.layer}') by {self.factor:.4g}{std}"
 
 
 @dataclass(frozen=True)
 class Repair:
-    """What `initcheck fix` does about a finding: multiply each listed weight by its factor; `unfixable` says why
-    no rescaling of weights can fix it (then only a change to the model helps)."""
+    """What `initcheck fix` does about a finding: the edits of stored tensors; `unfixable` says why no edit of the
+    weights can fix it (then only a change to the model helps)."""
 
-    scales: tuple[Scale, ...] = ()
+    scales: tuple[Edit, ...] = ()
     unfixable: str = ""
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from initcheck.ir import Node, Value
+from initcheck.ir import NORMALIZATIONS, Node, Value  # noqa: F401  (NORMALIZATIONS: re-exported)
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments
-
-NORMALIZATIONS = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"}
 
 
 def normalizes(node: Node) -> bool:
