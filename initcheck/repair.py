@@ -114,8 +114,8 @@ def _no_change(edit: Edit) -> bool:
 def _left_alone(finding: Finding, only: set[str] | None, skip: set[str] | None) -> str:
     if finding.declared:
         return f"declared in the configuration: {finding.declared}"
-    if severity_rank(finding.severity) < severity_rank(ACTING):
-        return "information only"
+    if severity_rank(finding.severity) < severity_rank(ACTING) and (only is None or finding.code not in only):
+        return "information only (name it in --only to act on it)"
     if only is not None and finding.code not in only:
         return "not in --only"
     if skip is not None and finding.code in skip:
@@ -186,6 +186,13 @@ def init_code(plan: FixPlan) -> list[str]:
                 lines.append(f"torch.nn.init.constant_({parameter}, {s.value:g})")
             elif s.how == "center":
                 lines.append(f"{parameter}.data.sub_({parameter}.data.mean())")
+            elif s.how.startswith("icnr"):
+                phases = int(s.value or 1) ** 2
+                copies = f"k.repeat_interleave({phases}, 0)" if s.how == "icnr" else f"k.repeat({phases}, 1, 1, 1)"
+                lines.append(
+                    f"k = torch.randn({parameter}.shape[0] // {phases}, *{parameter}.shape[1:]) * {s.std or 0.0:.4g}; "
+                    f"{parameter}.data.copy_({copies})"
+                )
             elif s.how == "normal" or (s.std is not None and planned.finding.kind in ("forward", "backward")):
                 std = s.value if s.how == "normal" else (s.std or 0.0) * s.factor
                 lines.append(f"torch.nn.init.normal_({parameter}, std={std:.4g})")

@@ -56,11 +56,22 @@ def edited(array: np.ndarray, edit: Edit) -> np.ndarray:
     elif edit.how == "center":
         out = array - array.mean(dtype=np.float64)
     elif edit.how == "normal":
-        seed = int.from_bytes(hashlib.sha256((edit.tensor or "").encode()).digest()[:8], "little")
-        out = np.random.default_rng(seed).normal(0.0, edit.value or 0.0, array.shape)
+        out = _rng(edit).normal(0.0, edit.value or 0.0, array.shape)
+    elif edit.how in ("icnr", "icnr_dcr"):
+        phases = int(edit.value or 1) ** 2
+        kernel = _rng(edit).normal(0.0, float(array.std()), (array.shape[0] // phases, *array.shape[1:]))
+        if edit.how == "icnr":  # channel c r^2 + phase
+            out = np.repeat(kernel, phases, axis=0)
+        else:  # DepthToSpace DCR: channel phase C + c
+            out = np.tile(kernel, (phases,) + (1,) * (kernel.ndim - 1))
     else:
         out = array * edit.factor
     return np.asarray(out).astype(array.dtype)
+
+
+def _rng(edit: Edit) -> np.random.Generator:
+    seed = int.from_bytes(hashlib.sha256((edit.tensor or "").encode()).digest()[:8], "little")
+    return np.random.default_rng(seed)
 
 
 def _write_onnx(source: Path, output: Path, edits: list[Edit]) -> None:

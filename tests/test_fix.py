@@ -218,3 +218,29 @@ def test_a_zero_norm_scale_is_reset_before_the_scales_are_planned():
     assert [(e.tensor, e.how, e.value) for e in reset.scales] == [("1.weight", "fill", 1.0)]
     assert torch.equal(result.model[1].weight, torch.ones(64)) and torch.equal(model[1].weight, torch.zeros(64))
     assert result.proof.passed
+
+
+def test_sub_pixel_conv_gets_icnr_when_asked(tmp_path):
+    """IC514 is information (left alone by default); named in --only, the conv gets ICNR: every sub-pixel kernel of
+    an output channel equal, coherence 1, the same std."""
+    result, out = _fixed("subpixel_random", tmp_path)
+    assert not result.plan.edits and any("--only" in p.why for p in result.plan.left if p.finding.code == "IC514")
+    result, out = _fixed("subpixel_random", tmp_path, only={"IC514"})
+    assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC514"]
+    (edit,) = result.plan.edits
+    import onnx
+    from onnx import numpy_helper
+
+    weight = next(numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.name == edit.tensor)
+    phases = int(edit.value) ** 2
+    groups = weight.reshape(weight.shape[0] // phases, phases, -1)
+    assert all((g == g[0]).all() for g in groups)  # channel c r^2 + phase: one kernel per c
+    assert float(weight.std()) == pytest.approx(edit.std, rel=0.15)
+
+
+def test_a_fix_that_does_not_hold_says_failed_and_exits_1(tmp_path, capsys):
+    """The LSTM sample's head is rescaled by sqrt(3) (PyTorch's default init), but the signal was lost in the LSTM
+    itself, whose gates no weight scale fixes: the collapse shows up there, and the proof fails."""
+    code = main(["fix", str(SAMPLES / "lstm.onnx"), "-o", str(tmp_path / "lstm_fixed.onnx"), "--no-probe"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "proof FAILED" in printed and "NEW IC102" in printed

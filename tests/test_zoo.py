@@ -45,20 +45,9 @@ def test_broken_twins_are_flagged(model):
 _NOT_FIXED = {
     "gpt2_tied_embedding_normal_1": "shares its weight with the embedding",  # said, not attempted
 }
-_KNOWN_GAP = {  # strict xfail: the day it passes, this entry goes
-    "resnet50_all_gamma_zero": "the shortcut's zero BN gamma is read as a deliberate zero-init (IC202 info), so it "
-    "is not reset and the block stays silent",
-}
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(reason=_KNOWN_GAP[m.name], strict=True)) if m.name in _KNOWN_GAP else m
-        for m in TWINS
-    ],
-    ids=lambda m: m.name,
-)
+@pytest.mark.parametrize("model", TWINS, ids=lambda m: m.name)
 def test_broken_twins_are_fixed_and_proven(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -34,6 +34,20 @@ def filled(node: Node, tensor_attr: str, value: float) -> Edit:
     return Edit(node.label, node.attrs.get(tensor_attr), how="fill", value=value)
 
 
+def icnr(node: Node, block: int, channel_first: bool) -> Edit:
+    """ICNR: one kernel per output channel, copied to the block's r^2 sub-pixel positions (in the shuffle's channel
+    order: c r^2 + phase, or phase C + c for DepthToSpace DCR), drawn at the weight's own std."""
+    weight = node.params.get("weight")
+    std = math.sqrt(weight.w_sq) if weight is not None else None
+    return Edit(
+        node.label,
+        node.attrs.get("weight_tensor"),
+        std=std,
+        how="icnr" if channel_first else "icnr_dcr",
+        value=float(block),
+    )
+
+
 def rescale(edits: list[Edit]) -> Repair:
     """These edits; unfixable where one of them has no stored tensor of its own, or where two layers would change
     one shared tensor differently."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from initcheck.analysis.symbolic import SymbolicResult
+from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
 from initcheck.codes import limit
 from initcheck.ir import Graph, Node, Value
@@ -88,6 +89,7 @@ def subpixel_findings(graph: Graph) -> list[Finding]:
                 "(equivalent to conv + nearest up-sampling at init); forward gain and backward gain are unchanged",
                 1.0,
                 details={"block": r},
+                repair=repairs.rescale([repairs.icnr(node, r, info.get("channel_first", True))]),
             )
         )
     return findings

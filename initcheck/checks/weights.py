@@ -6,7 +6,7 @@ from __future__ import annotations
 from initcheck.analysis.layers import output_heads
 from initcheck.checks import repairs
 from initcheck.checks.registry import CheckContext, check
-from initcheck.ir import Graph, Node
+from initcheck.ir import Graph, Node, Value
 from initcheck.passes import WEIGHTLESS, is_signal
 from initcheck.report.model import Finding
 from initcheck.rules.common import NORMALIZATIONS
@@ -160,17 +160,44 @@ def zero_scale_findings(graph: Graph, at_branch_end: bool) -> list[Finding]:
 
 
 def _ends_residual_branch(node: Node) -> bool:
-    """The node's output reaches a sum of two signals through weightless single-consumer ops only."""
+    """The node's output reaches a sum of two signals through weightless single-consumer ops only, and another
+    input of that sum carries signal: zeroing this branch leaves the block as its other path. (When every input
+    of the sum is zeroed, as a ResNet's residual and its downsampling shortcut both at gamma 0, nothing passes.)"""
+    found = _residual_sum(node)
+    if found is None:
+        return False
+    add, mine = found
+    return any(is_signal(v) and v is not mine and not _zeroed(v) for v in add.inputs)
+
+
+def _residual_sum(node: Node) -> tuple[Node, Value] | None:
+    """(the sum the node's output reaches through passive single-consumer ops, the input it arrives as)."""
     value = node.outputs[0]
     for _ in range(8):
         if len(value.consumers) != 1:
-            return False
+            return None
         consumer = value.consumers[0]
         if consumer.op in ("add", "sum") and sum(is_signal(v) for v in consumer.inputs) >= 2:
-            return True
+            return consumer, value
         if consumer.op not in _PASSIVE:
-            return False
+            return None
         value = consumer.outputs[0]
+    return None
+
+
+def _zeroed(value: Value) -> bool:
+    """The value comes, through passive single-input ops, from a normalisation whose scale is 0."""
+    for _ in range(8):
+        producer = value.producer
+        if producer is None:
+            return False
+        scale = producer.params.get("scale")
+        if producer.op in NORMALIZATIONS and scale is not None:
+            return scale.mean_sq == 0
+        signals = [v for v in producer.inputs if is_signal(v)]
+        if producer.op not in _PASSIVE or len(signals) != 1:
+            return False
+        value = signals[0]
     return False
 
 

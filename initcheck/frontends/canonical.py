@@ -66,7 +66,7 @@ def conv(
     if shuffle_block is not None:
         coherence = subpixel_coherence(w, shuffle_block, channel_first=channel_first)
         if coherence is not None:
-            params["subpixel"] = {"block": shuffle_block, "coherence": coherence}
+            params["subpixel"] = {"block": shuffle_block, "coherence": coherence, "channel_first": channel_first}
     return "conv", attrs, params
 
 

@@ -40,8 +40,9 @@ class Finding:
 @dataclass(frozen=True)
 class Edit:
     """One stored tensor `initcheck fix` changes: the layer (its table label), the tensor, and how:
-    scale (multiply by `factor`), fill (set every entry to `value`), center (subtract the mean) or normal (draw
-    N(0, value^2) afresh, seeded by the tensor's name). `std` is the weight's std now, for the init code."""
+    scale (multiply by `factor`), fill (set every entry to `value`), center (subtract the mean), normal (draw
+    N(0, value^2) afresh) or icnr / icnr_dcr (one kernel per output channel copied to the `value` x `value`
+    sub-pixel positions); draws are seeded by the tensor's name. `std` is the weight's std now."""
 
     layer: str
     tensor: str | None
@@ -57,6 +58,8 @@ class Edit:
             return f"subtract the mean from {self.tensor} (layer '{self.layer}')"
         if self.how == "normal":
             return f"re-initialise {self.tensor} (layer '{self.layer}') with N(0, {self.value:.3g}^2)"
+        if self.how.startswith("icnr"):
+            return f"ICNR-initialise {self.tensor} (layer '{self.layer}'): one kernel per output channel for its {self.value:g}x{self.value:g} sub-pixels"
         std = f", std {self.std:.3g} -> {self.std * self.factor:.3g}" if self.std else ""
         return f"multiply {self.tensor} (layer '{self.layer}') by {self.factor:.4g}{std}"
 
