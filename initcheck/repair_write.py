@@ -14,16 +14,16 @@ import numpy as np
 from initcheck.errors import UsageError
 from initcheck.report.model import Edit
 
-WRITABLE = (".onnx", ".pt2")
+WRITABLE = (".onnx", ".pt2", ".safetensors", ".pt", ".pth", ".bin")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # a model this large keeps its tensors in an external data file
 
 
 def check_output(source: Path, output: Path) -> None:
     suffix = source.suffix.lower()
-    if suffix not in WRITABLE:
+    if suffix not in WRITABLE or source.name.endswith(".index.json"):
         raise UsageError(
-            f"{source}: fix writes ONNX and .pt2 files and live modules (initcheck.fix); for a checkpoint, apply the "
-            "printed init code in your model's source (--dry-run prints it)"
+            f"{source}: fix writes ONNX, .pt2, single-file checkpoints (.safetensors, .pt, .pth, .bin) and live "
+            "modules (initcheck.fix); for sharded checkpoints, apply the printed init code (--dry-run prints it)"
         )
     if output.suffix.lower() != suffix:
         raise UsageError(f"-o {output}: the repaired model keeps the input's form; give a {suffix} path")
@@ -42,10 +42,13 @@ def rewrite(path: Path, edits: list[Edit], trust_pickle: bool = False) -> None:
 
 
 def _write(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
-    if source.suffix.lower() == ".onnx":
+    suffix = source.suffix.lower()
+    if suffix == ".onnx":
         _write_onnx(source, output, edits)
-    else:
+    elif suffix == ".pt2":
         _write_pt2(source, output, edits, trust_pickle)
+    else:
+        _write_checkpoint(source, output, edits, trust_pickle)
 
 
 def edited(array: np.ndarray, edit: Edit) -> np.ndarray:
@@ -107,6 +110,32 @@ def _write_pt2(source: Path, output: Path, edits: list[Edit], trust_pickle: bool
         _edit_tensor(program.state_dict[edit.tensor], edit)
     temporary = output.with_name(f".{output.name}.tmp")
     torch.export.save(program, str(temporary))
+    os.replace(temporary, output)
+
+
+def _write_checkpoint(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
+    """A state dict (or a checkpoint holding one: optimizer state and the rest kept as they are), in its own
+    format: safetensors stays safetensors, torch.save stays torch.save. Names are the --arch model's; the file's
+    prefix (DDP's `module.`, ...) is kept."""
+    import torch
+
+    from initcheck.frontends import archives, torch_load
+
+    if torch_load.kind_of(source) == "torchscript":
+        raise UsageError(f"{source}: a TorchScript file; fix writes state dicts, .pt2 and ONNX")
+    checkpoint = torch_load.read_checkpoint(source, trust_pickle)
+    state = torch_load.find_state_dict(checkpoint, {e.tensor for e in edits if e.tensor})
+    for edit in edits:
+        if edit.tensor not in state:
+            raise UsageError(f"{source}: no tensor '{edit.tensor}' to change")
+        _edit_tensor(state[edit.tensor], edit)
+    temporary = output.with_name(f".{output.name}.tmp")
+    if archives.sniff(source) == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(temporary))
+    else:
+        torch.save(checkpoint, str(temporary))
     os.replace(temporary, output)
 
 

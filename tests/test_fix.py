@@ -69,10 +69,10 @@ def test_the_input_is_never_written_and_refusals_are_one_line(tmp_path, capsys):
         assert main(["fix", str(source), "--no-probe", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
-    state = tmp_path / "weights.pt"
-    torch.save(nn.Linear(2, 2).state_dict(), state)
-    assert main(["fix", str(state), "-o", str(tmp_path / "w2.pt"), "--no-probe"]) == 2
-    assert "fix writes ONNX and .pt2" in capsys.readouterr().err
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("{}")
+    assert main(["fix", str(index), "-o", str(tmp_path / "w2.safetensors.index.json"), "--no-probe"]) == 2
+    assert "for sharded checkpoints, apply the printed init code" in capsys.readouterr().err
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
 
 
@@ -244,3 +244,52 @@ def test_a_fix_that_does_not_hold_says_failed_and_exits_1(tmp_path, capsys):
     code = main(["fix", str(SAMPLES / "lstm.onnx"), "-o", str(tmp_path / "lstm_fixed.onnx"), "--no-probe"])
     printed = capsys.readouterr().out
     assert code == 1 and "proof FAILED" in printed and "NEW IC102" in printed
+
+
+_FACTORY = """import torch
+from torch import nn
+
+
+def make():
+    layers = []
+    for _ in range(12):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(64, 8))
+"""
+
+
+@pytest.mark.parametrize("form", ["safetensors", "torch.save"])
+def test_a_checkpoint_is_written_in_its_own_format(form, tmp_path, monkeypatch, capsys):
+    (tmp_path / "fixfactory.py").write_text(_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import importlib
+
+    model = importlib.import_module("fixfactory").make()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.5 / math.sqrt(64))  # a quarter of He's variance
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # as DDP saves it
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        source, out = tmp_path / "w.safetensors", tmp_path / "fixed.safetensors"
+        save_file(state, str(source))
+    else:
+        source, out = tmp_path / "w.pt", tmp_path / "fixed.pt"
+        torch.save({"model": state, "step": 7}, source)
+    code = main(
+        ["fix", str(source), "-o", str(out), "--arch", "fixfactory:make", "--input", "input=4x64", "--no-probe"]
+    )
+    assert code == 0, capsys.readouterr()
+    if form == "safetensors":
+        from safetensors.torch import load_file
+
+        fixed = load_file(str(out))
+    else:
+        saved = torch.load(out, weights_only=True)
+        assert saved["step"] == 7  # the rest of the checkpoint kept
+        fixed = saved["model"]
+    assert set(fixed) == set(state)  # the file's own names, prefix included
+    assert float(fixed["module.0.weight"].std()) == pytest.approx(math.sqrt(2 / 64), rel=0.05)
