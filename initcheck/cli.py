@@ -91,7 +91,7 @@ def _analyze(
         bool, typer.Option("--trust-pickle", help="allow unpickling a whole pickled model (runs code from the file)")
     ] = False,
     format: Annotated[
-        Literal["table", "json", "markdown", "sarif", "junit"] | None,
+        Literal["table", "json", "markdown", "sarif", "junit", "html"] | None,
         typer.Option(
             "--format",
             help="what to print on stdout (default: the table; one summary line per model with --output)",
@@ -103,11 +103,19 @@ def _analyze(
         typer.Option(
             "--output",
             metavar="FILE",
-            help="write a report to FILE, format from the suffix: .json .md .sarif .xml (JUnit) .txt; repeatable",
+            help="write a report to FILE, format from the suffix: .json .md .sarif .xml (JUnit) .html .txt; repeatable",
             show_default=False,
             rich_help_panel=OUTPUT,
         ),
     ] = [],  # noqa: B006
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="signal-propagation plot, .png or .svg (needs matplotlib: pip install 'initcheck[plot]')",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(

@@ -17,6 +17,11 @@ def run_analyze(args) -> int:
     from initcheck.report.outputs import format_for
 
     outputs = [(str(path), format_for(str(path))) for path in args.output]
+    if args.plot:
+        from initcheck.report.plot import check_plot
+
+        check_plot(args.plot)
+        check_writable(args.plot, "--plot")
     for path in [p for p, _ in outputs] + ([args.write_baseline] if args.write_baseline else []):
         check_writable(path, "--output" if path != args.write_baseline else "--write-baseline")
     entries = baseline.load(Path(args.baseline)) if args.baseline else None
@@ -129,6 +134,8 @@ def _write_outputs(results, outputs, args) -> None:
 
     for path, fmt in outputs:
         write_atomic(path, render(fmt, results, __version__))
+    if args.plot:
+        _write_plots(results, args.plot)
     fmt = args.format or ("summary" if outputs or args.quiet else "table")
     if fmt == "table":
         render_results(results, make_console(args.color))
@@ -191,3 +198,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _write_plots(results, path: str) -> None:
+    """One plot per analysed model: FILE itself for one model, FILE-<model stem> for several."""
+    from initcheck.report.plot import save
+
+    reports = [r for r in results if r.report is not None]
+    target = Path(path)
+    for result in reports:
+        name = (
+            target if len(reports) == 1 else target.with_name(f"{target.stem}-{Path(result.model).stem}{target.suffix}")
+        )
+        save(result.report, name)

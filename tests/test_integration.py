@@ -77,6 +77,21 @@ def test_action_passes_the_example_with_its_baseline_and_writes_sarif_and_summar
     assert {r["baselineState"] for r in sarif["runs"][0]["results"]} == {"unchanged"}
 
 
+def test_action_writes_the_html_report_and_a_plot_per_model_for_upload(example):
+    pytest.importorskip("matplotlib")
+    code, _, err = run_action_step(example, models="models/*.onnx", baseline="initcheck-baseline.json")
+    assert code == 0, err
+    gathered = sorted(p.name for p in (example / "initcheck-artifacts").iterdir())
+    assert gathered == [
+        "initcheck-plot-encoder.png",
+        "initcheck-plot-legacy_lstm.png",
+        "initcheck-plot-upsampler.png",
+        "initcheck-report.html",
+    ]
+    assert (example / "initcheck-artifacts" / "initcheck-report.html").read_text().count("<section") == 3
+    assert "in this run's artifacts" in (example / "gh_summary").read_text()
+
+
 def test_action_fails_without_the_baseline(example):
     code, output, _ = run_action_step(example, models="models/*.onnx")
     assert code == 1 and "exit-code=1" in output  # the legacy LSTM's warnings at fail_on = warning

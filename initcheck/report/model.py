@@ -243,6 +243,15 @@ class Report:
     def fails(self, fail_on: str) -> bool:
         return bool(self.failing(fail_on))
 
+    def plot(self, path=None):
+        """The signal-propagation figure (matplotlib's Figure), or, given a .png/.svg path, that file written."""
+        from initcheck.report import plot
+
+        if path is None:
+            return plot.figure(self)
+        plot.save(self, path)
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         data = {"schema_version": SCHEMA_VERSION, **asdict(self)}
         data["layers"] = [row.to_dict() for row in self.layers]

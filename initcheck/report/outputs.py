@@ -17,6 +17,7 @@ RENDERERS: dict[str, tuple[tuple[str, ...], str]] = {
     "markdown": ((".md", ".markdown"), "initcheck.report.markdown:render_markdown"),
     "sarif": ((".sarif", ".sarif.json"), "initcheck.report.sarif:render_sarif"),
     "junit": ((".xml",), "initcheck.report.junit:render_junit"),
+    "html": ((".html", ".htm"), "initcheck.report.html:render_html"),
 }
 FORMATS = tuple(RENDERERS)
 _SUFFIXES = {suffix: fmt for fmt, (suffixes, _) in RENDERERS.items() for suffix in suffixes}
@@ -28,7 +29,7 @@ def format_for(path: str) -> str:
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return _SUFFIXES[suffix]
-    raise UsageError(f"--output {path}: unknown suffix; use .json, .md, .sarif, .xml (JUnit) or .txt")
+    raise UsageError(f"--output {path}: unknown suffix; use .json, .md, .sarif, .xml (JUnit), .html or .txt")
 
 
 def render(fmt: str, results: list[ModelResult], version: str) -> str:
