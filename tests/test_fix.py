@@ -293,3 +293,32 @@ def test_a_checkpoint_is_written_in_its_own_format(form, tmp_path, monkeypatch, 
         fixed = saved["model"]
     assert set(fixed) == set(state)  # the file's own names, prefix included
     assert float(fixed["module.0.weight"].std()) == pytest.approx(math.sqrt(2 / 64), rel=0.05)
+
+
+class _Merge(nn.Module):
+    """Two He branches concatenated into a layer initialised for half its real fan-in: forward gain x2 (IC509)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.merge = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(128, 64)
+        for layer in (self.a, self.b):
+            nn.init.normal_(layer.weight, std=math.sqrt(2 / 64))
+        nn.init.normal_(self.merge.weight, std=math.sqrt(1 / 64))
+
+    def forward(self, x):
+        return self.merge(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=-1))
+
+
+def test_a_concat_fan_in_shift_is_rescaled_when_asked():
+    torch.manual_seed(0)
+    model = _Merge().eval()
+    result = initcheck.fix(model, torch.randn(32, 64), only={"IC509"})
+    (planned,) = result.plan.acted
+    (edit,) = planned.scales
+    gain = planned.finding.details["forward_gain"]
+    assert edit.tensor == "merge.weight" and edit.factor == pytest.approx(gain**-0.5)
+    assert result.proof.passed
+    # the forward gain is back to 1; the backward gain per input element moves the other way (the finding's own
+    # fix says so: one factor cannot keep both), so the information stays, with its new numbers
+    after = [f for f in result.after.findings if f.code == "IC509"]
+    assert all(f.details["forward_gain"] == pytest.approx(1.0, rel=0.05) for f in after)

@@ -38,6 +38,18 @@ def test_the_plot_has_its_axes_series_and_findings(report):
     assert len(codes) == sum(f.severity != "info" for f in report.findings)  # information is not annotated
 
 
+def test_upsampling_phases_are_heat_maps():
+    report = initcheck.analyze(SAMPLES / "dcgan_generator.onnx")
+    fig = report.plot()
+    images = [image for axis in fig.axes for image in axis.get_images()]
+    with_phases = [r for r in report.layers if r.phases]
+    assert len(with_phases) == 3 and [i.get_gid() for i in images] == [f"phases-{r.label}" for r in with_phases]
+    for image, row in zip(images, with_phases):
+        data = image.get_array()
+        assert data.shape == (2, 2) and data.max() / data.min() == pytest.approx(row.phase_ratio, rel=1e-6)
+    assert report.to_dict()["layers"][with_phases[0].index]["phases"] == with_phases[0].phases
+
+
 def test_svg_is_deterministic_and_keeps_its_text(report, tmp_path):
     first, second = tmp_path / "a.svg", tmp_path / "b.svg"
     report.plot(first)

@@ -262,12 +262,21 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
                 lead_in=first in before_heads or last in before_heads,  # the row reports its last node's value
                 tied_with=tables.get(first.attrs.get("weight_source")) if first.op != "embedding" else None,
                 weight_tensor=first.attrs.get("weight_tensor"),
+                phases=_phase_grid(fwd.phases, first.attrs.get("strides")),
                 phase_ratio=(max(fwd.phases) / min(fwd.phases) if min(fwd.phases) > 0 else math.inf)
                 if fwd.phases
                 else None,
             )
         )
     return rows
+
+
+def _phase_grid(phases, strides) -> list[list[float]] | None:
+    """Per-phase K as the stride grid (phase r = i s_w + j), for 2-D up-sampling."""
+    if not phases or not strides or len(strides) != 2 or strides[0] * strides[1] != len(phases):
+        return None
+    width = int(strides[1])
+    return [[float(p) for p in phases[i : i + width]] for i in range(0, len(phases), width)]
 
 
 def backward_references(graph: Graph, result: SymbolicResult, heads: set[Node] | None = None) -> dict[Value, float]:

@@ -204,7 +204,7 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
                 repair=_branch_ends(parts, [math.sqrt(max(energies) / e) for e in energies])
                 if imbalance >= imbalance_limit
-                else None,
+                else repairs.rescale([repairs.of_node(node, keep_forward)]),  # the fan-in shift: forward gain back to 1
                 measure=Measure("K_ratio", (y.name, x.name)),
             )
         )

@@ -112,6 +112,7 @@ class LayerRow:
     lead_in: bool = False  # a weightless op right before an output layer (dropout, a rescale): judged with the head
     tied_with: str | None = None  # the embedding whose table is this layer's weight (tied input/output embeddings)
     weight_tensor: str | None = None  # the stored tensor (state-dict key, ONNX initializer) holding the weight
+    phases: list[list[float]] | None = None  # up-sampling: predicted K per output phase, as the s_h x s_w grid
     flags: list[str] = field(default_factory=list)
     phase_ratio: float | None = None
     chi_perp: float | None = None  # C_W <phi'^2>_K of this layer's activation in a plain chain (docs/theory.md §4)
@@ -153,7 +154,8 @@ _ROW_KEYS = (
     "index node scope op source_op shape fan_in fan_out weight_std target_std activation mean second_moment coherent "
     "gain_log10 forward_log10 grad_second_moment backward_log10 spread exact grad_exact status normalized_downstream "
     "small_head lead_in tied_with flags phase_ratio chi_perp chi_par value measured_mean measured_K measured_G "
-    "agreement agrees dead_fraction saturation cosine measured_phase_ratio error_bar uninformative"
+    "agreement agrees dead_fraction saturation cosine measured_phase_ratio error_bar uninformative "
+    "weight_tensor phases"  # additive to schema 1.1
 ).split()
 
 

@@ -41,7 +41,12 @@ def figure(report: Report):
     plt = _pyplot()
     rows = report.layers
     x = list(range(len(rows)))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, min(0.12 * len(rows), 24.0)), 7.5), sharex=True)
+    maps = [r for r in rows if r.phases][:4]
+    width = max(8.0, min(0.12 * len(rows), 24.0))
+    fig = plt.figure(figsize=(width, 7.5 + (2.2 if maps else 0.0)), layout="constrained")
+    grid = fig.add_gridspec(3 if maps else 2, 1, height_ratios=[3, 3, 1.6] if maps else [1, 1])
+    top = fig.add_subplot(grid[0])
+    bottom = fig.add_subplot(grid[1], sharex=top)
     for axis, quantity, label in ((top, "K", "log10 K (forward second moment)"), (bottom, "G", "log10 G (gradient)")):
         predicted = [_log10(getattr(r.symbolic, quantity)) for r in rows]
         axis.plot(x, predicted, color="#37474f", linewidth=1.4, label="predicted", gid=f"predicted-{quantity}")
@@ -89,15 +94,34 @@ def figure(report: Report):
         axis.grid(True, axis="y", color="#eceff1")
         _mark_structure(axis, rows)
     _annotate_findings(top, report)
+    if maps:
+        _phase_maps(fig, grid[2], maps)
     top.legend(loc="best", fontsize=8)
     bottom.set_xlabel("layer (table order)")
     step = max(1, len(rows) // 24)
     bottom.set_xticks(x[::step])
     bottom.set_xticklabels([r.label[-28:] for r in rows[::step]], rotation=60, ha="right", fontsize=7)
-    counts = ", ".join(f"{report.count(s)} {s}" for s in ("error", "warning") if report.count(s)) or "no warnings"
-    top.set_title(f"{Path(report.model).name or 'model'}: {counts}", fontsize=11)
-    fig.tight_layout()
+    counts = ", ".join(
+        f"{report.count(s)} {s}{'s' if report.count(s) > 1 else ''}" for s in ("error", "warning") if report.count(s)
+    )
+    top.tick_params(labelbottom=False)
+    top.set_title(f"{Path(report.model).name or 'model'}: {counts or 'no warnings'}", fontsize=11)
     return fig
+
+
+def _phase_maps(fig, cell, maps) -> None:
+    """Up-sampling layers: K per output phase relative to its mean, as a small heat map each (the checkerboard made
+    visible; an even layer is one flat colour)."""
+    axes = cell.subgridspec(1, len(maps)).subplots(squeeze=False)[0]
+    for axis, row in zip(axes, maps):
+        grid = row.phases or []
+        mean = sum(sum(line) for line in grid) / max(sum(len(line) for line in grid), 1)
+        image = axis.imshow([[v / mean if mean else 0.0 for v in line] for line in grid], cmap="magma", vmin=0)
+        image.set_gid(f"phases-{row.label}")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_title(f"K per phase / mean: {row.label[-24:]}", fontsize=8)
+        fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
 
 
 def _mark_structure(axis, rows) -> None:
