@@ -26,9 +26,6 @@ NEEDS_A_MODEL_CHANGE = {
     "IC501": "the kernel does not tile the stride (a ConvTranspose checkerboard): use a kernel divisible by the "
     "stride, or resize then convolve",
     "IC505": "depth against width is the architecture's: a wider or shallower network, or normalisations",
-    "IC506": "a recurrent layer's decay is set by its gates' biases (forget-gate for LSTM, update-gate for GRU) "
-    "or, in a plain RNN, by its activation: even an orthogonal W_hh leaves a tanh RNN near chi 0.6 per step, so no "
-    "rescaling of the weights holds over a long sequence (a gated cell, a gate-bias init, or truncated backprop)",
     "IC507": "inherent to inverted dropout: keep a normalisation after dropout-heavy blocks",
     "IC513": "inputs converge along the chain: a normalisation, or the chain's bias variance C_b",
     "IC515": "the strided kernel does not tile its stride: a kernel divisible by the stride",

@@ -322,3 +322,36 @@ def test_a_concat_fan_in_shift_is_rescaled_when_asked():
     # fix says so: one factor cannot keep both), so the information stays, with its new numbers
     after = [f for f in result.after.findings if f.code == "IC509"]
     assert all(f.details["forward_gain"] == pytest.approx(1.0, rel=0.05) for f in after)
+
+
+class _ReluRNN(nn.Module):
+    """A ReLU RNN whose orthogonal W_hh has gain 2: the gradient grows x2 per step (chi = g^2 / 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(32, 64, batch_first=True, nonlinearity="relu")
+        self.head = nn.Linear(64, 8)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=2.0)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("route", ["module", "onnx"])
+def test_an_exploding_recurrence_gets_its_w_hh_scaled(route, tmp_path):
+    torch.manual_seed(0)
+    model, x = _ReluRNN().eval(), torch.randn(4, 48, 32)
+    if route == "module":
+        result = initcheck.fix(model, x)
+    else:
+        path = tmp_path / "rnn.onnx"
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], dynamo=False, opset_version=17)
+        result = initcheck.fix(path, output=tmp_path / "rnn_fixed.onnx")
+    planned = next(p for p in result.plan.acted if p.finding.code == "IC506")
+    (edit,) = planned.scales
+    chi = planned.finding.details["chi"]
+    assert chi == pytest.approx(2.0, rel=0.05) and edit.factor == pytest.approx(chi**-0.5)
+    assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC506"]
+    if route == "module":
+        assert edit.tensor == "rnn.weight_hh_l0"
+        assert torch.allclose(result.model.rnn.weight_hh_l0, model.rnn.weight_hh_l0 * edit.factor)

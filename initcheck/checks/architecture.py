@@ -170,6 +170,14 @@ def _memory(chi: float) -> float:
     return -1 / math.log(chi) if 0 < chi < 1 else math.inf
 
 
+# why a vanishing recurrence is no matter of one weight scale (docs/theory.md §10's measured chi)
+_VANISHING_RECURRENCE = (
+    "a vanishing recurrence is set by the gates' biases (forget-gate for LSTM, update-gate for GRU) or, in a plain "
+    "RNN, by its activation: even an orthogonal W_hh leaves a tanh RNN near chi 0.6 per step, so no rescaling of "
+    "the weights holds over a long sequence (a gated cell, a gate-bias init, or truncated backprop)"
+)
+
+
 def _recurrent_finding(node, state, total: float, steps: int, gates: list[dict], forget, threshold: float) -> Finding:
     vanishing = total < threshold
     chi, memory = state.chi, _memory(state.chi)
@@ -209,6 +217,9 @@ def _recurrent_finding(node, state, total: float, steps: int, gates: list[dict],
         threshold,
         fix + f"; or truncate backpropagation to ~{truncate} steps",
         chi,
+        repair=repairs.unfixable(_VANISHING_RECURRENCE)
+        if vanishing
+        else repairs.rescale(repairs.recurrent(node, 1 / math.sqrt(chi))),
         details={
             "chi": chi,
             "carry": state.carry,

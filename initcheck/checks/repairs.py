@@ -48,6 +48,11 @@ def icnr(node: Node, block: int, channel_first: bool) -> Edit:
     )
 
 
+def recurrent(node: Node, factor: float) -> list[Edit]:
+    """Each direction's W_hh (an ONNX R holds them all) multiplied by `factor`."""
+    return [Edit(node.label, t, factor) for t in node.attrs.get("hidden_tensors") or [None]]
+
+
 def rescale(edits: list[Edit]) -> Repair:
     """These edits; unfixable where one of them has no stored tensor of its own, or where two layers would change
     one shared tensor differently."""

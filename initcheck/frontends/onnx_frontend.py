@@ -381,7 +381,7 @@ def _stored_tensors(graph, nodes) -> dict[str, str]:
 def _fixable_tensors(node, op: str, values: dict[str, Value], stored: dict[str, str], bias: str | None) -> dict:
     """The initializers a fix would change: a weighted node's weight (2-D and more) and bias (1-D, or the Add a
     MatMul absorbed), a normalisation's scale (its second input in every ONNX norm); none where several fit."""
-    found: dict[str, str] = {}
+    found: dict[str, Any] = {}
     if op in WEIGHTED:
         ranks = [(stored[n], len(values[n].shape or ())) for n in node.input if n in stored]
         weights = {name for name, rank in ranks if rank >= 2}
@@ -392,6 +392,8 @@ def _fixable_tensors(node, op: str, values: dict[str, Value], stored: dict[str, 
             found["bias_tensor"] = biases.pop()
     elif op in NORMALIZATIONS and len(node.input) > 1 and node.input[1] in stored:
         found["scale_tensor"] = stored[node.input[1]]
+    elif op in ("rnn", "lstm", "gru") and len(node.input) > 2 and node.input[2] in stored:
+        found["hidden_tensors"] = [stored[node.input[2]]]  # R: every direction's W_hh along its first axis
     return found
 
 

@@ -233,7 +233,10 @@ class _Builder:
             {k: _to_numpy(t) for k, t in self._small_constants(node).items()},
             self.signal,
             self.training,
-            {"shape": lambda a: _shape(a) if hasattr(a, "meta") else None},
+            {
+                "shape": lambda a: _shape(a) if hasattr(a, "meta") else None,
+                "stored": lambda a: self.stored.get(getattr(a, "name", "")),  # the parameter an argument is
+            },
         )
         emits, failure = None, None
         if handler is not None:

@@ -342,10 +342,12 @@ def _recurrent(node, ctx):
     attrs = {"kind": kind, "steps": steps, "activation": "relu" if name == "rnn_relu" else "tanh"}
     count = len(node.meta.get("val", ())) or 2
     emits, source = [], node.args[0]
+    stored = ctx.extra.get("stored", lambda a: None)
     for layer in range(layers):
-        directions = []
+        directions, hidden_weights = [], []
         for direction in range(2 if bidirectional else 1):
             at = (layer * (2 if bidirectional else 1) + direction) * per_direction
+            hidden_weights.append(stored(flat[at + 1]))  # W_hh: what a fix of the recurrence re-initialises
             arrays = [ctx.array(a) for a in flat[at : at + per_direction]]
             if arrays[0] is None or arrays[1] is None:
                 return None
@@ -356,7 +358,10 @@ def _recurrent(node, ctx):
             directions.append([recurrent_gate_stats(w, r, bias, slice(g * hidden, (g + 1) * hidden)) for g in order])
         last = layer == layers - 1
         outputs = [f"{node.name}.{i}" for i in range(count)] if last else [f"{node.name}__layer{layer}"]
-        emits.append(Emit(kind, [source], {**attrs, "hidden_size": hidden}, {"directions": directions}, outputs))
+        extra = {"hidden_tensors": hidden_weights} if all(hidden_weights) else {}
+        emits.append(
+            Emit(kind, [source], {**attrs, "hidden_size": hidden, **extra}, {"directions": directions}, outputs)
+        )
         source = outputs[0]
     return emits
 
