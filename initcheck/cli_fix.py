@@ -37,27 +37,22 @@ def _print(result, args) -> None:
     target = "(dry run: nothing written)" if args.dry_run else f"-> {args.output}" if plan.edits else ""
     print(f"initcheck fix: {args.model} {target}".rstrip())
     if not plan.edits:
-        print("\nnothing to rescale: no warning or error here has a weight repair")
+        print("\nnothing to change: no warning or error here has a repair of its weights")
     for planned in plan.acted:
         f = planned.finding
         again = "then, planned on the model as the resets left it: " if planned.second else ""
-        print(f"\n{again}{f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
+        print(f"\n{again}{f.code} {f.severity} at {_where(f)}: {_short(f.message)}")
         if planned.why:
             print(f"  {planned.why}")
-        for s in planned.scales:
+        for s in planned.edits:
             print(f"  {s.describe()}")
-    if plan.unfixable:
-        print("\nno change of the weights fixes these:")
-        for planned in plan.unfixable:
-            print(
-                f"  {planned.finding.code} {planned.finding.severity} at '{planned.finding.scope or planned.finding.node}': {planned.why}"
-            )
-    if plan.left:
-        print("\nleft alone:")
-        for planned in plan.left:
-            print(
-                f"  {planned.finding.code} {planned.finding.severity} at '{planned.finding.scope or planned.finding.node}': {planned.why}"
-            )
+    for title, planned_list in (("no change of the weights fixes these", plan.unfixable), ("left alone", plan.left)):
+        if planned_list:
+            print(f"\n{title}:")
+            for planned in planned_list:
+                print(
+                    f"  {planned.finding.code} {planned.finding.severity} at {_where(planned.finding)}: {planned.why}"
+                )
     if result.code:
         print("\nthe same in your PyTorch source (model = your module):")
         for line in result.code:
@@ -70,12 +65,12 @@ def _print_proof(proof) -> None:
     print("\nproof (the repaired model analysed again):")
     for o in proof.outcomes:
         state = "fixed" if o.after is None else f"still there ({_value(o.after.value)})"
-        print(f"  {o.finding.code} at '{o.finding.scope or o.finding.node}': {_value(o.finding.value)} -> {state}")
+        print(f"  {o.finding.code} at {_where(o.finding)}: {_value(o.finding.value)} -> {state}")
     for o in proof.others:
         state = "gone with the fix" if o.after is None else "still there: needs a change to the model"
-        print(f"  {o.finding.code} at '{o.finding.scope or o.finding.node}' (not rescaled): {state}")
+        print(f"  {o.finding.code} at {_where(o.finding)} (not changed): {state}")
     for f in proof.introduced:
-        print(f"  NEW {f.code} {f.severity} at '{f.scope or f.node}': {_short(f.message)}")
+        print(f"  NEW {f.code} {f.severity} at {_where(f)}: {_short(f.message)}")
     if proof.rows:
         measured = any(row[5] is not None for row in proof.rows)
         extra = f" {'K meas.':>10s} {'G meas.':>10s}" if measured else ""
@@ -85,6 +80,10 @@ def _print_proof(proof) -> None:
             print(f"  {label[:40]:40s} {k0:10.3g} {k1:10.3g} {_value(g0):>10s} {_value(g1):>10s}{tail}")
     verdict = "passed: every finding it acted on is gone, nothing new" if proof.passed else "FAILED"
     print(f"\nproof {verdict}")
+
+
+def _where(finding) -> str:
+    return f"'{finding.scope or finding.node}'"
 
 
 def _short(message: str) -> str:

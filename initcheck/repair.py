@@ -2,9 +2,10 @@
 that they worked (the copy analysed again).
 
 The plan acts on findings of severity warning or error that the configuration neither declares nor ignores
-(`--only` / `--skip` narrow it further). Each finding's repair lists the stored weights to multiply; a tensor is
-rescaled once, by the first finding that asks (a later finding on the same tensor is left to the proof). A
-finding whose repair is `unfixable` is reported with the reason: only a change to the model helps there.
+(`--only` / `--skip` narrow it further; information acts only when named in `--only`). Each finding's repair lists
+the stored tensors to change; a tensor is changed once, by the first finding that asks (a later finding on the
+same tensor is left to the proof). A finding whose repair is `unfixable` is reported with the reason: only a
+change to the model helps there.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ NEEDS_A_MODEL_CHANGE = {
 @dataclass(frozen=True)
 class Planned:
     finding: Finding
-    scales: tuple[Edit, ...]  # what this finding's repair changes (empty: unfixable or left alone)
+    edits: tuple[Edit, ...]  # what this finding's repair changes (empty: unfixable or left alone)
     why: str = ""  # unfixable, or why it was left alone
     second: bool = False  # planned on the model as the resets left it (a second round)
 
@@ -52,7 +53,7 @@ class FixPlan:
     @property
     def edits(self) -> list[Edit]:
         """Every edit of every acted finding, one per stored tensor."""
-        return [s for p in self.acted for s in p.scales if s.tensor]
+        return [s for p in self.acted for s in p.edits if s.tensor]
 
 
 def plan_fixes(
@@ -65,7 +66,7 @@ def plan_fixes(
     if second or not any(e.how != "scale" for e in plan.edits):
         return plan
     waiting = [
-        p for p in plan.acted if p.finding.kind in ("forward", "backward") and all(e.how == "scale" for e in p.scales)
+        p for p in plan.acted if p.finding.kind in ("forward", "backward") and all(e.how == "scale" for e in p.edits)
     ]
     plan.acted = [p for p in plan.acted if p not in waiting]
     plan.deferred = [Planned(p.finding, (), "planned again once the resets above are applied") for p in waiting]
@@ -83,16 +84,16 @@ def _plan(report: Report, only: set[str] | None, skip: set[str] | None, second: 
             plan.left.append(Planned(finding, (), why))
             continue
         repair = finding.repair
-        if repair is None or not repair.scales:
+        if repair is None or not repair.edits:
             why = repair.unfixable if repair else NEEDS_A_MODEL_CHANGE.get(finding.code, "no automatic repair yet")
             plan.unfixable.append(Planned(finding, (), why))
             continue
-        kept = [s for s in repair.scales if not (s.how == "scale" and s.tensor in protected)]
+        kept = [s for s in repair.edits if not (s.how == "scale" and s.tensor in protected)]
         fresh = tuple(s for s in kept if s.tensor not in taken and not _no_change(s))
         taken.update(s.tensor for s in fresh)
         # a finding whose weights an earlier finding rescales already is acted on by that fix: the proof checks it
         why = "" if fresh else "its weights are rescaled for a finding above"
-        if len(kept) < len(repair.scales):
+        if len(kept) < len(repair.edits):
             why = (why + "; " if why else "") + "the small output layer is left as it is (small logits are deliberate)"
         plan.acted.append(Planned(finding, fresh, why, second))
     return plan
@@ -154,7 +155,7 @@ def prove(plan: FixPlan, before: Report, after: Report) -> Proof:
     outcomes = [Outcome(f, later.get(k)) for k, f in acted.items()]
     others = [Outcome(p.finding, later.get(key(p.finding))) for p in plan.unfixable]
     introduced = [f for k, f in later.items() if k not in earlier]
-    changed = {s.layer for p in plan.acted for s in p.scales}
+    changed = {s.layer for p in plan.acted for s in p.edits}
     rows = [
         (
             a.label,
@@ -176,7 +177,7 @@ def init_code(plan: FixPlan) -> list[str]:
     tensors an exporter named (`onnx::MatMul_19` is no parameter of the source module)."""
     lines = []
     for planned in plan.acted:
-        for s in planned.scales:
+        for s in planned.edits:
             if s.tensor is None or "::" in s.tensor or s.tensor.startswith(("onnx", "val_")):
                 continue
             parameter = f"model.get_parameter({s.tensor!r})"

@@ -39,7 +39,7 @@ def test_glorot_relu_mlp_gets_he_weights_and_its_signal_back(tmp_path):
 def test_missing_attention_scale_is_folded_into_q(tmp_path):
     result, out = _fixed("attention_unscaled", tmp_path)
     assert result.proof.passed
-    (scale,) = result.plan.acted[0].scales
+    (scale,) = result.plan.acted[0].edits
     assert scale.layer == "q" and scale.factor == pytest.approx(1 / math.sqrt(32))
     q_before = next(r for r in result.before.layers if r.label == "q")
     q_after = next(r for r in result.after.layers if r.label == "q")
@@ -52,7 +52,7 @@ def test_exploding_residual_branches_are_scaled(tmp_path):
     assert result.proof.passed
     planned = next(p for p in result.plan.acted if p.finding.code == "IC502")
     # every branch end but the last, which is also the network's output layer (kept as it is: a small output)
-    assert [s.tensor for s in planned.scales] == [f"blocks.{i}.2.weight" for i in range(11)]
+    assert [s.tensor for s in planned.edits] == [f"blocks.{i}.2.weight" for i in range(11)]
     assert "small output layer is left as it is" in planned.why
     growth = result.before.layers[-1].symbolic.K / result.after.layers[-1].symbolic.K
     assert growth > 5  # the stream no longer grows x(1+g) per block
@@ -115,10 +115,10 @@ def test_live_gpt2_without_its_residual_scaling_gets_it_back():
     result = initcheck.fix(model, inputs)
     assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC516" and f.severity != "info"]
     planned = next(p for p in result.plan.acted if p.finding.code == "IC516")
-    assert {s.tensor for s in planned.scales} == {
+    assert {s.tensor for s in planned.edits} == {
         f"transformer.h.{i}.{part}.c_proj.weight" for i in range(12) for part in ("attn", "mlp")
     }
-    factor = planned.scales[0].factor
+    factor = planned.edits[0].factor
     repaired = result.model.state_dict()
     name = "transformer.h.3.mlp.c_proj.weight"
     assert torch.allclose(repaired[name], original[name] * factor)
@@ -189,7 +189,7 @@ def test_no_sample_finding_is_left_without_a_plan(tmp_path):
 
 def test_a_mean_is_removed_and_a_dominant_bias_zeroed(tmp_path):
     result, out = _fixed("mean_weights", tmp_path)
-    layer = result.plan.acted[0].scales[0].layer
+    layer = result.plan.acted[0].edits[0].layer
     row = next(r for r in result.after.layers if r.label == layer)
     weight = next(r for r in result.before.layers if r.label == layer)
     assert row.weight_std < weight.weight_std  # the mean's share is gone from E[W^2]
@@ -197,10 +197,10 @@ def test_a_mean_is_removed_and_a_dominant_bias_zeroed(tmp_path):
     from onnx import numpy_helper
 
     tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
-    assert abs(float(tensors[result.plan.acted[0].scales[0].tensor].mean())) < 1e-6
+    assert abs(float(tensors[result.plan.acted[0].edits[0].tensor].mean())) < 1e-6
     result, out = _fixed("post_ln_bias_heavy", tmp_path)
     tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
-    biases = [s.tensor for s in result.plan.acted[0].scales]
+    biases = [s.tensor for s in result.plan.acted[0].edits]
     assert biases and all(float(abs(tensors[b]).max()) == 0.0 for b in biases)
 
 
@@ -215,7 +215,7 @@ def test_a_zero_norm_scale_is_reset_before_the_scales_are_planned():
         model[1].weight.zero_()
     result = initcheck.fix(model, torch.randn(16, 64))
     reset = next(p for p in result.plan.acted if p.finding.code == "IC102")
-    assert [(e.tensor, e.how, e.value) for e in reset.scales] == [("1.weight", "fill", 1.0)]
+    assert [(e.tensor, e.how, e.value) for e in reset.edits] == [("1.weight", "fill", 1.0)]
     assert torch.equal(result.model[1].weight, torch.ones(64)) and torch.equal(model[1].weight, torch.zeros(64))
     assert result.proof.passed
 
@@ -314,7 +314,7 @@ def test_a_concat_fan_in_shift_is_rescaled_when_asked():
     model = _Merge().eval()
     result = initcheck.fix(model, torch.randn(32, 64), only={"IC509"})
     (planned,) = result.plan.acted
-    (edit,) = planned.scales
+    (edit,) = planned.edits
     gain = planned.finding.details["forward_gain"]
     assert edit.tensor == "merge.weight" and edit.factor == pytest.approx(gain**-0.5)
     assert result.proof.passed
@@ -348,7 +348,7 @@ def test_an_exploding_recurrence_gets_its_w_hh_scaled(route, tmp_path):
         torch.onnx.export(model, (x,), str(path), input_names=["x"], dynamo=False, opset_version=17)
         result = initcheck.fix(path, output=tmp_path / "rnn_fixed.onnx")
     planned = next(p for p in result.plan.acted if p.finding.code == "IC506")
-    (edit,) = planned.scales
+    (edit,) = planned.edits
     chi = planned.finding.details["chi"]
     assert chi == pytest.approx(2.0, rel=0.05) and edit.factor == pytest.approx(chi**-0.5)
     assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC506"]

@@ -104,11 +104,11 @@ def group_repeats(findings: list[Finding]) -> list[Finding]:
 
 
 def merged_repair(members: list[Finding]):
-    """One finding for layers alike repairs them all: every member's scales, or the first reason none can."""
+    """One finding for layers alike repairs them all: every member's edits, or the first reason none can."""
     repairs = [m.repair for m in members if m.repair is not None]
     if not repairs:
         return None
-    unfixable = next((r for r in repairs if not r.scales), None)
+    unfixable = next((r for r in repairs if not r.edits), None)
     if unfixable is not None:
         return unfixable
-    return Repair(scales=tuple(s for r in repairs for s in r.scales))
+    return Repair(edits=tuple(s for r in repairs for s in r.edits))

@@ -66,7 +66,7 @@ def rescale(edits: list[Edit]) -> Repair:
     if shared:
         return Repair(unfixable=f"layers that share the tensor '{shared}' would need different changes")
     unique = {e.tensor: e for e in edits}  # one tensor written by several layers (tied): changed once
-    return Repair(scales=tuple(unique.values()))
+    return Repair(edits=tuple(unique.values()))
 
 
 def unfixable(why: str) -> Repair:

@@ -69,7 +69,7 @@ class Repair:
     """What `initcheck fix` does about a finding: the edits of stored tensors; `unfixable` says why no edit of the
     weights can fix it (then only a change to the model helps)."""
 
-    scales: tuple[Edit, ...] = ()
+    edits: tuple[Edit, ...] = ()
     unfixable: str = ""
 
 
