@@ -14,7 +14,7 @@ from initcheck.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, InitcheckError,
 def run_analyze(args) -> int:
     from initcheck import baseline
     from initcheck.report.model import ModelResult
-    from initcheck.report.outputs import format_for
+    from initcheck.report.outputs import check_writable, format_for
 
     outputs = [(str(path), format_for(str(path))) for path in args.output]
     if args.plot:
@@ -158,20 +158,6 @@ def _say_baseline_changes(results) -> None:
                 )
         for old in r.report.fixed:
             print(f"initcheck: {r.model}: fixed: {old.get('code')} at {old.get('layer')}", file=sys.stderr)
-
-
-def check_writable(path: str, flag: str) -> None:
-    """Before any analysis: a report must be writable where asked, or the run would be wasted."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise UsageError(f"{flag} {path}: is a folder")
-    if not folder.exists():
-        raise UsageError(f"{flag} {path}: folder '{folder}' does not exist")
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: '{folder}' is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"{flag} {path}: not writable")
 
 
 def write_atomic(path: str, text: str) -> None:

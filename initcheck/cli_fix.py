@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from initcheck.errors import EXIT_FINDINGS, EXIT_OK
+from initcheck.report.markdown import number
 
 
 def run_fix(args) -> int:
@@ -64,20 +65,21 @@ def _print(result, args) -> None:
 def _print_proof(proof) -> None:
     print("\nproof (the repaired model analysed again):")
     for o in proof.outcomes:
-        state = "fixed" if o.after is None else f"still there ({_value(o.after.value)})"
-        print(f"  {o.finding.code} at {_where(o.finding)}: {_value(o.finding.value)} -> {state}")
+        state = "fixed" if o.after is None else f"still there ({number(o.after.value)})"
+        print(f"  {o.finding.code} at {_where(o.finding)}: {number(o.finding.value)} -> {state}")
     for o in proof.others:
         state = "gone with the fix" if o.after is None else "still there: needs a change to the model"
         print(f"  {o.finding.code} at {_where(o.finding)} (not changed): {state}")
     for f in proof.introduced:
         print(f"  NEW {f.code} {f.severity} at {_where(f)}: {_short(f.message)}")
     if proof.rows:
-        measured = any(row[5] is not None for row in proof.rows)
+        measured = any(row.K_measured is not None for row in proof.rows)
         extra = f" {'K meas.':>10s} {'G meas.':>10s}" if measured else ""
         print(f"\n  {'layer':40s} {'K before':>10s} {'K after':>10s} {'G before':>10s} {'G after':>10s}{extra}")
-        for label, k0, k1, g0, g1, km, gm in proof.rows:
-            tail = f" {_value(km):>10s} {_value(gm):>10s}" if measured else ""
-            print(f"  {label[:40]:40s} {k0:10.3g} {k1:10.3g} {_value(g0):>10s} {_value(g1):>10s}{tail}")
+        for r in proof.rows:
+            tail = f" {number(r.K_measured):>10s} {number(r.G_measured):>10s}" if measured else ""
+            values = (r.K_before, r.K_after, r.G_before, r.G_after)
+            print(f"  {r.label[:40]:40s}" + "".join(f" {number(v):>10s}" for v in values) + tail)
     verdict = "passed: every finding it acted on is gone, nothing new" if proof.passed else "FAILED"
     print(f"\nproof {verdict}")
 
@@ -88,7 +90,3 @@ def _where(finding) -> str:
 
 def _short(message: str) -> str:
     return message if len(message) <= 160 else message[:157] + "..."
-
-
-def _value(value) -> str:
-    return "-" if value is None else f"{value:.3g}"

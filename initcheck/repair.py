@@ -130,12 +130,24 @@ class Outcome:
     after: Finding | None
 
 
+@dataclass(frozen=True)
+class ChangedLayer:
+    """A layer whose weights the fix changed: its K and G before and after, and the probe's after (if it ran)."""
+
+    label: str
+    K_before: float
+    K_after: float
+    G_before: float | None
+    G_after: float | None
+    K_measured: float | None
+    G_measured: float | None
+
+
 @dataclass
 class Proof:
     outcomes: list[Outcome]  # the findings the fix acted on
     introduced: list[Finding]  # warnings or errors the repaired model has and the original had not
-    # label, K before, K after, G before, G after, and the probe's K and G after (None without the probe)
-    rows: list[tuple[str, float, float, float | None, float | None, float | None, float | None]]
+    rows: list[ChangedLayer]
     others: list[Outcome] = field(default_factory=list)  # the unfixable ones: gone as a consequence, or still there
 
     @property
@@ -157,7 +169,7 @@ def prove(plan: FixPlan, before: Report, after: Report) -> Proof:
     introduced = [f for k, f in later.items() if k not in earlier]
     changed = {s.layer for p in plan.acted for s in p.edits}
     rows = [
-        (
+        ChangedLayer(
             a.label,
             a.symbolic.K,
             b.symbolic.K,

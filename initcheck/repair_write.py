@@ -4,6 +4,7 @@ written: an output that is the input, or a form this cannot write, is refused in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -13,6 +14,7 @@ import numpy as np
 
 from initcheck.errors import UsageError
 from initcheck.report.model import Edit
+from initcheck.report.outputs import check_writable
 
 WRITABLE = (".onnx", ".pt2", ".safetensors", ".pt", ".pth", ".bin")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # a model this large keeps its tensors in an external data file
@@ -29,6 +31,19 @@ def check_output(source: Path, output: Path) -> None:
         raise UsageError(f"-o {output}: the repaired model keeps the input's form; give a {suffix} path")
     if output.exists() and output.resolve() == source.resolve():
         raise UsageError(f"-o {output}: that is the input; initcheck never writes its input, choose another path")
+    check_writable(str(output), "-o")
+
+
+@contextlib.contextmanager
+def _replacing(output: Path):
+    """A temporary path beside `output`, renamed onto it when the writing succeeded and removed when it did not:
+    readers never see half a model, and a failed write leaves nothing behind."""
+    temporary = output.with_name(f".{output.name}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_model(source: Path, output: Path, edits: list[Edit], trust_pickle: bool = False) -> None:
@@ -90,12 +105,11 @@ def _write_onnx(source: Path, output: Path, edits: list[Edit]) -> None:
             raise UsageError(f"{source}: no initializer '{edit.tensor}' to change")
         tensor = initializers[edit.tensor]
         tensor.CopyFrom(numpy_helper.from_array(edited(numpy_helper.to_array(tensor), edit), tensor.name))
-    temporary = output.with_name(f".{output.name}.tmp")
-    if model.ByteSize() > _PROTOBUF_LIMIT:
-        onnx.save(model, str(temporary), save_as_external_data=True, location=f"{output.name}.data")
-    else:
-        onnx.save(model, str(temporary))
-    os.replace(temporary, output)
+    with _replacing(output) as temporary:
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            onnx.save(model, str(temporary), save_as_external_data=True, location=f"{output.name}.data")
+        else:
+            onnx.save(model, str(temporary))
 
 
 def _write_pt2(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
@@ -108,9 +122,8 @@ def _write_pt2(source: Path, output: Path, edits: list[Edit], trust_pickle: bool
         if edit.tensor not in program.state_dict:
             raise UsageError(f"{source}: no parameter '{edit.tensor}' to change")
         _edit_tensor(program.state_dict[edit.tensor], edit)
-    temporary = output.with_name(f".{output.name}.tmp")
-    torch.export.save(program, str(temporary))
-    os.replace(temporary, output)
+    with _replacing(output) as temporary:
+        torch.export.save(program, str(temporary))
 
 
 def _write_checkpoint(source: Path, output: Path, edits: list[Edit], trust_pickle: bool) -> None:
@@ -129,14 +142,13 @@ def _write_checkpoint(source: Path, output: Path, edits: list[Edit], trust_pickl
         if edit.tensor not in state:
             raise UsageError(f"{source}: no tensor '{edit.tensor}' to change")
         _edit_tensor(state[edit.tensor], edit)
-    temporary = output.with_name(f".{output.name}.tmp")
-    if archives.sniff(source) == "safetensors":
-        from safetensors.torch import save_file
+    with _replacing(output) as temporary:
+        if archives.sniff(source) == "safetensors":
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(temporary))
-    else:
-        torch.save(checkpoint, str(temporary))
-    os.replace(temporary, output)
+            save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(temporary))
+        else:
+            torch.save(checkpoint, str(temporary))
 
 
 def _edit_tensor(tensor, edit: Edit) -> None:

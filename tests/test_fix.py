@@ -355,3 +355,35 @@ def test_an_exploding_recurrence_gets_its_w_hh_scaled(route, tmp_path):
     if route == "module":
         assert edit.tensor == "rnn.weight_hh_l0"
         assert torch.allclose(result.model.rnn.weight_hh_l0, model.rnn.weight_hh_l0 * edit.factor)
+
+
+def test_a_constant_weight_is_drawn_afresh_at_its_target_std(tmp_path):
+    """IC202: every entry of one layer's weight equal. The fix redraws it (seeded by its name) at the layer's
+    g/sqrt(fan_in); the file's other tensors are untouched."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnx_graphs import he_weights, relu_mlp
+
+    width = 64
+    weights = he_weights(4, width)
+    weights[1] = np.full((width, width), 0.05, np.float32)
+    source, out = tmp_path / "constant.onnx", tmp_path / "fixed.onnx"
+    onnx.save(relu_mlp(weights), source)
+    result = initcheck.fix(source, output=out)
+    planned = next(p for p in result.plan.acted if p.finding.code == "IC202")
+    (edit,) = planned.edits
+    assert (edit.tensor, edit.how) == ("w1", "normal") and edit.value == pytest.approx(math.sqrt(2 / width))
+    tensors = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert float(tensors["w1"].std()) == pytest.approx(math.sqrt(2 / width), rel=0.05)
+    assert np.array_equal(tensors["w0"], weights[0])
+    assert result.proof.passed and not [f for f in result.after.findings if f.code == "IC202"]
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_nothing_is_left(tmp_path, capsys):
+    source = SAMPLES / "relu_mlp_glorot.onnx"
+    code = main(["fix", str(source), "-o", str(tmp_path / "missing" / "fixed.onnx"), "--no-probe"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "folder" in err and "does not exist" in err and len(err.splitlines()) == 1
+    assert main(["fix", str(source), "-o", str(tmp_path / "fixed.onnx"), "--no-probe"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx"]  # no temporary file left beside it

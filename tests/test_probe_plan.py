@@ -3,13 +3,10 @@ device's memory, and said in the report."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx_graphs import he_weights, relu_mlp
 from torch import nn
 
 import initcheck
@@ -174,21 +171,7 @@ def test_the_plan_lowers_the_samples_per_run_where_the_batch_is_free():
 
 
 def _free_batch_mlp(path, width: int = 32):
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(0, math.sqrt(2 / width), (width, width)).astype(np.float32)
-    w2 = rng.normal(0, math.sqrt(1 / width), (width, width)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
-        ],
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(relu_mlp(he_weights(2, width), batch="N"), path)
 
 
 def test_onnx_probe_runs_fewer_samples_per_run_and_keeps_the_count(tmp_path, monkeypatch):
@@ -196,7 +179,10 @@ def test_onnx_probe_runs_fewer_samples_per_run_and_keeps_the_count(tmp_path, mon
     _free_batch_mlp(path)
     whole = initcheck.analyze(path, probe=ProbeOptions(batch=16, seeds=2))
     activations = sum(plan_module.activation_bytes(_loaded(path)))
-    weights = 2 * path.stat().st_size
+    from initcheck.frontends import Executable
+    from initcheck.probes.onnx_probe import onnx_facts
+
+    weights = 2 * onnx_facts(Executable(onnx_path=path), _loaded(path))[0]  # onnxruntime's and the torch form's
     monkeypatch.setattr(plan_module, "budget_bytes", lambda device: weights + activations * 4)
     lowered = initcheck.analyze(path, probe=ProbeOptions(batch=16, seeds=2))
     assert lowered.probe["samples"] == whole.probe["samples"] == 32

@@ -107,30 +107,9 @@ def _onnx_mlp(folder, external: bool, width: int = 256, depth: int = 4):
     """A ReLU MLP as ONNX, its weights inline or all in one external data file."""
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx_graphs import he_weights, relu_mlp
 
-    rng = np.random.default_rng(0)
-    nodes, weights, x = [], [], "x"
-    for i in range(depth):
-        w = rng.normal(0, (2 / width) ** 0.5, (width, width)).astype(np.float32)
-        weights += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.full(width, 0.1, np.float32), f"b{i}"),
-        ]
-        nodes += [
-            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
-            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
-            helper.make_node("Relu", [f"a{i}"], [f"h{i}"]),
-        ]
-        x = f"h{i}"
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, width])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [8, width])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = relu_mlp(he_weights(depth, width), [np.full(width, 0.1, np.float32)] * depth)
     path = folder / ("external.onnx" if external else "inline.onnx")
     if external:
         onnx.save(model, path, save_as_external_data=True, location="external.data", size_threshold=0)

@@ -90,8 +90,8 @@ def _logit_repair(scale, factor: float):
             f"q and k come from one packed projection '{q.label}' (with v): scale its q and k columns, or the logits"
         )
     if scale.missing:
-        return repairs.rescale([repairs.of_node(q, factor)])
-    return repairs.rescale([repairs.of_node(q, math.sqrt(factor)), repairs.of_node(k, math.sqrt(factor))])
+        return repairs.change([repairs.of_node(q, factor)])
+    return repairs.change([repairs.of_node(q, math.sqrt(factor)), repairs.of_node(k, math.sqrt(factor))])
 
 
 _WEIGHTED = {"linear", "conv", "conv_transpose", "matmul"}
@@ -219,7 +219,7 @@ def _recurrent_finding(node, state, total: float, steps: int, gates: list[dict],
         chi,
         repair=repairs.unfixable(_VANISHING_RECURRENCE)
         if vanishing
-        else repairs.rescale(repairs.recurrent(node, 1 / math.sqrt(chi))),
+        else repairs.change(repairs.recurrent(node, 1 / math.sqrt(chi))),
         details={
             "chi": chi,
             "carry": state.carry,

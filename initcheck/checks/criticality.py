@@ -46,7 +46,7 @@ def weight_mean_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 f"{std:.3g}; this changes the backward pass alike (rows and columns share the offset)",
                 -w.w_mean,
                 details={"weight_mean": w.w_mean, "weight_std": std, "mean_amplification": amplification},
-                repair=repairs.rescale([repairs.centered(node)]),
+                repair=repairs.change([repairs.centered(node)]),
             )
         )
     return findings
@@ -81,7 +81,7 @@ def bias_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 + (", and fix the vanishing input signal that lets it dominate" if signal < 0.1 * out.K else ""),
                 scale,
                 details={"bias_sq": w.bias_sq, "K": out.K},
-                repair=repairs.rescale([repairs.filled(node, "bias_tensor", 0.0)]),
+                repair=repairs.change([repairs.filled(node, "bias_tensor", 0.0)]),
             )
         )
     return findings
@@ -161,7 +161,7 @@ def _off_critical(chain: list[Susceptibility]) -> list[Finding]:
             "non-homogeneous activation re-check after the change, since K moves with C_W",
             scale,
             details={"chi_perp_mean": mean_chi, "layers": len(chain)},
-            repair=repairs.rescale([repairs.of_node(s.weighted, scale) for s in chain])
+            repair=repairs.change([repairs.of_node(s.weighted, scale) for s in chain])
             if family is not None
             else repairs.unfixable("this activation has no critical point: only a normalisation helps"),
         )

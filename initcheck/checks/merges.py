@@ -122,7 +122,7 @@ def _branch_ends(values: list[Value], factors: list[float]):
         if producer is None or producer.params.get("weight") is None:
             return repairs.unfixable(f"'{value.name}' comes from no weighted layer that could carry the scale")
         edits.append(repairs.of_node(producer, factor))
-    return repairs.rescale(edits)
+    return repairs.change(edits)
 
 
 def _absorbed(node: Node) -> bool:
@@ -204,7 +204,7 @@ def concat_findings(graph: Graph, result: SymbolicResult) -> list[Finding]:
                 details={"forward_gain": forward, "backward_gain": backward or math.nan, "part_imbalance": imbalance},
                 repair=_branch_ends(parts, [math.sqrt(max(energies) / e) for e in energies])
                 if imbalance >= imbalance_limit
-                else repairs.rescale([repairs.of_node(node, keep_forward)]),  # the fan-in shift: forward gain back to 1
+                else repairs.change([repairs.of_node(node, keep_forward)]),  # the fan-in shift: forward gain back to 1
                 measure=Measure("K_ratio", (y.name, x.name)),
             )
         )

@@ -53,7 +53,7 @@ def recurrent(node: Node, factor: float) -> list[Edit]:
     return [Edit(node.label, t, factor) for t in node.attrs.get("hidden_tensors") or [None]]
 
 
-def rescale(edits: list[Edit]) -> Repair:
+def change(edits: list[Edit]) -> Repair:
     """These edits; unfixable where one of them has no stored tensor of its own, or where two layers would change
     one shared tensor differently."""
     unnamed = [e.layer for e in edits if e.tensor is None]

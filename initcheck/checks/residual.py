@@ -257,7 +257,7 @@ def _branch_repair(branches: list[Value], factor: float):
     ends = [_branch_end(f) for f in branches]
     if any(e is None for e in ends):
         return repairs.unfixable("a branch ends in no weighted layer that could carry the scale")
-    return repairs.rescale([repairs.of_node(e, factor) for e in ends if e is not None])
+    return repairs.change([repairs.of_node(e, factor) for e in ends if e is not None])
 
 
 def _post_ln(blocks, start: Value, end: Value, gradient: float) -> Finding:

@@ -89,7 +89,7 @@ def subpixel_findings(graph: Graph) -> list[Finding]:
                 "(equivalent to conv + nearest up-sampling at init); forward gain and backward gain are unchanged",
                 1.0,
                 details={"block": r},
-                repair=repairs.rescale([repairs.icnr(node, r, info.get("channel_first", True))]),
+                repair=repairs.change([repairs.icnr(node, r, info.get("channel_first", True))]),
             )
         )
     return findings

@@ -87,7 +87,7 @@ def _fix(
     return (
         text,
         factor,
-        repairs.rescale([repairs.of_row(r, math.exp(-_signed_miss(r))) for r in _alike(every or rows, worst)]),
+        repairs.change([repairs.of_row(r, math.exp(-_signed_miss(r))) for r in _alike(every or rows, worst)]),
     )
 
 

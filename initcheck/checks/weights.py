@@ -15,14 +15,14 @@ _MATRIX_OPS = {"linear", "conv", "conv_transpose", "embedding", "rnn", "lstm", "
 _MASK_OPS = {"where", "add", "sub", "min", "max"}
 
 
-def _reinit(node: Node, index: int, targets: dict[str, float]):
-    """A broken weight drawn afresh at its layer's target std (g/sqrt(fan_in), from the table); a broken bias or
-    scale set to 0 or 1."""
+def _reinit(node: Node, value: Value, targets: dict[str, float]):
+    """A broken weight drawn afresh at its layer's target std (g/sqrt(fan_in), from the table); a broken bias set
+    to 0. Which it is, the frontend's names say (the stored tensor the value is), not its position."""
     weight = node.attrs.get("weight_tensor")
-    if index == (0 if node.op == "embedding" else 1) and weight in targets:
-        return repairs.rescale([repairs.redraw(node, targets[weight])])
-    if node.attrs.get("bias_tensor") and index == 2:
-        return repairs.rescale([repairs.filled(node, "bias_tensor", 0.0)])
+    if value.name == weight and weight in targets:
+        return repairs.change([repairs.redraw(node, targets[weight])])
+    if value.name == node.attrs.get("bias_tensor"):
+        return repairs.change([repairs.filled(node, "bias_tensor", 0.0)])
     return repairs.unfixable("no target std is known for this tensor: re-initialise it in the model's source")
 
 
@@ -48,7 +48,7 @@ def _tensor_findings(graph: Graph, targets: dict[str, float]) -> list[Finding]:
                         float(bad),
                         0.0,
                         "re-initialise this tensor",
-                        repair=_reinit(node, index, targets),
+                        repair=_reinit(node, value, targets),
                     )
                 )
             elif (
@@ -104,7 +104,7 @@ def _tensor_findings(graph: Graph, targets: dict[str, float]) -> list[Finding]:
                         None,
                         "use a random init with std g/sqrt(fan_in)"
                         + ("; ignore if this zero-init is deliberate" if zero else ""),
-                        repair=_reinit(node, index, targets),
+                        repair=_reinit(node, value, targets),
                     )
                 )
     return findings
@@ -153,7 +153,7 @@ def zero_scale_findings(graph: Graph, at_branch_end: bool) -> list[Finding]:
                     None,
                     "initialise the scale to 1 (zero only the last "
                     "normalisation of residual branches, if that is what was meant)",
-                    repair=repairs.rescale([repairs.filled(node, "scale_tensor", 1.0)]),
+                    repair=repairs.change([repairs.filled(node, "scale_tensor", 1.0)]),
                 )
             )
     return findings

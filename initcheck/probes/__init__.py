@@ -32,11 +32,10 @@ def plan_for(
             weights += stored // 2
         free_batch, can_cut = False, True
     else:
-        from initcheck.probes.onnx_probe import has_free_batch
+        from initcheck.probes.onnx_probe import onnx_facts
 
-        size = executable.onnx_path.stat().st_size if executable.onnx_path else len(executable.onnx_bytes or b"")
-        weights = 2 * size  # onnxruntime's copy and the torch form's
-        free_batch, can_cut = has_free_batch(executable, graph), False
+        stored, free_batch = onnx_facts(executable, graph)
+        weights, can_cut = 2 * stored, False  # onnxruntime's copy and the torch form's
     footprint = Footprint(weights, activation_bytes(graph), graph_batch(graph), budget_bytes(device))
     return plan_probe(graph, rows, options, footprint, free_batch, predicted_G, can_cut)
 

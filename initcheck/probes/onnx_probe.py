@@ -188,14 +188,23 @@ class _TorchForm:
         return values
 
 
-def has_free_batch(executable, graph: Graph) -> bool:
-    """Whether the file leaves its first input's batch dimension free (the probe then chooses the batch)."""
+def onnx_facts(executable, graph: Graph) -> tuple[int, bool]:
+    """(the bytes of the model's weights, whether its first input's batch dimension is free), read without loading
+    a weight: external data stays in its files."""
     import onnx
+    from onnx import helper
 
     from initcheck.frontends.onnx_load import read_model
 
-    model = read_model(executable.onnx_path) if executable.onnx_path else onnx.load_from_string(executable.onnx_bytes)
-    return _input_specs(model, graph, 1)[1]
+    if executable.onnx_path:
+        model = read_model(executable.onnx_path, stream=True)
+    else:
+        model = onnx.load_from_string(executable.onnx_bytes)
+    weights = sum(
+        int(np.prod(t.dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        for t in model.graph.initializer
+    )
+    return weights, _input_specs(model, graph, 1)[1]
 
 
 def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan | None = None) -> ProbeResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import math
 
+from initcheck.report.markdown import number
 from initcheck.report.model import ModelResult, Report
 
 _STYLE = """
@@ -132,7 +133,7 @@ def _table(report: Report, table_id: str) -> str:
             (" ".join(row.flags), None, ""),
         ]
         tds = "".join(
-            f'<td class="{cls}" data-v="{html.escape(_sort_key(v))}">{html.escape(text if text is not None else _num(v))}</td>'
+            f'<td class="{cls}" data-v="{html.escape(_sort_key(v))}">{html.escape(text if text is not None else v if isinstance(v, str) else number(v))}</td>'
             for v, text, cls in cells
         )
         rows.append(f"<tr>{tds}</tr>")
@@ -141,16 +142,6 @@ def _table(report: Report, table_id: str) -> str:
         f'placeholder="filter rows (layer, op, flag)"><table class="layers" id="{table_id}"><thead><tr>{head}'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
-
-
-def _num(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    if not math.isfinite(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.3g}"
 
 
 def _sort_key(x) -> str:

@@ -13,7 +13,7 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _num(x) -> str:
+def number(x) -> str:
     if x is None:
         return "-"
     if not math.isfinite(x):
@@ -65,15 +65,15 @@ def _model(result: ModelResult) -> list[str]:
             lines.append(
                 f"| {position.rows[0]}–{position.rows[-1]} | {_cell(position.label)} | {position.op} | "
                 f"{_shape(report.layers[position.rows[0]])} | "
-                f"{_span(position.K)} | {_num(position.forward_log10)} | {_span(position.G)} | "
-                f"{_num(position.backward_log10)} | - |"
+                f"{_span(position.K)} | {number(position.forward_log10)} | {_span(position.G)} | "
+                f"{number(position.backward_log10)} | - |"
             )
         if row.index in grouped:
             continue
         lines.append(
-            f"| {row.index} | {_cell(row.label)} | {row.op} | {_shape(row)} | {_num(row.symbolic.K)} | "
-            f"{_num(row.forward_log10)} | {_num(row.symbolic.G)} | {_num(row.backward_log10)} | "
-            f"{_num(row.measured.K if row.measured else None)} |"
+            f"| {row.index} | {_cell(row.label)} | {row.op} | {_shape(row)} | {number(row.symbolic.K)} | "
+            f"{number(row.forward_log10)} | {number(row.symbolic.G)} | {number(row.backward_log10)} | "
+            f"{number(row.measured.K if row.measured else None)} |"
         )
     return lines + ["", "</details>", ""]
 
@@ -86,7 +86,7 @@ def _span(values: list[float] | None) -> str:
     """A repeated block's [min, max] across its blocks."""
     if not values:
         return "-"
-    low, high = (_num(v) for v in values)
+    low, high = (number(v) for v in values)
     return low if low == high else f"{low}–{high}"
 
 

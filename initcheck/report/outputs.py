@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 from initcheck.errors import UsageError
 from initcheck.report.model import ModelResult
@@ -35,3 +36,17 @@ def format_for(path: str) -> str:
 def render(fmt: str, results: list[ModelResult], version: str) -> str:
     module, _, function = RENDERERS[fmt][1].partition(":")
     return getattr(importlib.import_module(module), function)(results, version)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Before any analysis: a report must be writable where asked, or the run would be wasted."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder")
+    if not folder.exists():
+        raise UsageError(f"{flag} {path}: folder '{folder}' does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: '{folder}' is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")

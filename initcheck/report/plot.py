@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from initcheck.errors import UsageError
+from initcheck.ir import NORMALIZATIONS
 from initcheck.report.model import Report, severity_rank
 
 LN10 = math.log(10)
@@ -78,7 +79,7 @@ def figure(report: Report):
                 label="measured",
                 gid=f"measured-{quantity}",
             )
-        merges = [(i, v) for i, v in enumerate(predicted) if rows[i].op.startswith("add") and math.isfinite(v)]
+        merges = [(i, v) for i, v in enumerate(predicted) if rows[i].op.split("+")[0] == "add" and math.isfinite(v)]
         if len(merges) >= 2:  # the residual stream, merge by merge: its growth is what a deep stack gets wrong
             axis.plot(
                 [i for i, _ in merges],
@@ -127,9 +128,10 @@ def _phase_maps(fig, cell, maps) -> None:
 def _mark_structure(axis, rows) -> None:
     """Normalisations (dotted) and residual merges (dashed), where the stream is reset or summed."""
     for i, row in enumerate(rows):
-        if "norm" in row.op:
+        op = row.op.split("+")[0]  # a row's op is its layer's first op, activations folded in after a '+'
+        if op in NORMALIZATIONS:
             axis.axvline(i, color="#7e57c2", linestyle=":", linewidth=0.7, gid="normalisation")
-        elif row.op.startswith("add"):
+        elif op == "add":
             axis.axvline(i, color="#b0bec5", linestyle="--", linewidth=0.7, gid="residual-merge")
 
 
