@@ -13,6 +13,7 @@ import numpy as np
 from initcheck import pointwise
 from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean
+from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _HOMOGENEOUS = {"relu", "leaky_relu", "identity", "neg", "abs"}
@@ -68,7 +69,7 @@ def pointwise_forward(node, ins, ctx):
 @backward_rule("pointwise")
 def pointwise_backward(node, ins, outs, grads, ctx):
     _, _, _, grad_sq = program_moments(node.attrs["program"], ins[0])
-    return [grads[0] * grad_sq]
+    return [grads[0] * grad_sq * argmax_slope_ratio(node, ctx)]
 
 
 def _prelu_programs(node):

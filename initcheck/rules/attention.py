@@ -68,42 +68,80 @@ def _expected_max(n: int) -> float:
     return float(a - (np.log(np.log(n)) + np.log(4 * np.pi)) / (2 * a) + 0.5772 / a)
 
 
-def logit_spread(x) -> float:
-    """Within-row std of the logits; a component shared by all keys would not count (docs/theory.md §9),
-    here approximated by the total variance."""
-    return float(np.sqrt(x.var))
+def logit_spread(x, key_shared: float = 0.0) -> float:
+    """Within-row std of the logits: the part of q . k_s that is the same for every key s (the keys' part shared
+    over the sequence, `key_shared` of their energy) shifts a whole row, which a softmax ignores (docs/theory.md
+    §9)."""
+    return float(np.sqrt(x.var * (1 - key_shared)))
 
 
-def _stats(node, x):
+def _stats(node, x, ctx):
     axis = node.attrs.get("axis", -1)
     n = dim(node.inputs[0], axis) or 1
     valid = None
     if x.valid_keys is not None and len(x.valid_keys) and int(np.max(x.valid_keys)) <= n:
         valid = tuple(int(v) for v in x.valid_keys[:4096])
-    return n, softmax_statistics(round(logit_spread(x), 3), n, valid)
+    return n, softmax_statistics(round(logit_spread(x, _key_shared_share(node, ctx)), 3), n, valid)
+
+
+_ROW_SHIFTS = frozenset({"pointwise", "add", "where", "causal_mask"})  # scales and masks between logits and softmax
+
+
+def _key_shared_share(node, ctx) -> float:
+    """The share of the keys' energy that all of a sequence's keys share (S_k / K_k), where the logits are a
+    product q k^T reached through scales and masks; 0 elsewhere."""
+    value = node.inputs[0]
+    while value.producer is not None and value.producer.op in _ROW_SHIFTS | _VIEWS:
+        signals = [v for v in value.producer.inputs if v is not None and ctx.forward.get(v) is not None]
+        if len(signals) != 1:
+            return 0.0
+        value = signals[0]
+    producer = value.producer
+    if producer is None or producer.op != "matmul" or len(producer.inputs) < 2:
+        return 0.0
+    keys = ctx.forward.get(producer.inputs[1])
+    return min(keys.shared / keys.K, 1.0) if keys is not None and keys.K > 0 else 0.0
 
 
 @forward_rule("softmax")
 def softmax_forward(node, ins, ctx):
     """Mean 1/N exactly; K = E sum p^2 / N."""
     x = ins[0]
-    n, s = _stats(node, x)
+    n, s = _stats(node, x, ctx)
     exact = x.exact and dim(node.inputs[0], node.attrs.get("axis", -1)) is not None
     return clean(1.0 / n, s["sum_p2"] / n, 1.0 / n**2, exact, simplex=True, gaussian=False, valid_keys=x.valid_keys)
 
 
 @backward_rule("softmax")
 def softmax_backward(node, ins, outs, grads, ctx):
-    """g_s = p (g - p.g): G_s = G_p E[sum p^2 (1 - 2p + sum p^2)] / N."""
-    n, s = _stats(node, ins[0])
-    return [grads[0] * s["backward"] / n]
+    """g_s = p (g - p.g): G_s = G_p E[sum p^2 (1 - 2p + sum p^2)] / N, for the part of g that varies along the
+    row: a part constant along it (p.g's own mean) is removed exactly (docs/theory.md §9)."""
+    n, s = _stats(node, ins[0], ctx)
+    return [grads[0] * (1 - _row_constant_share(node, ctx)) * s["backward"] / n]
+
+
+_VIEWS = frozenset({"dropout", "cast", "identity", "reshape", "squeeze", "unsqueeze"})
+
+
+def _row_constant_share(node, ctx) -> float:
+    """The share of the gradient at attention weights p that is the same for every key of a row. Weights times
+    values, o_t = sum_s p_ts v_s, send g_ts = do_t . v_s back: the values' part shared by a sequence's tokens
+    (S_v) makes the same g for every key, and a softmax's backward cancels it. Other consumers: none."""
+    value = node.outputs[0]
+    while len(value.consumers) == 1 and value.consumers[0].op in _VIEWS:
+        value = value.consumers[0].outputs[0]
+    users = value.consumers
+    if len(users) != 1 or users[0].op != "matmul" or users[0].inputs[0] is not value:
+        return 0.0
+    v = ctx.forward.get(users[0].inputs[1])
+    return min(v.shared / v.K, 1.0) if v is not None and v.K > 0 else 0.0
 
 
 @forward_rule("log_softmax")
 def log_softmax_forward(node, ins, ctx):
     """Diffuse regime: mean -ln N - sigma^2/2, K = (ln N + sigma^2/2)^2 + sigma^2."""
     x = ins[0]
-    n, _ = _stats(node, x)
+    n, _ = _stats(node, x, ctx)
     s2 = x.var
     mean = -np.log(n) - s2 / 2
     return clean(mean, mean**2 + s2, mean**2, x.exact and s2 < np.log(max(n, 2)) / 4, gaussian=False)
@@ -111,5 +149,5 @@ def log_softmax_forward(node, ins, ctx):
 
 @backward_rule("log_softmax")
 def log_softmax_backward(node, ins, outs, grads, ctx):
-    n, s = _stats(node, ins[0])
+    n, s = _stats(node, ins[0], ctx)
     return [grads[0] * max(1 - 2.0 / n + s["sum_p2"], 0.0)]

@@ -71,6 +71,29 @@ def conv_profile(
     return tuple(result)
 
 
+def coherent_border(
+    in_lengths: list[int | None],
+    out_lengths: list[int | None],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads_begin: list[int],
+) -> float | None:
+    """The factor zero padding puts on a conv's channel offsets averaged over the map (M, S; docs/theory.md §2).
+    Tap t is inside the input at a fraction f_t of the output positions, so the map's mean of the offset Wc is
+    sum_t f_t W_t c, of energy sum_t f_t^2 / k of the interior's (per axis): less than K's border factor
+    sum_t f_t / k. The difference is a mean that varies over the map, which is variance to a batch norm.
+    None where the lengths are unknown."""
+    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
+        return None
+    factor = 1.0
+    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+        idx = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] * d - pb
+        inside = ((idx >= 0) & (idx < n_in)).mean(axis=0)
+        factor *= float((inside**2).sum() / k)
+    return factor
+
+
 def transposed_profile(
     in_lengths: list[int | None],
     out_lengths: list[int | None],

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_factor
-from initcheck.rules.common import backward_border, conv_profile, dim, spatial_lengths, transposed_profile
+from initcheck.rules.common import (
+    backward_border,
+    coherent_border,
+    conv_profile,
+    dim,
+    spatial_lengths,
+    transposed_profile,
+)
 from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
 from initcheck.stats import LinearStats
 
@@ -97,8 +104,13 @@ def conv_forward(node, ins, ctx):
     w = node.params["weight"]
     exact = x.exact and (profile is not None or not any(a["pads_begin"] + a["pads_end"]))
     exact = exact and coherent_noise(x, _out_channels(w, node)) <= _NOISE_TOLERANCE
-    mean, K, M = affine_moments(x, w, profile_factor(profile))
-    S = affine_shared(x, w, profile_factor(profile))
+    border = profile_factor(profile)
+    mean, K, _ = affine_moments(x, w, border)
+    lengths = spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n)
+    coherent = coherent_border(*lengths, a["kernel"], a["strides"], a["dilations"], a["pads_begin"])
+    coherent = border if coherent is None else coherent
+    M = _mapped(x.M, x, w, coherent)
+    S = affine_shared(x, w, coherent)
     return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile))
 
 

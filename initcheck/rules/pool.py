@@ -94,22 +94,30 @@ def max_pool_forward(node, ins, ctx):
 
 @backward_rule("max_pool", "global_max_pool")
 def max_pool_backward(node, ins, outs, grads, ctx):
-    """Each output's gradient goes to its window's argmax: G_x = G_y A / (A prod(s)) on average.
-
-    Behind a monotone activation the argmax is where phi' is largest (a ReLU window's max is positive
-    with probability 1 - 2^-A), not a random point; the activation's rule assumes independence and
-    applies <phi'^2>, so the ratio <phi'(max)^2> / <phi'^2> is applied here to keep the gradient that
-    reaches the pre-activation (and the weights) right."""
+    """Each output's gradient goes to its window's argmax: G_x = G_y A / (A prod(s)) on average."""
     share = (
         1.0 / (_spatial_size(node) or 1)
         if node.op == "global_max_pool"
         else 1.0 / float(np.prod(node.attrs["strides"]))
     )
-    program, source = _source_program(node, ctx)
-    if source is not None:
-        area = _window(node) if node.op == "max_pool" else _spatial_size(node) or 1
-        share *= _argmax_slope_ratio(source, area, program)
     return [grads[0] * share]
+
+
+def argmax_slope_ratio(activation, ctx) -> float:
+    """<phi'(max)^2> / <phi'^2> for an activation whose one reader is a max pool, else 1.
+
+    The pool sends its gradient to each window's argmax, which is where phi' is largest (a ReLU window's max is
+    positive with probability 1 - 2^-A), not a random point; the activation's backward <phi'^2> assumes
+    independence, and this ratio corrects it there, so the pool's own input keeps its honest G."""
+    readers = activation.outputs[0].consumers
+    if len(readers) != 1 or readers[0].op not in ("max_pool", "global_max_pool"):
+        return 1.0
+    pool = readers[0]
+    program, source = _source_program(pool, ctx)
+    if source is None:
+        return 1.0
+    area = _window(pool) if pool.op == "max_pool" else _spatial_size(pool) or 1
+    return _argmax_slope_ratio(source, area, program)
 
 
 def _argmax_slope_ratio(x: Moments, area: int, program) -> float:
