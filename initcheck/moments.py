@@ -6,6 +6,50 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from initcheck.limits import MAX_PROFILE_LENGTH
+
+
+@dataclass(frozen=True)
+class AxisProfile:
+    """Relative energy (mean 1) at each index of one axis of a tensor (non-negative axis number)."""
+
+    axis: int
+    energy: np.ndarray
+    # relative variance over the batch at each index (K - M), where a concatenation knows it: a train-mode batch
+    # norm divides each channel by that, not by K (parts with channel offsets differ)
+    centered: np.ndarray | None = None
+
+    def __eq__(self, other) -> bool:  # arrays compare by value
+        return (
+            isinstance(other, AxisProfile)
+            and self.axis == other.axis
+            and np.array_equal(self.energy, other.energy)
+            and _same_array(self.centered, other.centered)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.axis, self.energy.tobytes()))
+
+
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def profile_along(axis: int, energy, rank: int | None = None) -> AxisProfile | None:
+    """A normalised profile, or None where it is flat, empty, too long or not finite."""
+    energy = np.asarray(energy, dtype=np.float64)
+    if rank is not None:
+        axis %= max(rank, 1)
+    if energy.size < 2 or energy.size > MAX_PROFILE_LENGTH or not np.all(np.isfinite(energy)):
+        return None
+    mean = energy.mean()
+    if mean <= 0:
+        return None
+    energy = energy / mean
+    if np.allclose(energy, 1.0, rtol=0, atol=1e-3):
+        return None
+    return AxisProfile(axis, energy)
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -27,6 +71,8 @@ class Moments:
       mean_c E_sample (mean over positions of z_c)^2, M <= S <= K. Ops that mix positions create it (attention
       averages values over tokens, pooling broadcasts); it is what survives the next attention average
       (docs/theory.md §9). None: no more than the batch-coherent part, S = M.
+    axial: the relative K at each index of one axis where it varies there (tokens of a sequence, the parts of a
+      channel concatenation), docs/theory.md §15; None where even.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -45,6 +91,7 @@ class Moments:
     cross: float = 0.0
     S: float | None = None
     bar: float = 0.0
+    axial: AxisProfile | None = None
 
     @property
     def shared(self) -> float:

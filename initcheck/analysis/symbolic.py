@@ -10,9 +10,9 @@ from initcheck.analysis.finite_width import with_spread
 from initcheck.codes import limit
 from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
-from initcheck.moments import Estimate, Moments, standard_input
+from initcheck.moments import AxisProfile, Estimate, Moments, standard_input
 from initcheck.passes import is_signal
-from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, load_all
+from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, axis_profile, load_all
 
 SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
 
@@ -25,6 +25,10 @@ class SymbolicResult:
     # the part of G shared by all positions (tokens, pixels) of a sample, as S is for K (docs/theory.md §9): what
     # a later average over positions (attention's values, a broadcast gate) adds up coherently
     backward_shared: dict[Value, float] = field(default_factory=dict)
+    # where G varies along one axis (the class token a head reads, early tokens under a causal mask): its relative
+    # profile there, as Moments.axial is for K (docs/theory.md §15)
+    backward_axial: dict[Value, AxisProfile] = field(default_factory=dict)
+    stated_axial: dict[Node, list] = field(default_factory=dict)  # gradient profiles a backward rule computed
     batch: int = 1  # samples in the analysed batch (the inputs' leading dimension)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
@@ -46,7 +50,7 @@ class SymbolicResult:
 
 def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:
     first = next(m for m in ins if m is not None)
-    return [first.approx().with_(profile=None, simplex=False, phases=None)] * len(node.outputs)
+    return [first.approx().with_(profile=None, simplex=False, phases=None, axial=None)] * len(node.outputs)
 
 
 def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> SymbolicResult:
@@ -106,7 +110,19 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
         if moments is not None and (value.is_float or value.dtype == "unknown"):
             if moments.bar < upstream_bar:
                 moments = moments.with_(bar=upstream_bar)
+            if result.status[node] != "unsupported":
+                moments = moments.with_(axial=_energy_profile(node, ins, value, moments, result))
             result.forward[value] = _spread_or_unknown(node, ins, moments)
+
+
+def _energy_profile(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult):
+    try:
+        return axis_profile.forward(node, ins, value, moments)
+    except Exception as e:  # a bug: reported (IC302), the profile dropped
+        if debugging():
+            raise
+        result.internal.setdefault(node, f"{type(e).__name__}: {e} (energy profile)")
+        return None
 
 
 def _spread_or_unknown(node: Node, ins: list[Moments | None], moments: Moments) -> Moments:
@@ -144,13 +160,35 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         gins = [None if m is None else total for m in ins]
     shared_out = sum(result.backward_shared.get(v, 0.0) for v in node.outputs)
     fraction = min(shared_out / sum(filled), 1.0) if sum(filled) > 0 else 0.0
+    profiles = _gradient_profiles(node, ins, result) if rule is not None else [None] * len(node.inputs)
     for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
             continue
+        before = result.backward.get(value, 0.0)
+        profile = axis_profile.combined(before, result.backward_axial.get(value), g, profiles[index])
+        if profile is None:
+            result.backward_axial.pop(value, None)
+        else:
+            result.backward_axial[value] = profile
         result.backward[value] = result.backward.get(value, 0.0) + g
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
         shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
+
+
+def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
+    """Each input's gradient profile from the (first) output's; the attention rule states its values' own."""
+    stated = result.stated_axial.pop(node, None)
+    if stated is not None:
+        return stated
+    out = node.outputs[0]
+    try:
+        return axis_profile.backward(node, ins, out, result.backward_axial.get(out), result)
+    except Exception as e:  # a bug: reported (IC302), the profiles dropped
+        if debugging():
+            raise
+        result.internal.setdefault(node, f"{type(e).__name__}: {e} (gradient profile)")
+        return [None] * len(node.inputs)
 
 
 def _batch(graph: Graph) -> int:
@@ -173,6 +211,7 @@ def positions(value: Value, batch: int = 1) -> int | None:
 
 
 _POSITION_REDUCERS = {"global_avg_pool", "global_max_pool"}
+_PICKS = {"gather", "slice", "split"}
 
 
 def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: float, ins, batch: int) -> float:
@@ -181,6 +220,12 @@ def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: f
     the output's shared fraction (position-wise ops map a gradient that is the same at every position alike)."""
     if positions(value, batch) == 1 or node.op in _POSITION_REDUCERS:
         return g
+    if node.op in _PICKS:
+        # the gradient lands on the picked positions only, which the gradient's profile along the axis says
+        # (§15); one picked position shares nothing with the others, several share in proportion
+        picked, total = positions(node.outputs[0], batch), positions(value, batch)
+        if picked and total and picked < total:
+            return 0.0 if picked == 1 else g * fraction * picked / total
     a = ins[0]
     if node.op == "matmul" and index == 1 and a is not None and a.simplex:
         return min(g, g * fraction + g * (1 - fraction) / max(positions(value, batch) or 1, 1))

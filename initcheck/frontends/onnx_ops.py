@@ -116,7 +116,6 @@ REARRANGE = {
     "CastLike": "cast",
     "Expand": "expand",
     "Tile": "tile",
-    "Slice": "slice",
     "Split": "split",
     "GatherElements": "gather",
     "GatherND": "gather",
@@ -432,7 +431,33 @@ def _gather(node, ctx):
     table = ctx.array(node.input[0])
     if table is not None and node.input[0] not in ctx.signal and table.dtype.kind == "f" and table.ndim == 2:
         return canonical.embedding(table)
-    return "gather", attributes(node), {}
+    attrs = dict(attributes(node))
+    index = ctx.array(node.input[1]) if len(node.input) > 1 else None
+    if index is not None and index.ndim == 0:  # a select: which entry the per-axis profile keeps
+        attrs["index"] = int(index)
+    return "gather", attrs, {}
+
+
+@handles("Slice")
+def _slice(node, ctx):
+    """One axis's range, where the inputs give it as constants (the per-axis profile follows it)."""
+    given = attributes(node)  # opset < 10 gives them as attributes
+    inputs = [ctx.array(name) if name else None for name in list(node.input[1:5])] + [None] * 4
+    starts, ends, axes, steps = (
+        np.asarray(given[k]) if k in given else inputs[i] for i, k in enumerate(("starts", "ends", "axes", "steps"))
+    )
+    if starts is None or ends is None or starts.size != 1:
+        return "slice", {}, {}
+    return (
+        "slice",
+        {
+            "axis": int(axes.reshape(-1)[0]) if axes is not None else 0,
+            "start": int(starts.reshape(-1)[0]),
+            "end": int(ends.reshape(-1)[0]),
+            "step": int(steps.reshape(-1)[0]) if steps is not None else 1,
+        },
+        {},
+    )
 
 
 @handles("Concat")

@@ -214,7 +214,45 @@ def _binary(node, ctx):
 
 @handles(*REARRANGE)
 def _rearrange(node, ctx):
-    return [Emit(REARRANGE[op_name(node.target)], [node.args[0]])]
+    return [Emit(REARRANGE[op_name(node.target)], [node.args[0]], _placement(node))]
+
+
+def _rank(arg) -> int | None:
+    val = arg.meta.get("val") if hasattr(arg, "meta") else None
+    return len(val.shape) if val is not None and hasattr(val, "shape") else None
+
+
+def _placement(node) -> dict:
+    """Where a transpose, select or slice moves or picks entries (perm; axis and index or range), which the
+    per-axis energy profile follows (initcheck.rules.axis_profile); empty where the arguments are not plain."""
+    op, args, rank = op_name(node.target), node.args, _rank(node.args[0])
+    try:
+        if op in ("transpose", "permute", "t", "numpy_T", "mT") and rank:
+            if op == "permute":
+                return {"perm": [int(d) % rank for d in args[1]]}
+            a, b = (int(args[1]) % rank, int(args[2]) % rank) if op == "transpose" else (rank - 2, rank - 1)
+            if op == "numpy_T":
+                return {"perm": list(reversed(range(rank)))}
+            perm = list(range(rank))
+            perm[a], perm[b] = perm[b], perm[a]
+            return {"perm": perm}
+        if op == "select" and rank:
+            return {"axis": int(args[1]) % rank, "index": int(args[2])}
+        if op in ("slice", "narrow") and rank:
+            axis = int(_arg(node, 1, "dim", 0)) % rank
+            if op == "narrow":
+                start = int(args[2])
+                return {"axis": axis, "start": start, "end": start + int(args[3]), "step": 1}
+            start, end = _arg(node, 2, "start", None), _arg(node, 3, "end", None)
+            return {
+                "axis": axis,
+                "start": 0 if start is None else int(start),
+                "end": None if end is None else int(end),
+                "step": int(_arg(node, 4, "step", 1)),
+            }
+    except (TypeError, ValueError):  # symbolic sizes: no placement, the profile is dropped
+        return {}
+    return {}
 
 
 @handles("pixel_shuffle")

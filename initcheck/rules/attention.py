@@ -89,18 +89,28 @@ _ROW_SHIFTS = frozenset({"pointwise", "add", "where", "causal_mask"})  # scales 
 
 def _key_shared_share(node, ctx) -> float:
     """The share of the keys' energy that all of a sequence's keys share (S_k / K_k), where the logits are a
-    product q k^T reached through scales and masks; 0 elsewhere."""
-    value = node.inputs[0]
-    while value.producer is not None and value.producer.op in _ROW_SHIFTS | _VIEWS:
-        signals = [v for v in value.producer.inputs if v is not None and ctx.forward.get(v) is not None]
-        if len(signals) != 1:
-            return 0.0
-        value = signals[0]
-    producer = value.producer
-    if producer is None or producer.op != "matmul" or len(producer.inputs) < 2:
+    product q k^T reached through scales, masks and added biases; 0 elsewhere."""
+    product = _logit_product(node.inputs[0], ctx, depth=8)
+    if product is None:
         return 0.0
-    keys = ctx.forward.get(producer.inputs[1])
+    keys = ctx.forward.get(product.inputs[1])
     return min(keys.shared / keys.K, 1.0) if keys is not None and keys.K > 0 else 0.0
+
+
+def _logit_product(value, ctx, depth: int):
+    """The product of two signals a softmax's logits come from, through ops that only shift or scale them (an
+    added position bias is another signal: the product is the operand that reaches one)."""
+    producer = value.producer if value is not None else None
+    if producer is None or depth == 0:
+        return None
+    if producer.op == "matmul":
+        return producer if sum(ctx.forward.get(v) is not None for v in producer.inputs if v is not None) == 2 else None
+    if producer.op not in _ROW_SHIFTS | _VIEWS:
+        return None
+    for v in producer.inputs:
+        if v is not None and ctx.forward.get(v) is not None and (found := _logit_product(v, ctx, depth - 1)):
+            return found
+    return None
 
 
 @forward_rule("softmax")

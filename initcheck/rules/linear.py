@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from initcheck.moments import Moments, clean, normalize_profile, profile_factor
+from initcheck.moments import Moments, clean, normalize_profile, profile_along, profile_factor
+from initcheck.rules import axis_profile
 from initcheck.rules.common import (
     backward_border,
     coherent_border,
@@ -200,16 +201,40 @@ def matmul_forward(node, ins, ctx):
     if a.simplex:
         sum_p2 = a.K * d
         shared = b.shared
-        K = shared + (b.K - shared) * sum_p2
+        uneven, per_query = _query_energy(node, a, b)
+        K = shared + (b.K - shared) * sum_p2 * uneven
         # What passes attention is the part the values share over one sequence's tokens (S, docs/theory.md §9):
         # exact only while it is small. When keys and values come from the same tokens (self-attention), v_j also
         # correlates with the logit s_ij through W_v W_k^T, a term ~ K_v K_q K_k / d_model: approximate then.
         coupled = _share_source(node.inputs[0], node.inputs[1])
         S = shared + (b.K - shared) * _column_weight(a.valid_keys, d)
-        return clean(b.m, K, b.M, exact and shared <= 0.05 * b.K and not coupled, S=S)
+        exact = exact and shared <= 0.05 * b.K and not coupled
+        axial = None
+        if per_query is not None:  # per query: the shared part plus its own share of the independent one
+            per_query = shared + (b.K - shared) * sum_p2 * per_query / (1.0 / _rows(node, a)).mean()
+            axial = profile_along(len(node.outputs[0].shape) - 2, per_query)
+        return clean(b.m, K, b.M, exact, S=S, axial=axial)
     mean = d * a.m * b.m
     K = d * a.K * b.K + d * (d - 1) * a.m**2 * b.m**2
     return clean(mean, K, mean**2, exact, gaussian=d > 8)
+
+
+def _rows(node, a) -> np.ndarray:
+    shape_q, keys = node.inputs[0].shape, _contracted(node) or 1
+    queries = shape_q[-2] if shape_q is not None and len(shape_q) >= 2 and shape_q[-2] else keys
+    return axis_profile.attention_rows(a.valid_keys, int(queries), int(keys))
+
+
+def _query_energy(node, a, b) -> tuple[float, np.ndarray | None]:
+    """Attention over values whose energy varies over the keys, or a causal mask: the factor on the independent
+    part and the per-query shape (docs/theory.md §15); (1, None) where every query gets the same."""
+    if node.outputs[0].shape is None or len(node.outputs[0].shape) < 2:
+        return 1.0, None
+    rows = _rows(node, a)
+    values = b.axial if b.axial is not None and b.axial.axis == len(node.inputs[1].shape or ()) - 2 else None
+    if values is None and rows.min() == rows.max():
+        return 1.0, None
+    return axis_profile.attention_forward(rows, values)
 
 
 def _column_weight(valid_keys, n: int) -> float:
@@ -235,8 +260,33 @@ def matmul_backward(node, ins, outs, grads, ctx):
     if a is not None and a.simplex:
         keys = _contracted(node) or 1
         shared = min(ctx.backward_shared.get(node.outputs[0], 0.0), g)
-        grad_b = (g - shared) * rows * a.K + shared * rows * rows * _column_weight(a.valid_keys, keys) / keys
+        independent, coherent = (
+            (g - shared) * rows * a.K,
+            shared * rows * rows * _column_weight(a.valid_keys, keys) / keys,
+        )
+        grad_b = independent + coherent
+        if node.outputs[0].shape is not None and len(node.outputs[0].shape) >= 2:
+            grad_b = _values_gradient(node, a, independent, coherent, ctx)
     return [g * cols * b.K if b is not None else None, grad_b]
+
+
+def _values_gradient(node, a, independent: float, coherent: float, ctx) -> float:
+    """The values' G where the queries' gradient or their rows' lengths vary (docs/theory.md §15): key s gets
+    sum_t G_t / n_t^2 over the queries that see it, and the coherent part (sum_t 1/n_t)^2; states the profile."""
+    rows = _rows(node, a)
+    grads = ctx.backward_axial.get(node.outputs[0])
+    if grads is not None and grads.axis != len(node.outputs[0].shape) - 2:
+        grads = None
+    factor, per_key = axis_profile.attention_backward(rows, grads)
+    keys = len(per_key)
+    sees = np.arange(keys)[:, None] < rows[None, :]
+    column = (sees / rows[None, :]).sum(axis=1) ** 2
+    inc, coh = independent * factor, coherent
+    shape = inc * per_key / max(per_key.mean(), 1e-300) + coh * column / max(column.mean(), 1e-300)
+    axis = len(node.inputs[1].shape) - 2 if node.inputs[1].shape is not None else None
+    if axis is not None and node.inputs[1].shape[axis] == keys:
+        ctx.stated_axial[node] = [None, profile_along(axis, shape)]
+    return inc + coh
 
 
 @forward_rule("embedding")

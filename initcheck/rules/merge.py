@@ -10,6 +10,7 @@ import numpy as np
 
 from initcheck.gaussian import expect
 from initcheck.moments import Moments, clean, normalize_profile
+from initcheck.rules.axis_profile import part_shares
 from initcheck.rules.common import broadcast_factor, dim
 from initcheck.rules.registry import backward_rule, forward_rule
 from initcheck.stats import MASKED, TensorStats
@@ -211,4 +212,8 @@ def concat_forward(node, ins, ctx):
 
 @backward_rule("concat")
 def concat_backward(node, ins, outs, grads, ctx):
-    return [None if x is None else grads[0] for x in ins]
+    """Each part gets the gradient of its stretch: the output's where even, its share of the profile where the
+    gradient varies along the concat axis (a norm behind it divides parts of different energy, §15)."""
+    grad = ctx.backward_axial.get(node.outputs[0])
+    shares = part_shares(node, grad, list(node.inputs), node.outputs[0])
+    return [None if x is None else grads[0] * share for x, share in zip(ins, shares)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from initcheck.moments import clean
+from initcheck.rules.axis_profile import norm_ratio
 from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -58,10 +59,16 @@ def layer_norm_forward(node, ins, ctx):
     return _normalized(node, ins, _group_variance(ins[0], n), n)
 
 
+def _uneven(node, ins, ctx) -> float:
+    """E_i[q_i / e_i] where energy or gradient varies along the positions a norm treats one by one (§15)."""
+    return norm_ratio(node, ins[0], ctx.backward_axial.get(node.outputs[0]))[0]
+
+
 @backward_rule("layer_norm")
 def layer_norm_backward(node, ins, outs, grads, ctx):
     n = _layer_size(node)
-    return _backward(node, ins, grads, _group_variance(ins[0], n or 1), n)
+    gins = _backward(node, ins, grads, _group_variance(ins[0], n or 1), n)
+    return [gins[0] * _uneven(node, ins, ctx)] + gins[1:]
 
 
 @forward_rule("rms_norm")
@@ -86,7 +93,8 @@ def rms_norm_backward(node, ins, outs, grads, ctx):
     x = ins[0]
     n = _layer_size(node) or 1000
     g2, _, _ = _affine(node)
-    return [grads[0] * g2 * (n - 1) / (n * (x.K + node.attrs.get("epsilon", 1e-5)))] + [None] * (len(ins) - 1)
+    factor = g2 * (n - 1) / (n * (x.K + node.attrs.get("epsilon", 1e-5))) * _uneven(node, ins, ctx)
+    return [grads[0] * factor] + [None] * (len(ins) - 1)
 
 
 def _channel_group(node) -> tuple[int, int | None]:
@@ -149,7 +157,8 @@ def batch_norm_forward(node, ins, ctx):
 def batch_norm_backward(node, ins, outs, grads, ctx):
     x = ins[0]
     if node.attrs.get("training"):
-        return _backward(node, ins, grads, max(x.K - x.M, 0.0), _batch_size(node))
+        gins = _backward(node, ins, grads, max(x.K - x.M, 0.0), _batch_size(node))
+        return [gins[0] * _uneven(node, ins, ctx)] + gins[1:]
     return [grads[0] * node.params["eval"]["a2"]] + [None] * (len(ins) - 1)
 
 

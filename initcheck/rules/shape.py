@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import clean
+from initcheck.rules.axis_profile import picked_energy
 from initcheck.rules.common import all_gradients, broadcast_factor, first_signal
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -16,8 +17,13 @@ SELECT = ("slice", "gather", "split")
 
 @forward_rule(*REARRANGE, *SELECT)
 def rearrange_forward(node, ins, ctx):
-    _, x = first_signal(ins)
-    out = x.with_(profile=None, phases=None, simplex=x.simplex and node.op in ("squeeze", "unsqueeze"))
+    """Copies keep m, K, M; a select or slice along an axis whose energy varies keeps its picks' (§15)."""
+    i, x = first_signal(ins)
+    out = x.with_(profile=None, phases=None, simplex=x.simplex and node.op in ("squeeze", "unsqueeze"), axial=None)
+    picked = picked_energy(node, x.axial, node.inputs[i]) if node.op in SELECT else 1.0
+    if picked != 1.0:
+        S = None if x.S is None else x.S * picked
+        out = clean(x.m, x.K * picked, x.M * picked, x.exact, S=S, gaussian=x.gaussian, spread=x.spread, bar=x.bar)
     return [out] * len(node.outputs)
 
 
