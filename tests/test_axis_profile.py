@@ -99,24 +99,27 @@ def test_causal_attention_energy_and_gradient_per_query(query):
 class _DenseLayer(nn.Module):
     """DenseNet's concatenation: features of different energy side by side, one train-mode batch norm over all."""
 
-    def __init__(self):
+    def __init__(self, norm: str = "batch"):
         super().__init__()
         self.a, self.b = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
         nn.init.normal_(self.a.weight, std=0.3)
         nn.init.normal_(self.b.weight, std=0.03)
-        self.norm, self.out = nn.BatchNorm2d(32), nn.Conv2d(32, 8, 1)
+        self.norm = nn.BatchNorm2d(32) if norm == "batch" else nn.GroupNorm(8, 32)  # a UNet's is a group norm
+        self.out = nn.Conv2d(32, 8, 1)
 
     def forward(self, x):
         return self.out(torch.relu(self.norm(torch.cat([self.a(x), self.b(x)], dim=1))))
 
 
-def test_a_batch_norm_behind_a_concatenation_divides_each_part_by_its_own_variance():
-    """Parts 100x apart in energy: the norm's backward is G E_c[1 / v_c], dominated by the quiet part, and each
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_a_norm_behind_a_concatenation_divides_each_part_by_its_own_variance(norm):
+    """Parts 100x apart in energy, normalised per channel (a train-mode batch norm) or per group of channels that
+    each lie in one part (a group norm): the backward is G E_c[1 / v_c], dominated by the quiet part, and each
     part gets its own share (the loud part 100x less). Before, both got the average through 1 / E v, and the
     quiet part's G was 55x low (and the loud part's 2x high). Both parts and the concatenation within 15%: each
     part's 16 channel variances spread by ~17% in one network (fan-in 72), and E_c[1 / v_c] is that network's."""
     torch.manual_seed(2)
-    model = _DenseLayer().train()
+    model = _DenseLayer(norm).train()
     rows = _rows(model, torch.randn(16, 8, 8, 8))
     for key in (("a", "conv"), ("b", "conv"), ("cat", "concat")):
         r = rows[key]

@@ -21,6 +21,7 @@ POSITIONWISE = frozenset({"pointwise", "dropout", "cast", "identity", "where", "
 COPIES = frozenset({"dropout", "cast", "identity"})
 RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "expand"})
 PER_POSITION_NORMS = frozenset({"layer_norm", "rms_norm"})  # normalise over trailing axes, each position alone
+CHANNEL_GROUP_NORMS = frozenset({"group_norm", "instance_norm"})
 
 
 def _rank(value) -> int | None:
@@ -350,6 +351,8 @@ def norm_ratio(node, x, grad: AxisProfile | None) -> tuple[float, AxisProfile | 
     rank = len(node.inputs[0].shape) if node.inputs[0] is not None and node.inputs[0].shape is not None else 0
     if node.op == "batch_norm":
         per_index = 1 if node.attrs.get("training") else None
+    elif node.op in CHANNEL_GROUP_NORMS:
+        per_index = 1  # each group of channels alone (a concatenation's parts fill whole groups)
     else:
         per_index = None  # positions before the normalised axes
     ref = grad if grad is not None else energy
@@ -362,7 +365,11 @@ def norm_ratio(node, x, grad: AxisProfile | None) -> tuple[float, AxisProfile | 
         separate = node.op in PER_POSITION_NORMS and axis < _normalised_from(node, rank)
     if not separate:
         return 1.0, grad
-    if node.op == "batch_norm" and energy is not None and energy.centered is not None:
+    if (
+        (node.op == "batch_norm" or node.op in CHANNEL_GROUP_NORMS)
+        and energy is not None
+        and energy.centered is not None
+    ):
         energy = AxisProfile(energy.axis, energy.centered)  # it divides by each channel's variance
     return per_index_ratio(grad, energy)
 
@@ -390,7 +397,7 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
                 result[i] = profile_along(grad.axis, grad.energy * e.energy)
             else:
                 result[i] = grad if _fits(grad, v) else (e if _fits(e, v) else None)
-        elif op in PER_POSITION_NORMS or op == "batch_norm":
+        elif op in PER_POSITION_NORMS or op in CHANNEL_GROUP_NORMS or op == "batch_norm":
             result[i] = norm_ratio(node, x, grad)[1] if i == 0 else None
     if op == "concat":
         result = split_back(node, grad, list(node.inputs), out_value)

@@ -121,7 +121,8 @@ def group_norm_forward(node, ins, ctx):
 @backward_rule("group_norm", "instance_norm")
 def group_norm_backward(node, ins, outs, grads, ctx):
     per_group, n = _channel_group(node)
-    return _backward(node, ins, grads, _group_variance(ins[0], per_group), n)
+    gins = _backward(node, ins, grads, _group_variance(ins[0], per_group), n)
+    return [gins[0] * _uneven(node, ins, ctx)] + gins[1:]
 
 
 def _batch_size(node) -> int | None:
