@@ -71,6 +71,10 @@ class Moments:
       mean_c E_sample (mean over positions of z_c)^2, M <= S <= K. Ops that mix positions create it (attention
       averages values over tokens, pooling broadcasts); it is what survives the next attention average
       (docs/theory.md §9). None: no more than the batch-coherent part, S = M.
+    positive: for a tensor whose entries are all >= 0 (a ReLU's output, sums and pools of such), the share of
+      entries > 0; None otherwise. A ReLU after it is the identity forward and passes that share of the gradient
+      (autograd's ReLU' is 0 at 0), which a Gaussian closure would not see (a zero-initialised residual branch
+      leaves relu(relu(x))).
     axial: the relative K at each index of one axis where it varies there (tokens of a sequence, the parts of a
       channel concatenation), docs/theory.md §15; None where even.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
@@ -92,6 +96,7 @@ class Moments:
     S: float | None = None
     bar: float = 0.0
     axial: AxisProfile | None = None
+    positive: float | None = None
 
     @property
     def shared(self) -> float:

@@ -13,6 +13,7 @@ from initcheck.ir import Graph, Node, Value
 from initcheck.moments import AxisProfile, Estimate, Moments, standard_input
 from initcheck.passes import is_signal
 from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, axis_profile, load_all
+from initcheck.rules import activations as pointwise
 
 SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
 
@@ -29,6 +30,9 @@ class SymbolicResult:
     # profile there, as Moments.axial is for K (docs/theory.md §15)
     backward_axial: dict[Value, AxisProfile] = field(default_factory=dict)
     stated_axial: dict[Node, list] = field(default_factory=dict)  # gradient profiles a backward rule computed
+    # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
+    # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
+    positive_support: dict[Value, bool] = field(default_factory=dict)
     batch: int = 1  # samples in the analysed batch (the inputs' leading dimension)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
@@ -171,9 +175,24 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         else:
             result.backward_axial[value] = profile
         result.backward[value] = result.backward.get(value, 0.0) + g
+        if g > 0:
+            supported = _on_positive_entries(node, index, ins, result)
+            result.positive_support[value] = result.positive_support.get(value, True) and supported
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
         shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
+
+
+def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> bool:
+    """Whether the gradient this node sends to input `index` is 0 wherever that input is 0: a ReLU (slope 0 at 0)
+    on a nonnegative input, or a sum whose other terms are zero and whose own gradient is so."""
+    x = ins[index]
+    if node.op == "pointwise" and x is not None and x.positive is not None:
+        return pointwise.kills_zeros(node.attrs["program"])
+    if node.op in ("add", "identity", "cast", "dropout") and result.positive_support.get(node.outputs[0], False):
+        others = [m for i, m in enumerate(ins) if i != index and m is not None]
+        return all(m.K == 0 for m in others)
+    return False
 
 
 def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:

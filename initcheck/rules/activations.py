@@ -49,10 +49,51 @@ def program_moments(program, x: Moments) -> tuple[float, float, float, float]:
     return _pointwise_moments(program, _round(x.m), _round(x.K), _round(x.M))
 
 
+_GRID = np.linspace(-8.0, 8.0, 1601)
+_DENSITY = np.exp(-(_GRID**2) / 2) / np.exp(-(_GRID**2) / 2).sum()
+
+
+@lru_cache(maxsize=4096)
+def _positive_share(program, m: float, v: float) -> float | None:
+    """P(phi(z) > 0) for z ~ N(m, v) where phi is never negative, else None."""
+    fn = pointwise.as_function(program)
+    with np.errstate(all="ignore"):
+        if not np.all(fn(np.linspace(-50.0, 50.0, 1001)) >= 0):
+            return None
+        return float(_DENSITY @ (fn(m + np.sqrt(max(v, 0.0)) * _GRID) > 0))
+
+
+@lru_cache(maxsize=1024)
+def _slope_at_zero_and_positives(program) -> float | None:
+    """phi(z) = z for z > 0 (ReLU, leaky ReLU): phi'(0)^2 as autograd takes it (the left slope), else None."""
+    fn = pointwise.as_function(program)
+    z = np.linspace(1e-3, 20.0, 201)
+    with np.errstate(all="ignore"):
+        if not np.allclose(fn(z), z, rtol=0, atol=1e-12):
+            return None
+        return float(((fn(np.float64(-1e-3)) - fn(np.float64(0.0))) / -1e-3) ** 2)
+
+
+def kills_zeros(program) -> bool:
+    """A ReLU: the identity on positives whose gradient is 0 at 0 (autograd's convention)."""
+    return _slope_at_zero_and_positives(program) == 0.0
+
+
+def _unchanged_gradient(program, x: Moments) -> float | None:
+    """On a nonnegative input an identity-on-positives function changes nothing forward; backward it passes the
+    positive entries whole and the zeros at its slope at 0. None where that does not apply."""
+    if x.positive is None:
+        return None
+    slope_sq = _slope_at_zero_and_positives(program)
+    return None if slope_sq is None else x.positive + (1 - x.positive) * slope_sq
+
+
 @forward_rule("pointwise")
 def pointwise_forward(node, ins, ctx):
     x = ins[0]
     program = node.attrs["program"]
+    if _unchanged_gradient(program, x) is not None:
+        return x
     mean, K, M, _ = program_moments(program, x)
     keeps_profile = program[0] in _HOMOGENEOUS
     return clean(
@@ -63,11 +104,16 @@ def pointwise_forward(node, ins, ctx):
         S=program_moments(program, x.with_(M=x.S))[2] if x.S is not None else None,
         profile=x.profile if keeps_profile else None,
         gaussian=program[0] in ("identity", "neg"),
+        positive=_positive_share(program, _round(x.m), _round(x.var)),
     )
 
 
 @backward_rule("pointwise")
 def pointwise_backward(node, ins, outs, grads, ctx):
+    if ctx.positive_support.get(node.outputs[0]) and kills_zeros(node.attrs["program"]):
+        return [grads[0]]  # the gradient is already 0 wherever this ReLU's slope is
+    if (share := _unchanged_gradient(node.attrs["program"], ins[0])) is not None:
+        return [grads[0] * share]
     _, _, _, grad_sq = program_moments(node.attrs["program"], ins[0])
     return [grads[0] * grad_sq * argmax_slope_ratio(node, ctx)]
 

@@ -50,6 +50,8 @@ def _signed_sum(node, ins, signs) -> Moments:
     m = K = M = 0.0
     exact, gaussian, parts = True, True, []
     S = 0.0
+    zeros = 1.0  # P(every term is 0), for a sum of nonnegative terms (a zero branch counts as one)
+    nonnegative = True
     for i, sign in enumerate(signs):
         x = ins[i]
         if x is None:
@@ -58,16 +60,29 @@ def _signed_sum(node, ins, signs) -> Moments:
             if c is None or _is_additive_mask(node.inputs[i]):
                 continue
             x = Moments(c.mean, c.mean_sq, c.coherent)
+            nonnegative = nonnegative and c.mean_sq == 0
         else:
             parts.append(x)
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
+            nonnegative = nonnegative and (x.positive is not None or x.K == 0) and sign > 0
+            zeros *= 1 - (x.positive or 0.0)
         K += x.K + 2 * sign * m * x.m
         M += x.M + 2 * sign * m * x.m
         S += x.shared + 2 * sign * m * x.m
         m += sign * x.m
     keys = next((p.valid_keys for p in parts if p.valid_keys is not None), _mask_keys(node))
     shared = S if any(p.S is not None for p in parts) else None
-    return clean(m, K, M, exact, S=shared, profile=_mix_profiles(parts), gaussian=gaussian, valid_keys=keys)
+    return clean(
+        m,
+        K,
+        M,
+        exact,
+        S=shared,
+        profile=_mix_profiles(parts),
+        gaussian=gaussian,
+        valid_keys=keys,
+        positive=1 - zeros if nonnegative and parts else None,
+    )
 
 
 def _mask_keys(node) -> np.ndarray | None:

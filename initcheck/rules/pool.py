@@ -89,7 +89,9 @@ def max_pool_forward(node, ins, ctx):
     else:
         mean, K, M = max_over(x, area)
         exact = x.exact and x.gaussian
-    return clean(mean, K, M, exact, gaussian=False, profile=_pool_profile(node, x) if node.op == "max_pool" else None)
+    profile = _pool_profile(node, x) if node.op == "max_pool" else None
+    positive = None if x.positive is None else 1 - (1 - x.positive) ** area  # a window with one positive entry
+    return clean(mean, K, M, exact, gaussian=False, profile=profile, positive=positive)
 
 
 @backward_rule("max_pool", "global_max_pool")
