@@ -127,6 +127,8 @@ class Estimate:
       approximate rows, the approximations' calibrated bar; a measurement's is its standard error over the runs.
     exact / grad_exact: a prediction exact in expectation (False downstream of an approximated or unsupported
       op); measurements are exact.
+    G_bar: the relative 1-sigma error bar of G, as K_bar is of K: a prediction's combines the finite-width spread
+      with, on approximate gradients, their calibrated bar; a measurement's is its standard error over the runs.
     """
 
     m: float
@@ -135,6 +137,7 @@ class Estimate:
     K_bar: float = 0.0
     exact: bool = True
     grad_exact: bool = True
+    G_bar: float = 0.0
 
 
 def clean(m: float, K: float, M: float, exact: bool = True, S: float | None = None, **extra) -> Moments:

@@ -246,6 +246,41 @@ def test_an_approximate_row_off_by_2x_is_a_finding(factor, monkeypatch):
         assert mismatches[0].node == first.node and mismatches[0].value == pytest.approx(0.5, rel=0.1)
 
 
+def test_gradient_agreement_is_judged_from_the_two_gradient_bars():
+    from initcheck.analysis.agreement import gradient_agreement
+    from initcheck.moments import Estimate
+
+    # |ln 3| = 1.10 against ln 1.15 + 3 hypot(G bars): 1.19 with 0.35 / 0.05, 0.29 with 0.05 / 0.01
+    assert gradient_agreement(Estimate(0.0, 1.0, 3.0, G_bar=0.35), Estimate(0.0, 1.0, 1.0, G_bar=0.05)) == (3.0, True)
+    assert gradient_agreement(Estimate(0.0, 1.0, 3.0, G_bar=0.05), Estimate(0.0, 1.0, 1.0, G_bar=0.01)) == (3.0, False)
+    assert gradient_agreement(Estimate(0.0, 1.0, None), Estimate(0.0, 1.0, 1.0)) is None
+
+
+@pytest.mark.parametrize("factor", [1.0, 8.0])
+def test_a_gradient_off_beyond_its_bar_is_said(factor, monkeypatch):
+    """G has its own stated bar (finite width and, on approximate gradients, IC401.gradient_bar = 0.35 from the
+    zoo) and the probe its standard error over the runs: an approximate backward rule that is right raises
+    nothing; 8x off it is an IC401 at information (a gradient's bar rests on heavy tails: never a failed gate)."""
+    from initcheck.rules import BACKWARD, load_all
+
+    load_all()
+    exact_rule = BACKWARD["linear"]
+    monkeypatch.setitem(
+        BACKWARD,
+        "linear",
+        lambda node, ins, outs, grads, ctx: [g * factor if g else g for g in exact_rule(node, ins, outs, grads, ctx)],
+    )
+    report = initcheck.analyze(SAMPLES / "relu_mlp_he.onnx", probe=ProbeOptions(seeds=4, batch=16))
+    said = [f for f in report.findings if f.code == "IC401"]
+    first = report.layers[0]
+    assert first.measured.G_bar > 0 and first.symbolic.G_bar >= 0
+    if factor == 1.0:
+        assert said == [] and first.grad_agrees
+    else:
+        assert len(said) == 1 and said[0].severity == "info" and "measured G" in said[0].message
+        assert first.grad_agrees is False and first.to_dict()["grad_agreement"] == pytest.approx(first.grad_agreement)
+
+
 def _narrow_deep_he_mlp() -> nn.Module:
     """He-initialised ReLU MLP, width 16, depth 64: L/n = 4, far beyond where one network follows the ensemble."""
     torch.manual_seed(3)

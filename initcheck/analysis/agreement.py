@@ -31,6 +31,16 @@ def agreement(predicted: Estimate, measured: Estimate) -> tuple[float, bool] | N
     return ratio, abs(math.log(ratio)) <= agreement_bound(predicted, measured)
 
 
+def gradient_agreement(predicted: Estimate, measured: Estimate) -> tuple[float, bool] | None:
+    """(G_sym / G_meas, whether that is within ln 1.15 + 3 sqrt(G_bar_sym^2 + G_bar_meas^2)), or None where either
+    gradient is missing, zero or not finite."""
+    p, m = predicted.G, measured.G
+    if not (p and m and 0 < p < math.inf and 0 < m < math.inf):
+        return None
+    bound = math.log(limit("IC401", "tolerance")) + 3 * math.hypot(predicted.G_bar, measured.G_bar)
+    return p / m, abs(math.log(p / m)) <= bound
+
+
 def uninformative_note(rows: list[LayerRow], probed: bool) -> str | None:
     """Rows whose stated bar is wider than 2x, said once: their predicted numbers are ensemble averages."""
     wide = [r for r in rows if r.uninformative]
@@ -55,11 +65,14 @@ def _measured_row(row: LayerRow, predicted: Estimate | None, measured: Estimate 
     extra = probe.measured[row.value]  # what only measurement shows
     phases = extra.phases
     judged = agreement(predicted, measured) if predicted is not None else None
+    judged_grad = gradient_agreement(predicted, measured) if predicted is not None else None
     return replace(
         row,
         measured=measured,
         agreement=judged[0] if judged else None,
         agrees=judged[1] if judged else None,
+        grad_agreement=judged_grad[0] if judged_grad else None,
+        grad_agrees=judged_grad[1] if judged_grad else None,
         dead_fraction=extra.dead_fraction,
         saturation=extra.saturation,
         cosine=extra.cosine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -268,7 +269,19 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
                 else None,
             )
         )
-    return rows
+    return with_gradient_spread(rows)
+
+
+def with_gradient_spread(rows: list[LayerRow]) -> list[LayerRow]:
+    """Each row's G bar with the finite-width spread of its gradient: that builds up from the outputs back, so a
+    row's is what the layers after it add, sqrt(largest K spread after it^2 - its own^2) (docs/theory.md §12)."""
+    deepest = 0.0
+    out = []
+    for row in reversed(rows):
+        deepest = max(deepest, row.spread)
+        spread = math.sqrt(max(deepest**2 - row.spread**2, 0.0))
+        out.append(replace(row, symbolic=replace(row.symbolic, G_bar=math.hypot(row.symbolic.G_bar, spread))))
+    return out[::-1]
 
 
 def _phase_grid(phases, strides) -> list[list[float]] | None:

@@ -16,6 +16,9 @@ from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, axis_pr
 from initcheck.rules import activations as pointwise
 
 SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
+# backward rules exact only on average: a normalisation's per-sample 1/v (a Jensen factor, docs/theory.md §6) and
+# its projection on the normalised input; a transposed conv's gradient averaged over its phases (§3)
+_APPROXIMATE_BACKWARD = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm", "conv_transpose"}
 
 
 @dataclass
@@ -45,7 +48,9 @@ class SymbolicResult:
             return None
         spread = math.sqrt(fwd.spread) if fwd.spread > 0 else 0.0
         bar = math.hypot(spread, 0.0 if fwd.exact else limit("IC401", "approximation_bar"), fwd.bar)
-        return Estimate(fwd.m, fwd.K, self.backward.get(value), bar, fwd.exact, self.backward_exact.get(value, False))
+        grad_exact = self.backward_exact.get(value, False)
+        grad_bar = math.hypot(spread, 0.0 if grad_exact else limit("IC401", "gradient_bar"))
+        return Estimate(fwd.m, fwd.K, self.backward.get(value), bar, fwd.exact, grad_exact, grad_bar)
 
     def estimates(self) -> dict[str, Estimate]:
         """Every predicted value by name, as the probe keys its measurements."""
@@ -148,7 +153,14 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     outs = [result.forward.get(v) for v in node.outputs]
     filled = [g if g is not None else 0.0 for g in grads]
     rule = BACKWARD.get(node.op)
-    exact = result.status.get(node) == "modeled" and all(result.backward_exact.get(v, True) for v in node.outputs)
+    # exact only where this node's own statistics are (a norm's backward reads its input's K) and every
+    # gradient it receives is
+    exact = (
+        result.status.get(node) == "modeled"
+        and node.op not in _APPROXIMATE_BACKWARD
+        and all(m.exact for m in ins if m is not None)
+        and all(result.backward_exact.get(v, True) for v in node.outputs)
+    )
     gins = None
     if rule is not None and result.status.get(node) != "unsupported":
         try:

@@ -66,6 +66,7 @@ def _without_deliberate_zeros(findings: list[Finding]) -> list[Finding]:
 # findings that repeat layer after layer from one cause: reported once, at the first layer, with the count
 _GROUPED = {
     ("IC401", "warning"),
+    ("IC401", "info"),
     ("IC511", "warning"),
     ("IC102", "error"),
     ("IC202", "info"),

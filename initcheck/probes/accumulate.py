@@ -18,6 +18,7 @@ class Measured:
     M: float
     K_se: float  # relative standard error of K over the runs
     G: float | None = None
+    G_se: float = 0.0  # relative standard error of G over the runs
     dead_fraction: float | None = None  # ReLU-family: units <= 0 on the whole batch
     saturation: float | None = None  # tanh/sigmoid-family: entries in the flat tails
     cosine: float | None = None  # mean cosine similarity between different samples' outputs
@@ -29,6 +30,17 @@ def channel_axis(ndim: int) -> int:
     return 1 if ndim in (4, 5) else ndim - 1
 
 
+_SUMS = 11  # the per-value sums kept on the device (see _Slot.sums)
+
+
+def _relative_se(total: float, squares: float, runs: int) -> float:
+    """The relative standard error of a mean over runs from the sum and sum of squares of the per-run values."""
+    if runs < 2 or total <= 0:
+        return 0.0
+    mean = total / runs
+    return (max(squares / runs - mean * mean, 0.0) / (runs - 1)) ** 0.5 / mean
+
+
 @dataclass
 class _Slot:
     """Device tensors for one value: runs, sum, sum of squares, per-run K sums, channel sums, gradient sums."""
@@ -36,9 +48,8 @@ class _Slot:
     count: int = 0
     runs: int = 0
     grad_count: int = 0
-    sums: Any = (
-        None  # a torch tensor: tensor [sum, sum_sq, sum_K, sum_K2, grad_sq, dead_sum, sat_sum, cos_sum, extras_runs]
-    )
+    grad_runs: int = 0
+    sums: Any = None  # a torch tensor: [sum, sum_sq, sum_K, sum_K2, grad_sq, dead_sum, sat_sum, cos_sum, extras_runs, sum_G, sum_G2]
     channels: Any = None  # per-channel sums
     channel_count: int = 0
     phases: Any = None
@@ -62,7 +73,7 @@ class Accumulator:
             x = x.float()
         slot = self.slots.setdefault(name, _Slot())
         if slot.sums is None:
-            slot.sums = torch.zeros(9, dtype=torch.float64, device=x.device)
+            slot.sums = torch.zeros(_SUMS, dtype=torch.float64, device=x.device)
         flat = x.reshape(-1)
         total, squares = flat.sum(), torch.dot(flat, flat)
         k = squares / flat.numel()
@@ -83,7 +94,7 @@ class Accumulator:
             norms = gram.diagonal().clamp_min(1e-30).sqrt()
             cosines = gram / norms[:, None] / norms[None, :]
             cos = (cosines.sum() - cosines.diagonal().sum()) / (batch * (batch - 1))
-        slot.sums += torch.stack([total, squares, k, k * k, zero, dead, sat, cos, torch.ones_like(k)]).double()
+        slot.sums[:9] += torch.stack([total, squares, k, k * k, zero, dead, sat, cos, torch.ones_like(k)]).double()
         slot.count += flat.numel()
         slot.runs += 1
         axis = channel_axis(x.ndim) if x.ndim > 1 else 0
@@ -107,9 +118,14 @@ class Accumulator:
         if g.dtype != torch.float32:
             g = g.float()
         if slot.sums is None:
-            slot.sums = torch.zeros(9, dtype=torch.float64, device=g.device)
-        slot.sums[4] += torch.dot(g, g).double()
+            slot.sums = torch.zeros(_SUMS, dtype=torch.float64, device=g.device)
+        squares = torch.dot(g, g).double()
+        per_run = squares / max(g.numel(), 1)
+        slot.sums[4] += squares
+        slot.sums[9] += per_run
+        slot.sums[10] += per_run * per_run
         slot.grad_count += g.numel()
+        slot.grad_runs += 1
 
     def results(self) -> dict[str, Measured]:
         """Everything in one device-to-host copy."""
@@ -136,7 +152,7 @@ class Accumulator:
 
     def _finish(self, name: str, sums: list, channels: list, phases: list | None = None) -> Measured:
         slot = self.slots[name]
-        total, total_sq, sum_k, sum_k2, grad_sq, dead, sat, cos, runs_with_extras = sums
+        total, total_sq, sum_k, sum_k2, grad_sq, dead, sat, cos, runs_with_extras, sum_g, sum_g2 = sums
         runs = max(slot.runs, 1)
         mean_k = sum_k / runs
         var_k = max(sum_k2 / runs - mean_k**2, 0.0) / max(runs - 1, 1)
@@ -148,6 +164,7 @@ class Accumulator:
             M=sum(c * c for c in per_channel) / max(len(per_channel), 1),
             K_se=(var_k**0.5 / mean_k) if mean_k > 0 else 0.0,
             G=grad_sq / slot.grad_count if slot.grad_count else None,
+            G_se=_relative_se(sum_g, sum_g2, slot.grad_runs),
             dead_fraction=dead / runs if kind == "relu" else None,
             saturation=sat / runs if kind in ("tanh", "sigmoid") else None,
             cosine=cos / runs if runs_with_extras else None,

@@ -32,7 +32,13 @@ class ProbeResult:
     def estimates(self) -> dict[str, Estimate]:
         """Every measured value by name, in the type the symbolic pass's predictions share."""
         return {
-            name: Estimate(m.mean, m.K, m.G, m.K_se if math.isfinite(m.K_se) else 0.0)
+            name: Estimate(
+                m.mean,
+                m.K,
+                m.G,
+                m.K_se if math.isfinite(m.K_se) else 0.0,
+                G_bar=m.G_se if math.isfinite(m.G_se) else 0.0,
+            )
             for name, m in self.measured.items()
         }
 

@@ -122,6 +122,8 @@ class LayerRow:
     measured: Estimate | None = None  # the measurement of the same value
     agreement: float | None = None  # K_sym / K_meas
     agrees: bool | None = None  # within the two error bars (analysis.agreement)
+    grad_agreement: float | None = None  # G_sym / G_meas
+    grad_agrees: bool | None = None  # within the two gradient error bars
     dead_fraction: float | None = None
     saturation: float | None = None
     cosine: float | None = None
@@ -145,6 +147,7 @@ class LayerRow:
             "measured_K": meas.K if meas else None,
             "measured_G": meas.G if meas else None,
             "error_bar": sym.K_bar,
+            "grad_error_bar": sym.G_bar,
         }
         return {name: flat[name] if name in flat else fields[name] for name in _ROW_KEYS}
 
@@ -155,7 +158,7 @@ _ROW_KEYS = (
     "gain_log10 forward_log10 grad_second_moment backward_log10 spread exact grad_exact status normalized_downstream "
     "small_head lead_in tied_with flags phase_ratio chi_perp chi_par value measured_mean measured_K measured_G "
     "agreement agrees dead_fraction saturation cosine measured_phase_ratio error_bar uninformative "
-    "weight_tensor phases"  # additive to schema 1.1
+    "weight_tensor phases grad_error_bar grad_agreement grad_agrees"  # additive to schema 1.1
 ).split()
 
 

@@ -51,22 +51,22 @@ def figure(report: Report):
     for axis, quantity, label in ((top, "K", "log10 K (forward second moment)"), (bottom, "G", "log10 G (gradient)")):
         predicted = [_log10(getattr(r.symbolic, quantity)) for r in rows]
         axis.plot(x, predicted, color="#37474f", linewidth=1.4, label="predicted", gid=f"predicted-{quantity}")
-        if quantity == "K":  # the stated error bar, in ln units: ± bar / ln 10 decades
-            bars = [r.symbolic.K_bar / LN10 for r in rows]
-            axis.fill_between(
-                x,
-                [p - b for p, b in zip(predicted, bars)],
-                [p + b for p, b in zip(predicted, bars)],
-                color="#90a4ae",
-                alpha=0.35,
-                linewidth=0,
-                label="predicted error bar",
-                gid="band-K",
-            )
+        # the stated error bars, in ln units: ± bar / ln 10 decades
+        bars = [getattr(r.symbolic, f"{quantity}_bar") / LN10 for r in rows]
+        axis.fill_between(
+            x,
+            [p - b for p, b in zip(predicted, bars)],
+            [p + b for p, b in zip(predicted, bars)],
+            color="#90a4ae",
+            alpha=0.35,
+            linewidth=0,
+            label="predicted error bar",
+            gid=f"band-{quantity}",
+        )
         measured = [(i, _log10(getattr(r.measured, quantity)), r.measured) for i, r in enumerate(rows) if r.measured]
         measured = [(i, v, m) for i, v, m in measured if math.isfinite(v)]
         if measured:
-            errors = [m.K_bar / LN10 if quantity == "K" else 0.0 for _, _, m in measured]
+            errors = [getattr(m, f"{quantity}_bar") / LN10 for _, _, m in measured]
             axis.errorbar(
                 [i for i, _, _ in measured],
                 [v for _, v, _ in measured],
