@@ -57,6 +57,10 @@ def weighted(report):
     return [(r.scope, r.symbolic.K) for r in report.layers if r.fan_in]
 
 
+def gradients(report):
+    return [r.symbolic.G or 0.0 for r in report.layers if r.fan_in]
+
+
 MODELS = [
     "resnet",
     "densenet",
@@ -77,7 +81,9 @@ MODELS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_pt2_and_live_module_give_the_same_table(name, tmp_path):
-    """Same layers, same scopes, same second moments within 1%, whichever form the model comes in."""
+    """Same layers, same scopes, same second moments and gradients within 1%, whichever form the model comes in
+    (the per-axis profiles of docs/theory.md §15 need the select's index and the transposes' permutation, which
+    every frontend records)."""
     model, args = _model(name)
     via_onnx = initcheck.analyze(_onnx(model, args, tmp_path / "m.onnx"), training=model.training)
     program = torch.export.export(model, args)
@@ -88,6 +94,7 @@ def test_onnx_pt2_and_live_module_give_the_same_table(name, tmp_path):
         a, b = weighted(via_onnx), weighted(other)
         assert [s for s, _ in a] == [s for s, _ in b]
         assert [k for _, k in a] == pytest.approx([k for _, k in b], rel=0.01)
+        assert gradients(via_onnx) == pytest.approx(gradients(other), rel=0.01)
         assert other.coverage.unsupported == {}
 
 

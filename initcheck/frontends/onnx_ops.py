@@ -435,6 +435,7 @@ def _gather(node, ctx):
     index = ctx.array(node.input[1]) if len(node.input) > 1 else None
     if index is not None and index.ndim == 0:  # a select: which entry the per-axis profile keeps
         attrs["index"] = int(index)
+        attrs.setdefault("axis", 0)  # ONNX's default
     return "gather", attrs, {}
 
 

@@ -19,7 +19,7 @@ from initcheck.moments import AxisProfile, profile_along
 # ops that act on each entry alone: the profile passes as it is, forward and backward
 POSITIONWISE = frozenset({"pointwise", "dropout", "cast", "identity", "where", "causal_mask", "prelu", "clip"})
 COPIES = frozenset({"dropout", "cast", "identity"})
-RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "expand"})
+RESHAPES = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
 PER_POSITION_NORMS = frozenset({"layer_norm", "rms_norm"})  # normalise over trailing axes, each position alone
 CHANNEL_GROUP_NORMS = frozenset({"group_norm", "instance_norm"})
 
@@ -60,9 +60,7 @@ def _reshaped_axis(axis: int, shape_in, shape_out) -> int | None:
 
 def _perm(node, rank: int) -> list[int] | None:
     perm = node.attrs.get("perm")
-    if perm is None:
-        return list(reversed(range(rank))) if node.attrs.get("onnx_default_perm") else None
-    return [int(p) % rank for p in perm]
+    return None if perm is None else [int(p) % rank for p in perm]
 
 
 def _slice_range(node, length: int) -> np.ndarray | None:
@@ -195,40 +193,40 @@ def concatenated(node, ins, out) -> AxisProfile | None:
     return AxisProfile(result.axis, result.energy, variance / variance.mean())
 
 
-def split_back(node, profile: AxisProfile | None, values, out) -> list[AxisProfile | None]:
-    """A concat's gradient profile for each part: its stretch of the axis, or the same profile elsewhere."""
+def _stretches(node, profile: AxisProfile | None, values, out) -> list[np.ndarray] | None:
+    """Each concat part's stretch of a gradient profile along the concat axis; None where the profile is not along
+    it or a part's length is unknown."""
     rank = _rank(out)
     if profile is None or rank is None or not _fits(profile, out):
-        return [None] * len(values)
-    axis = int(node.attrs.get("axis", 0)) % rank
-    if profile.axis != axis:
-        return [profile] * len(values)
+        return None
+    if profile.axis != int(node.attrs.get("axis", 0)) % rank:
+        return None
     result, start = [], 0
     for value in values:
-        n = _length(value, axis)
+        n = _length(value, profile.axis)
         if n is None:
-            return [None] * len(values)
-        result.append(profile_along(axis, profile.energy[start : start + n]))
+            return None
+        result.append(profile.energy[start : start + n])
         start += n
     return result
 
 
+def split_back(node, profile: AxisProfile | None, values, out) -> list[AxisProfile | None]:
+    """A concat's gradient profile for each part: its stretch of the axis, or the same profile along another."""
+    stretches = _stretches(node, profile, values, out)
+    if stretches is not None:
+        assert profile is not None
+        return [profile_along(profile.axis, stretch) for stretch in stretches]
+    along_other = profile is not None and _fits(profile, out) and _rank(out) is not None
+    return [profile if along_other and _fits(profile, v) else None for v in values]
+
+
 def part_shares(node, profile: AxisProfile | None, values, out) -> list[float]:
     """Each concat part's mean relative gradient over its stretch of the concat axis (1 where even)."""
-    rank = _rank(out)
-    if profile is None or rank is None or not _fits(profile, out):
+    stretches = _stretches(node, profile, values, out)
+    if stretches is None:
         return [1.0] * len(values)
-    axis = int(node.attrs.get("axis", 0)) % rank
-    if profile.axis != axis:
-        return [1.0] * len(values)
-    shares, start = [], 0
-    for value in values:
-        n = _length(value, axis)
-        if n is None:
-            return [1.0] * len(values)
-        shares.append(float(profile.energy[start : start + n].mean()) if n else 1.0)
-        start += n
-    return shares
+    return [float(stretch.mean()) if stretch.size else 1.0 for stretch in stretches]
 
 
 def per_index_ratio(grad: AxisProfile | None, energy: AxisProfile | None) -> tuple[float, AxisProfile | None]:
