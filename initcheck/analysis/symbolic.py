@@ -12,8 +12,7 @@ from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
 from initcheck.moments import AxisProfile, Estimate, Moments, standard_input
 from initcheck.passes import is_signal
-from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, axis_profile, load_all
-from initcheck.rules import activations as pointwise
+from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, activations, axis_profile, load_all
 
 SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
 # backward rules exact only on average: a normalisation's per-sample 1/v (a Jensen factor, docs/theory.md §6) and
@@ -200,7 +199,7 @@ def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) ->
     on a nonnegative input, or a sum whose other terms are zero and whose own gradient is so."""
     x = ins[index]
     if node.op == "pointwise" and x is not None and x.positive is not None:
-        return pointwise.kills_zeros(node.attrs["program"])
+        return activations.kills_zeros(node.attrs["program"])
     if node.op in ("add", "identity", "cast", "dropout") and result.positive_support.get(node.outputs[0], False):
         others = [m for i, m in enumerate(ins) if i != index and m is not None]
         return all(m.K == 0 for m in others)
