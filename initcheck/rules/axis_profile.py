@@ -267,13 +267,18 @@ def attention_forward(rows: np.ndarray, values: AxisProfile | None) -> tuple[flo
 def attention_backward(rows: np.ndarray, grads: AxisProfile | None) -> tuple[float, np.ndarray]:
     """The values' gradient: key s gets sum over the queries t that see it of G_t / n_t^2. Returns the factor
     on the scalar rule's independent part and the per-key gradient shape."""
-    queries, keys = len(rows), int(rows.max())
+    queries = len(rows)
     q = grads.energy if grads is not None and len(grads.energy) == queries else np.ones(queries)
-    weight = q / rows**2
-    sees = np.arange(keys)[:, None] < rows[None, :]  # (key, query)
-    per_key = (sees * weight[None, :]).sum(axis=1)
-    flat = (sees / rows[None, :] ** 2).sum(axis=1)
+    per_key = key_sums(rows, q / rows**2)
+    flat = key_sums(rows, 1 / rows**2)
     return float(per_key.mean() / flat.mean()), per_key
+
+
+def key_sums(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """sum over the queries t that see key s (s < n_t) of weight_t, for every key: O(T), no T x T matrix."""
+    keys = int(rows.max())
+    by_last_key = np.bincount(rows.astype(np.int64) - 1, weights=weight, minlength=keys)
+    return np.cumsum(by_last_key[::-1])[::-1]
 
 
 # ---- dispatch ---------------------------------------------------------------------------------------------------

@@ -279,8 +279,7 @@ def _values_gradient(node, a, independent: float, coherent: float, ctx) -> float
         grads = None
     factor, per_key = axis_profile.attention_backward(rows, grads)
     keys = len(per_key)
-    sees = np.arange(keys)[:, None] < rows[None, :]
-    column = (sees / rows[None, :]).sum(axis=1) ** 2
+    column = axis_profile.key_sums(rows, 1 / rows) ** 2
     inc, coh = independent * factor, coherent
     shape = inc * per_key / max(per_key.mean(), 1e-300) + coh * column / max(column.mean(), 1e-300)
     axis = len(node.inputs[1].shape) - 2 if node.inputs[1].shape is not None else None
