@@ -35,11 +35,9 @@ def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
-def profile_along(axis: int, energy, rank: int | None = None) -> AxisProfile | None:
+def profile_along(axis: int, energy) -> AxisProfile | None:
     """A normalised profile, or None where it is flat, empty, too long or not finite."""
     energy = np.asarray(energy, dtype=np.float64)
-    if rank is not None:
-        axis %= max(rank, 1)
     if energy.size < 2 or energy.size > MAX_PROFILE_LENGTH or not np.all(np.isfinite(energy)):
         return None
     mean = energy.mean()

@@ -273,7 +273,7 @@ def test_a_gradient_off_beyond_its_bar_is_said(factor, monkeypatch):
     report = initcheck.analyze(SAMPLES / "relu_mlp_he.onnx", probe=ProbeOptions(seeds=4, batch=16))
     said = [f for f in report.findings if f.code == "IC401"]
     first = report.layers[0]
-    assert first.measured.G_bar > 0 and first.symbolic.G_bar >= 0
+    assert first.measured.G_bar > 0  # the standard error over the runs
     if factor == 1.0:
         assert said == [] and first.grad_agrees
     else:

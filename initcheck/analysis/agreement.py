@@ -111,19 +111,14 @@ def resting_on_measurement(rows: list[LayerRow], graph: Graph, result, probe, al
     forward log10 comes from the measurement, against measured references; so does its backward log10 where the
     gradient's bar is that wide (the gradient's spread builds up from the outputs back: the variance of the
     deepest row's bar less the row's own). Other rows keep the prediction."""
+    from initcheck.analysis.layers import build_rows, from_the_outputs_back
+
     wide = math.log(limit("IC401", "uninformative"))
-    deepest = [0.0] * len(rows)  # the largest K bar at or after each row
-    for i in range(len(rows) - 1, -1, -1):
-        deepest[i] = max(rows[i].symbolic.K_bar, deepest[i + 1] if i + 1 < len(rows) else 0.0)
+    gradient_bars = from_the_outputs_back([r.symbolic.K_bar for r in rows])
     forward = {r.value for r in rows if r.measured is not None and r.symbolic.K_bar >= wide}
-    backward = {
-        r.value
-        for i, r in enumerate(rows)
-        if r.measured is not None and math.sqrt(max(deepest[i] ** 2 - r.symbolic.K_bar**2, 0.0)) >= wide
-    }
+    backward = {r.value for r, bar in zip(rows, gradient_bars) if r.measured is not None and bar >= wide}
     if not forward and not backward:
         return rows
-    from initcheck.analysis.layers import build_rows
 
     measured = {r.value: r for r in build_rows(graph, _measured_result(result, probe), all_nodes)}
     return [

@@ -272,16 +272,23 @@ def build_rows(graph: Graph, result: SymbolicResult, all_nodes: bool = False) ->
     return with_gradient_spread(rows)
 
 
-def with_gradient_spread(rows: list[LayerRow]) -> list[LayerRow]:
-    """Each row's G bar with the finite-width spread of its gradient: that builds up from the outputs back, so a
-    row's is what the layers after it add, sqrt(largest K spread after it^2 - its own^2) (docs/theory.md §12)."""
-    deepest = 0.0
-    out = []
-    for row in reversed(rows):
-        deepest = max(deepest, row.spread)
-        spread = math.sqrt(max(deepest**2 - row.spread**2, 0.0))
-        out.append(replace(row, symbolic=replace(row.symbolic, G_bar=math.hypot(row.symbolic.G_bar, spread))))
+def from_the_outputs_back(bars: list[float]) -> list[float]:
+    """A gradient's bar at each row from the forward bars (rows in graph order): it builds up from the outputs
+    back, so a row's is what the layers after it add, sqrt(largest bar at or after it^2 - its own^2) (§12)."""
+    deepest, out = 0.0, []
+    for bar in reversed(bars):
+        deepest = max(deepest, bar)
+        out.append(math.sqrt(max(deepest**2 - bar**2, 0.0)))
     return out[::-1]
+
+
+def with_gradient_spread(rows: list[LayerRow]) -> list[LayerRow]:
+    """Each row's G bar with the finite-width spread of its gradient."""
+    spreads = from_the_outputs_back([row.spread for row in rows])
+    return [
+        replace(row, symbolic=replace(row.symbolic, G_bar=math.hypot(row.symbolic.G_bar, spread)))
+        for row, spread in zip(rows, spreads)
+    ]
 
 
 def _phase_grid(phases, strides) -> list[list[float]] | None:

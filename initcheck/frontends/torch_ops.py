@@ -227,12 +227,12 @@ def _placement(node) -> dict:
     per-axis energy profile follows (initcheck.rules.axis_profile); empty where the arguments are not plain."""
     op, args, rank = op_name(node.target), node.args, _rank(node.args[0])
     try:
-        if op in ("transpose", "permute", "t", "numpy_T", "mT") and rank:
-            if op == "permute":
-                return {"perm": [int(d) % rank for d in args[1]]}
+        if op == "permute" and rank:
+            return {"perm": [int(d) % rank for d in args[1]]}
+        if op == "numpy_T" and rank:
+            return {"perm": list(reversed(range(rank)))}
+        if op in ("transpose", "t", "mT") and rank:  # a swap of two axes (the last two for t and mT)
             a, b = (int(args[1]) % rank, int(args[2]) % rank) if op == "transpose" else (rank - 2, rank - 1)
-            if op == "numpy_T":
-                return {"perm": list(reversed(range(rank)))}
             perm = list(range(rank))
             perm[a], perm[b] = perm[b], perm[a]
             return {"perm": perm}

@@ -53,14 +53,19 @@ _GRID = np.linspace(-8.0, 8.0, 1601)
 _DENSITY = np.exp(-(_GRID**2) / 2) / np.exp(-(_GRID**2) / 2).sum()
 
 
+@lru_cache(maxsize=1024)
+def _never_negative(program) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.all(pointwise.as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
+
+
 @lru_cache(maxsize=4096)
 def _positive_share(program, m: float, v: float) -> float | None:
     """P(phi(z) > 0) for z ~ N(m, v) where phi is never negative, else None."""
-    fn = pointwise.as_function(program)
+    if not _never_negative(program):
+        return None
     with np.errstate(all="ignore"):
-        if not np.all(fn(np.linspace(-50.0, 50.0, 1001)) >= 0):
-            return None
-        return float(_DENSITY @ (fn(m + np.sqrt(max(v, 0.0)) * _GRID) > 0))
+        return float(_DENSITY @ (pointwise.as_function(program)(m + np.sqrt(max(v, 0.0)) * _GRID) > 0))
 
 
 @lru_cache(maxsize=1024)

@@ -47,6 +47,13 @@ def all_gradients(ins: list[Moments | None], g: float) -> list[float | None]:
     return [None if m is None else g for m in ins]
 
 
+def _reads(n_in: int, n_out: int, k: int, s: int, d: int, pb: int) -> tuple[np.ndarray, np.ndarray]:
+    """The input index each (output position, tap) of a window op reads along one axis, and whether it lies inside
+    the input (zero padding elsewhere)."""
+    idx = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] * d - pb
+    return idx, (idx >= 0) & (idx < n_in)
+
+
 def conv_profile(
     profile: tuple[np.ndarray, ...] | None,
     in_lengths: list[int | None],
@@ -65,8 +72,7 @@ def conv_profile(
         zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin)
     ):
         p = profile[axis] if profile and len(profile) > axis and len(profile[axis]) == n_in else np.ones(n_in)
-        idx = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] * d - pb
-        valid = (idx >= 0) & (idx < n_in)
+        idx, valid = _reads(n_in, n_out, k, s, d, pb)
         result.append(np.where(valid, p[np.clip(idx, 0, n_in - 1)], 0.0).sum(axis=1) / k)
     return tuple(result)
 
@@ -88,8 +94,7 @@ def coherent_border(
         return None
     factor = 1.0
     for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
-        idx = np.arange(n_out)[:, None] * s + np.arange(k)[None, :] * d - pb
-        inside = ((idx >= 0) & (idx < n_in)).mean(axis=0)
+        inside = _reads(n_in, n_out, k, s, d, pb)[1].mean(axis=0)
         factor *= float((inside**2).sum() / k)
     return factor
 
@@ -131,13 +136,8 @@ def backward_border(
         return 1.0
     factor = 1.0
     for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
-        taps = np.arange(k)[None, :] * d
-        if transposed:
-            o = np.arange(n_in)[:, None] * s + taps - pb
-            valid = ((o >= 0) & (o < n_out)).sum()
-            factor *= valid / (n_in * k)
+        if transposed:  # each input writes k outputs: the same window geometry with the roles swapped
+            factor *= _reads(n_out, n_in, k, s, d, pb)[1].sum() / (n_in * k)
         else:
-            i = np.arange(n_out)[:, None] * s + taps - pb
-            valid = ((i >= 0) & (i < n_in)).sum()
-            factor *= valid / (n_in * k / s)
+            factor *= _reads(n_in, n_out, k, s, d, pb)[1].sum() / (n_in * k / s)
     return float(factor)

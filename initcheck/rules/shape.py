@@ -86,7 +86,8 @@ def dropout_forward(node, ins, ctx):
     """Inverted dropout in training mode: K/(1-p), m and M unchanged; eval mode: identity."""
     x = ins[0]
     p = node.attrs.get("ratio", 0.5) if node.attrs.get("training") else 0.0
-    return x.with_(K=x.K / (1 - p))
+    positive = None if x.positive is None else x.positive * (1 - p)  # dropped entries are zeros
+    return x.with_(K=x.K / (1 - p), positive=positive)
 
 
 @backward_rule("dropout")
