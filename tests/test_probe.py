@@ -309,3 +309,42 @@ def test_findings_rest_on_the_measurement_where_the_prediction_is_uninformative(
     row = next(r for r in probed.layers if r.node == collapse.node)
     assert row.uninformative and row.measured is not None
     assert collapse.value == pytest.approx(math.log10(row.measured.K), abs=0.1)  # against the input's K = 1
+
+
+class _TypedTokens(nn.Module):
+    """Word and token-type embeddings, the types gathered from an all-zero buffer at positions computed from the
+    ids (RoBERTa's layout); the tokens projected and averaged."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.words, self.types = nn.Embedding(1000, 256), nn.Embedding(2, 256)
+        self.register_buffer("type_ids", torch.zeros(1, 64, dtype=torch.long))
+        self.proj = nn.Linear(256, 256)
+
+    def forward(self, input_ids):
+        positions = torch.cumsum(input_ids.ne(1).long(), dim=1) - 1
+        types = torch.gather(self.type_ids.expand(input_ids.shape[0], -1), 1, positions)
+        return self.proj(self.words(input_ids) + self.types(types)).mean(dim=1)
+
+
+@pytest.mark.parametrize("route", ["module", "onnx"])
+def test_token_types_and_token_ids_as_the_model_sees_them(route, tmp_path):
+    """Every token has type 0, whatever positions the ids make, so the type row is shared by all tokens and
+    survives the mean over them: predicted 0.17 (two equally likely rows) against a measured 0.68, which was
+    itself measured on ids drawn from the two-row table (the graph's smallest). Now the gather from the all-zero
+    buffer folds to a constant, the ids are drawn from the table they index, and the mean's K agrees within 15%."""
+    from initcheck.frontends import load
+    from initcheck.probes.common import vocabularies
+
+    model, ids = _TypedTokens().eval(), torch.randint(2, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
+    if route == "onnx":
+        path = tmp_path / "typed.onnx"
+        torch.onnx.export(model, (ids,), path, input_names=["input_ids"], dynamo=True, verbose=False)
+        assert vocabularies(load(path))["input_ids"] == 1000
+        report = initcheck.analyze(path, probe=ProbeOptions(device="cpu", seeds=2, batch=4))
+    else:
+        report = initcheck.analyze(model, {"input_ids": ids}, probe=ProbeOptions(device="cpu", seeds=2, batch=4))
+    assert not [r for r in report.layers if r.op == "embedding" and "types" in r.label]  # a constant, not a lookup
+    mean = next(r for r in report.layers if r.op == "reduce_mean")
+    assert mean.symbolic.K == pytest.approx(mean.measured.K, rel=0.15)

@@ -374,12 +374,25 @@ def test_residual_growth_is_not_multiplied_across_stage_resets():
 
 
 def test_summed_branches_read_through_a_norm_are_information():
-    """RoBERTa sums three embeddings of one input (its position ids come from the ids) into a LayerNorm: IC508
-    is information there; the same sum with nothing normalising it stays a warning (the inception sample)."""
-    model = next(m for m in STOCK if m.name == "roberta")
-    report = _analyze(model)
+    """Word, position and type embeddings of one input summed into a LayerNorm (BERT's layout): IC508 is
+    information there; the same sum with nothing normalising it stays a warning (the inception sample). RoBERTa
+    gathers its token types from an all-zero buffer, a constant: two branches, nothing to say."""
+
+    class Embeddings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word, self.position, self.kind = nn.Embedding(100, 32), nn.Embedding(64, 32), nn.Embedding(7, 32)
+            self.norm = nn.LayerNorm(32)
+
+        def forward(self, ids):
+            return self.norm(self.word(ids) + self.position(ids % 64) + self.kind(ids % 7))
+
+    torch.manual_seed(0)
+    report = initcheck.analyze(Embeddings().eval(), torch.randint(0, 100, (1, 16)))
     sums = [f for f in report.findings if f.code == "IC508"]
     assert sums and all(f.severity == "info" for f in sums)
+    report = _analyze(next(m for m in STOCK if m.name == "roberta"))
+    assert not [f for f in report.findings if f.code == "IC508"]
     from conftest import SAMPLES
 
     report = initcheck.analyze(str(SAMPLES / "inception_unscaled.onnx"))

@@ -426,6 +426,8 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
         attrs = {a.name: a.i for a in node.attribute}
         return [full[attrs.get("start", 0) : attrs.get("end", len(full)) or None]]
     inputs = [arrays.get(name) if name else None for name in node.input]
+    if node.op_type in _PICKS and inputs[0] is not None and len(inputs) > 1 and inputs[1] is None:
+        return _uniform_pick(node, inputs[0], shapes)
     if any(name and arr is None for name, arr in zip(node.input, inputs)):
         return None
     if node.op_type not in _CHEAP and sum(a.size for a in inputs if a is not None) > _FOLD_LIMIT:
@@ -448,6 +450,18 @@ def fold_node(node, arrays: dict[str, np.ndarray], opset: int, shapes: dict) -> 
     except Exception:  # an op the reference runtime cannot evaluate stays unfolded
         return None
     return [np.asarray(o) for o in outs]
+
+
+_PICKS = {"Gather", "GatherElements", "GatherND"}
+
+
+def _uniform_pick(node, data: np.ndarray, shapes: dict) -> list[np.ndarray] | None:
+    """A gather from a constant whose entries are all one value is that value, whatever the indices: a
+    RoBERTa's token types, gathered from an all-zero buffer at positions computed from the token ids."""
+    shape = shapes.get(node.output[0], (None,))[0]
+    if data.size == 0 or shape is None or None in shape or not (data == data.flat[0]).all():
+        return None
+    return [np.full(shape, data.flat[0], dtype=data.dtype)]
 
 
 _SIZE_FROM_DATA = {"ConstantOfShape", "Expand", "Tile", "OneHot", "Range"}

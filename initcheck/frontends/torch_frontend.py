@@ -97,6 +97,9 @@ VIEWS = {
     "numpy_T",
 }
 
+# ops whose output holds entries of their first argument, wherever the indices point
+_PICKS = {"gather", "index", "index_select", "take_along_dim"}
+
 # ops that make a new tensor of a given (or another tensor's) shape, and the value they fill it with
 _FILLED = {
     "new_zeros": lambda node: 0.0,
@@ -186,6 +189,21 @@ class _Builder:
             return True
         except Exception:  # an op that cannot run on real tensors here stays unknown
             return False
+
+    def fold_uniform_pick(self, node) -> bool:
+        """A gather from a constant whose entries are all one value is that value, whatever the indices: a
+        RoBERTa's token types, gathered from an all-zero buffer at positions computed from the token ids."""
+        import torch
+
+        data, shape = node.args[0], _shape(node)
+        known = self.tensors.get(getattr(data, "name", None))
+        if not isinstance(known, torch.Tensor) or known.numel() == 0 or shape is None or None in shape:
+            return False
+        first = known.reshape(-1)[0]
+        if not bool((known == first).all()):
+            return False
+        self.tensors[node.name] = torch.full(shape, first.item(), dtype=_fake(node).dtype)
+        return True
 
     # -- values ---------------------------------------------------------------------------------------
     def value(self, name: str, shape=None, dtype: str = "float32") -> Value:
@@ -343,7 +361,7 @@ class _Builder:
                 if _is_float(node) or isinstance(_fake(node), (list, tuple)) or op_name(node.target) == "getitem":
                     self.translate(node)
                 continue
-            if self.fold(node):
+            if self.fold(node) or (op_name(node.target) in _PICKS and self.fold_uniform_pick(node)):
                 continue
             if op_name(node.target) == "embedding" and node.args[0].name in self.tensors:
                 self.translate(node)  # token ids -> table rows: where the signal starts

@@ -92,12 +92,34 @@ def _attr(node, name: str, default: float) -> float:
     return float(value) if value is not None else default
 
 
-def vocabulary(graph: Graph) -> int:
-    sizes = [n.params["table"].shape[0] for n in graph.nodes if n.op == "embedding" and "table" in n.params]
-    return min(sizes) if sizes else 2
+# ops that carry token ids through unchanged in value (the ids an input holds reach a table through these)
+_ID_CARRIERS = frozenset(
+    {"identity", "cast", "reshape", "flatten", "squeeze", "unsqueeze", "expand", "transpose", "slice"}
+)
 
 
-def make_input(name: str, shape, dtype, vocab: int, generator, data: dict | None, run: int, device):
+def vocabularies(graph: Graph) -> dict[str, int]:
+    """Per input, the range its random token ids are drawn from: the smallest table it indexes, through reshapes and
+    casts; `""` holds the graph's smallest table, for an input that reaches no table directly (ids turned into
+    positions by arithmetic, say), since every lookup can take it. Drawing every input from the graph's smallest
+    table put a BERT's or RoBERTa's words in {0, 1}: RoBERTa's padding id is 1, so half its tokens were padding."""
+    tables = {n.name: n.params["table"].shape[0] for n in graph.nodes if n.op == "embedding" and "table" in n.params}
+    smallest = min(tables.values(), default=2)
+    out = {"": smallest}
+    for value in graph.inputs:
+        reached, front = [], [value]
+        while front:
+            carrier = front.pop()
+            for node in carrier.consumers:
+                if node.op == "embedding" and node.name in tables and node.inputs[0] is carrier:
+                    reached.append(tables[node.name])
+                elif node.op in _ID_CARRIERS and node.inputs and node.inputs[0] is carrier:
+                    front.extend(node.outputs)
+        out[value.name] = min(reached, default=smallest)
+    return out
+
+
+def make_input(name: str, shape, dtype, vocab: dict[str, int], generator, data: dict | None, run: int, device):
     """N(0,1) floats, all-ones masks, uniform token ids; or the next slice of --input-data."""
     import torch
 
@@ -115,7 +137,8 @@ def make_input(name: str, shape, dtype, vocab: int, generator, data: dict | None
         return torch.ones(shape, dtype=dtype, device=device)
     if dtype == torch.bool:
         return torch.ones(shape, dtype=dtype, device=device)
-    return torch.randint(0, vocab, shape, generator=generator).to(device=device, dtype=dtype)
+    high = vocab.get(name, vocab[""])
+    return torch.randint(0, high, shape, generator=generator).to(device=device, dtype=dtype)
 
 
 def load_input_data(path: str | None) -> dict | None:

@@ -20,7 +20,7 @@ from initcheck.probes.common import (
     resolve_device,
     run_loop,
     seed_backward,
-    vocabulary,
+    vocabularies,
 )
 from initcheck.probes.plan import ProbePlan
 
@@ -235,7 +235,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     form = _TorchForm(model, device, opset)
     data, vocab, notes = (
         by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
-        vocabulary(graph),
+        vocabularies(graph),
         [],
     )
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1

@@ -20,7 +20,7 @@ from initcheck.probes.common import (
     resolve_device,
     run_loop,
     seed_backward,
-    vocabulary,
+    vocabularies,
 )
 from initcheck.probes.plan import ProbePlan, in_scope
 
@@ -184,7 +184,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     notes: list[str]
     data, vocab, notes = (
         by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
-        vocabulary(graph),
+        vocabularies(graph),
         [],
     )
     batch = specs[0][1][0] if specs and specs[0][1] else 1
