@@ -17,6 +17,8 @@ from initcheck.errors import ModelLoadError
 DEFAULT_MAX_ELEMENTS = 1 << 31
 # beyond this many positions an axis' zero-padding border profile changes K by < k/length: taken as interior
 MAX_PROFILE_LENGTH = 1 << 20
+# a position kernel is a T x T matrix per tensor (docs/theory.md §16): longer sequences go without one
+MAX_KERNEL_LENGTH = 256
 
 _max_elements: ContextVar[int] = ContextVar("max_elements", default=DEFAULT_MAX_ELEMENTS)
 

@@ -30,6 +30,9 @@ class AxisProfile:
     def __hash__(self) -> int:
         return hash((self.axis, self.energy.tobytes()))
 
+    def __len__(self) -> int:
+        return len(self.energy)
+
 
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))

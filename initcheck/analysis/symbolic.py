@@ -12,7 +12,17 @@ from initcheck.errors import debugging
 from initcheck.ir import Graph, Node, Value
 from initcheck.moments import AxisProfile, Estimate, Moments, standard_input
 from initcheck.passes import is_signal
-from initcheck.rules import APPROXIMATE, BACKWARD, FORWARD, Unsupported, activations, axis_profile, load_all
+from initcheck.rules import (
+    APPROXIMATE,
+    BACKWARD,
+    FORWARD,
+    Unsupported,
+    activations,
+    axis_profile,
+    load_all,
+    position_kernel,
+)
+from initcheck.rules.position_kernel import PositionKernel
 
 SOURCE_OPS = {"embedding"}  # ops that create signal from constants and indices
 # backward rules exact only on average: a normalisation's per-sample 1/v (a Jensen factor, docs/theory.md §6) and
@@ -32,6 +42,12 @@ class SymbolicResult:
     # profile there, as Moments.axial is for K (docs/theory.md §15)
     backward_axial: dict[Value, AxisProfile] = field(default_factory=dict)
     stated_axial: dict[Node, list] = field(default_factory=dict)  # gradient profiles a backward rule computed
+    # where positions co-vary beyond S (after causal attention), the excess covariance along the sequence, forward
+    # and backward (docs/theory.md §16); working state of the pass, emptied when it ends
+    forward_kernel: dict[Value, PositionKernel] = field(default_factory=dict)
+    backward_kernel: dict[Value, PositionKernel] = field(default_factory=dict)
+    stated_kernel: dict[Node, list] = field(default_factory=dict)  # gradient kernels a backward rule computed
+    stated_shared: dict[Node, dict[int, float]] = field(default_factory=dict)  # and shared gradients, by input
     # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
     # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
     positive_support: dict[Value, bool] = field(default_factory=dict)
@@ -77,6 +93,11 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
             result.backward_shared[value] = 1.0 if positions(value, result.batch) == 1 else 0.0
     for node in reversed(graph.nodes):
         _backward_node(node, result)
+        for value in node.outputs:  # every reader of its kernels is done (they come later in the order)
+            result.forward_kernel.pop(value, None)
+            result.backward_kernel.pop(value, None)
+    result.forward_kernel.clear()
+    result.backward_kernel.clear()
     return result
 
 
@@ -120,7 +141,22 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                 moments = moments.with_(bar=upstream_bar)
             if result.status[node] != "unsupported":
                 moments = moments.with_(axial=_energy_profile(node, ins, value, moments, result))
+                _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
+
+
+def _position_kernel(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult) -> None:
+    if value in result.forward_kernel:  # the rule made it (attention)
+        return
+    try:
+        kernel = position_kernel.forward(node, ins, value, moments, result.forward_kernel)
+    except Exception as e:  # a bug: reported (IC302), the kernel dropped
+        if debugging():
+            raise
+        result.internal.setdefault(node, f"{type(e).__name__}: {e} (position kernel)")
+        return
+    if kernel is not None:
+        result.forward_kernel[value] = kernel
 
 
 def _energy_profile(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult):
@@ -176,6 +212,8 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     shared_out = sum(result.backward_shared.get(v, 0.0) for v in node.outputs)
     fraction = min(shared_out / sum(filled), 1.0) if sum(filled) > 0 else 0.0
     profiles = _gradient_profiles(node, ins, result) if rule is not None else [None] * len(node.inputs)
+    kernels = _gradient_kernels(node, ins, fraction, result) if rule is not None else [None] * len(node.inputs)
+    stated_shared = result.stated_shared.pop(node, {})
     for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
             continue
@@ -185,12 +223,19 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             result.backward_axial.pop(value, None)
         else:
             result.backward_axial[value] = profile
+        kernel = position_kernel.combined(before, result.backward_kernel.get(value), g, kernels[index])
+        if kernel is None:
+            result.backward_kernel.pop(value, None)
+        else:
+            result.backward_kernel[value] = kernel
         result.backward[value] = result.backward.get(value, 0.0) + g
         if g > 0:
             supported = _on_positive_entries(node, index, ins, result)
             result.positive_support[value] = result.positive_support.get(value, True) and supported
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
-        shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
+        shared = stated_shared.get(index)
+        if shared is None:
+            shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
 
 
@@ -218,6 +263,22 @@ def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
         if debugging():
             raise
         result.internal.setdefault(node, f"{type(e).__name__}: {e} (gradient profile)")
+        return [None] * len(node.inputs)
+
+
+def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicResult) -> list:
+    """Each input's gradient kernel from the (first) output's; the attention rule states its values' own."""
+    stated = result.stated_kernel.pop(node, None)
+    if stated is not None:
+        return stated
+    out = node.outputs[0]
+    try:
+        grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
+        return position_kernel.backward(node, ins, out, grad, shared_fraction, profile, result.forward_kernel)
+    except Exception as e:  # a bug: reported (IC302), the kernels dropped
+        if debugging():
+            raise
+        result.internal.setdefault(node, f"{type(e).__name__}: {e} (gradient kernel)")
         return [None] * len(node.inputs)
 
 

@@ -34,14 +34,10 @@ def _length(value, axis: int) -> int | None:
     return shape[axis] if shape is not None and axis < len(shape) else None
 
 
-def _fits(profile: AxisProfile | None, value) -> bool:
+def fits(along, value) -> bool:
+    """Whether a profile (or a position kernel, anything with an axis and a length) matches the value's shape."""
     shape = value.shape if value is not None else None
-    return (
-        profile is not None
-        and shape is not None
-        and profile.axis < len(shape)
-        and shape[profile.axis] == len(profile.energy)
-    )
+    return along is not None and shape is not None and along.axis < len(shape) and shape[along.axis] == len(along)
 
 
 # ---- placement: where an index of the input's axis lands in the output ------------------------------------
@@ -73,28 +69,38 @@ def _slice_range(node, length: int) -> np.ndarray | None:
     return indices if indices.size else None
 
 
-def moved(node, profile: AxisProfile | None, inp, out) -> AxisProfile | None:
-    """The profile of `out` for a re-arranging or selecting op (forward), None where it cannot follow."""
-    if not _fits(profile, inp):
-        return None
-    assert profile is not None
+def placement(node, axis: int, inp, out) -> tuple[int, np.ndarray | None] | None:
+    """Where `axis` of a re-arranging or selecting op's input lands in its output, and which of its indices a
+    slice along it keeps (None: all); None where it cannot be followed (a select of one index along it)."""
     rank_in = _rank(inp) or 0
     op = node.op
     if op in RESHAPES:
-        b = _reshaped_axis(profile.axis, inp.shape, out.shape)
-        return None if b is None else profile_along(b, profile.energy)
+        b = _reshaped_axis(axis, inp.shape, out.shape)
+        return None if b is None else (b, None)
     if op == "transpose":
         perm = _perm(node, rank_in)
-        return None if perm is None or len(perm) != rank_in else profile_along(perm.index(profile.axis), profile.energy)
+        return None if perm is None or len(perm) != rank_in else (perm.index(axis), None)
     if op in ("gather", "slice") and "axis" in node.attrs:
-        axis = int(node.attrs["axis"]) % max(rank_in, 1)
-        if axis != profile.axis:
-            b = _reshaped_axis_after_pick(profile.axis, axis, node)
-            return None if b is None else profile_along(b, profile.energy)
-        if op == "slice":
-            picked = _slice_range(node, len(profile.energy))
-            return None if picked is None else profile_along(profile.axis, profile.energy[picked])
+        picked_axis = int(node.attrs["axis"]) % max(rank_in, 1)
+        if picked_axis != axis:
+            b = _reshaped_axis_after_pick(axis, picked_axis, node)
+            return None if b is None else (b, None)
+        length = _length(inp, axis)
+        picked = _slice_range(node, length) if op == "slice" and length is not None else None
+        return None if picked is None else (axis, picked)
     return None
+
+
+def moved(node, profile: AxisProfile | None, inp, out) -> AxisProfile | None:
+    """The profile of `out` for a re-arranging or selecting op (forward), None where it cannot follow."""
+    if not fits(profile, inp):
+        return None
+    assert profile is not None
+    placed = placement(node, profile.axis, inp, out)
+    if placed is None:
+        return None
+    axis, picked = placed
+    return profile_along(axis, profile.energy if picked is None else profile.energy[picked])
 
 
 def _reshaped_axis_after_pick(axis: int, picked_axis: int, node) -> int | None:
@@ -108,7 +114,7 @@ def _reshaped_axis_after_pick(axis: int, picked_axis: int, node) -> int | None:
 
 def picked_energy(node, profile: AxisProfile | None, inp) -> float:
     """The mean relative energy of what a select or slice along the profiled axis keeps (1 elsewhere)."""
-    if not _fits(profile, inp) or "axis" not in node.attrs:
+    if not fits(profile, inp) or "axis" not in node.attrs:
         return 1.0
     assert profile is not None
     if int(node.attrs["axis"]) % max(_rank(inp) or 1, 1) != profile.axis:
@@ -128,6 +134,14 @@ def moved_back(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
     op = node.op
     if op in ("gather", "slice") and "axis" in node.attrs and inp is not None and inp.shape is not None:
         axis = int(node.attrs["axis"]) % max(rank_in, 1)
+        if fits(profile, out):  # a pick along another axis (q, k and v out of one projection): the profile stays
+            assert profile is not None
+            kept = placement_back(node, profile.axis, inp, out)
+            if kept is not None:
+                return profile_along(kept, profile.energy)
+        if axis == rank_in - 1 and rank_in >= 3:
+            return None  # q, k and v features of a fused projection: its backward mixes them, and the tokens'
+            # profiles of the three parts must still combine
         length = _length(inp, axis)
         if length is not None and length > 1:
             mask = np.zeros(length)
@@ -138,15 +152,29 @@ def moved_back(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
             else:
                 return None
             return profile_along(axis, mask)
-    if not _fits(profile, out):
+    if not fits(profile, out):
         return None
     assert profile is not None
-    if op in RESHAPES:
-        b = _reshaped_axis(profile.axis, out.shape, inp.shape if inp is not None else None)
-        return None if b is None else profile_along(b, profile.energy)
-    if op == "transpose":
+    back = placement_back(node, profile.axis, inp, out)
+    return None if back is None else profile_along(back, profile.energy)
+
+
+def placement_back(node, axis: int, inp, out) -> int | None:
+    """The input axis that `axis` of a reshape's or transpose's output came from, or of a select's or slice's
+    along another axis (None: it cannot follow)."""
+    if node.op in ("gather", "slice") and "axis" in node.attrs:
+        picked = int(node.attrs["axis"]) % max(_rank(inp) or 1, 1)
+        if node.op == "slice":
+            return axis if axis != picked else None
+        if "index" in node.attrs:  # a select removes its axis
+            return axis if axis < picked else axis + 1
+        return None
+    if node.op in RESHAPES:
+        return _reshaped_axis(axis, out.shape, inp.shape if inp is not None else None)
+    if node.op == "transpose":
+        rank_in = _rank(inp) or 0
         perm = _perm(node, rank_in)
-        return None if perm is None or len(perm) != rank_in else profile_along(perm[profile.axis], profile.energy)
+        return None if perm is None or len(perm) != rank_in else perm[axis]
     return None
 
 
@@ -155,7 +183,7 @@ def moved_back(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
 
 def mixed(parts: list[tuple[float, AxisProfile | None]], out) -> AxisProfile | None:
     """Independent parts added: K_i = sum_p K_p e_p(i). `parts`: (K of the part, its profile on out's axes)."""
-    profiled = [p for _, p in parts if p is not None and _fits(p, out)]
+    profiled = [p for _, p in parts if p is not None and fits(p, out)]
     if not profiled:
         return None
     axis, length = profiled[0].axis, len(profiled[0].energy)
@@ -197,7 +225,7 @@ def _stretches(node, profile: AxisProfile | None, values, out) -> list[np.ndarra
     """Each concat part's stretch of a gradient profile along the concat axis; None where the profile is not along
     it or a part's length is unknown."""
     rank = _rank(out)
-    if profile is None or rank is None or not _fits(profile, out):
+    if profile is None or rank is None or not fits(profile, out):
         return None
     if profile.axis != int(node.attrs.get("axis", 0)) % rank:
         return None
@@ -217,8 +245,8 @@ def split_back(node, profile: AxisProfile | None, values, out) -> list[AxisProfi
     if stretches is not None:
         assert profile is not None
         return [profile_along(profile.axis, stretch) for stretch in stretches]
-    along_other = profile is not None and _fits(profile, out) and _rank(out) is not None
-    return [profile if along_other and _fits(profile, v) else None for v in values]
+    along_other = profile is not None and fits(profile, out) and _rank(out) is not None
+    return [profile if along_other and fits(profile, v) else None for v in values]
 
 
 def part_shares(node, profile: AxisProfile | None, values, out) -> list[float]:
@@ -290,7 +318,7 @@ def _signals(node, ins):
 
 def _same_axis(node, profile: AxisProfile | None, inp, out) -> AxisProfile | None:
     """Broadcasts that keep the rank (expand, tile): the axis stays where its size does."""
-    if not _fits(profile, inp) or not _fits(profile, out):
+    if not fits(profile, inp) or not fits(profile, out):
         return None
     return profile
 
@@ -303,7 +331,7 @@ def _normalised_from(node, rank: int) -> int:
 def forward(node, ins, out_value, out) -> AxisProfile | None:
     """The energy profile of one output of `node`, from its inputs' (Moments) profiles."""
     if out.axial is not None:  # the rule set it (attention) or passed its input's on (a copy)
-        return out.axial if _fits(out.axial, out_value) else None
+        return out.axial if fits(out.axial, out_value) else None
     signals = _signals(node, ins)
     if not signals:
         return None
@@ -312,7 +340,7 @@ def forward(node, ins, out_value, out) -> AxisProfile | None:
     if op in POSITIONWISE or op == "linear" and profile is not None and profile.axis < (_rank(value) or 0) - 1:
         if profile is not None and profile.centered is not None and op not in COPIES:
             profile = AxisProfile(profile.axis, profile.energy)  # the variance is the copy's alone
-        return profile if _fits(profile, out_value) else None
+        return profile if fits(profile, out_value) else None
     if op in ("expand", "tile"):
         return _same_axis(node, profile, value, out_value)
     if op in RESHAPES or op in ("transpose", "gather", "slice"):
@@ -326,7 +354,7 @@ def forward(node, ins, out_value, out) -> AxisProfile | None:
             a, b = signals[0][1].axial, signals[1][1].axial
             if a.axis == b.axis and len(a.energy) == len(b.energy):
                 return profile_along(a.axis, a.energy * b.energy)
-        return next((x.axial for _, x in signals if _fits(x.axial, out_value)), None)
+        return next((x.axial for _, x in signals if fits(x.axial, out_value)), None)
     if op == "concat":
         parts = [
             (
@@ -390,7 +418,7 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
             continue
         if op in POSITIONWISE or op in ("add", "sub", "linear", "expand", "tile"):
             mixes_it = op == "linear" and grad is not None and grad.axis == (_rank(v) or 0) - 1
-            result[i] = grad if _fits(grad, v) and not mixes_it else None
+            result[i] = grad if fits(grad, v) and not mixes_it else None
         elif op in RESHAPES or op in ("transpose", "gather", "slice"):
             result[i] = moved_back(node, grad, v, out_value)
         elif op == "mul":
@@ -399,7 +427,7 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
             if grad is not None and e is not None and e.axis == grad.axis and len(e.energy) == len(grad.energy):
                 result[i] = profile_along(grad.axis, grad.energy * e.energy)
             else:
-                result[i] = grad if _fits(grad, v) else (e if _fits(e, v) else None)
+                result[i] = grad if fits(grad, v) else (e if fits(e, v) else None)
         elif op in PER_POSITION_NORMS or op in CHANNEL_GROUP_NORMS or op == "batch_norm":
             result[i] = norm_ratio(node, x, grad)[1] if i == 0 else None
     if op == "concat":

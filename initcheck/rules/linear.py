@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_along, profile_factor
-from initcheck.rules import axis_profile
+from initcheck.rules import axis_profile, position_kernel
 from initcheck.rules.common import (
     backward_border,
     coherent_border,
@@ -209,14 +209,35 @@ def matmul_forward(node, ins, ctx):
         coupled = _share_source(node.inputs[0], node.inputs[1])
         S = shared + (b.K - shared) * _column_weight(a.valid_keys, d)
         exact = exact and shared <= 0.05 * b.K and not coupled
-        axial = None
         if per_query is not None:  # per query: the shared part plus its own share of the independent one
             per_query = shared + (b.K - shared) * sum_p2 * per_query / (1.0 / _rows(node, a)).mean()
-            axial = profile_along(len(node.outputs[0].shape) - 2, per_query)
+        attended = _covarying_positions(node, a, b, ctx)
+        if attended is not None:  # positions that co-vary beyond S (docs/theory.md §16)
+            per_query = (per_query if per_query is not None else K) + attended["added"]
+            K, S = K + float(attended["added"].mean()), attended["shared"]
+            axis = len(node.outputs[0].shape) - 2
+            kernel = position_kernel.kernel_along(axis, attended["cross"] / K) if K > 0 else None
+            if kernel is not None:
+                ctx.forward_kernel[node.outputs[0]] = kernel
+        axial = None if per_query is None else profile_along(len(node.outputs[0].shape) - 2, per_query)
         return clean(b.m, K, b.M, exact, S=S, axial=axial)
     mean = d * a.m * b.m
     K = d * a.K * b.K + d * (d - 1) * a.m**2 * b.m**2
     return clean(mean, K, mean**2, exact, gaussian=d > 8)
+
+
+def _covarying_positions(node, a, b, ctx) -> dict | None:
+    """Diffuse attention's output where its values' positions co-vary or a causal mask makes them co-vary."""
+    shape_v, shape_o = node.inputs[1].shape, node.outputs[0].shape
+    if shape_v is None or shape_o is None or len(shape_v) < 2 or len(shape_o) < 2:
+        return None
+    axis = len(shape_v) - 2
+    kernel = ctx.forward_kernel.get(node.inputs[1])
+    kernel = kernel if kernel is not None and kernel.axis == axis and len(kernel.cross) == shape_v[axis] else None
+    rows = _rows(node, a)
+    if kernel is None and rows.min() == rows.max():
+        return None  # every query sees every key: what they share is S, all of it
+    return position_kernel.attended(rows, _contracted(node) or 1, b, kernel, axis)
 
 
 def _rows(node, a) -> np.ndarray:
@@ -283,9 +304,27 @@ def _values_gradient(node, a, independent: float, coherent: float, ctx) -> float
     inc, coh = independent * factor, coherent
     shape = inc * per_key / max(per_key.mean(), 1e-300) + coh * column / max(column.mean(), 1e-300)
     axis = len(node.inputs[1].shape) - 2 if node.inputs[1].shape is not None else None
-    if axis is not None and node.inputs[1].shape[axis] == keys:
-        ctx.stated_axial[node] = [None, profile_along(axis, shape)]
-    return inc + coh
+    if axis is None or node.inputs[1].shape[axis] != keys:
+        return inc + coh
+    stated: list[position_kernel.PositionKernel | None] = [None, None]
+    # the queries' gradients co-vary (a later causal attention summed them) or the mask makes the keys' co-vary
+    kernel = ctx.backward_kernel.get(node.outputs[0])
+    if kernel is not None and kernel.axis != len(node.outputs[0].shape) - 2:
+        kernel = None
+    total = inc + coh
+    if kernel is not None or rows.min() != rows.max():
+        g = ctx.backward.get(node.outputs[0], 0.0)
+        shared = min(ctx.backward_shared.get(node.outputs[0], 0.0), g)
+        summed = position_kernel.attended_back(rows, keys, g, shared, grads, kernel)
+        if summed is not None:
+            shape, total = shape + summed["added"], total + float(summed["added"].mean())
+            stated[1] = position_kernel.kernel_along(axis, summed["cross"] / total) if total > 0 else None
+            ctx.stated_kernel[node] = stated
+            # what every key's gradient has in common: a key's gradient averages the queries that see it, and
+            # early keys see most of the same queries
+            ctx.stated_shared[node] = {1: min(summed["shared"], total)}
+    ctx.stated_axial[node] = [None, profile_along(axis, shape)]
+    return total
 
 
 @forward_rule("embedding")
