@@ -141,22 +141,28 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                 moments = moments.with_(bar=upstream_bar)
             if result.status[node] != "unsupported":
                 moments = moments.with_(axial=_energy_profile(node, ins, value, moments, result))
-                _position_kernel(node, ins, value, moments, result)
+                moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
 
 
-def _position_kernel(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult) -> None:
+def _position_kernel(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult) -> Moments:
+    """The output's kernel (docs/theory.md §16); where it came from a whole second-moment matrix, the part all
+    positions share is taken from there too (a per-token norm of tokens as uneven as a causal stack makes them)."""
     if value in result.forward_kernel:  # the rule made it (attention)
-        return
+        return moments
     try:
         kernel = position_kernel.forward(node, ins, value, moments, result.forward_kernel)
     except Exception as e:  # a bug: reported (IC302), the kernel dropped
         if debugging():
             raise
         result.internal.setdefault(node, f"{type(e).__name__}: {e} (position kernel)")
-        return
-    if kernel is not None:
-        result.forward_kernel[value] = kernel
+        return moments
+    if kernel is None:
+        return moments
+    result.forward_kernel[value] = kernel
+    if kernel.share is None:
+        return moments
+    return moments.with_(S=min(max(kernel.share * moments.K, moments.M), moments.K))
 
 
 def _energy_profile(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult):
@@ -234,6 +240,10 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             result.positive_support[value] = result.positive_support.get(value, True) and supported
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
         shared = stated_shared.get(index)
+        stated_kernel = kernels[index]
+        share = stated_kernel.share if stated_kernel is not None else None
+        if shared is None and share is not None:  # from the whole second-moment matrix (§16)
+            shared = min(max(share, 0.0), 1.0) * g
         if shared is None:
             shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared

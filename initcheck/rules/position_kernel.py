@@ -37,12 +37,15 @@ class PositionKernel:
 
     axis: int
     cross: np.ndarray  # float32, square
+    # the shared part (of K or G) as a fraction, where the kernel came from a whole second-moment matrix that says
+    # it better than the scalar rule (a per-token norm of uneven tokens, a product): None elsewhere
+    share: float | None = None
 
     def __len__(self) -> int:
         return len(self.cross)
 
 
-def kernel_along(axis: int, cross) -> PositionKernel | None:
+def kernel_along(axis: int, cross, share: float | None = None) -> PositionKernel | None:
     """A kernel with a zero diagonal, or None where negligible, too long or not finite."""
     cross = np.array(cross, dtype=np.float32)
     if cross.ndim != 2 or cross.shape[0] != cross.shape[1] or not 2 <= len(cross) <= MAX_KERNEL_LENGTH:
@@ -50,7 +53,7 @@ def kernel_along(axis: int, cross) -> PositionKernel | None:
     np.fill_diagonal(cross, 0.0)
     if not np.all(np.isfinite(cross)) or np.abs(cross).max() < _NEGLIGIBLE:
         return None
-    return PositionKernel(axis, cross)
+    return PositionKernel(axis, cross, share)
 
 
 def _share(x) -> float:
@@ -83,7 +86,10 @@ def _excess(axis: int, full: np.ndarray) -> PositionKernel | None:
     """The kernel of a relative second-moment matrix: what varies beyond the part all pairs share, relative to
     its diagonal's mean (K)."""
     scale = float(np.mean(np.diag(full)))
-    return kernel_along(axis, (full - _between(full)) / scale) if scale > 0 else None
+    if scale <= 0:
+        return None
+    between = _between(full)
+    return kernel_along(axis, (full - between) / scale, between / scale)
 
 
 # ---- attention ----------------------------------------------------------------------------------------------
