@@ -41,7 +41,7 @@ def nodes(mu: float, s: float, kinks: Sequence[float] = ()) -> tuple[np.ndarray,
     return mu + s * u, wu / wu.sum()
 
 
-def _defined(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def defined(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop nodes where the function is undefined (e.g. sqrt of a mean of squares, whose Gaussian stand-in
     reaches below zero in its far tail) and renormalise the weights over the rest."""
     ok = np.isfinite(values)
@@ -54,7 +54,7 @@ def _defined(values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def expect(fn: Fn, mu: float, var: float, kinks: Sequence[float] = ()) -> float:
     z, w = nodes(mu, float(np.sqrt(max(var, 0.0))), kinks)
-    values, w = _defined(fn(z), w)
+    values, w = defined(fn(z), w)
     return float(np.dot(w, values))
 
 
@@ -70,10 +70,10 @@ def moments_of(fn: Fn, m: float, K: float, M: float, kinks: Sequence[float] = ()
     """
     var = max(K - m * m, 0.0)
     z, w = nodes(m, np.sqrt(var), kinks)
-    f, w = _defined(fn(z), w)
+    f, w = defined(fn(z), w)
     mean = float(np.dot(w, f))
     second = float(np.dot(w, f * f))
-    slope, slope_w = _defined(derivative(fn, z), w)
+    slope, slope_w = defined(derivative(fn, z), w)
     grad_sq = float(np.dot(slope_w, slope**2))
     return mean, second, coherent_energy(fn, m, K, M, mean), grad_sq
 

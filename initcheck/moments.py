@@ -76,6 +76,9 @@ class Moments:
       entries > 0; None otherwise. A ReLU after it is the identity forward and passes that share of the gradient
       (autograd's ReLU' is 0 at 0), which a Gaussian closure would not see (a zero-initialised residual branch
       leaves relu(relu(x))).
+    rectified: (share, offset) where that share of the entries is an affine map of relu(offset + g), g ~ N(0, 1):
+      a ReLU's output of a Gaussian, and batch norms, copies and channel concatenations of it (DenseNet's
+      pre-activation layers read them). An activation there is not a function of a Gaussian (docs/theory.md §4).
     axial: the relative K at each index of one axis where it varies there (tokens of a sequence, the parts of a
       channel concatenation), docs/theory.md §15; None where even.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
@@ -98,6 +101,7 @@ class Moments:
     bar: float = 0.0
     axial: AxisProfile | None = None
     positive: float | None = None
+    rectified: tuple[float, float] | None = None
 
     @property
     def shared(self) -> float:

@@ -21,6 +21,7 @@ from initcheck.rules import (
     axis_profile,
     load_all,
     position_kernel,
+    rectified,
 )
 from initcheck.rules.position_kernel import PositionKernel
 
@@ -140,7 +141,10 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
             if moments.bar < upstream_bar:
                 moments = moments.with_(bar=upstream_bar)
             if result.status[node] != "unsupported":
-                moments = moments.with_(axial=_energy_profile(node, ins, value, moments, result))
+                moments = moments.with_(
+                    axial=_guarded(node, result, "energy profile", axis_profile.forward, node, ins, value, moments),
+                    rectified=_guarded(node, result, "rectified shape", rectified.forward, node, ins, value, moments),
+                )
                 moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
 
@@ -150,13 +154,9 @@ def _position_kernel(node: Node, ins, value: Value, moments: Moments, result: Sy
     positions share is taken from there too (a per-token norm of tokens as uneven as a causal stack makes them)."""
     if value in result.forward_kernel:  # the rule made it (attention)
         return moments
-    try:
-        kernel = position_kernel.forward(node, ins, value, moments, result.forward_kernel)
-    except Exception as e:  # a bug: reported (IC302), the kernel dropped
-        if debugging():
-            raise
-        result.internal.setdefault(node, f"{type(e).__name__}: {e} (position kernel)")
-        return moments
+    kernel = _guarded(
+        node, result, "position kernel", position_kernel.forward, node, ins, value, moments, result.forward_kernel
+    )
     if kernel is None:
         return moments
     result.forward_kernel[value] = kernel
@@ -165,13 +165,15 @@ def _position_kernel(node: Node, ins, value: Value, moments: Moments, result: Sy
     return moments.with_(S=min(max(kernel.share * moments.K, moments.M), moments.K))
 
 
-def _energy_profile(node: Node, ins, value: Value, moments: Moments, result: SymbolicResult):
+def _guarded(node: Node, result: SymbolicResult, what: str, compute, *args):
+    """A side statistic (a profile, a kernel, a shape): a bug in it is reported (IC302) and it is dropped, never
+    the analysis."""
     try:
-        return axis_profile.forward(node, ins, value, moments)
-    except Exception as e:  # a bug: reported (IC302), the profile dropped
+        return compute(*args)
+    except Exception as e:
         if debugging():
             raise
-        result.internal.setdefault(node, f"{type(e).__name__}: {e} (energy profile)")
+        result.internal.setdefault(node, f"{type(e).__name__}: {e} ({what})")
         return None
 
 
@@ -250,14 +252,23 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
 
 
 def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> bool:
-    """Whether the gradient this node sends to input `index` is 0 wherever that input is 0: a ReLU (slope 0 at 0)
-    on a nonnegative input, or a sum whose other terms are zero and whose own gradient is so."""
+    """Whether the gradient this node sends to input `index` is 0 wherever that input is 0 (or, for an affine
+    image of a ReLU's output, wherever that output was 0): a ReLU (slope 0 at 0) on a nonnegative input, or on a
+    batch norm of a ReLU's output (its zeros land below 0: DenseNet's norm-ReLU); a sum whose other terms are zero
+    and whose own gradient is so; a batch norm, copy or concatenation of rectified entries whose gradient is so."""
     x = ins[index]
     if node.op == "pointwise" and x is not None and x.positive is not None:
         return activations.kills_zeros(node.attrs["program"])
-    if node.op in ("add", "identity", "cast", "dropout") and result.positive_support.get(node.outputs[0], False):
+    if node.op == "pointwise" and x is not None:
+        return activations.kills_zeros(node.attrs["program"]) and activations.zeros_land_below(x)
+    if not result.positive_support.get(node.outputs[0], False) or x is None:
+        return False
+    if node.op in ("add", "identity", "cast", "dropout"):
         others = [m for i, m in enumerate(ins) if i != index and m is not None]
-        return all(m.K == 0 for m in others)
+        if all(m.K == 0 for m in others):
+            return True
+    if node.op in rectified.SAME_ENTRIES and index == 0 or node.op == "concat":
+        return x.rectified is not None and x.rectified[0] == 1.0  # the same entries, the same zeros
     return False
 
 
@@ -267,13 +278,10 @@ def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
     if stated is not None:
         return stated
     out = node.outputs[0]
-    try:
-        return axis_profile.backward(node, ins, out, result.backward_axial.get(out), result)
-    except Exception as e:  # a bug: reported (IC302), the profiles dropped
-        if debugging():
-            raise
-        result.internal.setdefault(node, f"{type(e).__name__}: {e} (gradient profile)")
-        return [None] * len(node.inputs)
+    found = _guarded(
+        node, result, "gradient profile", axis_profile.backward, node, ins, out, result.backward_axial.get(out), result
+    )
+    return found if found is not None else [None] * len(node.inputs)
 
 
 def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicResult) -> list:
@@ -282,14 +290,15 @@ def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicR
     if stated is not None:
         return stated
     out = node.outputs[0]
-    try:
-        grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
-        return position_kernel.backward(node, ins, out, grad, shared_fraction, profile, result.forward_kernel)
-    except Exception as e:  # a bug: reported (IC302), the kernels dropped
-        if debugging():
-            raise
-        result.internal.setdefault(node, f"{type(e).__name__}: {e} (gradient kernel)")
-        return [None] * len(node.inputs)
+    grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
+    found = _guarded(
+        node,
+        result,
+        "gradient kernel",
+        position_kernel.backward,
+        *(node, ins, out, grad, shared_fraction, profile, result.forward_kernel),
+    )
+    return found if found is not None else [None] * len(node.inputs)
 
 
 def _batch(graph: Graph) -> int:

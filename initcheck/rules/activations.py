@@ -6,11 +6,12 @@ G_x = <phi'^2> G_y. Exact for Gaussian inputs (Gaussian closure otherwise).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 
-from initcheck import pointwise
+from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean
 from initcheck.rules.pool import argmax_slope_ratio
@@ -93,13 +94,60 @@ def _unchanged_gradient(program, x: Moments) -> float | None:
     return None if slope_sq is None else x.positive + (1 - x.positive) * slope_sq
 
 
+@lru_cache(maxsize=4096)
+def _rectified_moments(program, m: float, var: float, offset: float) -> tuple[float, float, float]:
+    """Mean, second moment and E[phi'^2] of phi(y), y of mean m and variance var an affine map of relu(offset + g),
+    g ~ N(0, 1): a batch norm of a ReLU's output (docs/theory.md §4)."""
+    cdf, pdf = 0.5 * (1 + math.erf(offset / math.sqrt(2))), math.exp(-offset * offset / 2) / math.sqrt(2 * math.pi)
+    mu, sd_r = offset * cdf + pdf, _rectified_sd(offset, cdf, pdf)
+    sd = math.sqrt(max(var, 0.0))
+    fn = pointwise.as_function(program)
+    # where y crosses phi's kinks, in g
+    crossings = [mu + (k - m) * sd_r / sd - offset for k in pointwise.kinks(program) if sd > 0]
+    g, w = gaussian.nodes(0.0, 1.0, [-offset, *(c for c in crossings if c > -offset)])
+    y = m + sd * (np.maximum(offset + g, 0.0) - mu) / sd_r
+    with np.errstate(all="ignore"):
+        values, vw = gaussian.defined(fn(y), w)
+        slopes, sw = gaussian.defined(gaussian.derivative(fn, y), w)
+    return float(vw @ values), float(vw @ values**2), float(sw @ slopes**2)
+
+
+def zeros_land_below(x: Moments) -> bool:
+    """For entries that are an affine map of a ReLU's output: whether its zeros land below 0, so that a ReLU there
+    passes no gradient to them (a batch norm of a ReLU's output, DenseNet's norm-ReLU)."""
+    if x.rectified is None or x.gaussian or x.var <= 0:
+        return False
+    offset = x.rectified[1]
+    cdf, pdf = 0.5 * (1 + math.erf(offset / math.sqrt(2))), math.exp(-offset * offset / 2) / math.sqrt(2 * math.pi)
+    return x.m - math.sqrt(x.var) * (offset * cdf + pdf) / _rectified_sd(offset, cdf, pdf) < 0
+
+
+def _rectified_sd(offset: float, cdf: float, pdf: float) -> float:
+    mu = offset * cdf + pdf
+    return math.sqrt(max((offset * offset + 1) * cdf + offset * pdf - mu * mu, 1e-300))
+
+
+def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The activation's moments over a mixture of Gaussian entries and rectified ones (their share, x.rectified)."""
+    mean, K, M, grad = gaussian_part
+    if x.rectified is None or x.gaussian or x.var <= 0:
+        return gaussian_part
+    share, offset = x.rectified
+    r_mean, r_K, r_grad = _rectified_moments(program, _round(x.m), _round(x.var), round(offset, 3))
+    mixed_mean = (1 - share) * mean + share * r_mean
+    mixed_K = (1 - share) * K + share * r_K
+    # the channels' common offset moves with the mean
+    mixed_M = min(max(M + mixed_mean**2 - mean**2, mixed_mean**2), mixed_K)
+    return mixed_mean, mixed_K, mixed_M, (1 - share) * grad + share * r_grad
+
+
 @forward_rule("pointwise")
 def pointwise_forward(node, ins, ctx):
     x = ins[0]
     program = node.attrs["program"]
     if _unchanged_gradient(program, x) is not None:
         return x
-    mean, K, M, _ = program_moments(program, x)
+    mean, K, M, _ = _mixed(program, x, program_moments(program, x))
     keeps_profile = program[0] in _HOMOGENEOUS
     return clean(
         mean,
@@ -119,7 +167,7 @@ def pointwise_backward(node, ins, outs, grads, ctx):
         return [grads[0]]  # the gradient is already 0 wherever this ReLU's slope is
     if (share := _unchanged_gradient(node.attrs["program"], ins[0])) is not None:
         return [grads[0] * share]
-    _, _, _, grad_sq = program_moments(node.attrs["program"], ins[0])
+    _, _, _, grad_sq = _mixed(node.attrs["program"], ins[0], program_moments(node.attrs["program"], ins[0]))
     return [grads[0] * grad_sq * argmax_slope_ratio(node, ctx)]
 
 
