@@ -65,7 +65,8 @@ def _measured_row(row: LayerRow, predicted: Estimate | None, measured: Estimate 
     extra = probe.measured[row.value]  # what only measurement shows
     phases = extra.phases
     judged = agreement(predicted, measured) if predicted is not None else None
-    judged_grad = gradient_agreement(predicted, measured) if predicted is not None else None
+    # the row's own estimate: its G bar carries the gradient's finite-width spread from the outputs back (§12)
+    judged_grad = gradient_agreement(row.symbolic, measured) if row.symbolic is not None else None
     return replace(
         row,
         measured=measured,

@@ -97,6 +97,27 @@ VIEWS = {
     "numpy_T",
 }
 
+# ops that carry integer ids unchanged in value on the way to a lookup
+_ID_CARRIERS = {"view", "reshape", "unsqueeze", "squeeze", "expand", "to", "_to_copy", "clone", "slice", "flatten"}
+
+
+def _indexes_a_table(placeholder) -> bool:
+    """Whether an integer input reaches an embedding's indices (token ids), through reshapes and casts."""
+    front, seen = [placeholder], set()
+    while front:
+        node = front.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            name = op_name(user.target) if user.op == "call_function" else ""
+            if name == "embedding" and len(user.args) > 1 and user.args[1] is node:
+                return True
+            if name in _ID_CARRIERS:
+                front.append(user)
+    return False
+
+
 # ops whose output holds entries of their first argument, wherever the indices point
 _PICKS = {"gather", "index", "index_select", "take_along_dim"}
 
@@ -119,6 +140,7 @@ class _Builder:
         self.tensors = _Constants(init)  # fx name -> torch value for constants and folded results
         self.stored: dict[str, str] = {}  # fx name -> the parameter (state-dict key) it is, or a view of
         self.signal: set[str] = set()
+        self.held: dict = {}  # integer inputs held at the caller's example value (name -> tensor)
         self.alias: dict[str, str] = {}  # getitem fx name -> IR value name
         self.values: dict[str, Value] = {}
         self.nodes: list[Node] = []
@@ -146,6 +168,7 @@ class _Builder:
                 # buffers share storage with the user's module: never let an op touch the original
                 self.tensors[name] = tensor.detach().clone() if spec.kind == InputKind.BUFFER else tensor.detach()
         placeholders = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        examples = self._example_inputs()
         for name in self.inputs:
             node = placeholders[name]
             if _is_float(node):
@@ -153,6 +176,28 @@ class _Builder:
             elif "mask" in name.lower() and (shape := _shape(node)) and None not in shape:
                 self.tensors[name] = torch.ones(shape, dtype=_fake(node).dtype)
                 self.notes.append(f"input '{name}' is taken as all ones (no padding)")
+            elif not _indexes_a_table(node) and isinstance(examples.get(name), torch.Tensor):
+                # a diffusion model's timestep, a class label fed to arithmetic: the prediction and the probe both
+                # hold it at the value the caller gave (random ids would be a different conditioning)
+                self.tensors[name] = self.held[name] = examples[name].detach().clone()
+                shown = (
+                    self.held[name].tolist()
+                    if self.held[name].numel() <= 4
+                    else f"shape {tuple(self.held[name].shape)}"
+                )
+                self.notes.append(f"input '{name}' (integers that index no table) is held at its example value {shown}")
+
+    def _example_inputs(self) -> dict:
+        """The caller's example value of each user input, where the program kept them."""
+        import torch.utils._pytree as pytree
+        from torch.export.graph_signature import InputKind
+
+        example = getattr(self.ep, "example_inputs", None)
+        if not example:
+            return {}
+        flat, _ = pytree.tree_flatten(example)
+        users = [s.arg.name for s in self.ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+        return dict(zip(users, flat)) if len(flat) == len(users) else {}
 
     def fold(self, node) -> bool:
         """Run a node whose inputs are all known constants; False if it cannot be folded."""
@@ -372,6 +417,8 @@ class _Builder:
             v = self.values.get(name) or self.value(name)
             v.shape = _shape(placeholders[name])
             v.dtype = str(_fake(placeholders[name]).dtype).replace("torch.", "")
+            if name in self.held:
+                v.array = _to_numpy(self.held[name])  # the probe feeds the same value
         graph_outputs = [self.values[n] for n in outputs if n in self.values]
         for v in graph_outputs:
             v.is_output = True

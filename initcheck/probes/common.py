@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from initcheck.errors import UsageError
 from initcheck.ir import Graph
 from initcheck.moments import Estimate
@@ -119,8 +121,22 @@ def vocabularies(graph: Graph) -> dict[str, int]:
     return out
 
 
-def make_input(name: str, shape, dtype, vocab: dict[str, int], generator, data: dict | None, run: int, device):
-    """N(0,1) floats, all-ones masks, uniform token ids; or the next slice of --input-data."""
+@dataclass
+class Draws:
+    """How the probe makes integer inputs: token ids below the size of the table each indexes (`vocab`, "" for
+    the rest); inputs the frontend held at the caller's example value (a diffusion model's timestep) at it."""
+
+    vocab: dict[str, int]
+    held: dict[str, np.ndarray]
+
+
+def draws(graph: Graph) -> Draws:
+    return Draws(vocabularies(graph), {v.name: v.array for v in graph.inputs if v.array is not None})
+
+
+def make_input(name: str, shape, dtype, plan: Draws, generator, data: dict | None, run: int, device):
+    """N(0,1) floats, all-ones masks, uniform token ids, held inputs at their value; or the next slice of
+    --input-data."""
     import torch
 
     if data is not None and name in data:
@@ -131,13 +147,16 @@ def make_input(name: str, shape, dtype, vocab: dict[str, int], generator, data: 
         if rows.shape[0] < batch:
             rows = torch.cat([rows, torch.as_tensor(array[: batch - rows.shape[0]])])
         return rows.to(device=device, dtype=dtype).reshape(shape)
+    held = plan.held.get(name)
+    if held is not None and tuple(np.shape(held)) == tuple(shape):
+        return torch.as_tensor(held).to(device=device, dtype=dtype)
     if dtype.is_floating_point:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     if "mask" in name.lower():
         return torch.ones(shape, dtype=dtype, device=device)
     if dtype == torch.bool:
         return torch.ones(shape, dtype=dtype, device=device)
-    high = vocab.get(name, vocab[""])
+    high = plan.vocab.get(name, plan.vocab[""])
     return torch.randint(0, high, shape, generator=generator).to(device=device, dtype=dtype)
 
 

@@ -14,13 +14,13 @@ from initcheck.probes.common import (
     ProbeOptions,
     ProbeResult,
     by_input,
+    draws,
     load_input_data,
     make_input,
     new_accumulator,
     resolve_device,
     run_loop,
     seed_backward,
-    vocabularies,
 )
 from initcheck.probes.plan import ProbePlan
 
@@ -233,9 +233,9 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     inputs_wanted = [name for name, _, _ in specs if name in graph.values and graph.values[name].is_float]
     session = _session(model, wanted, device)
     form = _TorchForm(model, device, opset)
-    data, vocab, notes = (
+    data, plan_inputs, notes = (
         by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
-        vocabularies(graph),
+        draws(graph),
         [],
     )
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1
@@ -259,7 +259,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan 
                 name,
                 shape,
                 torch_dtypes.get(dtype, torch.float32),
-                vocab,
+                plan_inputs,
                 generator,
                 data,
                 seed * runs_per_seed + run,

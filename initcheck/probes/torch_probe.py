@@ -14,13 +14,13 @@ from initcheck.probes.common import (
     ProbeOptions,
     ProbeResult,
     by_input,
+    draws,
     load_input_data,
     make_input,
     new_accumulator,
     resolve_device,
     run_loop,
     seed_backward,
-    vocabularies,
 )
 from initcheck.probes.plan import ProbePlan, in_scope
 
@@ -182,9 +182,9 @@ def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
     specs = [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in placeholders if "val" in n.meta]
     notes: list[str]
-    data, vocab, notes = (
+    data, plan_inputs, notes = (
         by_input(load_input_data(options.input_data), [name for name, _, _ in specs]),
-        vocabularies(graph),
+        draws(graph),
         [],
     )
     batch = specs[0][1][0] if specs and specs[0][1] else 1
@@ -198,7 +198,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan 
             module.load_state_dict(original)
             _permute_weights(module, generator)
         inputs = [
-            make_input(name, shape, dtype, vocab, generator, data, seed * runs_per_seed + run, device)
+            make_input(name, shape, dtype, plan_inputs, generator, data, seed * runs_per_seed + run, device)
             for name, shape, dtype in specs
         ]
         for (name, _, _), x in zip(specs, inputs):
