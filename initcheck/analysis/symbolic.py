@@ -291,12 +291,19 @@ def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicR
         return stated
     out = node.outputs[0]
     grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
+    kernels = result.forward_kernel
     found = _guarded(
         node,
         result,
         "gradient kernel",
         position_kernel.backward,
-        *(node, ins, out, grad, shared_fraction, profile, result.forward_kernel),
+        node,
+        ins,
+        out,
+        grad,
+        shared_fraction,
+        profile,
+        kernels,
     )
     return found if found is not None else [None] * len(node.inputs)
 

@@ -28,7 +28,7 @@ def _rank(value) -> int | None:
     return len(value.shape) if value is not None and value.shape is not None else None
 
 
-def _length(value, axis: int) -> int | None:
+def length_along(value, axis: int) -> int | None:
     """The value's size along `axis`, None where unknown or the value has no such axis."""
     shape = value.shape if value is not None else None
     return shape[axis] if shape is not None and axis < len(shape) else None
@@ -85,7 +85,7 @@ def placement(node, axis: int, inp, out) -> tuple[int, np.ndarray | None] | None
         if picked_axis != axis:
             b = _reshaped_axis_after_pick(axis, picked_axis, node)
             return None if b is None else (b, None)
-        length = _length(inp, axis)
+        length = length_along(inp, axis)
         picked = _slice_range(node, length) if op == "slice" and length is not None else None
         return None if picked is None else (axis, picked)
     return None
@@ -142,7 +142,7 @@ def moved_back(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
         if axis == rank_in - 1 and rank_in >= 3:
             return None  # q, k and v features of a fused projection: its backward mixes them, and the tokens'
             # profiles of the three parts must still combine
-        length = _length(inp, axis)
+        length = length_along(inp, axis)
         if length is not None and length > 1:
             mask = np.zeros(length)
             if op == "gather" and "index" in node.attrs:
@@ -203,13 +203,13 @@ def concatenated(node, ins, out) -> AxisProfile | None:
     axis = int(node.attrs.get("axis", 0)) % rank
     other = [p for _, (_, _, p) in ins if p is not None and p.axis != axis]
     if other:
-        sizes = [_length(v, axis) for v, _ in ins]
+        sizes = [length_along(v, axis) for v, _ in ins]
         if any(n is None for n in sizes):
             return None
         return mixed([(n * K, p) for n, (_, (K, _, p)) in zip(sizes, ins)], out)
     pieces, centered = [], []
     for value, (K, var, profile) in ins:
-        n = _length(value, axis)
+        n = length_along(value, axis)
         if n is None:
             return None
         pieces.append(K * (profile.energy if profile is not None and len(profile.energy) == n else np.ones(n)))
@@ -231,7 +231,7 @@ def _stretches(node, profile: AxisProfile | None, values, out) -> list[np.ndarra
         return None
     result, start = [], 0
     for value in values:
-        n = _length(value, profile.axis)
+        n = length_along(value, profile.axis)
         if n is None:
             return None
         result.append(profile.energy[start : start + n])
@@ -323,7 +323,7 @@ def _same_axis(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
     return profile
 
 
-def _normalised_from(node, rank: int) -> int:
+def normalised_from(node, rank: int) -> int:
     """The first axis a layer or RMS norm normalises over (they act on each position before it alone)."""
     return int(node.attrs.get("axis", -1)) % max(rank, 1)
 
@@ -368,7 +368,7 @@ def forward(node, ins, out_value, out) -> AxisProfile | None:
         ]
         return concatenated(node, parts, out_value)
     if op in PER_POSITION_NORMS:
-        return profile if profile is not None and profile.axis >= _normalised_from(node, _rank(value) or 0) else None
+        return profile if profile is not None and profile.axis >= normalised_from(node, _rank(value) or 0) else None
     if op == "batch_norm":
         training = node.attrs.get("training")
         return profile if profile is not None and not (training and profile.axis == 1) else None
@@ -393,7 +393,7 @@ def norm_ratio(node, x, grad: AxisProfile | None) -> tuple[float, AxisProfile | 
     if per_index is not None:
         separate = axis == per_index
     else:
-        separate = node.op in PER_POSITION_NORMS and axis < _normalised_from(node, rank)
+        separate = node.op in PER_POSITION_NORMS and axis < normalised_from(node, rank)
     if not separate:
         return 1.0, grad
     if (

@@ -95,7 +95,7 @@ def _excess(axis: int, full: np.ndarray) -> PositionKernel | None:
 # ---- attention ----------------------------------------------------------------------------------------------
 
 
-def diffuse_weights(rows: np.ndarray, keys: int) -> np.ndarray:
+def _diffuse_weights(rows: np.ndarray, keys: int) -> np.ndarray:
     """Each query's attention spread evenly over the keys its row sees: (queries, keys)."""
     return (np.arange(keys)[None, :] < rows[:, None]) / rows[:, None]
 
@@ -105,7 +105,7 @@ def attended(rows: np.ndarray, keys: int, values, kernel: PositionKernel | None,
     per-query energy the kernel adds, its shared energy and its kernel. None where too long."""
     if len(rows) > MAX_KERNEL_LENGTH or keys > MAX_KERNEL_LENGTH:
         return None
-    weights = diffuse_weights(rows, keys)
+    weights = _diffuse_weights(rows, keys)
     excess = values.K * kernel.cross.astype(np.float64) if kernel is not None and len(kernel.cross) == keys else None
     own = np.diag((values.K - values.shared) * _energy(values, axis, keys))
     total = weights @ (own if excess is None else own + excess) @ weights.T
@@ -120,7 +120,7 @@ def attended_back(rows: np.ndarray, keys: int, G: float, shared: float, grads, k
     queries' G profile; `shared`: the part of G all queries share."""
     if len(rows) > MAX_KERNEL_LENGTH or keys > MAX_KERNEL_LENGTH:
         return None
-    weights = diffuse_weights(rows, keys)
+    weights = _diffuse_weights(rows, keys)
     queries = len(rows)
     q = grads.energy if grads is not None and len(grads.energy) == queries else np.ones(queries)
     excess = G * kernel.cross.astype(np.float64) if kernel is not None and len(kernel.cross) == queries else None
@@ -223,7 +223,7 @@ def forward(node, ins, out_value, out, kernels: dict) -> PositionKernel | None:
     elif op == "mul":
         result = _multiplied(signals, kernel)
     elif op in PER_POSITION_NORMS:
-        normalised = axis_profile._normalised_from(node, len(value.shape))
+        normalised = axis_profile.normalised_from(node, len(value.shape))
         energy = _energy(x, kernel.axis, len(kernel.cross))
         result = _per_token(kernel, _share(x), energy) if kernel.axis < normalised else None
     elif op == "concat":
@@ -250,7 +250,7 @@ def _concatenated(node, signals, kernel: PositionKernel, out_value) -> PositionK
         return None
     total, weight = 0.0, 0.0
     for v, x, k in signals:
-        n = axis_profile._length(v, int(node.attrs.get("axis", 0)) % rank)
+        n = axis_profile.length_along(v, int(node.attrs.get("axis", 0)) % rank)
         if n is None:
             return None
         cross = _on(k, v, kernel.axis)
@@ -289,7 +289,7 @@ def backward(node, ins, out_value, grad: PositionKernel | None, shared_fraction:
             for w, y in others:  # g_a = b g: E[g_a,s g_a,t] = E[b_s b_t] E[g_s g_t]
                 full = full * _relative(_on(kernels.get(w), w, grad.axis), _share(y), _energy(y, grad.axis, n))
             result[i] = _excess(grad.axis, full)
-        elif op in PER_POSITION_NORMS and i == 0 and grad.axis < axis_profile._normalised_from(node, len(v.shape)):
+        elif op in PER_POSITION_NORMS and i == 0 and grad.axis < axis_profile.normalised_from(node, len(v.shape)):
             e = _energy(x, grad.axis, n)  # each token's gradient divided by its own scale
             result[i] = _excess(grad.axis, _relative(grad.cross, shared_fraction, q) / np.sqrt(np.outer(e, e)))
         result[i] = result[i] if fits(result[i], v) else None
