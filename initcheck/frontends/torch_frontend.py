@@ -101,6 +101,13 @@ VIEWS = {
 _ID_CARRIERS = {"view", "reshape", "unsqueeze", "squeeze", "expand", "to", "_to_copy", "clone", "slice", "flatten"}
 
 
+def _concrete(example) -> bool:
+    """A tensor with values (not one traced on the meta device, whose values do not exist)."""
+    import torch
+
+    return isinstance(example, torch.Tensor) and not example.is_meta
+
+
 def _indexes_a_table(placeholder) -> bool:
     """Whether an integer input reaches an embedding's indices (token ids), through reshapes and casts."""
     front, seen = [placeholder], set()
@@ -176,7 +183,7 @@ class _Builder:
             elif "mask" in name.lower() and (shape := _shape(node)) and None not in shape:
                 self.tensors[name] = torch.ones(shape, dtype=_fake(node).dtype)
                 self.notes.append(f"input '{name}' is taken as all ones (no padding)")
-            elif not _indexes_a_table(node) and isinstance(examples.get(name), torch.Tensor):
+            elif not _indexes_a_table(node) and _concrete(examples.get(name)):
                 # a diffusion model's timestep, a class label fed to arithmetic: the prediction and the probe both
                 # hold it at the value the caller gave (random ids would be a different conditioning)
                 self.tensors[name] = self.held[name] = examples[name].detach().clone()
