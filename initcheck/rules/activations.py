@@ -98,8 +98,7 @@ def _unchanged_gradient(program, x: Moments) -> float | None:
 def _rectified_moments(program, m: float, var: float, offset: float) -> tuple[float, float, float]:
     """Mean, second moment and E[phi'^2] of phi(y), y of mean m and variance var an affine map of relu(offset + g),
     g ~ N(0, 1): a batch norm of a ReLU's output (docs/theory.md §4)."""
-    cdf, pdf = 0.5 * (1 + math.erf(offset / math.sqrt(2))), math.exp(-offset * offset / 2) / math.sqrt(2 * math.pi)
-    mu, sd_r = offset * cdf + pdf, _rectified_sd(offset, cdf, pdf)
+    mu, sd_r = _rectified(offset)
     sd = math.sqrt(max(var, 0.0))
     fn = pointwise.as_function(program)
     # where y crosses phi's kinks, in g
@@ -118,13 +117,15 @@ def zeros_land_below(x: Moments) -> bool:
     if x.rectified is None or x.gaussian or x.var <= 0:
         return False
     offset = x.rectified[1]
+    mu, sd_r = _rectified(offset)
+    return x.m - math.sqrt(x.var) * mu / sd_r < 0  # where relu(offset + g) = 0 lands
+
+
+def _rectified(offset: float) -> tuple[float, float]:
+    """Mean and standard deviation of relu(offset + g), g ~ N(0, 1)."""
     cdf, pdf = 0.5 * (1 + math.erf(offset / math.sqrt(2))), math.exp(-offset * offset / 2) / math.sqrt(2 * math.pi)
-    return x.m - math.sqrt(x.var) * (offset * cdf + pdf) / _rectified_sd(offset, cdf, pdf) < 0
-
-
-def _rectified_sd(offset: float, cdf: float, pdf: float) -> float:
     mu = offset * cdf + pdf
-    return math.sqrt(max((offset * offset + 1) * cdf + offset * pdf - mu * mu, 1e-300))
+    return mu, math.sqrt(max((offset * offset + 1) * cdf + offset * pdf - mu * mu, 1e-300))
 
 
 def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]) -> tuple[float, float, float, float]:

@@ -54,65 +54,60 @@ def _reads(n_in: int, n_out: int, k: int, s: int, d: int, pb: int) -> tuple[np.n
     return idx, (idx >= 0) & (idx < n_in)
 
 
-def conv_profile(
-    profile: tuple[np.ndarray, ...] | None,
-    in_lengths: list[int | None],
-    out_lengths: list[int | None],
-    kernel: list[int],
-    strides: list[int],
-    dilations: list[int],
-    pads_begin: list[int],
-) -> tuple[np.ndarray, ...] | None:
+# one axis of a window op: input length, output length, kernel, stride, dilation, leading padding
+Axis = tuple[int, int, int, int, int, int]
+
+
+def window_axes(node: Node) -> list[Axis] | None:
+    """The window geometry of a conv, transposed conv or pool, per spatial axis; None where a length is unknown or
+    beyond MAX_PROFILE_LENGTH."""
+    a = node.attrs
+    n = len(a["kernel"])
+    lengths = spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n)
+    if any(length is None or length > MAX_PROFILE_LENGTH for length in lengths[0] + lengths[1]):
+        return None
+    dilations, pads = a.get("dilations", [1] * n), a.get("pads_begin", [0] * n)
+    return [
+        (int(n_in), int(n_out), int(k), int(s), int(d), int(pb))
+        for n_in, n_out, k, s, d, pb in zip(*lengths, a["kernel"], a["strides"], dilations, pads)
+    ]
+
+
+def conv_profile(profile: tuple[np.ndarray, ...] | None, axes: list[Axis] | None) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K after a window op with zero padding (docs/theory.md §2):
     p'(o) = (1/k) sum over valid taps t of p(o*s + t*d - pad)."""
-    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
+    if axes is None:
         return None
     result = []
-    for axis, (n_in, n_out, k, s, d, pb) in enumerate(
-        zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin)
-    ):
+    for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes):
         p = profile[axis] if profile and len(profile) > axis and len(profile[axis]) == n_in else np.ones(n_in)
         idx, valid = _reads(n_in, n_out, k, s, d, pb)
         result.append(np.where(valid, p[np.clip(idx, 0, n_in - 1)], 0.0).sum(axis=1) / k)
     return tuple(result)
 
 
-def coherent_border(
-    in_lengths: list[int | None],
-    out_lengths: list[int | None],
-    kernel: list[int],
-    strides: list[int],
-    dilations: list[int],
-    pads_begin: list[int],
-) -> float | None:
+def coherent_border(axes: list[Axis] | None) -> float | None:
     """The factor zero padding puts on a conv's channel offsets averaged over the map (M, S; docs/theory.md §2).
     Tap t is inside the input at a fraction f_t of the output positions, so the map's mean of the offset Wc is
     sum_t f_t W_t c, of energy sum_t f_t^2 / k of the interior's (per axis): less than K's border factor
     sum_t f_t / k. The difference is a mean that varies over the map, which is variance to a batch norm.
     None where the lengths are unknown."""
-    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
+    if axes is None:
         return None
     factor = 1.0
-    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+    for n_in, n_out, k, s, d, pb in axes:
         inside = _reads(n_in, n_out, k, s, d, pb)[1].mean(axis=0)
         factor *= float((inside**2).sum() / k)
     return factor
 
 
-def transposed_profile(
-    in_lengths: list[int | None],
-    out_lengths: list[int | None],
-    kernel: list[int],
-    strides: list[int],
-    dilations: list[int],
-    pads_begin: list[int],
-) -> tuple[np.ndarray, ...] | None:
+def transposed_profile(axes: list[Axis] | None) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
     taps of its phase in the interior (edges and output_padding rows get fewer, docs/theory.md §3)."""
-    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
+    if axes is None:
         return None
     result = []
-    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+    for n_in, n_out, k, s, d, pb in axes:
         o = np.arange(n_out)[:, None] + pb - np.arange(k)[None, :] * d
         hits = o % s == 0
         interior = hits.sum(axis=1)
@@ -121,21 +116,11 @@ def transposed_profile(
     return tuple(result)
 
 
-def backward_border(
-    in_lengths: list[int | None],
-    out_lengths: list[int | None],
-    kernel: list[int],
-    strides: list[int],
-    dilations: list[int],
-    pads_begin: list[int],
-    transposed: bool = False,
-) -> float:
+def backward_border(axes: list[Axis] | None, transposed: bool = False) -> float:
     """Fraction of the interior backward fan-out that border inputs keep under zero padding: the
     (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs)."""
-    if any(n is None or n > MAX_PROFILE_LENGTH for n in in_lengths + out_lengths):
-        return 1.0
     factor = 1.0
-    for n_in, n_out, k, s, d, pb in zip(in_lengths, out_lengths, kernel, strides, dilations, pads_begin):
+    for n_in, n_out, k, s, d, pb in axes or []:
         if transposed:  # each input writes k outputs: the same window geometry with the roles swapped
             factor *= _reads(n_out, n_in, k, s, d, pb)[1].sum() / (n_in * k)
         else:

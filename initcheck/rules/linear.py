@@ -11,8 +11,8 @@ from initcheck.rules.common import (
     coherent_border,
     conv_profile,
     dim,
-    spatial_lengths,
     transposed_profile,
+    window_axes,
 )
 from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
 from initcheck.stats import LinearStats
@@ -67,48 +67,25 @@ def linear_backward(node, ins, outs, grads, ctx):
     return [grads[0] * w.fan_out * w.w_sq] + [None] * (len(ins) - 1)
 
 
-def _border(node, transposed: bool) -> float:
-    a = node.attrs
-    n = len(a["kernel"])
-    return backward_border(
-        spatial_lengths(node.inputs[0], n),
-        spatial_lengths(node.outputs[0], n),
-        a["kernel"],
-        a["strides"],
-        a["dilations"],
-        a["pads_begin"],
-        transposed,
-    )
-
-
 @backward_rule("conv_transpose")
 def conv_transpose_backward(node, ins, outs, grads, ctx):
     """Each input feeds (C_out/g) prod(k) outputs, fewer at the edges."""
     w: LinearStats = node.params["weight"]
-    return [grads[0] * w.fan_out * w.w_sq * _border(node, True)] + [None] * (len(ins) - 1)
+    return [grads[0] * w.fan_out * w.w_sq * backward_border(window_axes(node), True)] + [None] * (len(ins) - 1)
 
 
 @forward_rule("conv")
 def conv_forward(node, ins, ctx):
     x = ins[0]
     a = node.attrs
-    n = len(a["kernel"])
-    profile = conv_profile(
-        x.profile,
-        spatial_lengths(node.inputs[0], n),
-        spatial_lengths(node.outputs[0], n),
-        a["kernel"],
-        a["strides"],
-        a["dilations"],
-        a["pads_begin"],
-    )
+    axes = window_axes(node)
+    profile = conv_profile(x.profile, axes)
     w = node.params["weight"]
     exact = x.exact and (profile is not None or not any(a["pads_begin"] + a["pads_end"]))
     exact = exact and coherent_noise(x, _out_channels(w, node)) <= _NOISE_TOLERANCE
     border = profile_factor(profile)
     mean, K, _ = affine_moments(x, w, border)
-    lengths = spatial_lengths(node.inputs[0], n), spatial_lengths(node.outputs[0], n)
-    coherent = coherent_border(*lengths, a["kernel"], a["strides"], a["dilations"], a["pads_begin"])
+    coherent = coherent_border(axes)
     coherent = border if coherent is None else coherent
     M = _mapped(x.M, x, w, coherent)
     S = affine_shared(x, w, coherent)
@@ -128,7 +105,9 @@ def conv_backward(node, ins, outs, grads, ctx):
     """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (docs/theory.md §2)."""
     w: LinearStats = node.params["weight"]
     stride = float(np.prod(node.attrs["strides"]))
-    return [grads[0] * w.fan_out * w.w_sq / stride * _border(node, False)] + [None] * (len(ins) - 1)
+    return [grads[0] * w.fan_out * w.w_sq / stride * backward_border(window_axes(node), False)] + [None] * (
+        len(ins) - 1
+    )
 
 
 @forward_rule("conv_transpose")
@@ -136,16 +115,7 @@ def conv_transpose_forward(node, ins, ctx):
     """Per output phase r: K_r = v sum_{t in T_r} E_t + m^2 S_r + 2 m Sb_r + b2 (docs/theory.md §3)."""
     x = ins[0]
     w: LinearStats = node.params["weight"]
-    a = node.attrs
-    n = len(a["kernel"])
-    profile = transposed_profile(
-        spatial_lengths(node.inputs[0], n),
-        spatial_lengths(node.outputs[0], n),
-        a["kernel"],
-        a["strides"],
-        a["dilations"],
-        a["pads_begin"],
-    )
+    profile = transposed_profile(window_axes(node))
     border = profile_factor(profile)
     energy = np.array(w.phase_energy)
     driven = x.var * energy + x.m**2 * np.array(w.phase_row_sum_sq) + 2 * x.m * np.array(w.phase_sb)

@@ -8,7 +8,7 @@ from initcheck import pointwise
 from initcheck.gaussian import nodes
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.common import conv_profile, spatial_lengths
+from initcheck.rules.common import conv_profile, spatial_lengths, window_axes
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _MONOTONE = {"relu", "leaky_relu", "identity", "tanh", "sigmoid", "hard_sigmoid", "softplus", "elu", "selu", "celu"}
@@ -19,17 +19,7 @@ def _window(node) -> int:
 
 
 def _pool_profile(node, x: Moments):
-    n = len(node.attrs["kernel"])
-    a = node.attrs
-    profile = conv_profile(
-        x.profile,
-        spatial_lengths(node.inputs[0], n),
-        spatial_lengths(node.outputs[0], n),
-        a["kernel"],
-        a["strides"],
-        a.get("dilations", [1] * n),
-        a.get("pads_begin", [0] * n),
-    )
+    profile = conv_profile(x.profile, window_axes(node))
     return normalize_profile(profile) if x.profile else None
 
 
