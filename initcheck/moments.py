@@ -81,6 +81,14 @@ class Moments:
       pre-activation layers read them). An activation there is not a function of a Gaussian (docs/theory.md §4).
     axial: the relative K at each index of one axis where it varies there (tokens of a sequence, the parts of a
       channel concatenation), docs/theory.md §15; None where even.
+    dispersion: (axis, rho) where the variance of each index of that axis about its own mean (a channel's, over the
+      batch and space) differs across the indices: rho is its relative variance over them. A layer's rows of
+      unequal energy and correlated input channels make it (an instance's weights, not the ensemble). A
+      per-channel norm divides each channel by its own variance, so its gradient grows by E[v/v_c] = 1/(1 - rho)
+      (docs/theory.md §17). None: even.
+    overlap: (axis, 1/r) with r = tr(C)^2 / tr(C^2) for the covariance C between the indices of that axis (the
+      channels): how many vary independently. Layers with fewer inputs than outputs and the layers after them
+      leave channels correlated, which makes the next layer's channel variances uneven (§17). None: independent.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -102,6 +110,8 @@ class Moments:
     axial: AxisProfile | None = None
     positive: float | None = None
     rectified: tuple[float, float] | None = None
+    dispersion: tuple[int, float] | None = None
+    overlap: tuple[int, float] | None = None
 
     @property
     def shared(self) -> float:

@@ -103,7 +103,8 @@ class LinearStats:
     fan_in: inputs summed per output (C_in/g * prod(k) for conv); fan_out: outputs each input feeds
     (before dividing by stride); w_sq: mean of W^2; row_sum_mean / row_sum_sq: mean of S_c and S_c^2 for
     row sums S_c; bias_*: bias moments; sb_mean: mean of S_c * b_c; phase_*: per-output-phase tap
-    energies and tap-sum energies for transposed convs (None otherwise).
+    energies and tap-sum energies for transposed convs (None otherwise); row_energy_cv2: the relative variance over
+    rows of each row's energy sum_j W_cj^2, how unevenly this instance's outputs vary (docs/theory.md §17).
     """
 
     fan_in: int
@@ -118,6 +119,7 @@ class LinearStats:
     phase_energy: tuple[float, ...] | None = None
     phase_row_sum_sq: tuple[float, ...] | None = None
     phase_sb: tuple[float, ...] | None = None
+    row_energy_cv2: float = 0.0
 
     @property
     def gain(self) -> float:
@@ -146,11 +148,13 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
     """weight: (out, ...) with everything after the first axis summed into each output. Streamed by rows."""
     w = np.asarray(weight).reshape(weight.shape[0], -1)
     step = max(1, CHUNK // max(w.shape[1], 1))
-    rows, squares = np.empty(w.shape[0]), 0.0
+    rows, energies = np.empty(w.shape[0]), np.empty(w.shape[0])
     for start in range(0, w.shape[0], step):
         block = _finite(w[start : start + step])
         rows[start : start + step] = block.sum(axis=1)
-        squares += float(np.einsum("ij,ij->", block, block))
+        energies[start : start + step] = np.einsum("ij,ij->i", block, block)
+    squares = float(energies.sum())
+    mean_energy = float(energies.mean()) if energies.size else 0.0
     b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
     if b.size != w.shape[0]:
         b = np.resize(b, w.shape[0])
@@ -164,6 +168,7 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         bias_mean=float(b.mean()),
         bias_sq=float(np.mean(b * b)),
         sb_mean=float(np.mean(rows * b)),
+        row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
     )
 
 

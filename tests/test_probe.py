@@ -97,6 +97,16 @@ def test_live_module_probe_measures_what_is_predicted():
         assert 0 <= row.cosine < 0.9
 
 
+def test_the_cotangent_has_unit_mean_square_in_every_run():
+    """A random direction on the sphere, not N(0, 1) entries: a 10-class head at batch 2 would give the output's
+    measured G a 16% standard error from the draw's own energy, which every gradient upstream inherits."""
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    report = initcheck.analyze(model, torch.randn(2, 32), probe=ProbeOptions(seeds=3))
+    head = report.layers[-1]
+    assert head.measured.G == pytest.approx(1.0, rel=1e-6)
+    assert head.measured.G_bar == pytest.approx(0.0, abs=1e-6)
+
+
 def test_saturation_and_rank_collapse_are_measured():
     saturated = initcheck.analyze(he_mlp(nn.Tanh, gain=4.0), torch.randn(32, 128), probe=ProbeOptions(seeds=2))
     assert saturated.layers[-1].saturation > 0.3

@@ -19,6 +19,8 @@ from initcheck.rules import (
     Unsupported,
     activations,
     axis_profile,
+    common,
+    dispersion,
     load_all,
     position_kernel,
     rectified,
@@ -52,6 +54,19 @@ class SymbolicResult:
     # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
     # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
     positive_support: dict[Value, bool] = field(default_factory=dict)
+    # the part of G a per-channel norm's 1/v_c added to its input, which the layer that made that input takes
+    # back out (its rows are what v_c is made of, docs/theory.md §17); emptied when the pass ends
+    normalizer_excess: dict[Value, float] = field(default_factory=dict)
+    # the part of G shared by a sample's positions that an activation aligned with its input signal, which a batch
+    # norm before it removes as its projection on the normalised signal (§6); working state
+    backward_aligned: dict[Value, float] = field(default_factory=dict)
+    # the share of a value's shared gradient (backward_shared) whose mean over the batch no train-mode batch norm
+    # has yet removed: one at the outputs (independent cotangents), none behind such a norm, whose input gradient
+    # has zero batch mean in every channel, which linear maps and activations keep (§6); working state
+    backward_uncentred: dict[Value, float] = field(default_factory=dict)
+    # the gradient's relative energy over a feature map, per spatial axis, where zero padding made it uneven (a
+    # conv's border inputs receive fewer taps): the next conv back weighs its own border by it (§2); working state
+    backward_map: dict[Value, tuple] = field(default_factory=dict)
     batch: int = 1  # samples in the analysed batch (the inputs' leading dimension)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
@@ -99,6 +114,10 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
             result.backward_kernel.pop(value, None)
     result.forward_kernel.clear()
     result.backward_kernel.clear()
+    result.normalizer_excess.clear()
+    result.backward_map.clear()
+    result.backward_aligned.clear()
+    result.backward_uncentred.clear()
     return result
 
 
@@ -144,6 +163,10 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                 moments = moments.with_(
                     axial=_guarded(node, result, "energy profile", axis_profile.forward, node, ins, value, moments),
                     rectified=_guarded(node, result, "rectified shape", rectified.forward, node, ins, value, moments),
+                    dispersion=_guarded(
+                        node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
+                    ),
+                    overlap=_guarded(node, result, "channel overlap", dispersion.overlap, node, ins, value, moments),
                 )
                 moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
@@ -222,10 +245,16 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     profiles = _gradient_profiles(node, ins, result) if rule is not None else [None] * len(node.inputs)
     kernels = _gradient_kernels(node, ins, fraction, result) if rule is not None else [None] * len(node.inputs)
     stated_shared = result.stated_shared.pop(node, {})
+    maps = _gradient_maps(node, result) if rule is not None else [None] * len(node.inputs)
     for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
             continue
         before = result.backward.get(value, 0.0)
+        merged = common.merged_map_profile(before, result.backward_map.get(value), g, maps[index])
+        if merged is None:
+            result.backward_map.pop(value, None)
+        else:
+            result.backward_map[value] = merged
         profile = axis_profile.combined(before, result.backward_axial.get(value), g, profiles[index])
         if profile is None:
             result.backward_axial.pop(value, None)
@@ -247,8 +276,21 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         if shared is None and share is not None:  # from the whole second-moment matrix (§16)
             shared = min(max(share, 0.0), 1.0) * g
         if shared is None:
-            shared = _shared_gradient(node, index, value, g, fraction, ins, result.batch)
+            shared = _shared_gradient(node, index, value, g, fraction, ins, result)
+        _merge_uncentred(node, value, shared, result)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
+
+
+def _merge_uncentred(node: Node, value: Value, shared: float, result: SymbolicResult) -> None:
+    """The uncentred share of `value`'s shared gradient after this node's part is added (weighted by parts)."""
+    centring = node.op == "batch_norm" and node.attrs.get("training")
+    share = 0.0 if centring else result.backward_uncentred.get(node.outputs[0], 1.0)
+    before = result.backward_shared.get(value, 0.0)
+    if 0 < before + shared < math.inf:
+        old = result.backward_uncentred.get(value, 1.0)
+        result.backward_uncentred[value] = (before * old + shared * share) / (before + shared)
+    elif centring:
+        result.backward_uncentred[value] = 0.0
 
 
 def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> bool:
@@ -281,6 +323,13 @@ def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
     found = _guarded(
         node, result, "gradient profile", axis_profile.backward, node, ins, out, result.backward_axial.get(out), result
     )
+    return found if found is not None else [None] * len(node.inputs)
+
+
+def _gradient_maps(node: Node, result: SymbolicResult) -> list:
+    """Each input's gradient profile over the spatial map, from the (first) output's."""
+    out = node.outputs[0]
+    found = _guarded(node, result, "gradient map", common.gradient_map_profiles, node, result.backward_map.get(out))
     return found if found is not None else [None] * len(node.inputs)
 
 
@@ -331,10 +380,11 @@ _POSITION_REDUCERS = {"global_avg_pool", "global_max_pool"}
 _PICKS = {"gather", "slice", "split"}
 
 
-def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: float, ins, batch: int) -> float:
+def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: float, ins, result) -> float:
     """Gs of an input from its G: all of it where the input has one position per sample or the op averages over
     positions (its gradient is broadcast back); the attention values get the queries' mean gradient; elsewhere
     the output's shared fraction (position-wise ops map a gradient that is the same at every position alike)."""
+    batch = result.batch
     if positions(value, batch) == 1 or node.op in _POSITION_REDUCERS:
         return g
     if node.op in _PICKS:
@@ -344,6 +394,8 @@ def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: f
         if picked and total and picked < total:
             return 0.0 if picked == 1 else g * fraction * picked / total
     a = ins[0]
+    if node.op == "pointwise":
+        return g * fraction * activations.shared_gradient_share(node, a, result)
     if node.op == "matmul" and index == 1 and a is not None and a.simplex:
         return min(g, g * fraction + g * (1 - fraction) / max(positions(value, batch) or 1, 1))
     return g * fraction

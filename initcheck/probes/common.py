@@ -181,6 +181,16 @@ def by_input(data: dict | None, names: list[str]) -> dict | None:
     raise UsageError(f"--input-data: arrays {sorted(data)} do not match the model's inputs {names}")
 
 
+def unit_cotangent(shape, generator):
+    """A random direction with mean square exactly 1 (uniform on the sphere): E[c c^T] = I as for N(0, 1) entries,
+    but without the draw's own energy fluctuation, which every gradient upstream would inherit (~sqrt(2/n) of G
+    for an output of n entries: 16% for a 10-class head at batch 8)."""
+    import torch
+
+    c = torch.randn(shape, generator=generator)
+    return c * torch.rsqrt(c.pow(2).mean().clamp_min(1e-30))
+
+
 def seed_backward(outputs: list, loss: str, generator) -> None:
     """Unit-variance random cotangent at every output (default) or cross-entropy against random labels."""
     import torch
@@ -193,7 +203,7 @@ def seed_backward(outputs: list, loss: str, generator) -> None:
         labels = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=generator).to(logits.device)
         torch.nn.functional.cross_entropy(logits.float(), labels).backward()
         return
-    cotangents = [torch.randn(o.shape, generator=generator).to(o.device, o.dtype) for o in floats]
+    cotangents = [unit_cotangent(o.shape, generator).to(o.device, o.dtype) for o in floats]
     torch.autograd.backward(floats, cotangents)
 
 

@@ -21,6 +21,7 @@ from initcheck.probes.common import (
     resolve_device,
     run_loop,
     seed_backward,
+    unit_cotangent,
 )
 from initcheck.probes.plan import ProbePlan, in_scope
 
@@ -154,7 +155,7 @@ def _seed_at_cut(live: list[tuple[str, torch.Tensor]], gradients: dict[str, floa
     if not tensors:
         return None
     cotangents = [
-        torch.randn(t.shape, generator=generator).to(t.device, t.dtype) * math.sqrt(max(gradients[name], 0.0))
+        unit_cotangent(t.shape, generator).to(t.device, t.dtype) * math.sqrt(max(gradients[name], 0.0))
         for name, t in tensors
     ]
     torch.autograd.backward([t for _, t in tensors], cotangents)

@@ -164,12 +164,66 @@ def pointwise_forward(node, ins, ctx):
 
 @backward_rule("pointwise")
 def pointwise_backward(node, ins, outs, grads, ctx):
+    _state_aligned_gradient(node, ins[0], grads[0], ctx)
     if ctx.positive_support.get(node.outputs[0]) and kills_zeros(node.attrs["program"]):
         return [grads[0]]  # the gradient is already 0 wherever this ReLU's slope is
     if (share := _unchanged_gradient(node.attrs["program"], ins[0])) is not None:
         return [grads[0] * share]
     _, _, _, grad_sq = _mixed(node.attrs["program"], ins[0], program_moments(node.attrs["program"], ins[0]))
     return [grads[0] * grad_sq * argmax_slope_ratio(node, ctx)]
+
+
+def shared_gradient_share(node, x: Moments, ctx) -> float:
+    """Of a gradient that is the same at every position of a sample, the share that stays so behind this
+    activation: E_s[(E_e phi'(s + e))^2] / E[phi'^2] with s the input's part shared by those positions (S) and e
+    the rest. A ReLU's mask differs from pixel to pixel, so a broadcast gradient (global pooling's) leaves it half
+    shared, not whole, and a batch norm behind it subtracts less as the batch mean (docs/theory.md §6)."""
+    program = node.attrs["program"]
+    if x is None or (ctx.positive_support.get(node.outputs[0]) and kills_zeros(program)):
+        return 1.0
+    if x.rectified is not None or _unchanged_gradient(program, x) is not None:
+        return 1.0
+    return _slope_share(program, _round(x.m), _round(x.K), _round(x.shared))
+
+
+def _state_aligned_gradient(node, x: Moments | None, g: float, ctx) -> None:
+    """The part of the input gradient that a batch norm before this activation removes as its projection on the
+    normalised signal, mean(dy x^) over the batch: where the output gradient is the same at every position of a
+    sample (u_n), dy x^ averages to E[x^ phi'(x)] u_n, of energy E[x^ phi'(x)]^2 G_s per sample (a ReLU:
+    phi(0)^2 = 0.16 of it), which the norm divides by its batch (docs/theory.md §6)."""
+    shared = min(ctx.backward_shared.get(node.outputs[0], 0.0), g)
+    if x is None or shared <= 0 or x.var <= 0 or x.positive is not None or x.rectified is not None:
+        return
+    value = node.inputs[0]
+    aligned = _signal_slope(node.attrs["program"], _round(x.m), _round(x.var)) ** 2 * shared
+    ctx.backward_aligned[value] = ctx.backward_aligned.get(value, 0.0) + aligned
+
+
+@lru_cache(maxsize=65536)
+def _signal_slope(program, m: float, var: float) -> float:
+    """E[(z - m)/sd phi'(z)] for z ~ N(m, var)."""
+    fn = pointwise.as_function(program)
+    sd = math.sqrt(var)
+    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
+    d, w = gaussian.defined(gaussian.derivative(fn, z), w)
+    return float(np.dot(w, (z - m) / sd * d))
+
+
+@lru_cache(maxsize=65536)
+def _slope_share(program, m: float, K: float, shared: float) -> float:
+    fn = pointwise.as_function(program)
+
+    def slope(z):
+        return gaussian.derivative(fn, z)
+
+    z, w = gaussian.nodes(m, math.sqrt(max(K - m * m, 0.0)), pointwise.kinks(program))
+    d, w = gaussian.defined(slope(z), w)
+    grad_sq = float(np.dot(w, d * d))
+    if not grad_sq > 0:
+        return 1.0
+    with np.errstate(all="ignore"):
+        coherent = gaussian.coherent_energy(slope, m, K, shared, float(np.dot(w, d)))
+    return min(max(coherent / grad_sq, 0.0), 1.0) if math.isfinite(coherent) else 1.0
 
 
 def _prelu_programs(node):

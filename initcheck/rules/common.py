@@ -116,13 +116,74 @@ def transposed_profile(axes: list[Axis] | None) -> tuple[np.ndarray, ...] | None
     return tuple(result)
 
 
-def backward_border(axes: list[Axis] | None, transposed: bool = False) -> float:
+def backward_border(
+    axes: list[Axis] | None, transposed: bool = False, gradient: tuple[np.ndarray, ...] | None = None
+) -> float:
     """Fraction of the interior backward fan-out that border inputs keep under zero padding: the
-    (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs)."""
+    (output, tap) pairs that land inside the input, over n_in * (k/s) (k for transposed convs), each pair weighted
+    by the output gradient's relative energy at its position where that varies over the map (`gradient`)."""
     factor = 1.0
-    for n_in, n_out, k, s, d, pb in axes or []:
+    for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes or []):
         if transposed:  # each input writes k outputs: the same window geometry with the roles swapped
             factor *= _reads(n_out, n_in, k, s, d, pb)[1].sum() / (n_in * k)
         else:
-            factor *= _reads(n_in, n_out, k, s, d, pb)[1].sum() / (n_in * k / s)
+            valid = _reads(n_in, n_out, k, s, d, pb)[1]
+            factor *= (valid * _along(gradient, axis, n_out)[:, None]).sum() / (n_in * k / s)
     return float(factor)
+
+
+def _along(profile: tuple[np.ndarray, ...] | None, axis: int, length: int) -> np.ndarray:
+    if profile and len(profile) > axis and len(profile[axis]) == length:
+        return profile[axis]
+    return np.ones(length)
+
+
+# ops whose input gradient has, at each position of the map, the same relative energy as the output's
+_SAME_POSITIONS = frozenset({"pointwise", "batch_norm", "dropout", "identity", "cast", "add", "sub", "mul", "concat"})
+
+
+def gradient_map_profiles(node: Node, out_profile: tuple[np.ndarray, ...] | None) -> list:
+    """Each input's per-axis relative gradient energy over the spatial map (mean 1; None where even), from the
+    output's: a conv spreads each output's gradient over the taps that land inside the input, so border inputs
+    receive less, and the next conv back loses less at its own border than an even gradient would (§2)."""
+    if node.op == "conv":
+        axes = window_axes(node)
+        return [None if axes is None else _conv_gradient_profile(out_profile, axes)] + [None] * (len(node.inputs) - 1)
+    if out_profile is None or node.op not in _SAME_POSITIONS:
+        return [None] * len(node.inputs)
+    out = node.outputs[0].shape
+    return [
+        out_profile
+        if value is not None and value.shape is not None and out is not None and value.shape[2:] == out[2:]
+        else None
+        for value in node.inputs
+    ]
+
+
+def _conv_gradient_profile(out_profile, axes: list[Axis]) -> tuple[np.ndarray, ...] | None:
+    result = []
+    for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes):
+        q = _along(out_profile, axis, n_out)
+        idx, valid = _reads(n_in, n_out, k, s, d, pb)
+        energy = np.zeros(n_in)
+        np.add.at(energy, idx[valid], np.broadcast_to(q[:, None], idx.shape)[valid])
+        if energy.mean() <= 0:
+            return None
+        result.append(energy / energy.mean())
+    if all(np.allclose(p, 1.0, atol=1e-6) for p in result):
+        return None
+    return tuple(result)
+
+
+def merged_map_profile(before: float, old, g: float, new):
+    """Two consumers' gradient profiles over the same value's map, weighted by their gradients (None: even)."""
+    if old is None and new is None:
+        return None
+    if before <= 0 or g <= 0:
+        return new if before <= 0 else old
+    shape = old if old is not None else new
+    old = old if old is not None else tuple(np.ones(len(p)) for p in shape)
+    new = new if new is not None else tuple(np.ones(len(p)) for p in shape)
+    if len(old) != len(new) or any(len(a) != len(b) for a, b in zip(old, new)):
+        return None
+    return tuple((before * a + g * b) / (before + g) for a, b in zip(old, new))

@@ -64,7 +64,13 @@ def linear_forward(node, ins, ctx):
 @backward_rule("linear")
 def linear_backward(node, ins, outs, grads, ctx):
     w: LinearStats = node.params["weight"]
-    return [grads[0] * w.fan_out * w.w_sq] + [None] * (len(ins) - 1)
+    return [_own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq] + [None] * (len(ins) - 1)
+
+
+def _own_rows_out(node, grads, ctx) -> float:
+    """The output gradient without what a per-channel norm's 1/v_c added to it: v_c is made of this layer's own
+    rows, and E[W_ci^2 / v_c] = E[W^2] / v exactly, so the input's gradient does not carry it (§17)."""
+    return max(grads[0] - ctx.normalizer_excess.get(node.outputs[0], 0.0), 0.0)
 
 
 @backward_rule("conv_transpose")
@@ -105,9 +111,8 @@ def conv_backward(node, ins, outs, grads, ctx):
     """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (docs/theory.md §2)."""
     w: LinearStats = node.params["weight"]
     stride = float(np.prod(node.attrs["strides"]))
-    return [grads[0] * w.fan_out * w.w_sq / stride * backward_border(window_axes(node), False)] + [None] * (
-        len(ins) - 1
-    )
+    border = backward_border(window_axes(node), False, ctx.backward_map.get(node.outputs[0]))
+    return [_own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq / stride * border] + [None] * (len(ins) - 1)
 
 
 @forward_rule("conv_transpose")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from initcheck.moments import clean
+from initcheck.rules import dispersion
 from initcheck.rules.axis_profile import norm_ratio
 from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
@@ -64,6 +65,17 @@ def _uneven(node, ins, ctx) -> float:
     return norm_ratio(node, ins[0], ctx.backward_axial.get(node.outputs[0]))[0]
 
 
+def _per_channel(node, ins, ctx, gin: float, channels_per_group: int) -> float:
+    """The input gradient of a norm that divides each channel (group) by its own variance: E_c[v / v_c] more
+    where this instance's channels vary unevenly (§17). The layer that made the input reads the same rows and
+    takes it back out (`ctx.normalizer_excess`)."""
+    factor = dispersion.jensen(ins[0], channels_per_group)
+    if factor > 1.0:
+        value = node.inputs[0]
+        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (factor - 1)
+    return gin * factor
+
+
 @backward_rule("layer_norm")
 def layer_norm_backward(node, ins, outs, grads, ctx):
     n = _layer_size(node)
@@ -121,8 +133,9 @@ def group_norm_forward(node, ins, ctx):
 @backward_rule("group_norm", "instance_norm")
 def group_norm_backward(node, ins, outs, grads, ctx):
     per_group, n = _channel_group(node)
-    gins = _backward(node, ins, grads, _group_variance(ins[0], per_group), n)
-    return [gins[0] * _uneven(node, ins, ctx)] + gins[1:]
+    kept = [max(grads[0] - _group_mean_energy(node, grads[0], per_group, ctx), 0.0)] + list(grads[1:])
+    gins = _backward(node, ins, kept, _group_variance(ins[0], per_group), n)
+    return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), per_group)] + gins[1:]
 
 
 def _batch_size(node) -> int | None:
@@ -158,9 +171,29 @@ def batch_norm_forward(node, ins, ctx):
 def batch_norm_backward(node, ins, outs, grads, ctx):
     x = ins[0]
     if node.attrs.get("training"):
-        gins = _backward(node, ins, grads, max(x.K - x.M, 0.0), _batch_size(node))
-        return [gins[0] * _uneven(node, ins, ctx)] + gins[1:]
+        kept = [max(grads[0] - _batch_mean_energy(node, grads[0], ctx), 0.0)] + list(grads[1:])
+        gins = _backward(node, ins, kept, max(x.K - x.M, 0.0), _batch_size(node))
+        return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), 1)] + gins[1:]
     return [grads[0] * node.params["eval"]["a2"]] + [None] * (len(ins) - 1)
+
+
+def _batch_mean_energy(node, g: float, ctx) -> float:
+    """What the norm's backward subtracts as the gradient's mean over the batch and positions of a channel, and as
+    its projection on the normalised signal: the part of G every position of a sample shares (G_s) averages over
+    N samples to G_s / N, and an activation after the norm aligns part of it with the signal (ctx.backward_aligned).
+    Beside global pooling G_s is most of G, and at batch 8 this takes about a tenth away at the last norm; the
+    norms before it see a gradient whose batch mean that one already removed (ctx.backward_uncentred, §6)."""
+    out = node.outputs[0]
+    shared = ctx.backward_shared.get(out, 0.0) + ctx.backward_aligned.get(out, 0.0)
+    return min(shared, g) * ctx.backward_uncentred.get(out, 1.0) / max(ctx.batch, 1)
+
+
+def _group_mean_energy(node, g: float, per_group: int, ctx) -> float:
+    """A group (instance) norm subtracts each sample's mean over its group's channels and positions: of the part of
+    G a sample's positions share, 1/channels-per-group, with its projection on the signal (§6)."""
+    out = node.outputs[0]
+    shared = ctx.backward_shared.get(out, 0.0) + ctx.backward_aligned.get(out, 0.0)
+    return min(shared, g) / max(per_group, 1)
 
 
 def _lrn_scale(node, x) -> float:

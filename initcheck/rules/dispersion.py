@@ -1,0 +1,287 @@
+"""How unevenly one instance's channels vary, and what a per-channel norm's backward makes of it (docs/theory.md §17).
+
+A layer's output channel c has variance v_c = w_c^T C w_c, w_c its row and C its input's covariance. Two things
+make v_c differ across channels in one instance:
+- the rows' energies differ: for a 1x1 convolution over 8 channels they scatter like chi-square with 8 degrees
+  of freedom, a relative variance of 1/4 (`LinearStats.row_energy_cv2`, from the actual weights);
+- the input's channels are correlated, so a row's variance depends on how it lies against the few directions
+  the signal fills: v_c has relative variance 2 tr(C^2) / tr(C)^2 = 2 / r for r effective channels. Behind a
+  1x1 convolution from 3 channels, 32 channels fill about 5 directions.
+
+A train-mode batch norm divides each channel's gradient by its own v_c, so it sends back E_c[1/v_c] G, not
+G / E_c[v_c]: 1/(1 - rho) more, rho the relative variance of v_c over channels (exact for gamma-distributed
+v_c). The layer back reads the same rows: E[W_ci^2 / v_c] = E[W^2] / v for the rows' own scatter, so the factor
+leaves the gradient there. (For the part from correlated inputs the diagonal argument says it stays; measured
+over weight seeds of the zoo's CNNs, taking it out there too predicts better, docs/theory.md §17.)
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck import gaussian, pointwise
+from initcheck.rules.common import dim
+
+# ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
+# without touching the channel axis of a (batch, channel, ...) layout: both statistics stay where they were
+_KEEPS = frozenset(
+    {
+        "pointwise",
+        "dropout",
+        "identity",
+        "cast",
+        "max_pool",
+        "avg_pool",
+        "global_avg_pool",
+        "global_max_pool",
+        "pad",
+        "resize",
+        "prelu",
+    }
+)
+# norms rescale each channel (or each sample) but keep which channels move together
+_KEEP_OVERLAP = _KEEPS | {"batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"}
+MAX_RHO = 0.75  # the gamma closure's 1/(1 - rho) is at most 4x: beyond, a few near-silent channels dominate
+
+
+def forward(node, ins, out_value, out) -> tuple[int, float] | None:
+    """(axis, rho): the relative variance over channels of each channel's variance."""
+    op = node.op
+    x = ins[0] if ins else None
+    if op in ("linear", "conv"):
+        return _weighted(node, x)
+    if op in _KEEPS or (op == "batch_norm" and not node.attrs.get("training")):
+        return x.dispersion if x is not None and _alone(ins) and _same_rank(node, out_value) else None
+    if op in ("add", "sum"):
+        return _summed(ins)
+    if op == "concat":
+        return _concatenated(node, ins, out_value)
+    if op in ("flatten", "reshape", "squeeze"):
+        return _kept_axis(node, x, x.dispersion if x is not None else None, out_value)
+    return None
+
+
+def overlap(node, ins, out_value, out) -> tuple[int, float] | None:
+    """(axis, 1/r): tr(C^2) / tr(C)^2 of the channel covariance, r the number of channels that vary independently.
+    None: independent channels (1/C)."""
+    op = node.op
+    x = ins[0] if ins else None
+    if op in ("linear", "conv"):
+        return _mapped_overlap(node, x)
+    if op in _KEEP_OVERLAP and op != "pointwise":
+        return x.overlap if x is not None and _alone(ins) and _same_rank(node, out_value) else None
+    if op == "pointwise" and x is not None and _alone(ins):
+        return _activated_overlap(node, x, out_value)
+    if op in ("add", "sum"):
+        return _summed_overlap(node, ins, out_value)
+    if op == "concat":
+        return _concatenated_overlap(node, ins, out_value)
+    if op in ("flatten", "reshape", "squeeze"):
+        return _kept_axis(node, x, x.overlap if x is not None else None, out_value)
+    return None
+
+
+def _alone(ins) -> bool:
+    return bool(ins) and ins[0] is not None and all(other is None for other in ins[1:])
+
+
+def _channel_axis(node) -> int | None:
+    shape = node.outputs[0].shape
+    if shape is None or len(shape) < 2:
+        return None
+    return 1 if node.op == "conv" else len(shape) - 1
+
+
+def _fan(node) -> tuple[int, int, int] | None:
+    """(channels each row reads, taps per channel, output channels) of a linear map or conv."""
+    axis = _channel_axis(node)
+    w = node.params.get("weight")
+    if axis is None or w is None:
+        return None
+    groups = max(int(node.attrs.get("groups", 1) or 1), 1) if node.op == "conv" else 1
+    channels = (dim(node.inputs[0], axis) or 0) // groups
+    if channels <= 0:
+        return None
+    return channels, max(w.fan_in // channels, 1), dim(node.outputs[0], axis) or 0
+
+
+def input_overlap(x, channels: int, axis: int) -> float:
+    """1/r of a layer's input along `axis` (1/channels where nothing correlated them)."""
+    if x is not None and x.overlap is not None and x.overlap[0] == axis:
+        return x.overlap[1]
+    return 1.0 / max(channels, 1)
+
+
+def _weighted(node, x) -> tuple[int, float] | None:
+    """Rows of unequal energy, the input's own unevenness averaged over the channels each row sums, and its
+    correlated channels (2 (1/r - 1/fan_in) over the row's channels and taps)."""
+    w, axis, fan = node.params.get("weight"), _channel_axis(node), _fan(node)
+    if w is None or axis is None or fan is None:
+        return None
+    channels, taps, _ = fan
+    carried = 0.0
+    if x is not None and x.dispersion is not None and x.dispersion[0] == axis:
+        carried = x.dispersion[1] / channels
+    correlated = 2 * max(input_overlap(x, channels, axis) / taps - 1.0 / (channels * taps), 0.0)
+    rows = w.row_energy_cv2
+    rho = rows + (1 + rows) * carried + correlated
+    return (axis, rho) if rho > 0 else None
+
+
+def _mapped_overlap(node, x) -> tuple[int, float] | None:
+    """W C W^T for random rows: tr^2 / tr of squares adds 1/C_out to the input's (per tap); a depthwise conv maps
+    each channel alone and keeps it."""
+    axis, fan = _channel_axis(node), _fan(node)
+    if axis is None or fan is None or fan[2] <= 0:
+        return None
+    channels, taps, out_channels = fan
+    summed = dim(node.inputs[0], axis) or channels
+    if channels == 1 and out_channels == summed:  # depthwise
+        return x.overlap if x is not None and x.overlap is not None and x.overlap[0] == axis else None
+    value = 1.0 / out_channels + input_overlap(x, summed, axis) / taps
+    return (axis, min(value, 1.0))
+
+
+def _activated_overlap(node, x, out_value) -> tuple[int, float] | None:
+    """Correlations shrink by the activation's first Hermite weight a1^2 / Var(phi) (a ReLU: 0.73), their squares
+    by its square; the diagonal stays."""
+    if x.overlap is None or out_value.shape is None:
+        return None
+    axis, value = x.overlap
+    channels = dim(out_value, axis) or 0
+    if channels <= 0:
+        return None
+    floor = 1.0 / channels
+    kept = _correlation_kept(node.attrs["program"], float(f"{x.m:.6g}"), float(f"{x.var:.6g}"))
+    return (axis, floor + kept**2 * max(value - floor, 0.0))
+
+
+@lru_cache(maxsize=4096)
+def _correlation_kept(program, m: float, var: float) -> float:
+    """a1^2 / Var(phi(z)) for z ~ N(m, var), a1 = E[phi'(z)] sd: how much of a small correlation survives."""
+    if var <= 0:
+        return 1.0
+    fn = pointwise.as_function(program)
+    sd = math.sqrt(var)
+    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
+    with np.errstate(all="ignore"):
+        f, fw = gaussian.defined(fn(z), w)
+        d, dw = gaussian.defined(gaussian.derivative(fn, z), w)
+    spread = float(np.dot(fw, f * f) - np.dot(fw, f) ** 2)
+    if not spread > 0:
+        return 1.0
+    return min(float(np.dot(dw, d)) ** 2 * var / spread, 1.0)
+
+
+def _same_rank(node, out_value) -> bool:
+    src = node.inputs[0]
+    return (
+        src is not None
+        and src.shape is not None
+        and out_value.shape is not None
+        and len(src.shape) == len(out_value.shape)
+    )
+
+
+def _scaled_variances(moments) -> list[float] | None:
+    """Each input's variance over the largest (the formulas weigh by squares, which overflow for huge signals)."""
+    variances = [x.var for x in moments]
+    top = max(variances, default=0.0)
+    if not (0 < top < math.inf):
+        return None
+    return [v / top for v in variances]
+
+
+def _summed(ins) -> tuple[int, float] | None:
+    """Independent branches: the variances add, so their spreads add with the squares of their shares."""
+    axes = {x.dispersion[0] for x in ins if x is not None and x.dispersion is not None}
+    parts = [x for x in ins if x is not None]
+    weights = _scaled_variances(parts)
+    if len(axes) != 1 or weights is None:
+        return None
+    axis = axes.pop()
+    spread = sum((x.dispersion[1] if x.dispersion else 0.0) * w**2 for x, w in zip(parts, weights))
+    return (axis, spread / sum(weights) ** 2)
+
+
+def _summed_overlap(node, ins, out_value) -> tuple[int, float] | None:
+    """C1 + C2 of independent branches: tr of squares adds, with the cross term 2 tr(C1) tr(C2) / C."""
+    axes = {x.overlap[0] for x in ins if x is not None and x.overlap is not None}
+    parts = [x for x in ins if x is not None and x.var > 0]
+    weights = _scaled_variances(parts)
+    if len(axes) != 1 or weights is None:
+        return None
+    axis = axes.pop()
+    channels = dim(out_value, axis) or 0
+    if channels <= 0:
+        return None
+    own = sum(input_overlap(x, channels, axis) * w**2 for x, w in zip(parts, weights))
+    cross = sum(a * b for i, a in enumerate(weights) for b in weights[i + 1 :]) * 2 / channels
+    return (axis, (own + cross) / sum(weights) ** 2)
+
+
+def _concatenated(node, ins, out_value) -> tuple[int, float] | None:
+    """Parts side by side along the channels: the within-part unevenness by size and energy (the parts' different
+    levels are the concatenation's axial profile, which the norm reads on its own)."""
+    found = _parts(node, ins, out_value)
+    weights = _scaled_variances([x for _, x in found[1]]) if found is not None else None
+    if found is None or weights is None:
+        return None
+    axis, parts = found
+    weighted = sum(
+        n * w**2 * (x.dispersion[1] if _on(x.dispersion, axis) else 0.0) for (n, x), w in zip(parts, weights)
+    )
+    total = sum(n * w**2 for (n, _), w in zip(parts, weights))
+    return (axis, weighted / total) if total > 0 and weighted > 0 else None
+
+
+def _concatenated_overlap(node, ins, out_value) -> tuple[int, float] | None:
+    """Block-diagonal: tr of squares adds over the parts, the traces add."""
+    found = _parts(node, ins, out_value)
+    weights = _scaled_variances([x for _, x in found[1]]) if found is not None else None
+    if found is None or weights is None:
+        return None
+    axis, parts = found
+    squares = sum(input_overlap(x, n, axis) * (n * w) ** 2 for (n, x), w in zip(parts, weights))
+    total = sum(n * w for (n, _), w in zip(parts, weights))
+    return (axis, squares / total**2) if total > 0 else None
+
+
+def _parts(node, ins, out_value):
+    rank = len(out_value.shape) if out_value.shape is not None else None
+    if rank is None:
+        return None
+    axis = node.attrs.get("axis", 0) % rank
+    parts = []
+    for value, x in zip(node.inputs, ins):
+        n = dim(value, axis) if value is not None else None
+        if n is None or x is None:
+            return None
+        parts.append((n, x))
+    return axis, parts
+
+
+def _on(stat, axis: int) -> bool:
+    return stat is not None and stat[0] == axis
+
+
+def _kept_axis(node, x, stat, out_value):
+    """A reshape that leaves the axis where it was, with its length (a global pool's (N, C, 1, 1) flattened)."""
+    if x is None or stat is None:
+        return None
+    axis = stat[0]
+    src, dst = node.inputs[0].shape, out_value.shape
+    if src is None or dst is None or len(dst) <= axis or src[: axis + 1] != dst[: axis + 1]:
+        return None
+    return stat
+
+
+def jensen(x, channels_per_group: int = 1) -> float:
+    """E_c[v / v_c] for a norm that divides groups of `channels_per_group` channels by their pooled variance (batch
+    norm, instance norm: 1): the gamma closure 1/(1 - rho/channels)."""
+    if x is None or x.dispersion is None or x.dispersion[0] != 1:
+        return 1.0
+    return 1.0 / (1.0 - min(x.dispersion[1] / max(channels_per_group, 1), MAX_RHO))
