@@ -132,8 +132,8 @@ def _weighted(node, x) -> tuple[int, float] | None:
 
 
 def _mapped_overlap(node, x) -> tuple[int, float] | None:
-    """W C W^T for random rows: tr^2 / tr of squares adds 1/C_out to the input's (per tap); a depthwise conv maps
-    each channel alone and keeps it."""
+    """For random rows, tr(C'^2) / tr(C')^2 of C' = W C W^T is 1/C_out plus the input's over the row's taps; a
+    depthwise conv maps each channel alone and keeps the input's."""
     axis, fan = _channel_axis(node), _fan(node)
     if axis is None or fan is None or fan[2] <= 0:
         return None
