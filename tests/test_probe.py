@@ -107,6 +107,18 @@ def test_the_cotangent_has_unit_mean_square_in_every_run():
     assert head.measured.G_bar == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_probe_draws_do_not_replay_the_stream_the_weights_came_from():
+    """Weights drawn right after torch.manual_seed(0), as tests and examples draw them: inputs from a seed-0
+    generator would replay the same numbers, lie along the rows' own directions, and measure K 2x."""
+    model = nn.Linear(64, 64, bias=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(64, 64) / 8)
+    report = initcheck.analyze(model, torch.randn(16, 64), probe=ProbeOptions(seeds=2))
+    row = report.layers[0]
+    assert row.measured.K == pytest.approx(row.symbolic.K, rel=0.1)
+
+
 def test_saturation_and_rank_collapse_are_measured():
     saturated = initcheck.analyze(he_mlp(nn.Tanh, gain=4.0), torch.randn(32, 128), probe=ProbeOptions(seeds=2))
     assert saturated.layers[-1].saturation > 0.3

@@ -530,8 +530,8 @@ def _gradient_errors(model, x) -> list[float]:
 def test_batch_norm_divides_each_channel_by_its_own_variance():
     """A 1x1 conv from 4 channels gives 32 channels whose variances scatter like chi-square with 4 degrees of
     freedom; the batch norm after it divides each channel's gradient by its own variance, E_c[1/v_c] = 2x the
-    gradient that 1/E_c[v_c] gives (the row was 0.49x). The conv before reads the same rows, so the factor leaves
-    the gradient there (taking it along put that row 2x too high). Every row within 12% of autograd."""
+    gradient that 1/E_c[v_c] gives (the row was 0.50x). The conv before reads the same rows, so the factor leaves
+    the gradient there (taking it along put the rows before it at 2.1-2.2x). Every row within 12% of autograd."""
     torch.manual_seed(0)
     model = _he(
         nn.Conv2d(8, 16, 3, padding=1, bias=False),
@@ -561,9 +561,9 @@ def _pooled_chain(act, norm=lambda c: nn.BatchNorm2d(c), layers: int = 4, c: int
 def test_the_last_batch_norm_before_global_pooling_removes_the_batch_mean(act):
     """Behind global pooling a sample's gradient is the same at every position (up to the activation's slope), so
     the train-mode norm's backward subtracts its batch mean, G_s / N, and its projection on the normalised
-    signal, E[x phi'(x)]^2 G_s / N: a tenth at batch 8 (without them every row was 1.10-1.25x). The norms before
+    signal, E[x phi'(x)]^2 G_s / N: a tenth at batch 8 (without them every row was 1.13-1.25x). The norms before
     it see a gradient whose batch mean that one already removed and subtract nothing (subtracting it at each of
-    them put the first rows 0.81-0.90x). Four layers of 128 channels (narrower, the instance's own channel
+    them put the first rows 0.84-0.93x). Four layers of 128 channels (narrower, the instance's own channel
     statistics scatter the rows by as much): every row within 8%, the last norm's input within 12%."""
     torch.manual_seed(0)
     errors = _gradient_errors(_pooled_chain(act, c=128), torch.randn(8, 128, 8, 8))
@@ -575,28 +575,34 @@ def test_the_last_batch_norm_before_global_pooling_removes_the_batch_mean(act):
 def test_a_group_norm_removes_each_samples_shared_gradient():
     """A group norm subtracts each sample's mean over its group and positions: behind global pooling, with one
     channel per group, that is all of the gradient the positions share (with its projection on the signal), which
-    is most of it. The first row was 4.4x; every row within 12% now."""
-    torch.manual_seed(0)
-    model = _he(
-        nn.Conv2d(32, 32, 1, bias=False),
-        nn.GroupNorm(32, 32),
-        nn.SiLU(),
-        nn.Conv2d(32, 32, 1, bias=False),
-        nn.GroupNorm(8, 32),
-        nn.SiLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-    errors = _gradient_errors(model, torch.randn(8, 32, 8, 8))
-    assert len(errors) == 6
-    assert max(abs(e) for e in errors) < math.log(1.12), errors
+    is most of it: the first row was 3.9x. One network of 32 instance-normalised channels scatters by up to 15%
+    around the rule (each channel's own statistics); over four weight draws every row is within 20%, and each
+    row's mean within 6%."""
+    errors = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = _he(
+            nn.Conv2d(32, 32, 1, bias=False),
+            nn.GroupNorm(32, 32),
+            nn.SiLU(),
+            nn.Conv2d(32, 32, 1, bias=False),
+            nn.GroupNorm(8, 32),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
+        errors.append(_gradient_errors(model, torch.randn(8, 32, 8, 8)))
+    assert all(len(e) == 6 for e in errors)
+    assert max(abs(x) for e in errors for x in e) < math.log(1.2), errors
+    means = [sum(row) / len(row) for row in zip(*errors)]
+    assert max(abs(m) for m in means) < math.log(1.06), means
 
 
 def test_zero_padding_leaves_the_gradient_uneven_over_the_map():
     """A 3x3 conv on a 4x4 map: border inputs receive fewer taps, so the gradient it sends back is lower at the
     border, and the next conv back loses less there than an even gradient would. Five convs deep the input's G
-    was 0.78x; every row within 4% of autograd now."""
+    was 0.77x; every row within 4% of autograd now."""
     torch.manual_seed(0)
     model = _he(*[nn.Conv2d(64, 64, 3, padding=1, bias=False) for _ in range(5)])
     errors = _gradient_errors(model, torch.randn(16, 64, 4, 4))

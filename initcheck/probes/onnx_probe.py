@@ -11,6 +11,7 @@ import numpy as np
 from initcheck.errors import UsageError
 from initcheck.ir import Graph
 from initcheck.probes.common import (
+    PROBE_SEED,
     ProbeOptions,
     ProbeResult,
     by_input,
@@ -18,6 +19,7 @@ from initcheck.probes.common import (
     load_input_data,
     make_input,
     new_accumulator,
+    probe_generator,
     resolve_device,
     run_loop,
     seed_backward,
@@ -241,7 +243,7 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     run_batch = specs[0][1][0] if specs and specs[0][1] else 1
     runs_per_seed = max(1, -(-options.batch // max(run_batch, 1)))
     acc.batch = run_batch
-    generator = torch.Generator().manual_seed(0)
+    generator = probe_generator()
     state: dict[str, Any] = {"backward": True, "max_diff": None}
     torch_dtypes = {
         "float32": torch.float32,
@@ -294,9 +296,9 @@ def probe_onnx(path: Path, graph: Graph, options: ProbeOptions, plan: ProbePlan 
         )
     import onnxruntime
 
-    onnxruntime.set_seed(0)  # active dropout's masks the same on every run: byte-identical reports
+    onnxruntime.set_seed(PROBE_SEED)  # active dropout's masks the same on every run: byte-identical reports
     with torch.random.fork_rng(devices=[]):  # the torch form's masks too, without touching the caller's RNG
-        torch.manual_seed(0)
+        torch.manual_seed(PROBE_SEED)
         runs = run_loop(options, runs_per_seed, step, notes)
     diff, where = state["max_diff"] or (None, None)
     return ProbeResult(

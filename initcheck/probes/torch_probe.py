@@ -18,6 +18,7 @@ from initcheck.probes.common import (
     load_input_data,
     make_input,
     new_accumulator,
+    probe_generator,
     resolve_device,
     run_loop,
     seed_backward,
@@ -191,7 +192,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan 
     batch = specs[0][1][0] if specs and specs[0][1] else 1
     acc.batch = batch
     runs_per_seed = max(1, -(-options.batch // max(batch, 1)))
-    generator = torch.Generator().manual_seed(0)
+    generator = probe_generator()
     original = {k: v.detach().clone() for k, v in module.state_dict().items()} if options.resample_weights else None
 
     def step(seed: int, run: int) -> None:
