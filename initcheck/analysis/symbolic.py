@@ -286,11 +286,9 @@ def _merge_uncentred(node: Node, value: Value, shared: float, result: SymbolicRe
     centring = node.op == "batch_norm" and node.attrs.get("training")
     share = 0.0 if centring else result.backward_uncentred.get(node.outputs[0], 1.0)
     before = result.backward_shared.get(value, 0.0)
-    if 0 < before + shared < math.inf:
+    if 0 < before + shared < math.inf:  # with no shared gradient the share does not matter
         old = result.backward_uncentred.get(value, 1.0)
         result.backward_uncentred[value] = (before * old + shared * share) / (before + shared)
-    elif centring:
-        result.backward_uncentred[value] = 0.0
 
 
 def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> bool:

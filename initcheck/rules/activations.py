@@ -200,29 +200,45 @@ def _state_aligned_gradient(node, x: Moments | None, g: float, ctx) -> None:
 
 
 @lru_cache(maxsize=65536)
+def _slope_statistics(program, m: float, var: float) -> tuple[float, float, float, float]:
+    """For z ~ N(m, var): E[phi'(z)], E[(z - m)/sd phi'(z)], E[phi'(z)^2] and Var(phi(z)), on one set of nodes."""
+    fn = pointwise.as_function(program)
+    sd = math.sqrt(max(var, 0.0))
+    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
+    with np.errstate(all="ignore"):
+        f, fw = gaussian.defined(fn(z), w)
+        d, dw = gaussian.defined(gaussian.derivative(fn, z), w)
+    standard = (z - m) / sd if sd > 0 else np.zeros_like(z)
+    spread = float(np.dot(fw, f * f) - np.dot(fw, f) ** 2)
+    return float(np.dot(dw, d)), float(np.dot(dw, standard * d)), float(np.dot(dw, d * d)), spread
+
+
 def _signal_slope(program, m: float, var: float) -> float:
     """E[(z - m)/sd phi'(z)] for z ~ N(m, var)."""
-    fn = pointwise.as_function(program)
-    sd = math.sqrt(var)
-    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
-    d, w = gaussian.defined(gaussian.derivative(fn, z), w)
-    return float(np.dot(w, (z - m) / sd * d))
+    return _slope_statistics(program, m, var)[1]
+
+
+def correlation_kept(program, m: float, var: float) -> float:
+    """a1^2 / Var(phi(z)) for z ~ N(m, var), a1 = E[phi'(z)] sd: the share of a small correlation between two
+    inputs that survives the activation (its first Hermite weight; a ReLU: 0.73)."""
+    if var <= 0:
+        return 1.0
+    mean_slope, _, _, spread = _slope_statistics(program, _round(m), _round(var))
+    return min(mean_slope**2 * var / spread, 1.0) if spread > 0 else 1.0
 
 
 @lru_cache(maxsize=65536)
 def _slope_share(program, m: float, K: float, shared: float) -> float:
+    mean_slope, _, grad_sq, _ = _slope_statistics(program, m, max(K - m * m, 0.0))
+    if not grad_sq > 0:
+        return 1.0
     fn = pointwise.as_function(program)
 
     def slope(z):
         return gaussian.derivative(fn, z)
 
-    z, w = gaussian.nodes(m, math.sqrt(max(K - m * m, 0.0)), pointwise.kinks(program))
-    d, w = gaussian.defined(slope(z), w)
-    grad_sq = float(np.dot(w, d * d))
-    if not grad_sq > 0:
-        return 1.0
     with np.errstate(all="ignore"):
-        coherent = gaussian.coherent_energy(slope, m, K, shared, float(np.dot(w, d)))
+        coherent = gaussian.coherent_energy(slope, m, K, shared, mean_slope)
     return min(max(coherent / grad_sq, 0.0), 1.0) if math.isfinite(coherent) else 1.0
 
 

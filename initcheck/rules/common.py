@@ -80,7 +80,7 @@ def conv_profile(profile: tuple[np.ndarray, ...] | None, axes: list[Axis] | None
         return None
     result = []
     for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes):
-        p = profile[axis] if profile and len(profile) > axis and len(profile[axis]) == n_in else np.ones(n_in)
+        p = _along(profile, axis, n_in)
         idx, valid = _reads(n_in, n_out, k, s, d, pb)
         result.append(np.where(valid, p[np.clip(idx, 0, n_in - 1)], 0.0).sum(axis=1) / k)
     return tuple(result)

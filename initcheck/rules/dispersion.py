@@ -18,11 +18,8 @@ over weight seeds of the zoo's CNNs, taking it out there too predicts better, do
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-import numpy as np
-
-from initcheck import gaussian, pointwise
+from initcheck.rules import activations
 from initcheck.rules.common import dim
 
 # ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
@@ -71,10 +68,10 @@ def overlap(node, ins, out_value, out) -> tuple[int, float] | None:
     x = ins[0] if ins else None
     if op in ("linear", "conv"):
         return _mapped_overlap(node, x)
-    if op in _KEEP_OVERLAP and op != "pointwise":
+    if op == "pointwise":
+        return _activated_overlap(node, x, out_value) if x is not None and _alone(ins) else None
+    if op in _KEEP_OVERLAP:
         return x.overlap if x is not None and _alone(ins) and _same_rank(node, out_value) else None
-    if op == "pointwise" and x is not None and _alone(ins):
-        return _activated_overlap(node, x, out_value)
     if op in ("add", "sum"):
         return _summed_overlap(node, ins, out_value)
     if op == "concat":
@@ -155,25 +152,8 @@ def _activated_overlap(node, x, out_value) -> tuple[int, float] | None:
     if channels <= 0:
         return None
     floor = 1.0 / channels
-    kept = _correlation_kept(node.attrs["program"], float(f"{x.m:.6g}"), float(f"{x.var:.6g}"))
+    kept = activations.correlation_kept(node.attrs["program"], x.m, x.var)
     return (axis, floor + kept**2 * max(value - floor, 0.0))
-
-
-@lru_cache(maxsize=4096)
-def _correlation_kept(program, m: float, var: float) -> float:
-    """a1^2 / Var(phi(z)) for z ~ N(m, var), a1 = E[phi'(z)] sd: how much of a small correlation survives."""
-    if var <= 0:
-        return 1.0
-    fn = pointwise.as_function(program)
-    sd = math.sqrt(var)
-    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
-    with np.errstate(all="ignore"):
-        f, fw = gaussian.defined(fn(z), w)
-        d, dw = gaussian.defined(gaussian.derivative(fn, z), w)
-    spread = float(np.dot(fw, f * f) - np.dot(fw, f) ** 2)
-    if not spread > 0:
-        return 1.0
-    return min(float(np.dot(dw, d)) ** 2 * var / spread, 1.0)
 
 
 def _same_rank(node, out_value) -> bool:
