@@ -18,6 +18,9 @@ class AxisProfile:
     # relative variance over the batch at each index (K - M), where a concatenation knows it: a train-mode batch
     # norm divides each channel by that, not by K (parts with channel offsets differ)
     centered: np.ndarray | None = None
+    # a matrix's gradient profiled along its rows (axis, the second to last): the relative energy along its
+    # columns (the last), where both vary (a causal attention's logits: queries and keys)
+    across: np.ndarray | None = None
 
     def __eq__(self, other) -> bool:  # arrays compare by value
         return (
@@ -25,6 +28,7 @@ class AxisProfile:
             and self.axis == other.axis
             and np.array_equal(self.energy, other.energy)
             and _same_array(self.centered, other.centered)
+            and _same_array(self.across, other.across)
         )
 
     def __hash__(self) -> int:

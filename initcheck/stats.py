@@ -46,6 +46,9 @@ class TensorStats:
     inf_count: int
     is_constant: bool  # every finite entry equal (e.g. all zeros)
     coherent: float = 0.0  # mean over channels (last non-singleton axis) of the squared mean over the rest
+    # per axis, the mean square at each index of it (None along axes of length 1), for constants of at most
+    # MASK_CONST entries: a position table (RoPE's sines) is not the same energy at every position
+    axis_energy: tuple[tuple[float, ...] | None, ...] | None = None
 
     @property
     def std(self) -> float:
@@ -93,6 +96,17 @@ def tensor_stats(array: np.ndarray) -> TensorStats:
         nan_count=nan,
         inf_count=inf,
         is_constant=bool(n_finite > 0 and low == high),
+        axis_energy=_axis_energy(a) if n_finite == flat.size else None,
+    )
+
+
+def _axis_energy(a: np.ndarray) -> tuple[tuple[float, ...] | None, ...] | None:
+    if a.ndim < 2 or a.size > MASK_CONST or a.size == 0:
+        return None
+    squares = np.square(a, dtype=np.float64)
+    return tuple(
+        tuple(float(e) for e in squares.mean(axis=tuple(j for j in range(a.ndim) if j != i))) if d > 1 else None
+        for i, d in enumerate(a.shape)
     )
 
 

@@ -51,6 +51,11 @@ class SymbolicResult:
     backward_kernel: dict[Value, PositionKernel] = field(default_factory=dict)
     stated_kernel: dict[Node, list] = field(default_factory=dict)  # gradient kernels a backward rule computed
     stated_shared: dict[Node, dict[int, float]] = field(default_factory=dict)  # and shared gradients, by input
+    # a softmax's backward, for the product q k^T its logits come from: the factor on its keys' G and their
+    # gradient profile (where queries co-vary, their rows add coherently)
+    stated_logit_product: dict[Node, tuple] = field(default_factory=dict)
+    # attention weights times values: the relative second moments of its output's gradient between queries
+    weights_gradient: dict[Node, object] = field(default_factory=dict)
     # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
     # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
     positive_support: dict[Value, bool] = field(default_factory=dict)
@@ -118,6 +123,7 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
     result.backward_map.clear()
     result.backward_aligned.clear()
     result.backward_uncentred.clear()
+    result.weights_gradient.clear()
     return result
 
 

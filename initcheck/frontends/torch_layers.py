@@ -143,8 +143,10 @@ def _sdpa(node, ctx):
     d = shape_q[-1] if shape_q else None
     scale = node.kwargs.get("scale") or (1 / math.sqrt(d) if d else 1.0)
     n = node.name
+    shape_k = ctx.extra["shape"](k)
+    swap = {"perm": [*range(len(shape_k) - 2), len(shape_k) - 1, len(shape_k) - 2]} if shape_k else {}
     emits = [
-        Emit("transpose", [k], outputs=[f"{n}__kt"]),
+        Emit("transpose", [k], swap, outputs=[f"{n}__kt"]),
         Emit("matmul", [q, f"{n}__kt"], outputs=[f"{n}__logits"]),
         Emit("mul", [f"{n}__logits", float(scale)], outputs=[f"{n}__scaled"]),
     ]

@@ -7,11 +7,13 @@ honouring masks (rows with fewer valid keys, e.g. causal attention).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
-from initcheck.moments import clean
+from initcheck.moments import AxisProfile, clean, profile_along
+from initcheck.rules import axis_profile, position_kernel
 from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -127,7 +129,103 @@ def softmax_backward(node, ins, outs, grads, ctx):
     """g_s = p (g - p.g): G_s = G_p E[sum p^2 (1 - 2p + sum p^2)] / N, for the part of g that varies along the
     row: a part constant along it (p.g's own mean) is removed exactly (docs/theory.md §9)."""
     n, s = _stats(node, ins[0], ctx)
-    return [grads[0] * (1 - _row_constant_share(node, ctx)) * s["backward"] / n]
+    factor, profile = _logit_rows(node, ins[0], ctx)
+    if profile is not None:
+        ctx.stated_axial[node] = [profile]
+    return [grads[0] * (1 - _row_constant_share(node, ctx)) * s["backward"] / n * factor]
+
+
+def _logit_rows(node, x, ctx) -> tuple[float, AxisProfile | None]:
+    """Rows that see different numbers of keys (a causal mask), get different gradients (an attention output's
+    gradient varies over its queries) or whose values co-vary unevenly (a causal attention before): in the diffuse
+    regime the logit (t, s) gets G_t E|v_s - vbar_t|^2 / n_t^2, vbar_t the mean of the row's n_t values (docs/theory.md
+    §15, §16). The factor on the scalar rule (which takes the rows and the values' deviations alike), and the
+    logits' gradient profile along the queries, with the keys' (the rows that see a key, summed) across it."""
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) < 2 or any(d is None for d in shape[-2:]):
+        return 1.0, None
+    if int(node.attrs.get("axis", -1)) % len(shape) != len(shape) - 1:
+        return 1.0, None
+    queries, keys = int(shape[-2]), int(shape[-1])
+    rows = axis_profile.attention_rows(x.valid_keys, queries, keys)
+    grad = ctx.backward_axial.get(node.outputs[0])
+    if grad is not None and (grad.axis != len(shape) - 2 or len(grad.energy) != queries):
+        return 1.0, None  # profiled along the keys: not followed
+    given = grad.energy if grad is not None else np.ones(queries)
+    flat = (1 - 1 / rows) / rows
+    values = _weighted_values(node)
+    share = _row_constant_share(node, ctx)
+    deviation = _values_deviation(values, rows, keys, ctx) if values is not None else None
+    if deviation is None:  # each key's deviation from its row's mean: (1 - S/K)(1 - 1/n_t), the rule's own
+        per_cell = (np.arange(keys)[None, :] < rows[:, None]) * ((1 - share) * flat / rows)[:, None]
+    else:
+        per_cell = deviation / (rows**2)[:, None]
+    per_cell = per_cell * given[:, None]
+    per_row, per_key = per_cell.sum(axis=1), per_cell.sum(axis=0)
+    expected = (1 - share) * flat.mean()
+    if expected <= 0 or per_row.mean() <= 0:
+        return 1.0, None
+    profile = profile_along(len(shape) - 2, per_row)
+    across = per_key / per_key.mean()
+    if profile is not None and not np.allclose(across, 1.0, rtol=0, atol=1e-3):
+        profile = replace(profile, across=across)
+    _state_logit_product(node, rows, ctx)
+    return float(per_row.mean() / expected), profile
+
+
+def _state_logit_product(node, rows: np.ndarray, ctx) -> None:
+    """What the product q k^T behind these logits sends its keys (docs/theory.md §16), as a factor on its scalar
+    rule (G_logits K_q) and a profile: key s sums the queries that see it, each weighted by its row of the
+    logits' gradient; where the queries and their gradients co-vary (deep in a causal stack) those terms add
+    coherently."""
+    product = _logit_product(node.inputs[0], ctx, depth=8)
+    weighting = _weighting_product(node)
+    gradients = ctx.weights_gradient.get(weighting) if weighting is not None else None
+    if product is None or gradients is None:
+        return
+    values, queries = weighting.inputs[1], product.inputs[0]
+    moments = [ctx.forward.get(v) for v in (values, queries)]
+    if any(m is None or m.K <= 0 for m in moments) or any(
+        v.shape is None or len(v.shape) < 2 for v in (values, queries)
+    ):
+        return
+    value_axis, query_axis = len(values.shape) - 2, len(queries.shape) - 2
+    query_matrix = position_kernel.relative_matrix(
+        _kernel_on(ctx, queries, query_axis),
+        moments[1].shared / moments[1].K,
+        _energy_along(moments[1], query_axis, len(rows)),
+        len(rows),
+    )
+    if query_matrix is None:
+        return
+    summed = position_kernel.key_gradients(
+        rows, moments[0], _kernel_on(ctx, values, value_axis), value_axis, gradients, query_matrix
+    )
+    if summed is None or summed[1].mean() <= 0:
+        return
+    keys_axis = len(product.inputs[1].shape or ()) - 1
+    ctx.stated_logit_product[product] = (
+        float(summed[0].mean() / summed[1].mean()),
+        profile_along(keys_axis, summed[0]),
+    )
+
+
+def _kernel_on(ctx, value, axis: int):
+    kernel = ctx.forward_kernel.get(value)
+    return kernel if kernel is not None and kernel.axis == axis and len(kernel) == value.shape[axis] else None
+
+
+def _energy_along(moments, axis: int, n: int) -> np.ndarray | None:
+    profile = moments.axial
+    return profile.energy if profile is not None and profile.axis == axis and len(profile.energy) == n else None
+
+
+def _values_deviation(values, rows: np.ndarray, keys: int, ctx) -> np.ndarray | None:
+    moments = ctx.forward.get(values)
+    if moments is None or values.shape is None or len(values.shape) < 2 or values.shape[-2] != keys:
+        return None
+    axis = len(values.shape) - 2
+    return position_kernel.row_deviations(rows, keys, moments, _kernel_on(ctx, values, axis), axis)
 
 
 _VIEWS = frozenset({"dropout", "cast", "identity", "reshape", "squeeze", "unsqueeze"})
@@ -137,14 +235,26 @@ def _row_constant_share(node, ctx) -> float:
     """The share of the gradient at attention weights p that is the same for every key of a row. Weights times
     values, o_t = sum_s p_ts v_s, send g_ts = do_t . v_s back: the values' part shared by a sequence's tokens
     (S_v) makes the same g for every key, and a softmax's backward cancels it. Other consumers: none."""
+    values = _weighted_values(node)
+    v = ctx.forward.get(values) if values is not None else None
+    return min(v.shared / v.K, 1.0) if v is not None and v.K > 0 else 0.0
+
+
+def _weighted_values(node):
+    """The values a softmax's weights multiply (through views), None where its output goes elsewhere."""
+    product = _weighting_product(node)
+    return product.inputs[1] if product is not None else None
+
+
+def _weighting_product(node):
+    """The product weights @ values a softmax's output feeds (through views), None where it goes elsewhere."""
     value = node.outputs[0]
     while len(value.consumers) == 1 and value.consumers[0].op in _VIEWS:
         value = value.consumers[0].outputs[0]
     users = value.consumers
     if len(users) != 1 or users[0].op != "matmul" or users[0].inputs[0] is not value:
-        return 0.0
-    v = ctx.forward.get(users[0].inputs[1])
-    return min(v.shared / v.K, 1.0) if v is not None and v.K > 0 else 0.0
+        return None
+    return users[0]
 
 
 @forward_rule("log_softmax")

@@ -421,9 +421,13 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
             result[i] = grad if fits(grad, v) and not mixes_it else None
         elif op in RESHAPES or op in ("transpose", "gather", "slice"):
             result[i] = moved_back(node, grad, v, out_value)
+        elif op == "matmul":
+            result[i] = _matmul_back(i, v, grad, out_value)
         elif op == "mul":
             other = [y for j, (w, y) in enumerate(zip(node.inputs, ins)) if j != i and y is not None]
             e = other[0].axial if other else None
+            if not other and grad is not None:  # times a constant: its energy at each index weighs the gradient
+                e = constant_profile(_other_constant(node, i), grad.axis, out_value)
             if grad is not None and e is not None and e.axis == grad.axis and len(e.energy) == len(grad.energy):
                 result[i] = profile_along(grad.axis, grad.energy * e.energy)
             else:
@@ -435,10 +439,47 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
     return result
 
 
+def _matmul_back(index: int, value, grad: AxisProfile | None, out) -> AxisProfile | None:
+    """a @ b: a's rows get the gradient of the output's rows, b's columns that of its columns (or of the rows'
+    `across`, where a profile along the rows states it)."""
+    rank_out, rank = _rank(out), _rank(value)
+    if grad is None or rank_out is None or rank is None or rank < 2:
+        return None
+    if index == 0 and grad.axis == rank_out - 2:
+        found = profile_along(rank - 2, grad.energy)
+    elif index == 1 and grad.axis == rank_out - 1:
+        found = profile_along(rank - 1, grad.energy)
+    elif index == 1 and grad.axis == rank_out - 2 and grad.across is not None:
+        found = profile_along(rank - 1, grad.across)
+    else:
+        return None
+    return found if fits(found, value) else None
+
+
+def _other_constant(node, index: int):
+    others = [v for j, v in enumerate(node.inputs) if j != index and v is not None and v.const is not None]
+    return others[0] if len(others) == 1 else None
+
+
+def constant_profile(value, axis: int, out) -> AxisProfile | None:
+    """The relative mean square of a constant at each index of `out`'s axis it broadcasts along (RoPE's sines
+    and cosines along the tokens), None where it is flat there or unknown."""
+    stats = value.const if value is not None else None
+    rank_out = _rank(out)
+    if stats is None or stats.axis_energy is None or rank_out is None or stats.mean_sq <= 0:
+        return None
+    own = axis - (rank_out - len(stats.shape))
+    if own < 0 or stats.axis_energy[own] is None or len(stats.axis_energy[own]) != length_along(out, axis):
+        return None
+    return profile_along(axis, np.asarray(stats.axis_energy[own]) / stats.mean_sq)
+
+
 def combined(G1: float, p1: AxisProfile | None, G2: float, p2: AxisProfile | None) -> AxisProfile | None:
     """The profile of a gradient summed from two consumers (G-weighted), None where their axes differ."""
     if p1 is None and p2 is None:
         return None
+    if G1 == 0 and p2 is not None:  # the first consumer's, as it stated it
+        return p2
     ref = p1 if p1 is not None else p2
     assert ref is not None
     n = len(ref.energy)

@@ -263,7 +263,38 @@ def matmul_backward(node, ins, outs, grads, ctx):
         grad_b = independent + coherent
         if node.outputs[0].shape is not None and len(node.outputs[0].shape) >= 2:
             grad_b = _values_gradient(node, a, independent, coherent, ctx)
-    return [g * cols * b.K if b is not None else None, grad_b]
+            _weights_gradient_profile(node, ctx)
+    grad_a = g * cols * b.K if b is not None else None
+    stated = ctx.stated_logit_product.pop(node, None)
+    if stated is not None and grad_b is not None:  # q k^T before a softmax: its keys' own (docs/theory.md §16)
+        factor, profile = stated
+        grad_b *= factor
+        queries = axis_profile.backward(node, ins, node.outputs[0], ctx.backward_axial.get(node.outputs[0]), ctx)[0]
+        ctx.stated_axial[node] = [queries, profile]
+    return [grad_a, grad_b]
+
+
+def _weights_gradient_profile(node, ctx) -> None:
+    """The attention weights' gradient, do_t . v_s, varies over the queries as the output's gradient does and
+    co-varies between them as it does: the softmax before reads both (docs/theory.md §16)."""
+    out = node.outputs[0]
+    grads = ctx.backward_axial.get(out)
+    rank_out, rank_p = len(out.shape), len(node.inputs[0].shape or ())
+    if grads is not None and grads.axis != rank_out - 2:
+        grads = None
+    if rank_p < 2:
+        return
+    if grads is not None:
+        stated = ctx.stated_axial.get(node, [None, None])
+        ctx.stated_axial[node] = [profile_along(rank_p - 2, grads.energy), stated[1]]
+    g = ctx.backward.get(out, 0.0)
+    kernel = ctx.backward_kernel.get(out)
+    queries = out.shape[-2]
+    if g > 0 and queries is not None:
+        kernel = kernel if kernel is not None and kernel.axis == rank_out - 2 and len(kernel) == queries else None
+        ctx.weights_gradient[node] = position_kernel.relative_matrix(
+            kernel, min(ctx.backward_shared.get(out, 0.0), g) / g, grads.energy if grads is not None else None, queries
+        )
 
 
 def _values_gradient(node, a, independent: float, coherent: float, ctx) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 
 from initcheck.gaussian import expect
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.axis_profile import part_shares
+from initcheck.rules.axis_profile import constant_profile, part_shares
 from initcheck.rules.common import broadcast_factor, dim
 from initcheck.rules.registry import backward_rule, forward_rule
 from initcheck.stats import MASKED, TensorStats
@@ -128,7 +128,20 @@ def mul_forward(node, ins, ctx):
     both = ins[0] is not None and ins[1] is not None
     profile = (ins[0] or ins[1]).profile
     S = a.shared * b.shared if a.S is not None or b.S is not None else None
-    return clean(a.m * b.m, a.K * b.K, a.M * b.M, exact, S=S, profile=profile, gaussian=not both)
+    signal = ins[0] if ins[0] is not None else ins[1]
+    K = a.K * b.K * (1.0 if both else _constant_overlap(node, ins.index(signal), signal.axial))
+    return clean(a.m * b.m, K, a.M * b.M, exact, S=S, profile=profile, gaussian=not both)
+
+
+def _constant_overlap(node, index: int, profile) -> float:
+    """E_i[p_i c_i] for a signal (or gradient) profiled p along an axis where the constant's energy c varies
+    (RoPE's sines: small at the first tokens, where a causal attention's keys get most gradient); 1 elsewhere."""
+    if profile is None:
+        return 1.0
+    weights = constant_profile(node.inputs[1 - index], profile.axis, node.outputs[0])
+    if weights is None or len(weights.energy) != len(profile.energy):
+        return 1.0
+    return float(np.mean(profile.energy * weights.energy))
 
 
 @backward_rule("mul")
@@ -144,6 +157,8 @@ def mul_backward(node, ins, outs, grads, ctx):
             result.append(None)
         elif n > 1:  # a broadcast operand (a gate) sums n terms: their shared parts add coherently
             result.append(n * ((g - shared) * k_other + shared * (k_other - s_other)) + n * n * shared * s_other)
+        elif ins[1 - i] is None and other is not None:
+            result.append(g * k_other * _constant_overlap(node, i, ctx.backward_axial.get(out)))
         else:
             result.append(g * k_other)
     return result

@@ -132,6 +132,58 @@ def attended_back(rows: np.ndarray, keys: int, G: float, shared: float, grads, k
     return {"added": added, "shared": between, "cross": total - between}
 
 
+def relative_matrix(
+    kernel: PositionKernel | None, share: float, energy: np.ndarray | None, n: int
+) -> np.ndarray | None:
+    """E[x_s x_t] / K (or the gradient's, / G) as a whole matrix over n positions; None where too long."""
+    if n > MAX_KERNEL_LENGTH:
+        return None
+    cross = kernel.cross if kernel is not None and len(kernel.cross) == n else None
+    return _relative(cross, share, energy if energy is not None and len(energy) == n else np.ones(n))
+
+
+def key_gradients(rows: np.ndarray, values, value_kernel, value_axis: int, gradients, queries) -> tuple | None:
+    """Each key's gradient through a diffuse softmax, sum over queries t, t' that see key s of
+    H_tt' E[(v_s - vbar_t) . (v_s - vbar_t')] / (n_t n_t'), H the queries' relative second moments times their
+    output gradients' (whole matrices): where both co-vary between queries (a causal attention before, a gradient
+    shared over positions), the rows add coherently. Returns, per key, that and the same with each query's
+    gradient alone and the queries' energy even (what the scalar rule takes); None where too long."""
+    keys = int(rows.max())
+    shape = (len(rows), len(rows))
+    if keys > MAX_KERNEL_LENGTH or len(rows) > MAX_KERNEL_LENGTH or gradients.shape != shape or queries.shape != shape:
+        return None
+    A = _relative(
+        value_kernel.cross if value_kernel is not None else None, _share(values), _energy(values, value_axis, keys)
+    )
+    W = _diffuse_weights(rows, keys)
+    M = W @ A  # E[vbar_t . v_s] / K
+    N = M @ W.T  # E[vbar_t . vbar_t'] / K
+
+    def summed(H: np.ndarray) -> np.ndarray:
+        HW = H @ W
+        return (
+            np.diag(A) * np.einsum("ts,ts->s", W, HW)
+            - 2 * np.einsum("ts,ts->s", W * M, HW)
+            + np.einsum("ts,ts->s", W, (H * N) @ W)
+        )
+
+    return np.maximum(summed(gradients * queries), 0.0), np.maximum(summed(np.diag(np.diag(gradients))), 0.0)
+
+
+def row_deviations(rows: np.ndarray, keys: int, values, kernel: PositionKernel | None, axis: int) -> np.ndarray | None:
+    """E|v_s - vbar_t|^2 / K_v for each query row t and key s it sees, vbar_t the mean of the row's values
+    (diffuse attention), from the values' whole relative second-moment matrix; 0 where masked. What a softmax's
+    backward keeps of row t's gradient at key s: the row's common part cancels. None where too long."""
+    if len(rows) > MAX_KERNEL_LENGTH or keys > MAX_KERNEL_LENGTH:
+        return None
+    full = _relative(kernel.cross if kernel is not None else None, _share(values), _energy(values, axis, keys))
+    weights = _diffuse_weights(rows, keys)
+    with_mean = weights @ full  # E[vbar_t . v_s] / K
+    mean_energy = np.einsum("tv,tv->t", with_mean, weights)  # E|vbar_t|^2 / K
+    deviation = np.diag(full)[None, :] - 2 * with_mean + mean_energy[:, None]
+    return np.maximum(deviation, 0.0) * (weights > 0)
+
+
 # ---- position-wise ops --------------------------------------------------------------------------------------
 
 
