@@ -319,15 +319,36 @@ def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) ->
 
 
 def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
-    """Each input's gradient profile from the (first) output's; the attention rule states its values' own."""
+    """Each input's gradient profile from its outputs' (a split's parts combined by the gradient each sends back);
+    the attention rule states its values' own."""
     stated = result.stated_axial.pop(node, None)
     if stated is not None:
         return stated
-    out = node.outputs[0]
-    found = _guarded(
-        node, result, "gradient profile", axis_profile.backward, node, ins, out, result.backward_axial.get(out), result
-    )
-    return found if found is not None else [None] * len(node.inputs)
+    profiles: list = [None] * len(node.inputs)
+    total = 0.0
+    for out, weight in _output_weights(node, result):
+        found = _guarded(
+            node,
+            result,
+            "gradient profile",
+            axis_profile.backward,
+            node,
+            ins,
+            out,
+            result.backward_axial.get(out),
+            result,
+        )
+        found = found if found is not None else [None] * len(node.inputs)
+        profiles = [axis_profile.combined(total, a, weight, b) for a, b in zip(profiles, found)] if total else found
+        total += weight
+    return profiles
+
+
+def _output_weights(node: Node, result: SymbolicResult) -> list[tuple[Value, float]]:
+    """The outputs whose gradient reaches the inputs, each with its share of it (G times size); one output: 1."""
+    if len(node.outputs) == 1:
+        return [(node.outputs[0], 1.0)]
+    return [(out, result.backward[out] * (out.numel or 1)) for out in node.outputs if result.backward.get(out, 0.0) > 0]
 
 
 def _gradient_maps(node: Node, result: SymbolicResult) -> list:
@@ -342,23 +363,28 @@ def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicR
     stated = result.stated_kernel.pop(node, None)
     if stated is not None:
         return stated
-    out = node.outputs[0]
-    grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
-    kernels = result.forward_kernel
-    found = _guarded(
-        node,
-        result,
-        "gradient kernel",
-        position_kernel.backward,
-        node,
-        ins,
-        out,
-        grad,
-        shared_fraction,
-        profile,
-        kernels,
-    )
-    return found if found is not None else [None] * len(node.inputs)
+    found_kernels: list = [None] * len(node.inputs)
+    total = 0.0
+    for out, weight in _output_weights(node, result):
+        grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
+        found = _guarded(
+            node,
+            result,
+            "gradient kernel",
+            position_kernel.backward,
+            node,
+            ins,
+            out,
+            grad,
+            shared_fraction,
+            profile,
+            result.forward_kernel,
+        )
+        found = found if found is not None else [None] * len(node.inputs)
+        if total:
+            found = [position_kernel.combined(total, a, weight, b) for a, b in zip(found_kernels, found)]
+        found_kernels, total = found, total + weight
+    return found_kernels
 
 
 def _batch(graph: Graph) -> int:

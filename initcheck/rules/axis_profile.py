@@ -80,6 +80,8 @@ def placement(node, axis: int, inp, out) -> tuple[int, np.ndarray | None] | None
     if op == "transpose":
         perm = _perm(node, rank_in)
         return None if perm is None or len(perm) != rank_in else (perm.index(axis), None)
+    if op == "split":
+        return (axis, None) if _split_axis(inp, out) not in (None, axis) else None
     if op in ("gather", "slice") and "axis" in node.attrs:
         picked_axis = int(node.attrs["axis"]) % max(rank_in, 1)
         if picked_axis != axis:
@@ -159,9 +161,20 @@ def moved_back(node, profile: AxisProfile | None, inp, out) -> AxisProfile | Non
     return None if back is None else profile_along(back, profile.energy)
 
 
+def _split_axis(inp, out) -> int | None:
+    """The one axis a split cuts (where its input and a part differ in size), None where unknown."""
+    shape_in, shape_out = (v.shape if v is not None else None for v in (inp, out))
+    if shape_in is None or shape_out is None or len(shape_in) != len(shape_out):
+        return None
+    cut = [i for i, (a, b) in enumerate(zip(shape_in, shape_out)) if a != b]
+    return cut[0] if len(cut) == 1 else None
+
+
 def placement_back(node, axis: int, inp, out) -> int | None:
-    """The input axis that `axis` of a reshape's or transpose's output came from, or of a select's or slice's
-    along another axis (None: it cannot follow)."""
+    """The input axis that `axis` of a reshape's or transpose's output came from, or of a select's, slice's or
+    split's along another axis (None: it cannot follow)."""
+    if node.op == "split":
+        return axis if _split_axis(inp, out) not in (None, axis) else None
     if node.op in ("gather", "slice") and "axis" in node.attrs:
         picked = int(node.attrs["axis"]) % max(_rank(inp) or 1, 1)
         if node.op == "slice":
@@ -343,7 +356,7 @@ def forward(node, ins, out_value, out) -> AxisProfile | None:
         return profile if fits(profile, out_value) else None
     if op in ("expand", "tile"):
         return _same_axis(node, profile, value, out_value)
-    if op in RESHAPES or op in ("transpose", "gather", "slice"):
+    if op in RESHAPES or op in ("transpose", "gather", "slice", "split"):
         return moved(node, profile, value, out_value)
     if op in ("add", "sub"):
         parts = [(x.K, x.axial) for _, x in signals]
@@ -419,7 +432,7 @@ def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisPr
         if op in POSITIONWISE or op in ("add", "sub", "linear", "expand", "tile"):
             mixes_it = op == "linear" and grad is not None and grad.axis == (_rank(v) or 0) - 1
             result[i] = grad if fits(grad, v) and not mixes_it else None
-        elif op in RESHAPES or op in ("transpose", "gather", "slice"):
+        elif op in RESHAPES or op in ("transpose", "gather", "slice", "split"):
             result[i] = moved_back(node, grad, v, out_value)
         elif op == "matmul":
             result[i] = _matmul_back(i, v, grad, out_value)

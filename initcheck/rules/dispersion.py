@@ -265,3 +265,12 @@ def jensen(x, channels_per_group: int = 1) -> float:
     if x is None or x.dispersion is None or x.dispersion[0] != 1:
         return 1.0
     return 1.0 / (1.0 - min(x.dispersion[1] / max(channels_per_group, 1), MAX_RHO))
+
+
+def independent_features(x, node, n: int) -> float:
+    """How many directions a per-position norm's features vary in independently, r = 1/overlap along its last
+    axis, at most its n features: the per-sample mean square over them fluctuates with relative variance 2/r."""
+    shape = node.inputs[0].shape if node.inputs[0] is not None else None
+    if x is None or x.overlap is None or shape is None or x.overlap[0] != len(shape) - 1 or x.overlap[1] <= 0:
+        return float(n)
+    return float(min(n, max(1.0 / x.overlap[1], 3.0)))

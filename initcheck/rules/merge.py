@@ -50,6 +50,7 @@ def _signed_sum(node, ins, signs) -> Moments:
     m = K = M = 0.0
     exact, gaussian, parts = True, True, []
     S = 0.0
+    stated = False  # a constant whose positions share less than its squared mean says (a position table)
     zeros = 1.0  # P(every term is 0), for a sum of nonnegative terms (a zero branch counts as one)
     nonnegative = True
     for i, sign in enumerate(signs):
@@ -59,8 +60,10 @@ def _signed_sum(node, ins, signs) -> Moments:
             # a mask (very negative = masked, counted by _mask_keys) or another non-signal tensor: adds 0
             if c is None or _is_additive_mask(node.inputs[i]):
                 continue
-            x = Moments(c.mean, c.mean_sq, c.coherent)
+            between = _shared_between_positions(c)
+            x = Moments(c.mean, c.mean_sq, between, S=between)
             nonnegative = nonnegative and c.mean_sq == 0
+            stated = stated or between != c.coherent
         else:
             parts.append(x)
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
@@ -71,7 +74,7 @@ def _signed_sum(node, ins, signs) -> Moments:
         S += x.shared + 2 * sign * m * x.m
         m += sign * x.m
     keys = next((p.valid_keys for p in parts if p.valid_keys is not None), _mask_keys(node))
-    shared = S if any(p.S is not None for p in parts) else None
+    shared = S if stated or any(p.S is not None for p in parts) else None
     return clean(
         m,
         K,
@@ -83,6 +86,17 @@ def _signed_sum(node, ins, signs) -> Moments:
         valid_keys=keys,
         positive=1 - zeros if nonnegative and parts else None,
     )
+
+
+def _shared_between_positions(c: TensorStats) -> float:
+    """What two different positions of a constant share, mean over pairs of a_s . a_t per channel (its M and S):
+    its squared mean over the positions (`coherent`) includes each position with itself, 1/P of its energy,
+    which a table of independent rows (GPT-2's, ViT's position embeddings) does not share (docs/theory.md §9)."""
+    sizes = [d for d in c.shape if d > 1]
+    positions = c.numel // sizes[-1] if len(sizes) > 1 else 1
+    if positions <= 1:
+        return c.coherent
+    return max((positions * c.coherent - c.mean_sq) / (positions - 1), 0.0)
 
 
 def _mask_keys(node) -> np.ndarray | None:

@@ -102,10 +102,15 @@ def rms_norm_forward(node, ins, ctx):
 
 @backward_rule("rms_norm")
 def rms_norm_backward(node, ins, outs, grads, ctx):
+    """G_x = E[gamma^2] G_y (n - 1) / n E[1 / ms], the mean square ms of each position's n features varying from
+    sample to sample: E[1/ms] = r / ((r - 2) K) for Gaussian features that vary along r independent directions
+    (n of them where the features are independent; §6)."""
     x = ins[0]
     n = _layer_size(node) or 1000
     g2, _, _ = _affine(node)
-    factor = g2 * (n - 1) / (n * (x.K + node.attrs.get("epsilon", 1e-5))) * _uneven(node, ins, ctx)
+    r = dispersion.independent_features(x, node, n)
+    per_sample = r / (r - 2)
+    factor = g2 * (n - 1) / (n * (x.K + node.attrs.get("epsilon", 1e-5))) * per_sample * _uneven(node, ins, ctx)
     return [grads[0] * factor] + [None] * (len(ins) - 1)
 
 

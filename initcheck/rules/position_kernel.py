@@ -257,7 +257,7 @@ def forward(node, ins, out_value, out, kernels: dict) -> PositionKernel | None:
     op = node.op
     if op in COPIES or op in ("expand", "tile"):
         result = kernel
-    elif op in RESHAPES or op in ("transpose", "gather", "slice"):
+    elif op in RESHAPES or op in ("transpose", "gather", "slice", "split"):
         placed = axis_profile.placement(node, kernel.axis, value, out_value)
         if placed is None:
             return None
@@ -296,7 +296,10 @@ def _multiplied(signals, kernel: PositionKernel) -> PositionKernel | None:
 
 
 def _concatenated(node, signals, kernel: PositionKernel, out_value) -> PositionKernel | None:
-    """Parts side by side along another axis (features): their covariances mix by energy and size."""
+    """Parts side by side along another axis (features): their covariances mix by energy and size. One part alone
+    (an exporter's concatenation onto an empty cache) is a copy."""
+    if len([v for v in node.inputs if v is not None and v.numel != 0]) == 1:
+        return kernel
     rank = len(out_value.shape) if out_value.shape is not None else 0
     if rank == 0 or int(node.attrs.get("axis", 0)) % rank == kernel.axis:
         return None
@@ -330,7 +333,7 @@ def backward(node, ins, out_value, grad: PositionKernel | None, shared_fraction:
             result[i] = grad
         elif op == "linear":
             result[i] = grad if grad.axis < len(v.shape or ()) - 1 else None
-        elif op in RESHAPES or op in ("transpose", "gather", "slice"):
+        elif op in RESHAPES or op in ("transpose", "gather", "slice", "split"):
             axis = axis_profile.placement_back(node, grad.axis, v, out_value)
             result[i] = kernel_along(axis, grad.cross) if axis is not None else None
         elif op == "pointwise":
