@@ -3,7 +3,7 @@ second moment K (and gradient second moment G) lies within 15% and within 2x of 
 median |log10| error, the worst row, and the agreement check's findings (IC401: K beyond its bar, a warning; G
 beyond its bar, information; each grouped to one per model).
 
-    python benchmarks/accuracy.py [--models resnet50 gpt2 ...] [--seeds 4] [--batch 8] [--markdown]
+    python benchmarks/accuracy.py [--models resnet50 gpt2 ...] [--seeds 4] [--batch 8] [--rows FILE.jsonl]
 
 The models are the zoo's stock models (tests/zoo.py: library configs and faithful re-implementations with their
 libraries' init code), analysed as live modules in their own mode, the probe on CPU; CNNs at --batch images of
