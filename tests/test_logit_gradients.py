@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 import initcheck
 from initcheck.analysis import symbolic
@@ -98,3 +101,56 @@ def test_a_split_fused_projection_gets_every_parts_gradient_profile(monkeypatch)
     assert max(abs(e) for e in errors) < math.log(1.15), errors
     monkeypatch.setattr(symbolic, "_output_weights", lambda node, result: [(node.outputs[0], 1.0)])
     assert min(_fused_projection_errors("gpt2")) < -0.3
+
+
+class _CausalAttention(nn.Module):
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        for layer in (self.q, self.k, self.v, self.o):
+            nn.init.normal_(layer.weight, std=0.02)
+
+    def forward(self, x):
+        heads = lambda t: t.view(t.shape[0], t.shape[1], 2, -1).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
+        return self.o(out.transpose(1, 2).reshape(x.shape))
+
+
+class _TwoBlocks(nn.Module):
+    """Two pre-RMSNorm blocks of causal attention on a stream at 0.02: the second makes the first's output
+    gradient uneven over the tokens."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.blocks = nn.ModuleList(_CausalAttention(d) for _ in range(2))
+        self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(2))
+        self.head = nn.Linear(d, 8, bias=False)
+
+    def forward(self, x):
+        x = 0.02 * x
+        for block, norm in zip(self.blocks, self.norms):
+            x = x + block(norm(x))
+        return self.head(x)
+
+
+def test_without_a_values_kernel_the_rows_are_summed_without_a_matrix(monkeypatch):
+    """Where the values have no kernel (past MAX_KERNEL_LENGTH positions, or the first causal attention) their
+    deviations are the rule's own, (1 - S/K)(1 - 1/n_t), and rows and keys are summed in O(T), never as a T x T
+    matrix (at a 32k context that would be 8 GB). The first block's values have none: taking that path there
+    instead of the matrix of deviations must give the same gradients, row for row, while the second block's
+    uneven output gradient makes the rows differ."""
+    torch.manual_seed(0)
+    model, x = _TwoBlocks().eval(), torch.randn(2, 64, 32)
+    with_matrix = [r.symbolic.G for r in initcheck.analyze(model, x).layers]
+    original = attention._values_deviation
+
+    def only_with_a_kernel(values, rows, keys, ctx):
+        axis = len(values.shape) - 2
+        return original(values, rows, keys, ctx) if attention._kernel_on(ctx, values, axis) is not None else None
+
+    monkeypatch.setattr(attention, "_values_deviation", only_with_a_kernel)
+    summed = [r.symbolic.G for r in initcheck.analyze(model, x).layers]
+    assert summed == pytest.approx(with_matrix, rel=1e-6)
+    monkeypatch.setattr(attention, "_logit_rows", lambda node, x, ctx: (1.0, None))
+    apart = [r.symbolic.G for r in initcheck.analyze(model, x).layers]
+    assert max(abs(a / b - 1) for a, b in zip(apart, with_matrix)) > 0.05

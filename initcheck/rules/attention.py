@@ -156,12 +156,14 @@ def _logit_rows(node, x, ctx) -> tuple[float, AxisProfile | None]:
     values = _weighted_values(node)
     share = _row_constant_share(node, ctx)
     deviation = _values_deviation(values, rows, keys, ctx) if values is not None else None
-    if deviation is None:  # each key's deviation from its row's mean: (1 - S/K)(1 - 1/n_t), the rule's own
-        per_cell = (np.arange(keys)[None, :] < rows[:, None]) * ((1 - share) * flat / rows)[:, None]
-    else:
-        per_cell = deviation / (rows**2)[:, None]
-    per_cell = per_cell * given[:, None]
-    per_row, per_key = per_cell.sum(axis=1), per_cell.sum(axis=0)
+    if deviation is None:  # each key's deviation from its row's mean: (1 - S/K)(1 - 1/n_t), the rule's own; O(T)
+        per_row = (1 - share) * flat * given
+        per_key = np.zeros(keys)
+        summed = axis_profile.key_sums(rows, per_row / rows)
+        per_key[: len(summed)] = summed
+    else:  # the values' whole matrix (at most MAX_KERNEL_LENGTH positions)
+        per_cell = deviation / (rows**2)[:, None] * given[:, None]
+        per_row, per_key = per_cell.sum(axis=1), per_cell.sum(axis=0)
     expected = (1 - share) * flat.mean()
     if expected <= 0 or per_row.mean() <= 0:
         return 1.0, None
