@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from initcheck import pointwise
 from initcheck.moments import AxisProfile, clean, profile_along
 from initcheck.rules import axis_profile, position_kernel
 from initcheck.rules.common import dim
@@ -171,26 +172,33 @@ def _logit_rows(node, x, ctx) -> tuple[float, AxisProfile | None]:
     across = per_key / per_key.mean()
     if profile is not None and not np.allclose(across, 1.0, rtol=0, atol=1e-3):
         profile = replace(profile, across=across)
-    _state_logit_product(node, rows, ctx)
+    _state_logit_product(node, rows, given, per_row, ctx)
     return float(per_row.mean() / expected), profile
 
 
-def _state_logit_product(node, rows: np.ndarray, ctx) -> None:
-    """What the product q k^T behind these logits sends its keys (docs/theory.md §16), as a factor on its scalar
-    rule (G_logits K_q) and a profile: key s sums the queries that see it, each weighted by its row of the
-    logits' gradient; where the queries and their gradients co-vary (deep in a causal stack) those terms add
-    coherently."""
+def _state_logit_product(node, rows: np.ndarray, given: np.ndarray, per_row: np.ndarray, ctx) -> None:
+    """What the product q k^T behind these logits sends its queries and keys (docs/theory.md §16), each as a factor
+    on its scalar rule and a profile, or None for the scalar rule."""
     product = _logit_product(node.inputs[0], ctx, depth=8)
     weighting = _weighting_product(node)
-    gradients = ctx.weights_gradient.get(weighting) if weighting is not None else None
-    if product is None or gradients is None:
+    if product is None or weighting is None:
         return
+    if any(v.shape is None or len(v.shape) < 2 for v in (weighting.inputs[1], *product.inputs)):
+        return
+    queries = _query_rows(rows, given, per_row, weighting, product, ctx)
+    keys = _key_columns(rows, weighting, product, ctx)
+    if queries is not None or keys is not None:
+        ctx.stated_logit_product[product] = (queries, keys)
+
+
+def _key_columns(rows, weighting, product, ctx) -> tuple[float, AxisProfile | None] | None:
+    """Key s sums the queries that see it, each weighted by its row of the logits' gradient; where the queries and
+    their gradients co-vary (deep in a causal stack) those terms add coherently. None where no matrix is kept."""
+    gradients = ctx.weights_gradient.get(weighting)
     values, queries = weighting.inputs[1], product.inputs[0]
     moments = [ctx.forward.get(v) for v in (values, queries)]
-    if any(m is None or m.K <= 0 for m in moments) or any(
-        v.shape is None or len(v.shape) < 2 for v in (values, queries)
-    ):
-        return
+    if gradients is None or any(m is None or m.K <= 0 for m in moments):
+        return None
     value_axis, query_axis = len(values.shape) - 2, len(queries.shape) - 2
     query_matrix = position_kernel.relative_matrix(
         _kernel_on(ctx, queries, query_axis),
@@ -199,17 +207,88 @@ def _state_logit_product(node, rows: np.ndarray, ctx) -> None:
         len(rows),
     )
     if query_matrix is None:
-        return
+        return None
     summed = position_kernel.key_gradients(
         rows, moments[0], _kernel_on(ctx, values, value_axis), value_axis, gradients, query_matrix
     )
     if summed is None or summed[1].mean() <= 0:
-        return
-    keys_axis = len(product.inputs[1].shape or ()) - 1
-    ctx.stated_logit_product[product] = (
-        float(summed[0].mean() / summed[1].mean()),
-        profile_along(keys_axis, summed[0]),
+        return None
+    keys_axis = len(product.inputs[1].shape) - 1
+    return float(summed[0].mean() / summed[1].mean()), profile_along(keys_axis, summed[0])
+
+
+def _query_rows(rows, given, per_row, weighting, product, ctx) -> tuple[float, AxisProfile | None] | None:
+    """What query t's gradient, scale * (1/n_t) sum_s k_s (v_s - vbar_t)^T do_t, keeps (docs/theory.md §16): the
+    keys' part common to the row cancels, tr(P A P B) over its keys in place of the values' deviations alone;
+    and where keys and values are two linear maps of one source x, E[k_s (v_s - vbar_t)^T] = W_k C W_v^T does not
+    average away over the row, adding (1 - S_x/K_x)(1 - S_v/K_v) tr(C^2)/tr(C)^2 per row. None where the keys are
+    rotated by position (RoPE: the keys' matrix would need the rotation) or no matrix is kept: the scalar rule."""
+    values, keys = weighting.inputs[1], product.inputs[1]
+    key_map, value_map = _projection_of(keys), _projection_of(values)
+    moments = [ctx.forward.get(v) for v in (values, keys)]
+    if key_map is None or value_map is None or any(m is None or m.K <= 0 for m in moments):
+        return None
+    axes = (len(values.shape) - 2, len(keys.shape) - 1)
+    overlaps = position_kernel.centred_overlaps(
+        rows, moments[0], _kernel_on(ctx, values, axes[0]), moments[1], _kernel_on(ctx, keys, axes[1]), axes
     )
+    if overlaps is None:  # no matrices kept (a long context): shared parts and independent tokens, O(T)
+        overlaps = (1 - _share_of(moments[0])) * (1 - _share_of(moments[1])) * (rows - 1)
+    if per_row.mean() <= 0:
+        return None
+    per_query = given * overlaps / rows**2
+    source = key_map.inputs[0]
+    x = ctx.forward.get(source) if source is value_map.inputs[0] else None
+    if x is not None and x.K > 0:
+        unshared = (1 - _share_of(x)) * (1 - _share_of(moments[0]))
+        per_query = per_query + given * unshared * _overlap(x, source, key_map)
+    return float(per_query.mean() / per_row.mean()), profile_along(len(product.inputs[0].shape) - 2, per_query)
+
+
+def _share_of(x) -> float:
+    return min(x.shared / x.K, 1.0) if x.K > 0 else 0.0
+
+
+def _projection_of(value, depth: int = 12):
+    """The linear map keys or values come from through views, picks, head expansions and per-feature biases or
+    scales (an exporter's MatMul + Add); None where anything else lies between (RoPE's rotation, a norm)."""
+    producer = value.producer if value is not None else None
+    while producer is not None and depth > 0:
+        if producer.op == "linear":
+            return producer
+        signals = [v for v in producer.inputs if v is not None and v.const is None]
+        constants = [v for v in producer.inputs if v is not None and v.const is not None]
+        per_feature = producer.op in ("add", "sub", "mul", "div") and all(_per_feature(c) for c in constants)
+        if len(signals) != 1 or not (producer.op in _TO_PROJECTION or per_feature or _scales(producer)):
+            return None
+        producer, depth = signals[0].producer, depth - 1
+    return None
+
+
+_GRID = np.linspace(-3.0, 3.0, 13)
+
+
+def _scales(node) -> bool:
+    """A position-wise op that only scales (an exporter's share of 1/sqrt(d) on the keys)."""
+    if node.op != "pointwise":
+        return False
+    values = pointwise.as_function(node.attrs["program"])(_GRID)
+    return bool(np.allclose(values, values[-1] / _GRID[-1] * _GRID, rtol=1e-6, atol=1e-12))
+
+
+def _per_feature(constant) -> bool:
+    """A constant that is the same at every position (a bias, a scale): length 1 on all but its last axis."""
+    shape = constant.shape or ()
+    return all(d == 1 for d in shape[:-1])
+
+
+def _overlap(x, source, linear) -> float:
+    """tr(C^2)/tr(C)^2 of the source's features (1/r, r directions it varies in independently); 1/fan_in where
+    the pass does not carry it."""
+    rank = len(source.shape) if source.shape is not None else 0
+    if x.overlap is not None and x.overlap[0] == rank - 1:
+        return float(x.overlap[1])
+    return 1.0 / max(linear.params["weight"].fan_in, 1)
 
 
 def _kernel_on(ctx, value, axis: int):
@@ -231,6 +310,7 @@ def _values_deviation(values, rows: np.ndarray, keys: int, ctx) -> np.ndarray | 
 
 
 _VIEWS = frozenset({"dropout", "cast", "identity", "reshape", "squeeze", "unsqueeze"})
+_TO_PROJECTION = frozenset({"transpose", "expand", "slice", "split", *_VIEWS})
 
 
 def _row_constant_share(node, ctx) -> float:

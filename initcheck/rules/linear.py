@@ -266,11 +266,14 @@ def matmul_backward(node, ins, outs, grads, ctx):
             _weights_gradient_profile(node, ctx)
     grad_a = g * cols * b.K if b is not None else None
     stated = ctx.stated_logit_product.pop(node, None)
-    if stated is not None and grad_b is not None:  # q k^T before a softmax: its keys' own (docs/theory.md §16)
-        factor, profile = stated
-        grad_b *= factor
-        queries = axis_profile.backward(node, ins, node.outputs[0], ctx.backward_axial.get(node.outputs[0]), ctx)[0]
-        ctx.stated_axial[node] = [queries, profile]
+    if stated is not None and grad_a is not None and grad_b is not None:  # q k^T before a softmax (§16)
+        queries, keys = stated  # each (factor, profile), or None: the scalar rule and the logits' own profile
+        generic = axis_profile.backward(node, ins, node.outputs[0], ctx.backward_axial.get(node.outputs[0]), ctx)
+        if queries is not None:
+            grad_a, generic[0] = grad_a * queries[0], queries[1]
+        if keys is not None:
+            grad_b, generic[1] = grad_b * keys[0], keys[1]
+        ctx.stated_axial[node] = generic
     return [grad_a, grad_b]
 
 

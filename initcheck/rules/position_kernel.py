@@ -170,6 +170,28 @@ def key_gradients(rows: np.ndarray, values, value_kernel, value_axis: int, gradi
     return np.maximum(summed(gradients * queries), 0.0), np.maximum(summed(np.diag(np.diag(gradients))), 0.0)
 
 
+def centred_overlaps(
+    rows: np.ndarray, values, value_kernel, keys, key_kernel, axes: tuple[int, int]
+) -> np.ndarray | None:
+    """tr(P A P B) for each query row t over its n_t keys, A and B the values' and the keys' relative second-moment
+    matrices there and P = I - 11^T / n_t (a softmax's backward removes each row's mean): a query's gradient sums
+    the keys weighted by its row of the logits' gradient, whose covariance is P A P, so the keys' part common to
+    the row cancels. O(T^2) by prefix sums; None where too long."""
+    n_keys = int(rows.max())
+    if n_keys > MAX_KERNEL_LENGTH or len(rows) > MAX_KERNEL_LENGTH:
+        return None
+    A = _relative(
+        value_kernel.cross if value_kernel is not None else None, _share(values), _energy(values, axes[0], n_keys)
+    )
+    B = _relative(key_kernel.cross if key_kernel is not None else None, _share(keys), _energy(keys, axes[1], n_keys))
+    last = rows.astype(np.int64) - 1
+    trace = np.cumsum(np.cumsum(A * B, axis=0), axis=1)[last, last]
+    mixed = np.cumsum(np.cumsum(A, axis=0) * np.cumsum(B, axis=0), axis=1)[last, last]
+    total_a = np.cumsum(np.cumsum(A, axis=0), axis=1)[last, last]
+    total_b = np.cumsum(np.cumsum(B, axis=0), axis=1)[last, last]
+    return np.maximum(trace - 2 * mixed / rows + total_a * total_b / rows**2, 0.0)
+
+
 def row_deviations(rows: np.ndarray, keys: int, values, kernel: PositionKernel | None, axis: int) -> np.ndarray | None:
     """E|v_s - vbar_t|^2 / K_v for each query row t and key s it sees, vbar_t the mean of the row's values
     (diffuse attention), from the values' whole relative second-moment matrix; 0 where masked. What a softmax's
