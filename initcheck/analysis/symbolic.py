@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from initcheck.analysis.finite_width import with_spread
 from initcheck.codes import limit
 from initcheck.errors import debugging
@@ -51,11 +53,11 @@ class SymbolicResult:
     backward_kernel: dict[Value, PositionKernel] = field(default_factory=dict)
     stated_kernel: dict[Node, list] = field(default_factory=dict)  # gradient kernels a backward rule computed
     stated_shared: dict[Node, dict[int, float]] = field(default_factory=dict)  # and shared gradients, by input
-    # a softmax's backward, for the product q k^T its logits come from: the factor on its keys' G and their
-    # gradient profile (where queries co-vary, their rows add coherently)
+    # a softmax's backward, for the product q k^T its logits come from: (queries, keys), each (factor on the scalar
+    # rule's G, gradient profile) or None for the scalar rule (docs/theory.md §16)
     stated_logit_product: dict[Node, tuple] = field(default_factory=dict)
     # attention weights times values: the relative second moments of its output's gradient between queries
-    weights_gradient: dict[Node, object] = field(default_factory=dict)
+    weights_gradient: dict[Node, np.ndarray | None] = field(default_factory=dict)
     # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
     # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
     positive_support: dict[Value, bool] = field(default_factory=dict)

@@ -221,8 +221,9 @@ def _query_rows(rows, given, per_row, weighting, product, ctx) -> tuple[float, A
     """What query t's gradient, scale * (1/n_t) sum_s k_s (v_s - vbar_t)^T do_t, keeps (docs/theory.md §16): the
     keys' part common to the row cancels, tr(P A P B) over its keys in place of the values' deviations alone;
     and where keys and values are two linear maps of one source x, E[k_s (v_s - vbar_t)^T] = W_k C W_v^T does not
-    average away over the row, adding (1 - S_x/K_x)(1 - S_v/K_v) tr(C^2)/tr(C)^2 per row. None where the keys are
-    rotated by position (RoPE: the keys' matrix would need the rotation) or no matrix is kept: the scalar rule."""
+    average away over the row, adding (1 - S_x/K_x)(1 - S_v/K_v) tr(C^2)/tr(C)^2 per row. Past the kernel length,
+    shared parts and otherwise independent tokens. None where the keys are rotated by position (RoPE: the keys'
+    matrix would need the rotation): the scalar rule."""
     values, keys = weighting.inputs[1], product.inputs[1]
     key_map, value_map = _projection_of(keys), _projection_of(values)
     moments = [ctx.forward.get(v) for v in (values, keys)]
@@ -319,7 +320,7 @@ def _row_constant_share(node, ctx) -> float:
     (S_v) makes the same g for every key, and a softmax's backward cancels it. Other consumers: none."""
     values = _weighted_values(node)
     v = ctx.forward.get(values) if values is not None else None
-    return min(v.shared / v.K, 1.0) if v is not None and v.K > 0 else 0.0
+    return _share_of(v) if v is not None else 0.0
 
 
 def _weighted_values(node):

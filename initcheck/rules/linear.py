@@ -263,7 +263,7 @@ def matmul_backward(node, ins, outs, grads, ctx):
         grad_b = independent + coherent
         if node.outputs[0].shape is not None and len(node.outputs[0].shape) >= 2:
             grad_b = _values_gradient(node, a, independent, coherent, ctx)
-            _weights_gradient_profile(node, ctx)
+            _state_weights_gradient(node, ctx)
     grad_a = g * cols * b.K if b is not None else None
     stated = ctx.stated_logit_product.pop(node, None)
     if stated is not None and grad_a is not None and grad_b is not None:  # q k^T before a softmax (§16)
@@ -277,7 +277,7 @@ def matmul_backward(node, ins, outs, grads, ctx):
     return [grad_a, grad_b]
 
 
-def _weights_gradient_profile(node, ctx) -> None:
+def _state_weights_gradient(node, ctx) -> None:
     """The attention weights' gradient, do_t . v_s, varies over the queries as the output's gradient does and
     co-varies between them as it does: the softmax before reads both (docs/theory.md §16)."""
     out = node.outputs[0]

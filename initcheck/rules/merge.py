@@ -142,8 +142,8 @@ def mul_forward(node, ins, ctx):
     both = ins[0] is not None and ins[1] is not None
     profile = (ins[0] or ins[1]).profile
     S = a.shared * b.shared if a.S is not None or b.S is not None else None
-    signal = ins[0] if ins[0] is not None else ins[1]
-    K = a.K * b.K * (1.0 if both else _constant_overlap(node, ins.index(signal), signal.axial))
+    index = 0 if ins[0] is not None else 1
+    K = a.K * b.K * (1.0 if both else _constant_overlap(node, index, ins[index].axial))
     return clean(a.m * b.m, K, a.M * b.M, exact, S=S, profile=profile, gaussian=not both)
 
 
