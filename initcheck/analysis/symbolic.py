@@ -326,24 +326,24 @@ def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:
     stated = result.stated_axial.pop(node, None)
     if stated is not None:
         return stated
-    profiles: list = [None] * len(node.inputs)
+
+    def profiles(out):
+        grad = result.backward_axial.get(out)
+        return _guarded(node, result, "gradient profile", axis_profile.backward, node, ins, out, grad, result)
+
+    return _over_outputs(node, result, profiles, axis_profile.combined)
+
+
+def _over_outputs(node: Node, result: SymbolicResult, compute, combine) -> list:
+    """Each input's statistic from every output that sends gradient back, the outputs' combined by that gradient."""
+    combined: list = [None] * len(node.inputs)
     total = 0.0
     for out, weight in _output_weights(node, result):
-        found = _guarded(
-            node,
-            result,
-            "gradient profile",
-            axis_profile.backward,
-            node,
-            ins,
-            out,
-            result.backward_axial.get(out),
-            result,
-        )
-        found = found if found is not None else [None] * len(node.inputs)
-        profiles = [axis_profile.combined(total, a, weight, b) for a, b in zip(profiles, found)] if total else found
-        total += weight
-    return profiles
+        found = compute(out) or [None] * len(node.inputs)
+        if total:
+            found = [combine(total, a, weight, b) for a, b in zip(combined, found)]
+        combined, total = found, total + weight
+    return combined
 
 
 def _output_weights(node: Node, result: SymbolicResult) -> list[tuple[Value, float]]:
@@ -361,15 +361,15 @@ def _gradient_maps(node: Node, result: SymbolicResult) -> list:
 
 
 def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicResult) -> list:
-    """Each input's gradient kernel from the (first) output's; the attention rule states its values' own."""
+    """Each input's gradient kernel from its outputs' (combined as the profiles are); the attention rule states its
+    values' own."""
     stated = result.stated_kernel.pop(node, None)
     if stated is not None:
         return stated
-    found_kernels: list = [None] * len(node.inputs)
-    total = 0.0
-    for out, weight in _output_weights(node, result):
+
+    def kernels(out):
         grad, profile = result.backward_kernel.get(out), result.backward_axial.get(out)
-        found = _guarded(
+        return _guarded(
             node,
             result,
             "gradient kernel",
@@ -382,11 +382,8 @@ def _gradient_kernels(node: Node, ins, shared_fraction: float, result: SymbolicR
             profile,
             result.forward_kernel,
         )
-        found = found if found is not None else [None] * len(node.inputs)
-        if total:
-            found = [position_kernel.combined(total, a, weight, b) for a, b in zip(found_kernels, found)]
-        found_kernels, total = found, total + weight
-    return found_kernels
+
+    return _over_outputs(node, result, kernels, position_kernel.combined)
 
 
 def _batch(graph: Graph) -> int:

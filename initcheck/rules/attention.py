@@ -14,7 +14,7 @@ import numpy as np
 
 from initcheck import pointwise
 from initcheck.moments import AxisProfile, clean, profile_along
-from initcheck.rules import axis_profile, position_kernel
+from initcheck.rules import axis_profile, dispersion, position_kernel
 from initcheck.rules.common import dim
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -242,7 +242,10 @@ def _query_rows(rows, given, per_row, weighting, product, ctx) -> tuple[float, A
     x = ctx.forward.get(source) if source is value_map.inputs[0] else None
     if x is not None and x.K > 0:
         unshared = (1 - _share_of(x)) * (1 - _share_of(moments[0]))
-        per_query = per_query + given * unshared * _overlap(x, source, key_map)
+        features = len(source.shape) - 1 if source.shape is not None else 0
+        per_query = per_query + given * unshared * dispersion.input_overlap(
+            x, key_map.params["weight"].fan_in, features
+        )
     return float(per_query.mean() / per_row.mean()), profile_along(len(product.inputs[0].shape) - 2, per_query)
 
 
@@ -281,15 +284,6 @@ def _per_feature(constant) -> bool:
     """A constant that is the same at every position (a bias, a scale): length 1 on all but its last axis."""
     shape = constant.shape or ()
     return all(d == 1 for d in shape[:-1])
-
-
-def _overlap(x, source, linear) -> float:
-    """tr(C^2)/tr(C)^2 of the source's features (1/r, r directions it varies in independently); 1/fan_in where
-    the pass does not carry it."""
-    rank = len(source.shape) if source.shape is not None else 0
-    if x.overlap is not None and x.overlap[0] == rank - 1:
-        return float(x.overlap[1])
-    return 1.0 / max(linear.params["weight"].fan_in, 1)
 
 
 def _kernel_on(ctx, value, axis: int):

@@ -271,7 +271,6 @@ def independent_features(x, node, n: int) -> float:
     """How many directions a per-position norm's features vary in independently, r = 1/overlap along its last
     axis, at most its n features: the per-sample mean square over them fluctuates with relative variance 2/r."""
     shape = node.inputs[0].shape if node.inputs[0] is not None else None
-    r = float(n)
-    if x is not None and x.overlap is not None and shape is not None and x.overlap[0] == len(shape) - 1:
-        r = min(r, 1.0 / x.overlap[1]) if x.overlap[1] > 0 else r
+    value = input_overlap(x, n, len(shape) - 1) if shape is not None else 1.0 / max(n, 1)
+    r = min(float(n), 1.0 / value) if value > 0 else float(n)
     return max(r, 3.0)  # E[1/ms] diverges below 3 directions (a χ² of 2 degrees or fewer)

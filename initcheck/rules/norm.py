@@ -188,17 +188,20 @@ def _batch_mean_energy(node, g: float, ctx) -> float:
     N samples to G_s / N, and an activation after the norm aligns part of it with the signal (ctx.backward_aligned).
     Beside global pooling G_s is most of G, and at batch 8 this takes about a tenth away at the last norm; the
     norms before it see a gradient whose batch mean that one already removed (ctx.backward_uncentred, §6)."""
-    out = node.outputs[0]
-    shared = ctx.backward_shared.get(out, 0.0) + ctx.backward_aligned.get(out, 0.0)
-    return min(shared, g) * ctx.backward_uncentred.get(out, 1.0) / max(ctx.batch, 1)
+    return _sample_shared(node, g, ctx) * ctx.backward_uncentred.get(node.outputs[0], 1.0) / max(ctx.batch, 1)
 
 
 def _group_mean_energy(node, g: float, per_group: int, ctx) -> float:
     """A group (instance) norm subtracts each sample's mean over its group's channels and positions: of the part of
     G a sample's positions share, 1/channels-per-group, with its projection on the signal (§6)."""
+    return _sample_shared(node, g, ctx) / max(per_group, 1)
+
+
+def _sample_shared(node, g: float, ctx) -> float:
+    """The part of G a sample's positions share, with the part an activation after the norm aligned with the
+    signal (what the norm's mean and projection subtract)."""
     out = node.outputs[0]
-    shared = ctx.backward_shared.get(out, 0.0) + ctx.backward_aligned.get(out, 0.0)
-    return min(shared, g) / max(per_group, 1)
+    return min(ctx.backward_shared.get(out, 0.0) + ctx.backward_aligned.get(out, 0.0), g)
 
 
 def _lrn_scale(node, x) -> float:
