@@ -50,19 +50,6 @@ def _activation_terms(program, m: float, K: float, M: float) -> tuple[float, flo
     return float(elasticity), max(float(cross), 0.0)
 
 
-_OFFSET_SENSITIVE = {"gelu", "gelu_tanh", "silu", "mish", "hard_swish"}
-
-
-def _small_width_bias(node: Node) -> float:
-    """GELU-like activations show an O(1/n) bias of the per-layer rule from per-unit offsets
-    (docs/theory.md §4: ~3% at n=1024, ~12% at n=256, i.e. ~30/n)."""
-    shape = node.input(0).shape
-    if not shape:
-        return 0.0
-    width = shape[1] if len(shape) == 4 else shape[-1]
-    return 30.0 / width if width else 0.0
-
-
 def _units(node: Node) -> tuple[int, int]:
     """(effective input width, output units) of a weighted layer."""
     w = node.params["weight"]
@@ -109,8 +96,7 @@ def with_spread(node: Node, ins: list[Moments | None], out: Moments) -> Moments:
         return out.with_(spread=spread, cross=2 * _correlation(out) ** 2)
     if node.op == "pointwise":
         elasticity, cross = _activation_terms(node.attrs["program"], *(float(f"{v:.8g}") for v in (x.m, x.K, x.M)))
-        bias = _small_width_bias(node) ** 2 if node.attrs.get("function") in _OFFSET_SENSITIVE else 0.0
-        return out.with_(spread=elasticity**2 * x.spread + bias, cross=cross)
+        return out.with_(spread=elasticity**2 * x.spread, cross=cross)
     if node.op in ("add", "sub", "sum") and len(signal) > 1:
         return out.with_(spread=_sum_spread(node, ins), cross=max(m.cross for m in signal))
     if node.op == "matmul" and len(ins) > 1 and ins[0] is not None and ins[0].simplex and ins[1] is not None:
