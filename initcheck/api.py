@@ -279,12 +279,21 @@ def _run_probe(ctx: CheckContext, executable, options: ProbeOptions):
 
     try:
         predicted_G = {name: e.G for name, e in ctx.result.estimates().items() if e.G is not None}
-        plan = plan_for(executable, ctx.graph, ctx.rows, options, predicted_G)
+        plan = plan_for(executable, ctx.graph, ctx.rows, options, predicted_G, _shared_shares(ctx.result))
         return run_probe(executable, ctx.graph, options, plan), None
     except InitcheckError:
         raise  # the user's options are wrong (device, input data): say so
     except Exception as e:
         return None, e
+
+
+def _shared_shares(result) -> dict[str, float]:
+    """Per value, the share of its predicted gradient the same at every position of a sample."""
+    return {
+        value.name: min(shared / result.backward[value], 1.0)
+        for value, shared in result.backward_shared.items()
+        if result.backward.get(value, 0.0) > 0
+    }
 
 
 def _probe_summary(measured) -> dict:

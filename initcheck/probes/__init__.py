@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 
 
 def plan_for(
-    executable: Executable, graph: Graph, rows: list[LayerRow], options: ProbeOptions, predicted_G: dict[str, float]
+    executable: Executable,
+    graph: Graph,
+    rows: list[LayerRow],
+    options: ProbeOptions,
+    predicted_G: dict[str, float],
+    predicted_shared: dict[str, float] | None = None,
 ) -> ProbePlan:
     """How much of this model the probe runs on its device (probes/plan.py): what it adds for weights, whether
     its batch dimension is free (ONNX with a symbolic batch), whether it can stop after a block (PyTorch)."""
@@ -37,7 +42,7 @@ def plan_for(
         stored, free_batch = onnx_facts(executable, graph)
         weights, can_cut = 2 * stored, False  # onnxruntime's copy and the torch form's
     footprint = Footprint(weights, activation_bytes(graph), graph_batch(graph), budget_bytes(device))
-    return plan_probe(graph, rows, options, footprint, free_batch, predicted_G, can_cut)
+    return plan_probe(graph, rows, options, footprint, free_batch, predicted_G, can_cut, predicted_shared)
 
 
 def run_probe(executable: Executable, graph: Graph, options: ProbeOptions, plan: ProbePlan) -> ProbeResult:

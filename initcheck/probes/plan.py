@@ -9,7 +9,7 @@ sample does not fit does it refuse (IC403).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from initcheck.errors import UsageError
 from initcheck.ir import Graph
@@ -31,6 +31,10 @@ class ProbePlan:
     cut: str | None = None  # the scope of the first block not run ("model.layers.4"); None: the whole model
     blocks: tuple[int, int] | None = None  # (blocks run, blocks in the stack) when cut
     gradients: dict[str, float] = field(default_factory=dict)  # predicted G of values live across the cut
+    # the share of that G the same at every position of a sample (the pass's shared gradient, docs/theory.md §9):
+    # the seed there carries it, or the attention values of the blocks run would sum queries' gradients that do
+    # not co-vary as the model's do (a 1.1B Llama's first values 2.2x the prediction with an iid seed)
+    shared: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
 
@@ -52,6 +56,7 @@ def plan_probe(
     free_batch: bool,
     predicted_G: dict[str, float],
     can_cut: bool,
+    predicted_shared: dict[str, float] | None = None,
 ) -> ProbePlan:
     """The largest probe that fits: the whole model at the requested batch if it can; else fewer samples per run
     (free_batch); else a prefix of the repeated stack (can_cut); else ProbeTooLarge. --probe-layers caps the prefix
@@ -66,7 +71,9 @@ def plan_probe(
     for blocks, scope, end in cuts:
         for batch in _batches(requested, free_batch):
             if _fits(footprint, end, batch):
-                return _plan(graph, stack, blocks, scope, batch, requested, free_batch, predicted_G, footprint)
+                plan = _plan(graph, stack, blocks, scope, batch, requested, free_batch, predicted_G, footprint)
+                shared = predicted_shared or {}
+                return replace(plan, shared={name: shared[name] for name in plan.gradients if name in shared})
     need = _need(footprint, len(footprint.activations), requested)
     advice = "lower --batch" if free_batch else "give smaller input shapes"
     if stack is not None and can_cut:
@@ -89,7 +96,8 @@ def _plan(graph, stack, blocks, scope, batch, requested, free_batch, predicted_G
     total = stack[-1] - stack[1] + 1
     notes.append(
         f"the probe ran the first {blocks} of {total} blocks of {stack[0]} (rows from {scope} on are not measured); "
-        "their gradients start from the predicted gradient energy where the run stops"
+        "their gradients start from the predicted gradient energy (and the share of it a sample's positions have in "
+        "common) where the run stops"
     )
     live = _live_across(graph, scope)
     return ProbePlan(

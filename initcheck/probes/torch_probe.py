@@ -146,9 +146,12 @@ def _autocast_dtype(name: str):
     return _AUTOCAST[name]
 
 
-def _seed_at_cut(live: list[tuple[str, torch.Tensor]], gradients: dict[str, float], generator) -> str | None:
+def _seed_at_cut(
+    live: list[tuple[str, torch.Tensor]], gradients: dict[str, float], shared: dict[str, float], generator
+) -> str | None:
     """Backward from where the run stopped: each live tensor gets a random cotangent with the gradient energy the
-    symbolic pass predicts there, so the prefix's gradients compare with the predictions. Returns why not, if not."""
+    symbolic pass predicts there, and the share of it that every position of a sample has in common, so the
+    prefix's gradients compare with the predictions. Returns why not, if not."""
     tensors = [(name, t) for name, t in live if t.is_floating_point() and t.requires_grad]
     missing = [name for name, _ in tensors if gradients.get(name) is None]
     if missing:
@@ -156,11 +159,23 @@ def _seed_at_cut(live: list[tuple[str, torch.Tensor]], gradients: dict[str, floa
     if not tensors:
         return None
     cotangents = [
-        unit_cotangent(t.shape, generator).to(t.device, t.dtype) * math.sqrt(max(gradients[name], 0.0))
+        _structured_cotangent(t.shape, shared.get(name, 0.0), generator).to(t.device, t.dtype)
+        * math.sqrt(max(gradients[name], 0.0))
         for name, t in tensors
     ]
     torch.autograd.backward([t for _, t in tensors], cotangents)
     return None
+
+
+def _structured_cotangent(shape, share: float, generator) -> torch.Tensor:
+    """Mean square 1, of which `share` is one random vector per sample repeated at each of its positions (tokens
+    of (B, T, C), pixels of (B, C, H, W)) and the rest independent entries."""
+    share = min(max(share, 0.0), 1.0)
+    if share == 0.0 or len(shape) < 3:
+        return unit_cotangent(shape, generator)
+    per_sample = (shape[0], 1, shape[2]) if len(shape) == 3 else (shape[0], shape[1], *([1] * (len(shape) - 2)))
+    common = unit_cotangent(per_sample, generator).expand(shape)
+    return math.sqrt(share) * common + math.sqrt(1.0 - share) * unit_cotangent(shape, generator)
 
 
 def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan | None = None) -> ProbeResult:
@@ -216,7 +231,7 @@ def probe_program(program, graph: Graph, options: ProbeOptions, plan: ProbePlan 
             with torch.autocast(device.split(":")[0], dtype=autocast, enabled=autocast is not None):
                 outputs = recorder.run(*inputs, enable_io_processing=False)
         except _CutReached as cut:
-            if (why := _seed_at_cut(cut.live, plan.gradients, generator)) and why not in notes:
+            if (why := _seed_at_cut(cut.live, plan.gradients, plan.shared, generator)) and why not in notes:
                 notes.append(why)
             return
         # dicts, ModelOutputs and nested tuples (every HF and diffusers model): seed every tensor leaf

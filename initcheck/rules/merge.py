@@ -121,8 +121,28 @@ def sub_forward(node, ins, ctx):
 
 @backward_rule("add", "sum", "sub")
 def add_backward(node, ins, outs, grads, ctx):
+    """An operand broadcast along a sample's positions sums their gradients: the part they share adds coherently
+    (n^2 of it, docs/theory.md §9), the rest n times; along the batch the samples' gradients are independent."""
     out = node.outputs[0]
-    return [None if x is None else grads[0] * broadcast_factor(node.inputs[i], out) for i, x in enumerate(ins)]
+    g, shared = grads[0], min(ctx.backward_shared.get(out, 0.0), grads[0])
+    return [None if x is None else _summed_back(node.inputs[i], out, g, shared) for i, x in enumerate(ins)]
+
+
+def _summed_back(value, out, g: float, shared: float) -> float:
+    n = broadcast_factor(value, out)
+    if n <= 1:
+        return g
+    samples = _batch_broadcast(value, out)
+    positions = n / samples
+    return samples * (positions * (g - shared) + positions * positions * shared)
+
+
+def _batch_broadcast(value, out) -> float:
+    """How many samples each element of `value` feeds: 1 where it has the batch dimension of its own."""
+    if value.shape is None or not out.shape or out.shape[0] in (None, 1):
+        return 1.0
+    own = len(value.shape) == len(out.shape) and value.shape[0] != 1
+    return 1.0 if own else float(out.shape[0])
 
 
 def _operand(node, ins, i) -> Moments | None:
