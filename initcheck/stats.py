@@ -14,16 +14,21 @@ import numpy as np
 
 SMALL_CONST = 4096  # constants up to this many elements keep their values (shapes, scalars, masks)
 MASK_CONST = 1 << 22  # masks (attention, graph adjacency) are kept up to this many elements
+TABLE_READERS = frozenset({"mul", "add", "sub", "div"})  # ops whose constant operands are tables (keeps_values)
 MASKED = -1e4  # an additive attention mask's masked entries are this negative or more (-inf, float32's min)
 
 
-def keeps_values(array: np.ndarray) -> bool:
-    """Whether the IR keeps a constant's values, not only its statistics: small ones and masks (boolean, or an
-    additive float mask of zeros and very negative entries: the attention rules count its unmasked keys)."""
+def keeps_values(array: np.ndarray, table: bool = False) -> bool:
+    """Whether the IR keeps a constant's values, not only its statistics: small ones, masks (boolean, or an
+    additive float mask of zeros and very negative entries: the attention rules count its unmasked keys) and
+    `table`s, constants an elementwise op reads entry by entry (RoPE's sines and cosines: the rules read each
+    feature's rotation along the positions), never a layer's weights."""
     if array.size <= SMALL_CONST:
         return True
     if array.size > MASK_CONST:
         return False
+    if table and array.dtype.kind == "f":
+        return True
     return array.dtype == np.bool_ or (array.dtype.kind == "f" and is_additive_mask(array))
 
 

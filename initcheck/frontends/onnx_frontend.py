@@ -21,7 +21,7 @@ from initcheck.frontends.onnx_load import (
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
 from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
-from initcheck.stats import keeps_values, tensor_stats
+from initcheck.stats import TABLE_READERS, keeps_values, tensor_stats
 
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
@@ -72,7 +72,8 @@ def load_onnx(
         if n.op_type == "QuantizeLinear" and n.output and n.output[0] in signal and fake_quant_range(n, ctx)
     }
     notes += _integer_ops_note(nodes, signal)
-    values = _make_values(graph, arrays, shapes, signal, fixed)
+    tables = {name for node in nodes if node.op_type.lower() in TABLE_READERS for name in node.input}
+    values = _make_values(graph, arrays, shapes, signal, fixed, tables)
     stored = _stored_tensors(graph, nodes)
     for tensor in graph.initializer:
         values[tensor.name].is_weight = True
@@ -310,7 +311,7 @@ def _absorbed_biases(nodes, arrays, signal) -> dict[str, str]:
     return absorbed
 
 
-def _make_values(graph, arrays, shapes, signal, fixed) -> dict[str, Value]:
+def _make_values(graph, arrays, shapes, signal, fixed, tables=frozenset()) -> dict[str, Value]:
     from onnx import helper
 
     values: dict[str, Value] = {}
@@ -336,7 +337,7 @@ def _make_values(graph, arrays, shapes, signal, fixed) -> dict[str, Value]:
             shape=tuple(shape) if shape is not None else None,
             dtype=dtype_of(name),
             const=tensor_stats(arr) if arr is not None and arr.dtype.kind in "fiub" else None,
-            array=arr if arr is not None and keeps_values(arr) else None,  # weights: their statistics only
+            array=arr if arr is not None and keeps_values(arr, name in tables) else None,  # weights: statistics only
             is_input=name in fixed,
         )
     return values

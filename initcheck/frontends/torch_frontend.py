@@ -15,7 +15,7 @@ from initcheck.errors import debugging
 from initcheck.frontends.torch_ops import HANDLERS, NO_OPS, Emit, TorchContext, op_name
 from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
-from initcheck.stats import keeps_values, tensor_stats
+from initcheck.stats import TABLE_READERS, keeps_values, tensor_stats
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -264,15 +264,15 @@ class _Builder:
             self.values[name] = Value(name=name, shape=shape, dtype=dtype)
         return self.values[name]
 
-    def constant(self, key: str, array: np.ndarray) -> Value:
+    def constant(self, key: str, array: np.ndarray, table: bool = False) -> Value:
         v = self.value(key, tuple(array.shape), str(array.dtype))
         if v.const is None:
             v.const = tensor_stats(array) if array.dtype.kind in "fiub" else None
-            v.array = array if keeps_values(array) else None
             v.is_weight = key in self.weight_names
+            v.array = array if keeps_values(array, table and not v.is_weight) else None
         return v
 
-    def ir_input(self, arg, owner: str, index: int) -> Value | None:
+    def ir_input(self, arg, owner: str, index: int, table: bool = False) -> Value | None:
         import torch
 
         if isinstance(arg, torch.fx.Node):
@@ -280,7 +280,7 @@ class _Builder:
             if name in self.signal:
                 return self.value(name, _shape(arg))
             if arg.name in self.tensors and isinstance(self.tensors[arg.name], torch.Tensor):
-                return self.constant(arg.name, _to_numpy(self.tensors[arg.name]))
+                return self.constant(arg.name, _to_numpy(self.tensors[arg.name]), table)
             return self.value(name, _shape(arg), "unknown")
         if isinstance(arg, str):  # an intermediate emitted by a lowering
             return self.value(arg)
@@ -334,7 +334,8 @@ class _Builder:
     def emit(self, node, emit: Emit, source: str) -> None:
         tuple_valued = isinstance(_fake(node), (list, tuple))  # e.g. max_pool2d_with_indices: (values, indices)
         out_names = emit.outputs or [f"{node.name}.0" if tuple_valued else node.name]
-        inputs = [self.ir_input(a, out_names[0], i) for i, a in enumerate(emit.inputs)]
+        table = emit.op in TABLE_READERS
+        inputs = [self.ir_input(a, out_names[0], i, table) for i, a in enumerate(emit.inputs)]
         outputs = []
         for out in out_names:
             shape = _shape(node) if out == node.name else self._derived_shape(node, out)

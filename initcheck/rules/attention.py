@@ -186,6 +186,8 @@ def _state_logit_product(node, rows: np.ndarray, given: np.ndarray, per_row: np.
     if any(v.shape is None or len(v.shape) < 2 for v in (weighting.inputs[1], *product.inputs)):
         return
     queries = _query_rows(rows, given, per_row, weighting, product, ctx)
+    if queries is None:
+        queries = _rotated_queries(rows, given, product, ctx)
     keys = _key_columns(rows, weighting, product, ctx)
     if queries is not None or keys is not None:
         ctx.stated_logit_product[product] = (queries, keys)
@@ -249,8 +251,84 @@ def _query_rows(rows, given, per_row, weighting, product, ctx) -> tuple[float, A
     return float(per_query.mean() / per_row.mean()), profile_along(len(product.inputs[0].shape) - 2, per_query)
 
 
+def _rotated_queries(rows, given, product, ctx) -> tuple[float, AxisProfile | None] | None:
+    """Where RoPE rotates queries and keys: the scalar rule and the logits' row profile, with the gradient's
+    relative energy along the queries' features (`across`). A softmax's backward removes what a row's keys have
+    in common, and a rotation pair turning slowly along the row keeps the keys' shared part in common while a fast
+    one scatters it: pair j of row t keeps (n_t - 1) - b (n_t rho_j(n_t) - 1) of the keys' energy, b the keys'
+    shared fraction before the rotation and rho_j(n) = |mean_{s<n} e^{i theta_j s}|^2 from the tables. The
+    rotated half reads the fast pairs, where sin^2 is large (docs/theory.md §16)."""
+    queries, keys = product.inputs
+    rotary = _rotary_of(keys)
+    if rotary is None or _rotary_of(queries) is None or queries.shape is None:
+        return None
+    coherence = _pair_coherence(rotary[1:])
+    unrotated = ctx.forward.get(rotary[0].outputs[0])
+    features = queries.shape[-1]
+    if coherence is None or unrotated is None or coherence.shape[1] != features or unrotated.K <= 0:
+        return None
+    n = np.minimum(rows.astype(np.int64), len(coherence))
+    kept = (n - 1)[:, None] - _share_of(unrotated) * (n[:, None] * coherence[n - 1] - 1)
+    weight = (given / rows**2)[:, None] * np.maximum(kept, 0.0)
+    across = weight.sum(axis=0)
+    if across.mean() <= 0:
+        return None
+    profile = profile_along(len(queries.shape) - 2, weight.sum(axis=1))
+    if profile is None:
+        profile = AxisProfile(len(queries.shape) - 2, np.ones(len(rows)))
+    return 1.0, replace(profile, across=across / across.mean())
+
+
+def _pair_coherence(tables) -> np.ndarray | None:
+    """rho[n-1, j]: |mean over the first n positions of (cos, sin)|^2 of feature j, from the kept tables."""
+    total = None
+    for table in tables:
+        a = table.array
+        if a is None or a.ndim < 2:
+            return None
+        a = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-2], a.shape[-1])[0]
+        prefix = np.cumsum(a, axis=0) / np.arange(1, a.shape[0] + 1)[:, None]
+        total = prefix**2 if total is None else total + prefix**2
+    return total
+
+
 def _share_of(x) -> float:
     return min(x.shared / x.K, 1.0) if x.K > 0 else 0.0
+
+
+def _rotary_of(value, depth: int = 12):
+    """(projection, cos table, sin table) where a value is x cos + rotate_half(x) sin of one projection x (RoPE),
+    through views and head expansions; None elsewhere."""
+    producer = value.producer if value is not None else None
+    while producer is not None and producer.op in _TO_PROJECTION and depth > 0:
+        signals = [v for v in producer.inputs if v is not None and v.const is None]
+        if len(signals) != 1:
+            return None
+        producer, depth = signals[0].producer, depth - 1
+    if producer is None or producer.op != "add":
+        return None
+    terms = [v.producer for v in producer.inputs if v is not None and v.producer is not None]
+    if len(terms) != 2 or any(t.op != "mul" for t in terms):
+        return None
+    found = []
+    for term in terms:
+        signals = [v for v in term.inputs if v is not None and v.const is None]
+        tables = [v for v in term.inputs if v is not None and v.const is not None]
+        if len(signals) != 1 or len(tables) != 1:
+            return None
+        found.append((_projection_of_halves(signals[0]), tables[0]))
+    if found[0][0] is None or found[0][0] is not found[1][0]:
+        return None
+    return found[0][0], found[0][1], found[1][1]
+
+
+def _projection_of_halves(value):
+    """The projection behind a value, or behind every part of a concatenation of its pieces (rotate_half)."""
+    producer = value.producer if value is not None else None
+    if producer is not None and producer.op == "concat":
+        maps = {_projection_of(v) for v in producer.inputs if v is not None}
+        return maps.pop() if len(maps) == 1 else None
+    return _projection_of(value)
 
 
 def _projection_of(value, depth: int = 12):

@@ -172,10 +172,26 @@ def _constant_overlap(node, index: int, profile) -> float:
     (RoPE's sines: small at the first tokens, where a causal attention's keys get most gradient); 1 elsewhere."""
     if profile is None:
         return 1.0
+    if profile.across is not None and (both := _over_both_axes(node.inputs[1 - index], profile)) is not None:
+        return both
     weights = constant_profile(node.inputs[1 - index], profile.axis, node.outputs[0])
     if weights is None or len(weights.energy) != len(profile.energy):
         return 1.0
     return float(np.mean(profile.energy * weights.energy))
+
+
+def _over_both_axes(constant, profile) -> float | None:
+    """E[p_t w_j c_tj^2] / E[c^2] for a gradient profiled along positions (p) and features (w, `across`) times a
+    constant table c over the same two axes (RoPE's rotated half reads the fast-turning features); None where the
+    table's values are not kept or do not match."""
+    a = constant.array if constant is not None else None
+    if a is None or a.ndim < 2:
+        return None
+    table = np.asarray(a, dtype=np.float64)
+    table = table.reshape(-1, table.shape[-2], table.shape[-1])[0] ** 2  # positions x features (leading axes 1)
+    if table.shape != (len(profile.energy), len(profile.across)) or table.mean() <= 0:
+        return None
+    return float((profile.energy[:, None] * profile.across[None, :] * table).mean() / table.mean())
 
 
 @backward_rule("mul")
