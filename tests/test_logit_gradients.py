@@ -75,23 +75,12 @@ def test_rope_queries_gradient_lies_on_the_fast_turning_features():
     """A softmax's backward removes what a row's keys have in common. A rotation pair that turns slowly along the
     row leaves the keys' shared part in common, a fast one scatters it, so the queries' gradient lies on the fast
     pairs, where RoPE's sines are large: the queries' rotated half takes more than the sines' mean square says.
-    A Llama at the 1.1B model's init scale (hidden 256, head size 64, 128 tokens: the sine and cosine tables,
-    8,192 entries each, are kept as tables): the rotated half's share of each query projection's G was 0.86-0.92x
-    the measurement in layers 1-3 (the sines' mean square), now 0.92-0.96x."""
-    import transformers
+    The zoo's Llama at a 1B model's per-layer gain (hidden 256, head size 64) at 128 tokens (the sine and cosine
+    tables, 8,192 entries each, are kept as tables): the rotated half's share of each query projection's G was
+    0.86-0.92x the measurement in layers 1-3 (the sines' mean square), now 0.92-0.96x."""
+    from zoo import llama_at_scale
 
-    config = transformers.LlamaConfig(
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        vocab_size=1000,
-        use_cache=False,
-        initializer_range=0.02 * math.sqrt(2048 / 256),
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+    model, _ = llama_at_scale()
     ids = torch.randint(0, 1000, (1, 128), generator=torch.Generator().manual_seed(0))
     report = initcheck.analyze(
         model, {"input_ids": ids}, probe=ProbeOptions(device="cpu", seeds=4, batch=1), all_nodes=True
