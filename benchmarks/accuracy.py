@@ -3,12 +3,15 @@ second moment K (and gradient second moment G) lies within 15% and within 2x of 
 median |log10| error, the worst row, and the agreement check's findings (IC401: K beyond its bar, a warning; G
 beyond its bar, information; each grouped to one per model).
 
-    python benchmarks/accuracy.py [--models resnet50 gpt2 ...] [--seeds 4] [--batch 8] [--rows FILE.jsonl]
+    python benchmarks/accuracy.py [--models resnet50 gpt2 ...] [--seeds 8] [--batch 32] [--rows FILE.jsonl]
 
 The models are the zoo's stock models (tests/zoo.py: library configs and faithful re-implementations with their
 libraries' init code), analysed as live modules in their own mode, the probe on CPU; CNNs at --batch images of
 --image pixels. Not a test: a table for the
-README, and the figures the accuracy work is judged by.
+README, and the figures the accuracy work is judged by. The measurement must be closer to the expectation than
+the 15% it judges: a language model's sample is one sequence, and at 4 seeds x 8 (32 sequences) a decoder's
+attention outputs measured 10% off their mean over 256 sequences (which the prediction matches within 3.5%), so
+the default is 8 seeds x 32 samples (about 4 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="zoo names (default: every stock model)")
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image", type=int, default=64, help="CNN input size (0: the zoo's own 32x32, batch 1)")
     parser.add_argument("--rows", metavar="FILE.jsonl", help="also write one JSON record per measured row")
     args = parser.parse_args()
