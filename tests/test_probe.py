@@ -400,3 +400,35 @@ def test_an_integer_input_that_indexes_no_table_is_held_at_its_example():
     output = report.layers[-1]
     assert output.symbolic.K > 5.0
     assert output.symbolic.K == pytest.approx(output.measured.K, rel=0.1)
+
+
+class _PaddedTokens(nn.Module):
+    """A lookup whose padding row is zero (transformers zeroes the padding id's row at init) before an RMS norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32, padding_idx=0)
+        self.norm = nn.RMSNorm(32, eps=1e-6)
+        self.head = nn.Linear(32, 50)
+
+    def forward(self, input_ids):
+        return self.head(self.norm(self.embed(input_ids)))
+
+
+@pytest.mark.parametrize("route", ["module", "onnx"])
+def test_the_probe_does_not_draw_padding_ids(route, tmp_path):
+    """A padding id's row is zero, and a norm of a zero vector divides by its epsilon alone: a sequence with one
+    such token had a gradient ~10^6 times the others' at the lookup (the zoo's Gemma: 7x the prediction over 256
+    sequences, where 1 in 30 held its padding id). Real text has padding only where the attention mask is 0, so
+    the probe draws the other ids: the lookup's measured G agrees with the prediction within 15%."""
+    torch.manual_seed(0)
+    model, ids = _PaddedTokens().eval(), torch.randint(1, 50, (1, 16), generator=torch.Generator().manual_seed(0))
+    options = ProbeOptions(device="cpu", seeds=2, batch=32)
+    if route == "onnx":
+        path = tmp_path / "padded.onnx"
+        torch.onnx.export(model, (ids,), path, input_names=["input_ids"], dynamo=True, verbose=False)
+        report = initcheck.analyze(path, probe=options)
+    else:
+        report = initcheck.analyze(model, {"input_ids": ids}, probe=options)
+    lookup = next(r for r in report.layers if r.op.startswith("embedding"))
+    assert lookup.measured.G == pytest.approx(lookup.symbolic.G, rel=0.15)

@@ -94,6 +94,13 @@ def batch_norm(
 
 
 def embedding(table: np.ndarray) -> Canonical:
-    """A table lookup; `coherent` is the energy of the table's mean row (the part every token shares)."""
+    """A table lookup; `coherent` is the energy of the table's mean row (the part every token shares);
+    `padding_rows` the rows that are all zero where the others are not (a padding id's, zeroed at init: no real
+    token, and a norm of its zero vector divides by its epsilon alone, so the probe leaves it out)."""
     columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
-    return "embedding", {}, {"table": tensor_stats(table), "coherent": float(np.mean(columns**2))}
+    params = {"table": tensor_stats(table), "coherent": float(np.mean(columns**2))}
+    if table.ndim == 2 and table.shape[0] > 1:
+        zero = np.flatnonzero(~np.any(table, axis=1))
+        if 0 < zero.size < table.shape[0] // 2:
+            params["padding_rows"] = tuple(int(i) for i in zero[:64])
+    return "embedding", {}, params

@@ -109,15 +109,33 @@ def vocabularies(graph: Graph) -> dict[str, int]:
     smallest = min(tables.values(), default=2)
     out = {"": smallest}
     for value in graph.inputs:
-        reached, front = [], [value]
-        while front:
-            carrier = front.pop()
-            for node in carrier.consumers:
-                if node.op == "embedding" and node.name in tables and node.inputs[0] is carrier:
-                    reached.append(tables[node.name])
-                elif node.op in _ID_CARRIERS and node.inputs and node.inputs[0] is carrier:
-                    front.extend(node.outputs)
+        reached = [tables[n.name] for n in _tables_reached(value) if n.name in tables]
         out[value.name] = min(reached, default=smallest)
+    return out
+
+
+def _tables_reached(value):
+    """The embedding lookups an integer input indexes, through reshapes and casts."""
+    reached, front = [], [value]
+    while front:
+        carrier = front.pop()
+        for node in carrier.consumers:
+            if node.op == "embedding" and carrier is node.inputs[-1]:  # the ids (ONNX's Gather: after the table)
+                reached.append(node)
+            elif node.op in _ID_CARRIERS and node.inputs and node.inputs[0] is carrier:
+                front.extend(node.outputs)
+    return reached
+
+
+def padding_ids(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Per input, the ids whose rows are zero in a table it indexes (a padding id's): real text puts them only where
+    the attention mask is 0, and a norm of a zero row divides by its epsilon alone (a gradient ~10^6 times the
+    others'), so the probe does not draw them."""
+    out = {}
+    for value in graph.inputs:
+        rows = {i for n in _tables_reached(value) for i in n.params.get("padding_rows", ())}
+        if rows:
+            out[value.name] = tuple(sorted(rows))
     return out
 
 
@@ -128,10 +146,13 @@ class Draws:
 
     vocab: dict[str, int]
     held: dict[str, np.ndarray]
+    padding: dict[str, tuple[int, ...]] = field(default_factory=dict)  # ids not drawn (padding_ids)
 
 
 def draws(graph: Graph) -> Draws:
-    return Draws(vocabularies(graph), {v.name: v.array for v in graph.inputs if v.array is not None})
+    return Draws(
+        vocabularies(graph), {v.name: v.array for v in graph.inputs if v.array is not None}, padding_ids(graph)
+    )
 
 
 def make_input(name: str, shape, dtype, plan: Draws, generator, data: dict | None, run: int, device):
@@ -157,7 +178,11 @@ def make_input(name: str, shape, dtype, plan: Draws, generator, data: dict | Non
     if dtype == torch.bool:
         return torch.ones(shape, dtype=dtype, device=device)
     high = plan.vocab.get(name, plan.vocab[""])
-    return torch.randint(0, high, shape, generator=generator).to(device=device, dtype=dtype)
+    skipped = [i for i in plan.padding.get(name, ()) if i < high]
+    ids = torch.randint(0, high - len(skipped), shape, generator=generator)
+    for i in skipped:  # ascending: shift the ids at or past each skipped one up by one
+        ids = ids + (ids >= i).to(ids.dtype)
+    return ids.to(device=device, dtype=dtype)
 
 
 def load_input_data(path: str | None) -> dict | None:
