@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from initcheck.stats import (
+    CHUNK,
     affine_stats,
     batch_norm_eval_stats,
     conv_transpose_stats,
@@ -100,7 +101,16 @@ def embedding(table: np.ndarray) -> Canonical:
     columns = np.nan_to_num(table.mean(axis=0, dtype=np.float64))
     params = {"table": tensor_stats(table), "coherent": float(np.mean(columns**2))}
     if table.ndim == 2 and table.shape[0] > 1:
-        zero = np.flatnonzero(~np.any(table, axis=1))
+        zero = _zero_rows(table)
         if 0 < zero.size < table.shape[0] // 2:
             params["padding_rows"] = tuple(int(i) for i in zero[:64])
     return "embedding", {}, params
+
+
+def _zero_rows(table: np.ndarray) -> np.ndarray:
+    """The indices of the rows that are all zero, a block of rows at a time (a vocabulary table is streamed)."""
+    step = max(1, CHUNK // max(table.shape[1], 1))
+    found = [
+        start + np.flatnonzero(~np.any(table[start : start + step], axis=1)) for start in range(0, len(table), step)
+    ]
+    return np.concatenate(found)
