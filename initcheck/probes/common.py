@@ -156,8 +156,8 @@ def draws(graph: Graph) -> Draws:
 
 
 def make_input(name: str, shape, dtype, plan: Draws, generator, data: dict | None, run: int, device):
-    """N(0,1) floats, all-ones masks, uniform token ids but padding ids, held inputs at their value; or the next slice of
-    --input-data."""
+    """N(0,1) floats, all-ones masks, uniform token ids (padding ids left out), held inputs at their value; or the next
+    slice of --input-data."""
     import torch
 
     if data is not None and name in data:

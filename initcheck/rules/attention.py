@@ -283,10 +283,9 @@ def _pair_coherence(tables) -> np.ndarray | None:
     """rho[n-1, j]: |mean over the first n positions of (cos, sin)|^2 of feature j, from the kept tables."""
     total = None
     for table in tables:
-        a = table.array
-        if a is None or a.ndim < 2:
+        a = axis_profile.position_table(table)
+        if a is None:
             return None
-        a = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-2], a.shape[-1])[0]
         prefix = np.cumsum(a, axis=0) / np.arange(1, a.shape[0] + 1)[:, None]
         total = prefix**2 if total is None else total + prefix**2
     return total

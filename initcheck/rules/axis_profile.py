@@ -474,6 +474,16 @@ def _other_constant(node, index: int):
     return others[0] if len(others) == 1 else None
 
 
+def position_table(value) -> np.ndarray | None:
+    """A kept constant's values over its last two axes, positions by features (its leading axes of length 1, or
+    copies: RoPE's cosines and sines per sample), None where the IR holds only its statistics."""
+    a = value.array if value is not None else None
+    if a is None or a.ndim < 2:
+        return None
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(-1, a.shape[-2], a.shape[-1])[0]
+
+
 def constant_profile(value, axis: int, out) -> AxisProfile | None:
     """The relative mean square of a constant at each index of `out`'s axis it broadcasts along (RoPE's sines
     and cosines along the tokens), None where it is flat there or unknown."""

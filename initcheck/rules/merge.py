@@ -10,7 +10,7 @@ import numpy as np
 
 from initcheck.gaussian import expect
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.axis_profile import constant_profile, part_shares
+from initcheck.rules.axis_profile import constant_profile, part_shares, position_table
 from initcheck.rules.common import broadcast_factor, dim
 from initcheck.rules.registry import backward_rule, forward_rule
 from initcheck.stats import MASKED, TensorStats
@@ -125,16 +125,16 @@ def add_backward(node, ins, outs, grads, ctx):
     (n^2 of it, docs/theory.md §9), the rest n times; along the batch the samples' gradients are independent."""
     out = node.outputs[0]
     g, shared = grads[0], min(ctx.backward_shared.get(out, 0.0), grads[0])
-    return [None if x is None else _summed_back(node.inputs[i], out, g, shared) for i, x in enumerate(ins)]
+    return [None if x is None else _summed_back(node.inputs[i], out, g - shared, shared) for i, x in enumerate(ins)]
 
 
-def _summed_back(value, out, g: float, shared: float) -> float:
+def _summed_back(value, out, varying: float, coherent: float) -> float:
+    """The gradient of an operand broadcast to `out`: its copies' gradients summed, the part a sample's positions
+    share (`coherent`) n^2 times within a sample, the rest n times; the samples' gradients are independent."""
     n = broadcast_factor(value, out)
-    if n <= 1:
-        return g
-    samples = _batch_broadcast(value, out)
+    samples = _batch_broadcast(value, out) if n > 1 else 1.0
     positions = n / samples
-    return samples * (positions * (g - shared) + positions * positions * shared)
+    return samples * (positions * varying + positions * positions * coherent)
 
 
 def _batch_broadcast(value, out) -> float:
@@ -184,11 +184,10 @@ def _over_both_axes(constant, profile) -> float | None:
     """E[p_t w_j c_tj^2] / E[c^2] for a gradient profiled along positions (p) and features (w, `across`) times a
     constant table c over the same two axes (RoPE's rotated half reads the fast-turning features); None where the
     table's values are not kept or do not match."""
-    a = constant.array if constant is not None else None
-    if a is None or a.ndim < 2:
+    table = position_table(constant)
+    if table is None:
         return None
-    table = np.asarray(a, dtype=np.float64)
-    table = table.reshape(-1, table.shape[-2], table.shape[-1])[0] ** 2  # positions x features (leading axes 1)
+    table = table**2
     if table.shape != (len(profile.energy), len(profile.across)) or table.mean() <= 0:
         return None
     return float((profile.energy[:, None] * profile.across[None, :] * table).mean() / table.mean())
@@ -206,7 +205,8 @@ def mul_backward(node, ins, outs, grads, ctx):
         if x is None:
             result.append(None)
         elif n > 1:  # a broadcast operand (a gate) sums n terms: their shared parts add coherently
-            result.append(n * ((g - shared) * k_other + shared * (k_other - s_other)) + n * n * shared * s_other)
+            varying = (g - shared) * k_other + shared * (k_other - s_other)
+            result.append(_summed_back(node.inputs[i], out, varying, shared * s_other))
         elif ins[1 - i] is None and other is not None:
             result.append(g * k_other * _constant_overlap(node, i, ctx.backward_axial.get(out)))
         else:
