@@ -7,7 +7,7 @@ beyond its bar, information; each grouped to one per model).
 
 The models are the zoo's stock models (tests/zoo.py: library configs and faithful re-implementations with their
 libraries' init code), analysed as live modules in their own mode, the probe on CPU; CNNs at --batch images of
---image pixels. Not a test: a table for the
+--image pixels (the ResNets at torchvision's widths at 224x224, batch 8: their training size). Not a test: a table for the
 README, and the figures the accuracy work is judged by. The measurement must be closer to the expectation than
 the 15% it judges: a language model's sample is one sequence, and at 4 seeds x 8 (32 sequences) a decoder's
 attention outputs measured 10% off their mean over 256 sequences (which the prediction matches within 3.5%), so
@@ -89,6 +89,8 @@ def measure(model, seeds: int, batch: int, image: int) -> dict:
     from initcheck.options import ProbeOptions
 
     module, inputs = model.build()
+    if image and model.measured_at:  # a model at its checkpoints' width, measured at its training size
+        image, batch = model.measured_at
     if image and isinstance(inputs, dict) and set(inputs) == {"x"} and inputs["x"].ndim == 4:
         # the zoo's CNN inputs are one 32x32 image (fast tests); batch statistics over 2x2 maps of one image are
         # a regime no one trains in, so the accuracy is measured at a batch of `batch` images of `image` pixels

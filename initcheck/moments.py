@@ -38,6 +38,33 @@ class AxisProfile:
         return len(self.energy)
 
 
+@dataclass(frozen=True, eq=False)
+class EntryLaw:
+    """How one entry lies about its mean where it is not Gaussian, in units of its standard deviation (mean 0,
+    variance 1): a mixture of Gaussians of one `width` centred at `centers` with probabilities `weights`. Width 0
+    is a set of atoms (an activation's output); a positive width is such entries plus an independent Gaussian (a
+    residual sum: a post-activation ResNet's stream, docs/theory.md §4)."""
+
+    centers: np.ndarray
+    weights: np.ndarray
+    width: float = 0.0
+    # an activation's output: inflow[k, b] is the probability that an entry of the input law's component k lands
+    # on atom b, times phi'^2 there. The gradient an atom receives goes back to the components it came from
+    inflow: np.ndarray | None = None
+
+    def __eq__(self, other) -> bool:  # arrays compare by value
+        return (
+            isinstance(other, EntryLaw)
+            and self.width == other.width
+            and np.array_equal(self.centers, other.centers)
+            and np.array_equal(self.weights, other.weights)
+            and _same_array(self.inflow, other.inflow)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.width, self.centers.tobytes(), self.weights.tobytes()))
+
+
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
@@ -83,6 +110,12 @@ class Moments:
     rectified: (share, offset) where that share of the entries is an affine map of relu(offset + g), g ~ N(0, 1):
       a ReLU's output of a Gaussian, and batch norms, copies and channel concatenations of it (DenseNet's
       pre-activation layers read them). An activation there is not a function of a Gaussian (docs/theory.md §4).
+    centred: per spatial axis, the relative K of the entries less their channel's mean over the batch and the map,
+      where a conv's zero padding made its channel offsets uneven over the map (§2): what a train-mode batch norm
+      after it outputs. None: as `profile`.
+    law: the entries' distribution where a sum made it neither Gaussian nor rectified (a ReLU's output plus a
+      Gaussian branch, and what activations make of that: a post-activation ResNet's residual stream), §4. The
+      activation rule takes its moments over it. None: Gaussian, or `rectified` says the shape.
     axial: the relative K at each index of one axis where it varies there (tokens of a sequence, the parts of a
       channel concatenation), docs/theory.md §15; None where even.
     dispersion: (axis, rho) where the variance of each index of that axis about its own mean (a channel's, over the
@@ -114,6 +147,8 @@ class Moments:
     axial: AxisProfile | None = None
     positive: float | None = None
     rectified: tuple[float, float] | None = None
+    law: EntryLaw | None = None
+    centred: tuple[np.ndarray, ...] | None = None
     dispersion: tuple[int, float] | None = None
     overlap: tuple[int, float] | None = None
 

@@ -25,6 +25,8 @@ class ZooModel:
     severity: str = "error"  # the least severity that flag must have
     family: str = ""
     notes: list[str] = field(default_factory=list)
+    # (image size, batch) at which benchmarks/accuracy.py measures a CNN instead of its own: its training size
+    measured_at: tuple[int, int] | None = None
 
 
 def _ids(n: int = 32) -> torch.Tensor:
@@ -278,6 +280,8 @@ def vae_decoder():
 class Bottleneck(nn.Module):
     """torchvision's ResNet-50 block; zero_init_residual zeroes bn3's gamma (the block starts as identity)."""
 
+    expansion = 4
+
     def __init__(self, cin, width, stride=1):
         super().__init__()
         cout = width * 4
@@ -296,18 +300,41 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class ResNet50ish(nn.Module):
-    def __init__(self, width=8, blocks=(2, 2, 2), classes=10, zero_init_residual=False, gamma=None):
+class BasicBlock(nn.Module):
+    """torchvision's ResNet-18/34 block: two 3x3 convs, the sum with the identity through a ReLU."""
+
+    expansion = 1
+
+    def __init__(self, cin, width, stride=1):
         super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != width:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet50ish(nn.Module):
+    """torchvision's ResNet (Bottleneck blocks by default, BasicBlock for ResNet-18/34) at any width and depth."""
+
+    def __init__(self, width=8, blocks=(2, 2, 2), classes=10, zero_init_residual=False, gamma=None, block=None):
+        super().__init__()
+        block = block or Bottleneck
         self.conv1, self.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
         self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
         layers, cin = [], width
         for i, n in enumerate(blocks):
-            w = width * 2**i
+            w, out = width * 2**i, width * 2**i * block.expansion
             layers.append(
-                nn.Sequential(*[Bottleneck(cin if j == 0 else w * 4, w, 2 if (i and j == 0) else 1) for j in range(n)])
+                nn.Sequential(*[block(cin if j == 0 else out, w, 2 if (i and j == 0) else 1) for j in range(n)])
             )
-            cin = w * 4
+            cin = out
         self.layers = nn.Sequential(*layers)
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cin, classes)
         for m in self.modules():  # torchvision's ResNet init
@@ -320,6 +347,8 @@ class ResNet50ish(nn.Module):
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.constant_(m.bn3.weight, 0)
+                elif isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -570,6 +599,20 @@ STOCK = [
     ZooModel("unet2d", unet2d, family="diffusion"),
     ZooModel("vae_decoder", vae_decoder, family="diffusion"),
     ZooModel("resnet50", _cnn(_wrapped(ResNet50ish)), family="CNN"),
+    # torchvision's layouts at their own widths: the zoo's narrow ResNets have two blocks per stage, where a
+    # post-activation stream's law barely shows; these have the depth and width of the checkpoints people train
+    ZooModel(
+        "resnet18_at_scale",
+        _cnn(_wrapped(lambda: ResNet50ish(64, (2, 2, 2, 2), 1000, block=BasicBlock)), 64),
+        family="CNN",
+        measured_at=(224, 8),
+    ),
+    ZooModel(
+        "resnet50_at_scale",
+        _cnn(_wrapped(lambda: ResNet50ish(64, (3, 4, 6, 3), 1000)), 64),
+        family="CNN",
+        measured_at=(224, 8),
+    ),
     ZooModel("resnet50_zero_init_residual", _cnn(_wrapped(lambda: ResNet50ish(zero_init_residual=True))), family="CNN"),
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
     ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),

@@ -23,6 +23,7 @@ from initcheck.rules import (
     axis_profile,
     common,
     dispersion,
+    entry_law,
     load_all,
     position_kernel,
     rectified,
@@ -74,6 +75,9 @@ class SymbolicResult:
     # the gradient's relative energy over a feature map, per spatial axis, where zero padding made it uneven (a
     # conv's border inputs receive fewer taps): the next conv back weighs its own border by it (§2); working state
     backward_map: dict[Value, tuple] = field(default_factory=dict)
+    # the gradient's relative energy over the atoms of a value's entry law (Moments.law), where later ReLUs make
+    # it uneven there (a residual stream's entries that stay above 0 receive more, docs/theory.md §4); working state
+    backward_law: dict[Value, np.ndarray] = field(default_factory=dict)
     batch: int = 1  # samples in the analysed batch (the inputs' leading dimension)
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
@@ -171,6 +175,7 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                 moments = moments.with_(
                     axial=_guarded(node, result, "energy profile", axis_profile.forward, node, ins, value, moments),
                     rectified=_guarded(node, result, "rectified shape", rectified.forward, node, ins, value, moments),
+                    law=_guarded(node, result, "entry law", entry_law.forward, node, ins, value, moments),
                     dispersion=_guarded(
                         node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
                     ),
@@ -254,6 +259,7 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     kernels = _gradient_kernels(node, ins, fraction, result) if rule is not None else [None] * len(node.inputs)
     stated_shared = result.stated_shared.pop(node, {})
     maps = _gradient_maps(node, result) if rule is not None else [None] * len(node.inputs)
+    laws = _gradient_laws(node, ins, outs, result) if rule is not None else [None] * len(node.inputs)
     for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
             continue
@@ -268,6 +274,11 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             result.backward_axial.pop(value, None)
         else:
             result.backward_axial[value] = profile
+        law = entry_law.combined(before, result.backward_law.get(value), g, laws[index])
+        if law is None:
+            result.backward_law.pop(value, None)
+        else:
+            result.backward_law[value] = law
         kernel = position_kernel.combined(before, result.backward_kernel.get(value), g, kernels[index])
         if kernel is None:
             result.backward_kernel.pop(value, None)
@@ -357,6 +368,13 @@ def _gradient_maps(node: Node, result: SymbolicResult) -> list:
     """Each input's gradient profile over the spatial map, from the (first) output's."""
     out = node.outputs[0]
     found = _guarded(node, result, "gradient map", common.gradient_map_profiles, node, result.backward_map.get(out))
+    return found if found is not None else [None] * len(node.inputs)
+
+
+def _gradient_laws(node: Node, ins, outs, result: SymbolicResult) -> list:
+    """Each input's gradient weights over its entry law, from the (first) output's."""
+    grad_law = result.backward_law.get(node.outputs[0]) if node.outputs else None
+    found = _guarded(node, result, "gradient law", entry_law.backward, node, ins, outs, grad_law)
     return found if found is not None else [None] * len(node.inputs)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean
+from initcheck.rules import entry_law
+from initcheck.rules.entry_law import never_negative, rounded
 from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -23,10 +25,6 @@ _HOMOGENEOUS = {"relu", "leaky_relu", "identity", "neg", "abs"}
 @lru_cache(maxsize=65536)
 def _pointwise_moments(program, m: float, K: float, M: float) -> tuple[float, float, float, float]:
     return moments_of(pointwise.as_function(program), m, K, M, pointwise.kinks(program))
-
-
-def _round(x: float) -> float:
-    return float(f"{x:.10g}")
 
 
 _TINY = 1e-20  # below this K the quadrature's scale is degenerate (and a central difference too coarse)
@@ -45,25 +43,25 @@ def program_moments(program, x: Moments) -> tuple[float, float, float, float]:
     if 0 < x.K < _TINY and _positively_homogeneous(program):
         # tiny signals (denormal weights, a vanishing net): exact by rescaling to unit K
         scale = x.K**0.5
-        mean, K, M, grad = _pointwise_moments(program, _round(x.m / scale), 1.0, _round(x.M / x.K))
+        mean, K, M, grad = _pointwise_moments(program, rounded(x.m / scale), 1.0, rounded(x.M / x.K))
         return mean * scale, K * x.K, M * x.K, grad
-    return _pointwise_moments(program, _round(x.m), _round(x.K), _round(x.M))
+    return _pointwise_moments(program, rounded(x.m), rounded(x.K), rounded(x.M))
 
 
 _GRID = np.linspace(-8.0, 8.0, 1601)
 _DENSITY = np.exp(-(_GRID**2) / 2) / np.exp(-(_GRID**2) / 2).sum()
 
 
-@lru_cache(maxsize=1024)
-def _never_negative(program) -> bool:
-    with np.errstate(all="ignore"):
-        return bool(np.all(pointwise.as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
+def _positive_share(program, x: Moments) -> float | None:
+    """P(phi(z) > 0) for z of x's law, or Gaussian, where phi is never negative; else None."""
+    if x.law is not None and x.var > 0:
+        return entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law)[3]
+    return _gaussian_positive_share(program, rounded(x.m), rounded(x.var))
 
 
 @lru_cache(maxsize=4096)
-def _positive_share(program, m: float, v: float) -> float | None:
-    """P(phi(z) > 0) for z ~ N(m, v) where phi is never negative, else None."""
-    if not _never_negative(program):
+def _gaussian_positive_share(program, m: float, v: float) -> float | None:
+    if not never_negative(program):
         return None
     with np.errstate(all="ignore"):
         return float(_DENSITY @ (pointwise.as_function(program)(m + np.sqrt(max(v, 0.0)) * _GRID) > 0))
@@ -129,12 +127,18 @@ def _rectified(offset: float) -> tuple[float, float]:
 
 
 def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """The activation's moments over a mixture of Gaussian entries and rectified ones (their share, x.rectified)."""
+    """The activation's moments over a mixture of Gaussian entries and rectified ones (their share, x.rectified),
+    or over the entries' law where a sum made one (a residual stream, x.law)."""
     mean, K, M, grad = gaussian_part
-    if x.rectified is None or x.gaussian or x.var <= 0:
+    if x.var <= 0 or (x.law is None and (x.rectified is None or x.gaussian)):
         return gaussian_part
-    share, offset = x.rectified
-    r_mean, r_K, r_grad = _rectified_moments(program, _round(x.m), _round(x.var), round(offset, 3))
+    if x.law is not None:
+        share = 1.0
+        r_mean, r_K, r_grad, _, _ = entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law)
+    else:
+        assert x.rectified is not None
+        share, offset = x.rectified
+        r_mean, r_K, r_grad = _rectified_moments(program, rounded(x.m), rounded(x.var), round(offset, 3))
     mixed_mean = (1 - share) * mean + share * r_mean
     mixed_K = (1 - share) * K + share * r_K
     # the channels' common offset moves with the mean
@@ -158,7 +162,7 @@ def pointwise_forward(node, ins, ctx):
         S=program_moments(program, x.with_(M=x.S))[2] if x.S is not None else None,
         profile=x.profile if keeps_profile else None,
         gaussian=program[0] in ("identity", "neg"),
-        positive=_positive_share(program, _round(x.m), _round(x.var)),
+        positive=_positive_share(program, x),
     )
 
 
@@ -170,7 +174,8 @@ def pointwise_backward(node, ins, outs, grads, ctx):
     if (share := _unchanged_gradient(node.attrs["program"], ins[0])) is not None:
         return [grads[0] * share]
     _, _, _, grad_sq = _mixed(node.attrs["program"], ins[0], program_moments(node.attrs["program"], ins[0]))
-    return [grads[0] * grad_sq * argmax_slope_ratio(node, ctx)]
+    weighting = entry_law.slope_weighting(outs[0], ctx.backward_law.get(node.outputs[0]))
+    return [grads[0] * grad_sq * weighting * argmax_slope_ratio(node, ctx)]
 
 
 def shared_gradient_share(node, x: Moments, ctx) -> float:
@@ -183,7 +188,7 @@ def shared_gradient_share(node, x: Moments, ctx) -> float:
         return 1.0
     if x.rectified is not None or _unchanged_gradient(program, x) is not None:
         return 1.0
-    return _slope_share(program, _round(x.m), _round(x.K), _round(x.shared))
+    return _slope_share(program, rounded(x.m), rounded(x.K), rounded(x.shared))
 
 
 def _state_aligned_gradient(node, x: Moments | None, g: float, ctx) -> None:
@@ -195,7 +200,7 @@ def _state_aligned_gradient(node, x: Moments | None, g: float, ctx) -> None:
     if x is None or shared <= 0 or x.var <= 0 or x.positive is not None or x.rectified is not None:
         return
     value = node.inputs[0]
-    aligned = _signal_slope(node.attrs["program"], _round(x.m), _round(x.var)) ** 2 * shared
+    aligned = _signal_slope(node.attrs["program"], rounded(x.m), rounded(x.var)) ** 2 * shared
     ctx.backward_aligned[value] = ctx.backward_aligned.get(value, 0.0) + aligned
 
 
@@ -223,7 +228,7 @@ def correlation_kept(program, m: float, var: float) -> float:
     inputs that survives the activation (its first Hermite weight; a ReLU: 0.73)."""
     if var <= 0:
         return 1.0
-    mean_slope, _, _, spread = _slope_statistics(program, _round(m), _round(var))
+    mean_slope, _, _, spread = _slope_statistics(program, rounded(m), rounded(var))
     return min(mean_slope**2 * var / spread, 1.0) if spread > 0 else 1.0
 
 

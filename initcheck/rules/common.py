@@ -101,6 +101,63 @@ def coherent_border(axes: list[Axis] | None) -> float | None:
     return factor
 
 
+def centred_conv_profile(
+    profile: tuple[np.ndarray, ...] | None, axes: list[Axis] | None, variance: float, offsets: float
+) -> tuple[np.ndarray, ...] | None:
+    """Per-axis relative K of a conv's output less each channel's mean over the batch and map: what a batch norm
+    after it outputs (docs/theory.md §2). `profile` is conv_profile's (mean: the border factor), `variance` and
+    `offsets` the interior energy of the part that varies within a channel and of its channel offsets. An offset
+    sums the taps that lie inside the input, so at the border it is smaller than its mean over the map; after
+    centring, position o keeps prod v(o) - 2 prod C(o) + prod c of the offset energy (per axis v(o): the share of
+    taps valid at o, C(o) = sum_t a_t(o) f_t / k with f_t the share of positions where tap t is valid, c = sum_t
+    f_t^2 / k): 0.25 at the border of a 7x7 map and 0.01 inside per axis. The centred map is flatter than K's
+    profile, and a 3x3 conv after the norm reads it."""
+    if axes is None or profile is None or len(profile) != len(axes):
+        return None
+    valid = [_reads(*axis)[1].astype(float) for axis in axes]
+    shares = [a.mean(axis=1) for a in valid]
+    crossed = [a @ a.mean(axis=0) / a.shape[1] for a in valid]
+    borders, coherent = [float(p.mean()) for p in profile], float(np.prod([c.mean() for c in crossed]))
+    out = []
+    for i, p in enumerate(profile):
+
+        def others(arrays, i=i):
+            return float(np.prod([float(x.mean()) for j, x in enumerate(arrays) if j != i]))
+
+        centred_offsets = shares[i] * others(shares) - 2 * crossed[i] * others(crossed) + coherent
+        out.append(
+            variance * p * float(np.prod([b for j, b in enumerate(borders) if j != i]))
+            + offsets * np.maximum(centred_offsets, 0.0)
+        )
+    return tuple(out)
+
+
+def centred_offsets(axes: list[Axis] | None) -> tuple[float, float] | None:
+    """(share, spread) of a conv's channel offsets after a batch norm centres each channel over the map: the share
+    of their interior energy left (zero padding makes an offset smaller where taps fall outside), and its relative
+    variance over channels, 2 tr(A^2) / tr(A)^2 with A the taps' centred Gram over the positions. A channel's
+    offset sums its taps' weights, so what centring leaves is a chi-square of few degrees of freedom per channel:
+    on a 2x2 map (3x3 taps) the channels' variances differ by 30% and a batch norm's backward, E_c[1/v_c], grows
+    by 1.1 (docs/theory.md §17). None where the geometry is unknown or too large to enumerate."""
+    if axes is None:
+        return None
+    valid = [_reads(*axis)[1].astype(float) for axis in axes]
+    if float(np.prod([a.size for a in valid])) > _MAX_TAP_POSITIONS:
+        return None
+    taps = valid[0]
+    for a in valid[1:]:  # positions x taps over all axes: the products of each axis's indicators
+        taps = np.einsum("pt,qu->pqtu", taps, a).reshape(taps.shape[0] * a.shape[0], taps.shape[1] * a.shape[1])
+    centred = taps - taps.mean(axis=0)
+    gram = centred.T @ centred / taps.shape[0]
+    trace = float(np.trace(gram))
+    if trace <= 1e-12:
+        return 0.0, 0.0
+    return trace / taps.shape[1], 2 * float(np.sum(gram * gram)) / trace**2
+
+
+_MAX_TAP_POSITIONS = 1e6  # positions x taps enumerated for centred_offsets
+
+
 def transposed_profile(axes: list[Axis] | None) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a transposed conv's output: the valid taps at each output position over the
     taps of its phase in the interior (edges and output_padding rows get fewer, docs/theory.md §3)."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 
+from initcheck.moments import profile_factor
 from initcheck.rules import activations
-from initcheck.rules.common import dim
+from initcheck.rules.common import centred_offsets, conv_profile, dim, window_axes
 
 # ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
 # without touching the channel axis of a (batch, channel, ...) layout: both statistics stay where they were
@@ -124,8 +125,23 @@ def _weighted(node, x) -> tuple[int, float] | None:
         carried = x.dispersion[1] / channels
     correlated = 2 * max(input_overlap(x, channels, axis) / taps - 1.0 / (channels * taps), 0.0)
     rows = w.row_energy_cv2
-    rho = rows + (1 + rows) * carried + correlated
+    rho = rows + (1 + rows) * carried + correlated + _padded_offsets(node, x, w)
     return (axis, rho) if rho > 0 else None
+
+
+def _padded_offsets(node, x, w) -> float:
+    """A conv's channel offsets that zero padding leaves uneven over the map: after centring they are a chi-square
+    of few degrees of freedom per channel (common.centred_offsets), weighed by their share of the variance."""
+    if node.op != "conv" or x is None:
+        return 0.0
+    found = centred_offsets(window_axes(node))
+    if found is None or found[0] <= 0:
+        return 0.0
+    share, spread = found
+    offsets = (w.gain * max(x.M - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * share
+    varying = w.gain * max(x.K - x.M, 0.0) * profile_factor(conv_profile(x.profile, window_axes(node)))
+    total = offsets + varying
+    return spread * (offsets / total) ** 2 if total > 0 else 0.0
 
 
 def _mapped_overlap(node, x) -> tuple[int, float] | None:
@@ -259,12 +275,21 @@ def _kept_axis(node, x, stat, out_value):
     return stat
 
 
-def jensen(x, channels_per_group: int = 1) -> float:
+def jensen(x, channels_per_group: int = 1, leaving: float = 0.0) -> float:
     """E_c[v / v_c] for a norm that divides groups of `channels_per_group` channels by their pooled variance (batch
-    norm, instance norm: 1): the gamma closure 1/(1 - rho/channels)."""
+    norm, instance norm: 1): the gamma closure 1/(1 - rho/channels); `leaving` a part of rho not counted."""
     if x is None or x.dispersion is None or x.dispersion[0] != 1:
         return 1.0
-    return 1.0 / (1.0 - min(x.dispersion[1] / max(channels_per_group, 1), MAX_RHO))
+    return 1.0 / (1.0 - min(max(x.dispersion[1] - leaving, 0.0) / max(channels_per_group, 1), MAX_RHO))
+
+
+def padded_part(value, forward) -> float:
+    """The part of a conv output's rho its zero padding's channel offsets make (_padded_offsets): the offsets sum
+    each channel's taps, not its row's squares, so the conv's backward does not take that part back out."""
+    producer = value.producer if value is not None else None
+    if producer is None or producer.op != "conv" or producer.params.get("weight") is None:
+        return 0.0
+    return _padded_offsets(producer, forward.get(producer.inputs[0]), producer.params["weight"])
 
 
 def independent_features(x, node, n: int) -> float:

@@ -8,6 +8,7 @@ from initcheck.moments import Moments, clean, normalize_profile, profile_along, 
 from initcheck.rules import axis_profile, position_kernel
 from initcheck.rules.common import (
     backward_border,
+    centred_conv_profile,
     coherent_border,
     conv_profile,
     dim,
@@ -95,7 +96,11 @@ def conv_forward(node, ins, ctx):
     coherent = border if coherent is None else coherent
     M = _mapped(x.M, x, w, coherent)
     S = affine_shared(x, w, coherent)
-    return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile))
+    offsets = (
+        _mapped(x.M, x, w, 1.0) - w.bias_sq
+    )  # the channel offsets' interior energy, bias aside (even over the map)
+    centred = centred_conv_profile(profile, axes, w.gain * max(x.K - x.M, 0.0), offsets)
+    return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile), centred=normalize_profile(centred))
 
 
 def _out_channels(w: LinearStats, node) -> LinearStats:

@@ -68,11 +68,12 @@ def _uneven(node, ins, ctx) -> float:
 def _per_channel(node, ins, ctx, gin: float, channels_per_group: int) -> float:
     """The input gradient of a norm that divides each channel (group) by its own variance: E_c[v / v_c] more
     where this instance's channels vary unevenly (§17). The layer that made the input reads the same rows and
-    takes it back out (`ctx.normalizer_excess`)."""
+    takes it back out (`ctx.normalizer_excess`), all but what its zero padding's channel offsets made."""
     factor = dispersion.jensen(ins[0], channels_per_group)
-    if factor > 1.0:
-        value = node.inputs[0]
-        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (factor - 1)
+    value = node.inputs[0]
+    returned = dispersion.jensen(ins[0], channels_per_group, dispersion.padded_part(value, ctx.forward))
+    if returned > 1.0:
+        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (returned - 1)
     return gin * factor
 
 
@@ -163,7 +164,8 @@ def batch_norm_forward(node, ins, ctx):
         v = max(x.K - x.M, 0.0)
         eps = node.attrs.get("epsilon", 1e-5)
         g2, b2, b_mean = _affine(node)
-        return clean(b_mean, g2 * v / (v + eps) + b2, b2, x.exact, profile=x.profile, gaussian=x.gaussian)
+        profile = x.centred if x.centred is not None else x.profile  # the channel means are gone
+        return clean(b_mean, g2 * v / (v + eps) + b2, b2, x.exact, profile=profile, gaussian=x.gaussian)
     s = node.params["eval"]  # moments over channels of a = gamma/sqrt(var+eps), mu and beta
     m = x.m
     K = x.var * s["a2"] + m * m * s["a2"] - 2 * m * s["a2mu"] + s["a2mu2"] + 2 * m * s["ab"] - 2 * s["abmu"] + s["b2"]

@@ -1,0 +1,216 @@
+"""Entries whose distribution a sum made neither Gaussian nor rectified (docs/theory.md §4, "Residual streams").
+
+A post-activation ResNet adds a ReLU's output to a Gaussian branch and takes a ReLU of the sum:
+x' = relu(x + y). Each channel of the stream is a reflected random walk, skewed and with a point mass at 0,
+whatever the width: a Gaussian closure of x + y (same mean and variance) puts too much of it above 0, which
+over eight blocks left the stream's variance 0.74x the measurement and the next batch norm's gradient 1.3x.
+The law carries the walk's distribution instead: a mixture of Gaussians in units of the entries' standard
+deviation. An add of shaped entries and independent Gaussians widens every component; an activation maps it
+to atoms again (a bounded number of them, equal in probability); copies and per-channel affine maps keep it.
+
+Backward, the gradient is not even over the law: the entries that stay above 0 receive the gradient of every
+later block through the identity path. The pass carries its relative energy per atom (SymbolicResult.
+backward_law); an activation sends each input component what its atoms receive times its slope there, and its
+own factor on G weighs E[phi'^2] by it.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck import gaussian, pointwise
+from initcheck.moments import EntryLaw, Moments
+from initcheck.rules.rectified import SAME_ENTRIES
+
+ATOMS = 128  # atoms of equal probability an activation's output law keeps: K within 1e-3 of the uncompressed law
+
+
+def forward(node, ins, out_value, out) -> EntryLaw | None:
+    """The output's law, from its inputs' and its op."""
+    x = ins[0] if ins else None
+    if node.op == "pointwise" and x is not None and x.law is not None:
+        return mapped(node.attrs["program"], rounded(x.m), rounded(x.var), x.law)[4]
+    if node.op in SAME_ENTRIES:
+        return x.law if x is not None else None
+    if node.op == "add":
+        return _summed(node, ins)
+    return None
+
+
+def shape_of(x: Moments) -> EntryLaw | None:
+    """The law of entries that carry a shape: their own, or the rectified Gaussian's `rectified` names."""
+    if x.law is not None:
+        return x.law
+    if x.rectified is not None and not x.gaussian:
+        share, offset = x.rectified
+        return _rectified_law(round(share, 3), round(offset, 3))
+    return None
+
+
+def _summed(node, ins) -> EntryLaw | None:
+    """Shaped entries plus independent Gaussian signals: each component widens by the Gaussians' share of the
+    variance. Only where every input is a signal (a constant's per-channel values would add channel offsets) and
+    one alone has a shape."""
+    if len(ins) != len(node.inputs) or any(x is None for x in ins):
+        return None
+    shaped = [(x, law) for x in ins if (law := shape_of(x)) is not None]
+    if len(shaped) != 1 or any(not x.gaussian for x in ins if x is not shaped[0][0]):
+        return None
+    x, law = shaped[0]
+    total = sum(v.var for v in ins)
+    if x.var <= 0 or total <= 0:
+        return None
+    kept = math.sqrt(x.var / total)  # the shaped part's share of the standard deviation
+    width = math.sqrt(max(kept**2 * law.width**2 + 1 - kept**2, 0.0))
+    return EntryLaw(law.centers * kept, law.weights, width)
+
+
+@lru_cache(maxsize=256)
+def mapped(program, m: float, var: float, law: EntryLaw) -> tuple[float, float, float, float | None, EntryLaw | None]:
+    """Mean, second moment, E[phi'^2], P(phi > 0) (None where phi can be negative) and the output's law of
+    phi(z), z = m + sd u with u of the given law (with its inflow from the law's components)."""
+    fn, kinks, sd = pointwise.as_function(program), pointwise.kinks(program), math.sqrt(max(var, 0.0))
+    z, w, component = _points(m, sd, law, kinks)
+    with np.errstate(all="ignore"):
+        values, vw = gaussian.defined(fn(z), w)
+        slopes, sw = gaussian.defined(gaussian.derivative(fn, z), w)
+    mean, second = float(vw @ values), float(vw @ values**2)
+    positive = float(vw @ (values > 0)) if never_negative(program) else None
+    out = _standardized(values, vw, slopes**2, component, len(law.weights))
+    return mean, second, float(sw @ slopes**2), positive, out
+
+
+def _points(m: float, sd: float, law: EntryLaw, kinks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points, weights and the law's component of each for E f(z): its atoms, or each component's quadrature
+    (split at the function's kinks, where a ReLU cuts through a component)."""
+    if law.width <= 0 or sd <= 0:
+        return m + sd * law.centers, law.weights, np.arange(len(law.weights))
+    points, weights, components = [], [], []
+    for k, (center, p) in enumerate(zip(law.centers, law.weights)):
+        z, w = gaussian.nodes(m + sd * center, sd * law.width, kinks)
+        points.append(z)
+        weights.append(p * w)
+        components.append(np.full(len(z), k))
+    return np.concatenate(points), np.concatenate(weights), np.concatenate(components)
+
+
+def _standardized(
+    values: np.ndarray,
+    weights: np.ndarray,
+    slopes_sq: np.ndarray | None = None,
+    components: np.ndarray | None = None,
+    n_components: int = 1,
+) -> EntryLaw | None:
+    """The law of values (mean 0, variance 1), as at most ATOMS atoms of equal probability (each the mean of its
+    stretch of the sorted values); with their slopes, the inflow from each source component into each atom."""
+    total = weights.sum()
+    if total <= 0:
+        return None
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order] / total
+    bins = np.minimum(((np.cumsum(w) - w / 2) * ATOMS).astype(int), ATOMS - 1) if len(v) > ATOMS else np.arange(len(v))
+    size = int(bins[-1]) + 1
+    mass = np.bincount(bins, w, size)
+    kept = mass > 0
+    v, w = np.bincount(bins, w * v, size)[kept] / mass[kept], mass[kept]
+    mean = float(w @ v)
+    sd = math.sqrt(max(float(w @ (v - mean) ** 2), 0.0))
+    if sd <= 0 or not math.isfinite(sd):
+        return None
+    inflow = None
+    if slopes_sq is not None:
+        source = np.zeros(len(order), dtype=int) if components is None else components[order]
+        atom = np.cumsum(kept)[bins] - 1
+        flow = np.zeros((n_components, len(w)))
+        np.add.at(flow, (source, atom), weights[order] / total * slopes_sq[order])
+        inflow = flow
+    return EntryLaw((v - mean) / sd, w, inflow=inflow)
+
+
+@lru_cache(maxsize=64)
+def _rectified_law(share: float, offset: float) -> EntryLaw | None:
+    """relu(offset + g) standardized, for that share of the entries; the rest Gaussian. Wholly rectified, its
+    inflow is from the one Gaussian it was made of."""
+    g, w = gaussian.nodes(0.0, 1.0, [-offset])
+    rectified = _standardized(np.maximum(offset + g, 0.0), w, (offset + g > 0).astype(float))
+    if rectified is None or share >= 1:
+        return rectified
+    gauss = _standardized(g, w)
+    if gauss is None:
+        return None
+    return _standardized(
+        np.concatenate([rectified.centers, gauss.centers]),
+        np.concatenate([share * rectified.weights, (1 - share) * gauss.weights]),
+    )
+
+
+def slope_weighting(out: Moments, grad_law: np.ndarray | None) -> float:
+    """The factor on an activation's E[phi'^2] where its output's gradient is uneven over the output's law: the
+    atoms a later ReLU keeps (a walk that stays above 0) are the ones that receive the gradient (docs/theory.md
+    §4). One where the gradient is even or the law unknown."""
+    law = shape_of(out)
+    if grad_law is None or law is None or law.inflow is None or law.inflow.shape[1] != len(grad_law):
+        return 1.0
+    passed = law.inflow.sum()
+    return float(law.inflow.sum(axis=0) @ grad_law / passed) if passed > 0 else 1.0
+
+
+def backward(node, ins, outs, grad_law: np.ndarray | None) -> list[np.ndarray | None]:
+    """Each input's gradient per component of its law, relative to its mean under the law; None where even."""
+    none: list[np.ndarray | None] = [None] * len(node.inputs)
+    out = outs[0] if outs else None
+    if out is None:
+        return none
+    if node.op == "pointwise" and ins and ins[0] is not None and ins[0].law is not None:
+        # an even gradient too comes back uneven: components below a ReLU's kink receive none
+        law = shape_of(out)
+        if law is None or law.inflow is None or law.inflow.shape[0] != len(ins[0].law.weights):
+            return none
+        flow = law.inflow.sum(axis=1) if grad_law is None else law.inflow @ grad_law
+        return [_relative(flow, ins[0].law.weights)]
+    if grad_law is None:
+        return none
+    if node.op in SAME_ENTRIES:
+        keeps = ins and ins[0] is not None and shape_of(ins[0]) is not None
+        return [grad_law if keeps else None] + none[1:]
+    if node.op == "add" and out.law is not None:
+        return [grad_law if x is not None and shape_of(x) is not None else None for x in ins]
+    return none
+
+
+def _relative(energy: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Energy per component over its probability, with mean 1 under the law."""
+    per = np.divide(energy, weights, out=np.zeros_like(energy), where=weights > 0)
+    mean = float(weights @ per)
+    return per / mean if mean > 0 else None
+
+
+def combined(G1: float, h1: np.ndarray | None, G2: float, h2: np.ndarray | None) -> np.ndarray | None:
+    """A gradient's weights over the law summed from two consumers (G-weighted); None where both are even."""
+    if h1 is None and h2 is None:
+        return None
+    ref = h1 if h1 is not None else h2
+    assert ref is not None
+    size = len(ref)
+    if (h1 is not None and len(h1) != size) or (h2 is not None and len(h2) != size):
+        return None
+    total = G1 + G2
+    if total <= 0:
+        return h2 if h2 is not None else h1
+    first = h1 if h1 is not None else np.ones(size)
+    second = h2 if h2 is not None else np.ones(size)
+    return (G1 * first + G2 * second) / total
+
+
+@lru_cache(maxsize=1024)
+def never_negative(program) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.all(pointwise.as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
+
+
+def rounded(x: float) -> float:
+    """Moments as cache keys: equal to ten digits is equal."""
+    return float(f"{x:.10g}")
