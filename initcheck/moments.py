@@ -65,6 +65,18 @@ class EntryLaw:
         return hash((self.width, self.centers.tobytes(), self.weights.tobytes()))
 
 
+@dataclass(frozen=True, eq=False)
+class MeanPattern:
+    """How a feature map's channel means vary over its positions: their covariance between positions (P x P,
+    the positions flattened; its trace / P is the energy), averaged over the channels (docs/theory.md §17)."""
+
+    cov: np.ndarray
+
+    @property
+    def energy(self) -> float:
+        return float(np.trace(self.cov)) / max(len(self.cov), 1)
+
+
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
@@ -126,6 +138,10 @@ class Moments:
     overlap: (axis, 1/r) with r = tr(C)^2 / tr(C^2) for the covariance C between the indices of that axis (the
       channels): how many vary independently. Layers with fewer inputs than outputs and the layers after them
       leave channels correlated, which makes the next layer's channel variances uneven (§17). None: independent.
+    pattern: how the channel means vary over a feature map (each position's batch mean less the channel's mean over
+      the map: part of K - M), as their covariance between positions: zero padding makes it (a conv's offsets sum
+      fewer taps at the border) and later layers carry it. Few degrees of freedom per channel, it makes the
+      channels' variances uneven (docs/theory.md §17). None: even, or a map beyond 16x16 positions.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -151,6 +167,7 @@ class Moments:
     centred: tuple[np.ndarray, ...] | None = None
     dispersion: tuple[int, float] | None = None
     overlap: tuple[int, float] | None = None
+    pattern: MeanPattern | None = None
 
     @property
     def shared(self) -> float:

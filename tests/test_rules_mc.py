@@ -674,10 +674,11 @@ def test_a_batch_norm_centres_the_offsets_zero_padding_left_uneven():
     """A 3x3 conv with zero padding on a 4x4 map sums fewer taps at the border, so an input's mean becomes a channel
     offset that is smaller there than its mean over the map. The batch norm after it subtracts that mean: the
     border keeps more variance than K's profile says (the map is flatter), and each channel keeps a chi-square of
-    few degrees of freedom of the offsets, so the channels' variances differ. Before: the next 3x3 conv's K 1.14x
-    (it read the uncentred profile) and the first conv's G 0.56x (E_c[1/v_c] not counted). Now that K within 3%
-    and that G within 15% (0.89x; the second norm's backward is 0.85-0.89x: the channel means its input has at
-    each position, which a ReLU of the centred offsets leaves, are not modeled; docs/theory.md §2, §17)."""
+    few degrees of freedom of the offsets, so the channels' variances differ. The ReLU after the norm leaves
+    channel means that vary over the map, which the second conv carries into its own (the pattern, a covariance
+    over the map's positions). Before: the next 3x3 conv's K 1.14x (it read the uncentred profile), the first
+    conv's G 0.56x and the second's 0.89x (E_c[1/v_c] not counted; with the padding's offsets alone the second
+    was still 0.89x). Now that K within 3% and both G within 6% (docs/theory.md §2, §17)."""
     torch.manual_seed(0)
     c = 256
     model = _he(
@@ -690,4 +691,5 @@ def test_a_batch_norm_centres_the_offsets_zero_padding_left_uneven():
     )
     rows = {r.label: r for r in _row_reports(model.train(), torch.randn(32, c, 4, 4)) if r.measured}
     assert rows["4"].symbolic.K == pytest.approx(rows["4"].measured.K, rel=0.03)
-    assert abs(math.log(rows["1"].symbolic.G / rows["1"].measured.G)) < math.log(1.15)
+    for conv in ("1", "4"):
+        assert abs(math.log(rows[conv].symbolic.G / rows[conv].measured.G)) < math.log(1.06), conv

@@ -180,6 +180,7 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                         node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
                     ),
                     overlap=_guarded(node, result, "channel overlap", dispersion.overlap, node, ins, value, moments),
+                    pattern=_guarded(node, result, "mean pattern", dispersion.pattern, node, ins, value, moments),
                 )
                 moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)

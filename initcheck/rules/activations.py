@@ -218,6 +218,14 @@ def _slope_statistics(program, m: float, var: float) -> tuple[float, float, floa
     return float(np.dot(dw, d)), float(np.dot(dw, standard * d)), float(np.dot(dw, d * d)), spread
 
 
+def mean_slope(program, x: Moments) -> float:
+    """E[phi'(z)] over x's entries (its law where a sum made one, else Gaussian): how a small shift of the input
+    moves the output's mean."""
+    if x.law is not None and x.var > 0:
+        return entry_law.mean_slope(program, rounded(x.m), rounded(x.var), x.law)
+    return _slope_statistics(program, rounded(x.m), rounded(x.var))[0]
+
+
 def _signal_slope(program, m: float, var: float) -> float:
     """E[(z - m)/sd phi'(z)] for z ~ N(m, var)."""
     return _slope_statistics(program, m, var)[1]

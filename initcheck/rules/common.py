@@ -117,45 +117,40 @@ def centred_conv_profile(
     valid = [_reads(*axis)[1].astype(float) for axis in axes]
     shares = [a.mean(axis=1) for a in valid]
     crossed = [a @ a.mean(axis=0) / a.shape[1] for a in valid]
-    borders, coherent = [float(p.mean()) for p in profile], float(np.prod([c.mean() for c in crossed]))
+    coherent = float(np.prod([c.mean() for c in crossed]))
     out = []
     for i, p in enumerate(profile):
-
-        def others(arrays, i=i):
-            return float(np.prod([float(x.mean()) for j, x in enumerate(arrays) if j != i]))
-
-        centred_offsets = shares[i] * others(shares) - 2 * crossed[i] * others(crossed) + coherent
-        out.append(
-            variance * p * float(np.prod([b for j, b in enumerate(borders) if j != i]))
-            + offsets * np.maximum(centred_offsets, 0.0)
-        )
+        centred = shares[i] * _others(shares, i) - 2 * crossed[i] * _others(crossed, i) + coherent
+        out.append(variance * p * _others(profile, i) + offsets * np.maximum(centred, 0.0))
     return tuple(out)
 
 
-def centred_offsets(axes: list[Axis] | None) -> tuple[float, float] | None:
-    """(share, spread) of a conv's channel offsets after a batch norm centres each channel over the map: the share
-    of their interior energy left (zero padding makes an offset smaller where taps fall outside), and its relative
-    variance over channels, 2 tr(A^2) / tr(A)^2 with A the taps' centred Gram over the positions. A channel's
-    offset sums its taps' weights, so what centring leaves is a chi-square of few degrees of freedom per channel:
-    on a 2x2 map (3x3 taps) the channels' variances differ by 30% and a batch norm's backward, E_c[1/v_c], grows
-    by 1.1 (docs/theory.md §17). None where the geometry is unknown or too large to enumerate."""
+def _others(arrays, axis: int) -> float:
+    """The product of the other axes' means: a separable 2-D quantity's marginal along `axis`."""
+    return float(np.prod([float(a.mean()) for i, a in enumerate(arrays) if i != axis]))
+
+
+MAX_PATTERN_POSITIONS = 256  # a map's positions up to which the channel means' pattern is carried (16x16)
+
+
+def tap_reads(axes: list[Axis] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """For each output position of a window op (flattened) and each tap: the input position it reads (flattened)
+    and whether that lies inside the input. None beyond MAX_PATTERN_POSITIONS positions on either side."""
     if axes is None:
         return None
-    valid = [_reads(*axis)[1].astype(float) for axis in axes]
-    if float(np.prod([a.size for a in valid])) > _MAX_TAP_POSITIONS:
+    n_in = int(np.prod([a[0] for a in axes]))
+    n_out = int(np.prod([a[1] for a in axes]))
+    if n_in > MAX_PATTERN_POSITIONS or n_out > MAX_PATTERN_POSITIONS:
         return None
-    taps = valid[0]
-    for a in valid[1:]:  # positions x taps over all axes: the products of each axis's indicators
-        taps = np.einsum("pt,qu->pqtu", taps, a).reshape(taps.shape[0] * a.shape[0], taps.shape[1] * a.shape[1])
-    centred = taps - taps.mean(axis=0)
-    gram = centred.T @ centred / taps.shape[0]
-    trace = float(np.trace(gram))
-    if trace <= 1e-12:
-        return 0.0, 0.0
-    return trace / taps.shape[1], 2 * float(np.sum(gram * gram)) / trace**2
-
-
-_MAX_TAP_POSITIONS = 1e6  # positions x taps enumerated for centred_offsets
+    index, valid = np.zeros((1, 1), dtype=int), np.ones((1, 1), dtype=bool)
+    for axis in axes:
+        idx, ok = _reads(*axis)
+        # combine: position (p, q) with tap (t, u) reads input (i_p_t, j_q_u)
+        index = (index[:, None, :, None] * axis[0] + np.clip(idx, 0, axis[0] - 1)[None, :, None, :]).reshape(
+            index.shape[0] * idx.shape[0], index.shape[1] * idx.shape[1]
+        )
+        valid = (valid[:, None, :, None] & ok[None, :, None, :]).reshape(index.shape)
+    return index, valid
 
 
 def transposed_profile(axes: list[Axis] | None) -> tuple[np.ndarray, ...] | None:

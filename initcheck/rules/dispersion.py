@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 
-from initcheck.moments import profile_factor
+import numpy as np
+
+from initcheck.moments import MeanPattern, profile_factor
 from initcheck.rules import activations
-from initcheck.rules.common import centred_offsets, conv_profile, dim, window_axes
+from initcheck.rules.common import conv_profile, dim, tap_reads, window_axes
 
 # ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
 # without touching the channel axis of a (batch, channel, ...) layout: both statistics stay where they were
@@ -130,18 +132,64 @@ def _weighted(node, x) -> tuple[int, float] | None:
 
 
 def _padded_offsets(node, x, w) -> float:
-    """A conv's channel offsets that zero padding leaves uneven over the map: after centring they are a chi-square
-    of few degrees of freedom per channel (common.centred_offsets), weighed by their share of the variance."""
+    """A conv's channel means that vary over the map: what zero padding leaves of its offsets after centring
+    (docs/theory.md §2) and what it maps of its input's own pattern. Over the channels their energy is a
+    chi-square in the directions their covariance over the positions spans: relative variance 2 tr(C^2)/tr(C)^2,
+    weighed by their share of the variance."""
     if node.op != "conv" or x is None:
         return 0.0
-    found = centred_offsets(window_axes(node))
-    if found is None or found[0] <= 0:
+    mapped = _mapped_pattern(node, x, w)
+    if mapped is None or mapped.energy <= 0:
         return 0.0
-    share, spread = found
-    offsets = (w.gain * max(x.M - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean) * share
-    varying = w.gain * max(x.K - x.M, 0.0) * profile_factor(conv_profile(x.profile, window_axes(node)))
-    total = offsets + varying
-    return spread * (offsets / total) ** 2 if total > 0 else 0.0
+    carried = x.pattern.energy if x.pattern is not None else 0.0
+    inside = profile_factor(conv_profile(x.profile, window_axes(node)))
+    varying = w.gain * max(x.K - x.M - carried, 0.0) * inside
+    spread = 2 * float(np.sum(mapped.cov * mapped.cov)) / float(np.trace(mapped.cov)) ** 2
+    return spread * (mapped.energy / (mapped.energy + varying)) ** 2
+
+
+def _mapped_pattern(node, x, w) -> MeanPattern | None:
+    """A conv's output pattern: its offsets' centred part (zero padding: fewer taps at the border) and its input's
+    pattern through the weights, each tap reading its shifted window; centred over the output map."""
+    reads = tap_reads(window_axes(node))
+    if reads is None:
+        return None
+    index, valid = reads  # (P_out, k): the input position each tap reads, and whether it is inside
+    taps = valid.shape[1]
+    offsets = w.gain * max(x.M - x.m**2, 0.0) + x.m**2 * w.row_sum_sq + 2 * x.m * w.sb_mean
+    centred = valid - valid.mean(axis=0)
+    cov = offsets * (centred @ centred.T) / taps
+    positions_in = int(np.prod([axis[0] for axis in window_axes(node) or []]))
+    if x.pattern is not None and len(x.pattern.cov) == positions_in:
+        inner = x.pattern.cov
+        for t in range(taps):
+            pick = np.where(valid[:, t], index[:, t], 0)
+            cov = cov + w.gain / taps * np.outer(valid[:, t], valid[:, t]) * inner[np.ix_(pick, pick)]
+    mean = cov.mean(axis=0)
+    cov = cov - mean[None, :] - mean[:, None] + mean.mean()
+    return MeanPattern(cov)
+
+
+def pattern(node, ins, out_value, out) -> MeanPattern | None:
+    """The output's channel means over the map (Moments.pattern), from the inputs'."""
+    x = ins[0] if ins else None
+    if x is None:
+        return None
+    op = node.op
+    if op == "conv" and node.params.get("weight") is not None:
+        return _mapped_pattern(node, x, node.params["weight"])
+    if x.pattern is None:
+        return None
+    if op == "batch_norm":  # out.K - out.M is the normalised variance: the pattern keeps its share of it
+        return MeanPattern(x.pattern.cov * max(out.K - out.M, 0.0) / max(x.K - x.M, 1e-300))
+    if op == "pointwise" and _alone(ins):
+        return MeanPattern(activations.mean_slope(node.attrs["program"], x) ** 2 * x.pattern.cov)
+    if op in ("add", "sum"):
+        parts = [v.pattern.cov for v in ins if v is not None and v.pattern is not None]
+        return MeanPattern(sum(parts)) if len({p.shape for p in parts}) == 1 else None
+    if op in ("dropout", "identity", "cast"):
+        return x.pattern
+    return None
 
 
 def _mapped_overlap(node, x) -> tuple[int, float] | None:

@@ -83,6 +83,16 @@ def mapped(program, m: float, var: float, law: EntryLaw) -> tuple[float, float, 
     return mean, second, float(sw @ slopes**2), positive, out
 
 
+@lru_cache(maxsize=256)
+def mean_slope(program, m: float, var: float, law: EntryLaw) -> float:
+    """E[phi'(z)], z = m + sd u with u of the given law."""
+    fn, kinks, sd = pointwise.as_function(program), pointwise.kinks(program), math.sqrt(max(var, 0.0))
+    z, w, _ = _points(m, sd, law, kinks)
+    with np.errstate(all="ignore"):
+        slopes, sw = gaussian.defined(gaussian.derivative(fn, z), w)
+    return float(sw @ slopes)
+
+
 def _points(m: float, sd: float, law: EntryLaw, kinks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points, weights and the law's component of each for E f(z): its atoms, or each component's quadrature
     (split at the function's kinks, where a ReLU cuts through a component)."""
