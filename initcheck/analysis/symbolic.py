@@ -123,7 +123,9 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
         for value in node.outputs:  # every reader of its kernels is done (they come later in the order)
             result.forward_kernel.pop(value, None)
             result.backward_kernel.pop(value, None)
+            result.backward_law.pop(value, None)  # read by its producer's backward, just done
     result.forward_kernel.clear()
+    result.backward_law.clear()
     result.backward_kernel.clear()
     result.normalizer_excess.clear()
     result.backward_map.clear()

@@ -55,7 +55,7 @@ _DENSITY = np.exp(-(_GRID**2) / 2) / np.exp(-(_GRID**2) / 2).sum()
 def _positive_share(program, x: Moments) -> float | None:
     """P(phi(z) > 0) for z of x's law, or Gaussian, where phi is never negative; else None."""
     if x.law is not None and x.var > 0:
-        return entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law)[3]
+        return entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law).positive
     return _gaussian_positive_share(program, rounded(x.m), rounded(x.var))
 
 
@@ -134,7 +134,8 @@ def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]
         return gaussian_part
     if x.law is not None:
         share = 1.0
-        r_mean, r_K, r_grad, _, _ = entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law)
+        over = entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law)
+        r_mean, r_K, r_grad = over.mean, over.K, over.slope_sq
     else:
         assert x.rectified is not None
         share, offset = x.rectified
@@ -222,7 +223,7 @@ def mean_slope(program, x: Moments) -> float:
     """E[phi'(z)] over x's entries (its law where a sum made one, else Gaussian): how a small shift of the input
     moves the output's mean."""
     if x.law is not None and x.var > 0:
-        return entry_law.mean_slope(program, rounded(x.m), rounded(x.var), x.law)
+        return entry_law.mapped(program, rounded(x.m), rounded(x.var), x.law).slope
     return _slope_statistics(program, rounded(x.m), rounded(x.var))[0]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def forward(node, ins, out_value, out) -> EntryLaw | None:
     """The output's law, from its inputs' and its op."""
     x = ins[0] if ins else None
     if node.op == "pointwise" and x is not None and x.law is not None:
-        return mapped(node.attrs["program"], rounded(x.m), rounded(x.var), x.law)[4]
+        return mapped(node.attrs["program"], rounded(x.m), rounded(x.var), x.law).law
     if node.op in SAME_ENTRIES:
         return x.law if x is not None else None
     if node.op == "add":
@@ -68,29 +69,28 @@ def _summed(node, ins) -> EntryLaw | None:
     return EntryLaw(law.centers * kept, law.weights, width)
 
 
+class Mapped(NamedTuple):
+    """An activation's statistics over a law, and its output's law."""
+
+    mean: float
+    K: float
+    slope_sq: float  # E[phi'^2]
+    slope: float  # E[phi']: how a small shift of the input moves the output's mean
+    positive: float | None  # P(phi > 0) where phi is never negative
+    law: EntryLaw | None  # with its inflow from the input law's components
+
+
 @lru_cache(maxsize=256)
-def mapped(program, m: float, var: float, law: EntryLaw) -> tuple[float, float, float, float | None, EntryLaw | None]:
-    """Mean, second moment, E[phi'^2], P(phi > 0) (None where phi can be negative) and the output's law of
-    phi(z), z = m + sd u with u of the given law (with its inflow from the law's components)."""
+def mapped(program, m: float, var: float, law: EntryLaw) -> Mapped:
+    """phi(z), z = m + sd u with u of the given law."""
     fn, kinks, sd = pointwise.as_function(program), pointwise.kinks(program), math.sqrt(max(var, 0.0))
     z, w, component = _points(m, sd, law, kinks)
     with np.errstate(all="ignore"):
         values, vw = gaussian.defined(fn(z), w)
         slopes, sw = gaussian.defined(gaussian.derivative(fn, z), w)
-    mean, second = float(vw @ values), float(vw @ values**2)
     positive = float(vw @ (values > 0)) if never_negative(program) else None
     out = _standardized(values, vw, slopes**2, component, len(law.weights))
-    return mean, second, float(sw @ slopes**2), positive, out
-
-
-@lru_cache(maxsize=256)
-def mean_slope(program, m: float, var: float, law: EntryLaw) -> float:
-    """E[phi'(z)], z = m + sd u with u of the given law."""
-    fn, kinks, sd = pointwise.as_function(program), pointwise.kinks(program), math.sqrt(max(var, 0.0))
-    z, w, _ = _points(m, sd, law, kinks)
-    with np.errstate(all="ignore"):
-        slopes, sw = gaussian.defined(gaussian.derivative(fn, z), w)
-    return float(sw @ slopes)
+    return Mapped(float(vw @ values), float(vw @ values**2), float(sw @ slopes**2), float(sw @ slopes), positive, out)
 
 
 def _points(m: float, sd: float, law: EntryLaw, kinks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

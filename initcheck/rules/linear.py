@@ -96,9 +96,8 @@ def conv_forward(node, ins, ctx):
     coherent = border if coherent is None else coherent
     M = _mapped(x.M, x, w, coherent)
     S = affine_shared(x, w, coherent)
-    offsets = (
-        _mapped(x.M, x, w, 1.0) - w.bias_sq
-    )  # the channel offsets' interior energy, bias aside (even over the map)
+    # the channel offsets' interior energy, bias aside (a bias is even over the map)
+    offsets = _mapped(x.M, x, w, 1.0) - w.bias_sq
     centred = centred_conv_profile(profile, axes, w.gain * max(x.K - x.M, 0.0), offsets)
     return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile), centred=normalize_profile(centred))
 
