@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -173,3 +174,15 @@ def recognize(program: Program) -> str:
         if np.allclose(values, as_function(known)(_PROBE), rtol=1e-3, atol=1e-4):
             return name
     return "pointwise"
+
+
+@lru_cache(maxsize=1024)
+def never_negative(program: Program) -> bool:
+    """Whether the program's output is >= 0 everywhere (a ReLU, a softplus): then P(phi > 0) is meaningful."""
+    with np.errstate(all="ignore"):
+        return bool(np.all(as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
+
+
+def rounded(x: float) -> float:
+    """Moments as cache keys: equal to ten digits is equal."""
+    return float(f"{x:.10g}")

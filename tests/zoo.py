@@ -284,7 +284,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, cin, width, stride=1):
         super().__init__()
-        cout = width * 4
+        cout = width * self.expansion
         self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)

@@ -174,6 +174,9 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
             if moments.bar < upstream_bar:
                 moments = moments.with_(bar=upstream_bar)
             if result.status[node] != "unsupported":
+                # the channel means' pattern first: a conv's dispersion reads it
+                pattern = _guarded(node, result, "mean pattern", dispersion.pattern, node, ins, value, moments)
+                moments = moments.with_(pattern=pattern)
                 moments = moments.with_(
                     axial=_guarded(node, result, "energy profile", axis_profile.forward, node, ins, value, moments),
                     rectified=_guarded(node, result, "rectified shape", rectified.forward, node, ins, value, moments),
@@ -182,7 +185,6 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                         node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
                     ),
                     overlap=_guarded(node, result, "channel overlap", dispersion.overlap, node, ins, value, moments),
-                    pattern=_guarded(node, result, "mean pattern", dispersion.pattern, node, ins, value, moments),
                 )
                 moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)

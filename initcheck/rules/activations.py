@@ -14,8 +14,8 @@ import numpy as np
 from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean
+from initcheck.pointwise import never_negative, rounded
 from initcheck.rules import entry_law
-from initcheck.rules.entry_law import never_negative, rounded
 from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -61,6 +61,7 @@ def _positive_share(program, x: Moments) -> float | None:
 
 @lru_cache(maxsize=4096)
 def _gaussian_positive_share(program, m: float, v: float) -> float | None:
+    """P(phi(z) > 0) for z ~ N(m, v) where phi is never negative, else None."""
     if not never_negative(program):
         return None
     with np.errstate(all="ignore"):

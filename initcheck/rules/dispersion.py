@@ -52,7 +52,7 @@ def forward(node, ins, out_value, out) -> tuple[int, float] | None:
     op = node.op
     x = ins[0] if ins else None
     if op in ("linear", "conv"):
-        return _weighted(node, x)
+        return _weighted(node, x, out.pattern if out is not None else None)
     if op in _KEEPS or (op == "batch_norm" and not node.attrs.get("training")):
         return x.dispersion if x is not None and _alone(ins) and _same_rank(node, out_value) else None
     if op in ("add", "sum"):
@@ -115,7 +115,7 @@ def input_overlap(x, channels: int, axis: int) -> float:
     return 1.0 / max(channels, 1)
 
 
-def _weighted(node, x) -> tuple[int, float] | None:
+def _weighted(node, x, pattern: MeanPattern | None) -> tuple[int, float] | None:
     """Rows of unequal energy, the input's own unevenness averaged over the channels each row sums, and its
     correlated channels (2 (1/r - 1/fan_in) over the row's channels and taps)."""
     w, axis, fan = node.params.get("weight"), _channel_axis(node), _fan(node)
@@ -127,25 +127,22 @@ def _weighted(node, x) -> tuple[int, float] | None:
         carried = x.dispersion[1] / channels
     correlated = 2 * max(input_overlap(x, channels, axis) / taps - 1.0 / (channels * taps), 0.0)
     rows = w.row_energy_cv2
-    rho = rows + (1 + rows) * carried + correlated + _padded_offsets(node, x, w)
+    rho = rows + (1 + rows) * carried + correlated + _padded_offsets(node, x, w, pattern)
     return (axis, rho) if rho > 0 else None
 
 
-def _padded_offsets(node, x, w) -> float:
-    """A conv's channel means that vary over the map: what zero padding leaves of its offsets after centring
-    (docs/theory.md §2) and what it maps of its input's own pattern. Over the channels their energy is a
-    chi-square in the directions their covariance over the positions spans: relative variance 2 tr(C^2)/tr(C)^2,
-    weighed by their share of the variance."""
-    if node.op != "conv" or x is None:
-        return 0.0
-    mapped = _mapped_pattern(node, x, w)
-    if mapped is None or mapped.energy <= 0:
+def _padded_offsets(node, x, w, pattern: MeanPattern | None) -> float:
+    """A conv's channel means that vary over the map (its output's `pattern`: what zero padding leaves of its
+    offsets after centring, docs/theory.md §2, and what it maps of its input's own pattern). Over the channels
+    their energy is a chi-square in the directions their covariance over the positions spans: relative variance
+    2 tr(C^2)/tr(C)^2, weighed by their share of the variance."""
+    if node.op != "conv" or x is None or pattern is None or pattern.energy <= 0:
         return 0.0
     carried = x.pattern.energy if x.pattern is not None else 0.0
     inside = profile_factor(conv_profile(x.profile, window_axes(node)))
     varying = w.gain * max(x.K - x.M - carried, 0.0) * inside
-    spread = 2 * float(np.sum(mapped.cov * mapped.cov)) / float(np.trace(mapped.cov)) ** 2
-    return spread * (mapped.energy / (mapped.energy + varying)) ** 2
+    spread = 2 * float(np.sum(pattern.cov * pattern.cov)) / float(np.trace(pattern.cov)) ** 2
+    return spread * (pattern.energy / (pattern.energy + varying)) ** 2
 
 
 def _mapped_pattern(node, x, w) -> MeanPattern | None:
@@ -337,7 +334,9 @@ def padded_part(value, forward) -> float:
     producer = value.producer if value is not None else None
     if producer is None or producer.op != "conv" or producer.params.get("weight") is None:
         return 0.0
-    return _padded_offsets(producer, forward.get(producer.inputs[0]), producer.params["weight"])
+    out = forward.get(value)
+    pattern = out.pattern if out is not None else None
+    return _padded_offsets(producer, forward.get(producer.inputs[0]), producer.params["weight"], pattern)
 
 
 def independent_features(x, node, n: int) -> float:

@@ -24,6 +24,7 @@ import numpy as np
 
 from initcheck import gaussian, pointwise
 from initcheck.moments import EntryLaw, Moments
+from initcheck.pointwise import never_negative, rounded
 from initcheck.rules.rectified import SAME_ENTRIES
 
 ATOMS = 128  # atoms of equal probability an activation's output law keeps: K within 1e-3 of the uncompressed law
@@ -213,14 +214,3 @@ def combined(G1: float, h1: np.ndarray | None, G2: float, h2: np.ndarray | None)
     first = h1 if h1 is not None else np.ones(size)
     second = h2 if h2 is not None else np.ones(size)
     return (G1 * first + G2 * second) / total
-
-
-@lru_cache(maxsize=1024)
-def never_negative(program) -> bool:
-    with np.errstate(all="ignore"):
-        return bool(np.all(pointwise.as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
-
-
-def rounded(x: float) -> float:
-    """Moments as cache keys: equal to ten digits is equal."""
-    return float(f"{x:.10g}")
