@@ -77,6 +77,19 @@ def _program_for(node: Node, roots: dict) -> tuple[Value, tuple] | None:
     return None
 
 
+def _only_part(node: Node) -> Value | None:
+    """The one input of a concatenation whose other parts are empty along its axis; None elsewhere."""
+    if node.op != "concat" or len(node.outputs) != 1 or node.outputs[0].shape is None:
+        return None
+    parts = [v for v in node.inputs if v is not None]
+    if any(v.shape is None or len(v.shape) != len(node.outputs[0].shape) for v in parts):
+        return None
+    axis = node.attrs.get("axis", 0) % len(node.outputs[0].shape)
+    full = [v for v in parts if v.shape[axis] != 0]
+    same_shape = len(full) == 1 and tuple(full[0].shape) == tuple(node.outputs[0].shape)
+    return full[0] if same_shape and is_signal(full[0]) else None
+
+
 def _is_identity(program: tuple) -> bool:
     return program == ("x",) or (program[0] == "identity" and _is_identity(program[2]))
 
@@ -89,6 +102,12 @@ def fuse_pointwise(graph: Graph) -> None:
     fused: list[Node] = []
     for node in graph.nodes:
         node.inputs = [same.get(v, v) if v is not None else None for v in node.inputs]
+        copied = _only_part(node)
+        if copied is not None and not node.outputs[0].is_output:
+            # Phi-3 concatenates its rotated features with an empty unrotated rest: a copy, which must not hide
+            # the rotation from the attention rules that read through views to it
+            same[node.outputs[0]] = copied
+            continue
         found = _program_for(node, roots)
         if found is None:
             fused.append(node)
