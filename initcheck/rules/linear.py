@@ -265,9 +265,13 @@ def matmul_backward(node, ins, outs, grads, ctx):
             shared * rows * rows * _column_weight(a.valid_keys, keys) / keys,
         )
         grad_b = independent + coherent
+        # every row of p sums to one, so two different keys' gradients share the output gradient's coherent part
+        # and, of its independent part, what two weights of one row have in common: (1 - sum_s p_s^2) / (n(n - 1))
+        apart = (g - shared) * rows * max(1.0 - keys * a.K, 0.0) / (keys * (keys - 1)) if keys > 1 else 0.0
         if node.outputs[0].shape is not None and len(node.outputs[0].shape) >= 2:
             grad_b = _values_gradient(node, a, independent, coherent, ctx)
             _state_weights_gradient(node, ctx)
+        ctx.stated_shared.setdefault(node, {1: min(coherent + apart, grad_b)})  # unless the kernel stated its own
     grad_a = g * cols * b.K if b is not None else None
     stated = ctx.stated_logit_product.pop(node, None)
     if stated is not None and grad_a is not None and grad_b is not None:  # q k^T before a softmax (§16)
