@@ -79,15 +79,15 @@ def _program_for(node: Node, roots: dict) -> tuple[Value, tuple] | None:
 
 def _only_part(node: Node) -> Value | None:
     """The one input of a concatenation whose other parts are empty along its axis; None elsewhere."""
-    if node.op != "concat" or len(node.outputs) != 1 or node.outputs[0].shape is None:
+    shape = node.outputs[0].shape if node.op == "concat" and len(node.outputs) == 1 else None
+    shapes = [v.shape for v in node.inputs if v is not None]
+    if shape is None or any(s is None or len(s) != len(shape) for s in shapes):
         return None
-    parts = [v for v in node.inputs if v is not None]
-    if any(v.shape is None or len(v.shape) != len(node.outputs[0].shape) for v in parts):
+    axis = node.attrs.get("axis", 0) % len(shape)
+    full = [v for v in node.inputs if v is not None and v.shape is not None and v.shape[axis] != 0]
+    if len(full) != 1 or full[0].shape != shape or not is_signal(full[0]):
         return None
-    axis = node.attrs.get("axis", 0) % len(node.outputs[0].shape)
-    full = [v for v in parts if v.shape[axis] != 0]
-    same_shape = len(full) == 1 and tuple(full[0].shape) == tuple(node.outputs[0].shape)
-    return full[0] if same_shape and is_signal(full[0]) else None
+    return full[0]
 
 
 def _is_identity(program: tuple) -> bool:
