@@ -59,9 +59,10 @@ class SymbolicResult:
     stated_logit_product: dict[Node, tuple] = field(default_factory=dict)
     # attention weights times values: the relative second moments of its output's gradient between queries
     weights_gradient: dict[Node, np.ndarray | None] = field(default_factory=dict)
-    # values whose every gradient is 0 where the value is 0: behind a ReLU that meets an already nonnegative input
-    # (autograd's ReLU' is 0 at 0), so the ReLU that made the value takes nothing more away
-    positive_support: dict[Value, bool] = field(default_factory=dict)
+    # the part of a value's G that is 0 wherever the value is 0: what reaches it through a ReLU that meets an
+    # already nonnegative input (autograd's ReLU' is 0 at 0) or a norm-ReLU of it, so the ReLU that made the value
+    # takes nothing more away from that part
+    positive_support: dict[Value, float] = field(default_factory=dict)
     # the part of G a per-channel norm's 1/v_c added to its input, which the layer that made that input takes
     # back out (its rows are what v_c is made of, docs/theory.md §17); emptied when the pass ends
     normalizer_excess: dict[Value, float] = field(default_factory=dict)
@@ -82,6 +83,11 @@ class SymbolicResult:
     status: dict[Node, str] = field(default_factory=dict)  # modeled | approximated | unsupported
     errors: dict[Node, str] = field(default_factory=dict)  # why a node is unsupported (its rule declined it)
     internal: dict[Node, str] = field(default_factory=dict)  # rules or translations that raised: initcheck's bugs
+
+    def supported_share(self, value: Value) -> float:
+        """The share of a value's G that is 0 wherever the value is 0 (`positive_support`)."""
+        g = self.backward.get(value, 0.0)
+        return min(self.positive_support.get(value, 0.0) / g, 1.0) if g > 0 else 0.0
 
     def estimate(self, value: Value) -> Estimate | None:
         """The prediction for one value, in the type the probe's measurements share."""
@@ -291,8 +297,8 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             result.backward_kernel[value] = kernel
         result.backward[value] = result.backward.get(value, 0.0) + g
         if g > 0:
-            supported = _on_positive_entries(node, index, ins, result)
-            result.positive_support[value] = result.positive_support.get(value, True) and supported
+            supported = g * _on_positive_entries(node, index, ins, result)
+            result.positive_support[value] = result.positive_support.get(value, 0.0) + supported
         result.backward_exact[value] = result.backward_exact.get(value, True) and exact
         shared = stated_shared.get(index)
         stated_kernel = kernels[index]
@@ -315,25 +321,26 @@ def _merge_uncentred(node: Node, value: Value, shared: float, result: SymbolicRe
         result.backward_uncentred[value] = (before * old + shared * share) / (before + shared)
 
 
-def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> bool:
-    """Whether the gradient this node sends to input `index` is 0 wherever that input is 0 (or, for an affine
-    image of a ReLU's output, wherever that output was 0): a ReLU (slope 0 at 0) on a nonnegative input, or on a
-    batch norm of a ReLU's output (its zeros land below 0: DenseNet's norm-ReLU); a sum whose other terms are zero
-    and whose own gradient is so; a batch norm, copy or concatenation of rectified entries whose gradient is so."""
+def _on_positive_entries(node: Node, index: int, ins, result: SymbolicResult) -> float:
+    """The share of the gradient this node sends to input `index` that is 0 wherever that input is 0 (or, for an
+    affine image of a ReLU's output, wherever that output was 0): all of it from a ReLU (slope 0 at 0) on a
+    nonnegative input, or on a batch norm of a ReLU's output (its zeros land below 0: DenseNet's norm-ReLU); its
+    output's share from a sum whose other terms are zero, and from a batch norm, copy or concatenation of
+    rectified entries (where only some of them are, DenseNet's concatenation of a ReLU's output with convs', the
+    claim is for those: they are the ones with zeros)."""
     x = ins[index]
-    if node.op == "pointwise" and x is not None and x.positive is not None:
-        return activations.kills_zeros(node.attrs["program"])
     if node.op == "pointwise" and x is not None:
-        return activations.kills_zeros(node.attrs["program"]) and activations.zeros_land_below(x)
-    if not result.positive_support.get(node.outputs[0], False) or x is None:
-        return False
+        lands = x.positive is not None or activations.zeros_land_below(x)
+        return 1.0 if lands and activations.kills_zeros(node.attrs["program"]) else 0.0
+    share = result.supported_share(node.outputs[0])
+    if share == 0.0 or x is None:
+        return 0.0
     if node.op in ("add", "identity", "cast", "dropout"):
         others = [m for i, m in enumerate(ins) if i != index and m is not None]
-        if all(m.K == 0 for m in others):
-            return True
+        return share if all(m.K == 0 for m in others) else 0.0
     if node.op in rectified.SAME_ENTRIES and index == 0 or node.op == "concat":
-        return x.rectified is not None and x.rectified[0] == 1.0  # the same entries, the same zeros
-    return False
+        return share if x.rectified is not None else 0.0
+    return 0.0
 
 
 def _gradient_profiles(node: Node, ins, result: SymbolicResult) -> list:

@@ -13,9 +13,9 @@ import numpy as np
 
 from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
-from initcheck.moments import Moments, clean
+from initcheck.moments import Moments, clean, profile_along
 from initcheck.pointwise import never_negative, rounded
-from initcheck.rules import entry_law
+from initcheck.rules import entry_law, rectified
 from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -171,13 +171,39 @@ def pointwise_forward(node, ins, ctx):
 @backward_rule("pointwise")
 def pointwise_backward(node, ins, outs, grads, ctx):
     _state_aligned_gradient(node, ins[0], grads[0], ctx)
-    if ctx.positive_support.get(node.outputs[0]) and kills_zeros(node.attrs["program"]):
-        return [grads[0]]  # the gradient is already 0 wherever this ReLU's slope is
-    if (share := _unchanged_gradient(node.attrs["program"], ins[0])) is not None:
-        return [grads[0] * share]
-    _, _, _, grad_sq = _mixed(node.attrs["program"], ins[0], program_moments(node.attrs["program"], ins[0]))
-    weighting = entry_law.slope_weighting(outs[0], ctx.backward_law.get(node.outputs[0]))
-    return [grads[0] * grad_sq * weighting * argmax_slope_ratio(node, ctx)]
+    program = node.attrs["program"]
+    # the part of the gradient that is already 0 wherever this ReLU's slope is passes whole
+    supported = ctx.supported_share(node.outputs[0]) if kills_zeros(program) else 0.0
+    if supported >= 1.0:
+        return [grads[0]]
+    if (share := _unchanged_gradient(program, ins[0])) is None:
+        _, _, _, grad_sq = _mixed(program, ins[0], program_moments(program, ins[0]))
+        grad_sq = _per_part_slopes(node, ins[0], grad_sq, ctx)
+        weighting = entry_law.slope_weighting(outs[0], ctx.backward_law.get(node.outputs[0]))
+        share = grad_sq * weighting * argmax_slope_ratio(node, ctx)
+    return [grads[0] * (supported + (1 - supported) * share)]
+
+
+def _per_part_slopes(node, x: Moments, grad_sq: float, ctx) -> float:
+    """E[phi'^2] where the rectified entries are whole channels (a norm of DenseNet's concatenation): each channel
+    passes its part's own share of the gradient (a rectified one 34.5% through a ReLU, a Gaussian one 50%), which
+    the input's gradient profile over the channels states; weighted by the output's gradient over them."""
+    if x.rectified is None or x.gaussian or x.law is not None or x.var <= 0 or not 0.0 < x.rectified[0] < 1.0:
+        return grad_sq
+    mask = rectified.channel_mask(node.inputs[0], ctx.forward)
+    if mask is None:
+        return grad_sq
+    program = node.attrs["program"]
+    plain = program_moments(program, x)[3]
+    rectified_part = _rectified_moments(program, rounded(x.m), rounded(x.var), round(x.rectified[1], 3))[2]
+    slopes = np.where(mask, rectified_part, plain)
+    out = ctx.backward_axial.get(node.outputs[0])
+    weights = out.energy if out is not None and out.axis == 1 and len(out.energy) == len(mask) else 1.0
+    received = slopes * weights
+    if received.mean() <= 0:
+        return grad_sq
+    ctx.stated_axial[node] = [profile_along(1, received / received.mean())]
+    return float(received.mean())
 
 
 def shared_gradient_share(node, x: Moments, ctx) -> float:
@@ -186,11 +212,10 @@ def shared_gradient_share(node, x: Moments, ctx) -> float:
     the rest. A ReLU's mask differs from pixel to pixel, so a broadcast gradient (global pooling's) leaves it half
     shared, not whole, and a batch norm behind it subtracts less as the batch mean (docs/theory.md §6)."""
     program = node.attrs["program"]
-    if x is None or (ctx.positive_support.get(node.outputs[0]) and kills_zeros(program)):
+    supported = ctx.supported_share(node.outputs[0]) if kills_zeros(program) else 0.0
+    if x is None or supported >= 1.0 or x.rectified is not None or _unchanged_gradient(program, x) is not None:
         return 1.0
-    if x.rectified is not None or _unchanged_gradient(program, x) is not None:
-        return 1.0
-    return _slope_share(program, rounded(x.m), rounded(x.K), rounded(x.shared))
+    return supported + (1 - supported) * _slope_share(program, rounded(x.m), rounded(x.K), rounded(x.shared))
 
 
 def _state_aligned_gradient(node, x: Moments | None, g: float, ctx) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
+
 from initcheck.pointwise import recognize
 
 # ops that map each entry (or each channel) affinely, or move entries without changing them: the shape stays
@@ -55,3 +57,32 @@ def _concatenated(node, ins) -> tuple[float, float] | None:
     if not offsets or len(offsets) > 1:
         return None
     return rectified / sum(sizes), offsets.pop()
+
+
+# ops that keep each channel's entries where they are (and act on each channel alone)
+_SAME_CHANNELS = frozenset({"batch_norm", "dropout", "identity", "cast"})
+
+
+def channel_mask(value, forward: dict, depth: int = 8) -> np.ndarray | None:
+    """Which channels (axis 1) of a partly rectified value are the rectified ones, where it is a per-channel map of
+    a concatenation along them (DenseNet's batch norm of a ReLU's output beside convs' outputs); None elsewhere.
+    An activation there passes each part its own share of the gradient (docs/theory.md §4)."""
+    producer = value.producer if value is not None else None
+    while producer is not None and producer.op in _SAME_CHANNELS and depth > 0:
+        producer, depth = producer.inputs[0].producer if producer.inputs[0] is not None else None, depth - 1
+    if producer is None or producer.op != "concat" or depth <= 0:
+        return None
+    rank = len(producer.outputs[0].shape or ())
+    if rank < 3 or producer.attrs.get("axis", 0) % rank != 1:
+        return None
+    pieces = []
+    for part in producer.inputs:
+        x = forward.get(part) if part is not None else None
+        if x is None or part.shape is None or part.shape[1] is None:
+            return None
+        share = x.rectified[0] if x.rectified is not None else 0.0
+        inner = channel_mask(part, forward, depth - 1) if 0.0 < share < 1.0 else None
+        if inner is None and 0.0 < share < 1.0:
+            return None
+        pieces.append(inner if inner is not None else np.full(part.shape[1], share == 1.0))
+    return np.concatenate(pieces)
