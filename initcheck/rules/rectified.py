@@ -81,8 +81,11 @@ def channel_mask(value, forward: dict, depth: int = 8) -> np.ndarray | None:
         if x is None or part.shape is None or part.shape[1] is None:
             return None
         share = x.rectified[0] if x.rectified is not None else 0.0
-        inner = channel_mask(part, forward, depth - 1) if 0.0 < share < 1.0 else None
-        if inner is None and 0.0 < share < 1.0:
-            return None
-        pieces.append(inner if inner is not None else np.full(part.shape[1], share == 1.0))
+        if 0.0 < share < 1.0:  # a concatenation of its own: its mask, or none can be said
+            inner = channel_mask(part, forward, depth - 1)
+            if inner is None:
+                return None
+            pieces.append(inner)
+        else:
+            pieces.append(np.full(part.shape[1], share == 1.0))
     return np.concatenate(pieces)
