@@ -25,7 +25,8 @@ class ZooModel:
     severity: str = "error"  # the least severity that flag must have
     family: str = ""
     notes: list[str] = field(default_factory=list)
-    # (image size, batch) at which benchmarks/accuracy.py measures a CNN instead of its own: its training size
+    # (image size, batch) at which benchmarks/accuracy.py measures a model at its checkpoints' size: a CNN on images
+    # of that size (its training size), every such model at that batch (the probe at scale costs its width)
     measured_at: tuple[int, int] | None = None
 
 
@@ -189,6 +190,16 @@ def vit():
         )
     )
     return model.eval(), {"pixel_values": _image()}
+
+
+def vit_at_scale():
+    """ViT-B/16 as transformers configures it by default (768 features, 12 blocks, 224x224 images in 16x16 patches,
+    1,000 classes): at the zoo's 128 features the class token, one vector per network, moves every row by its
+    instance's draw (docs/theory.md §15)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(num_labels=1000)).eval(), {"pixel_values": _image(224)}
 
 
 def whisper_encoder():
@@ -594,6 +605,7 @@ STOCK = [
     ZooModel("roberta", roberta, family="encoder"),
     ZooModel("t5", t5, family="encoder-decoder"),
     ZooModel("vit", vit, family="vision transformer"),
+    ZooModel("vit_at_scale", vit_at_scale, family="vision transformer", measured_at=(224, 8)),
     ZooModel("whisper_encoder", whisper_encoder, family="audio encoder"),
     ZooModel("mamba", mamba, family="state-space LM"),
     ZooModel("unet2d", unet2d, family="diffusion"),

@@ -190,7 +190,9 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                     dispersion=_guarded(
                         node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
                     ),
-                    overlap=_guarded(node, result, "channel overlap", dispersion.overlap, node, ins, value, moments),
+                    overlap=_guarded(
+                        node, result, "channel overlap", dispersion.overlap, node, ins, value, moments, result.forward
+                    ),
                 )
                 moments = _position_kernel(node, ins, value, moments, result)
             result.forward[value] = _spread_or_unknown(node, ins, moments)
@@ -455,6 +457,9 @@ def _shared_gradient(node: Node, index: int, value: Value, g: float, fraction: f
     a = ins[0]
     if node.op == "pointwise":
         return g * fraction * activations.shared_gradient_share(node, a, result)
+    if node.op in axis_profile.PER_POSITION_NORMS and index == 0:
+        pairs = axis_profile.norm_shared_ratio(node, a, result.backward_axial.get(node.outputs[0]))
+        return min(g, g * fraction * pairs)
     if node.op == "matmul" and index == 1 and a is not None and a.simplex:
         return min(g, g * fraction + g * (1 - fraction) / max(positions(value, batch) or 1, 1))
     return g * fraction

@@ -418,6 +418,26 @@ def norm_ratio(node, x, grad: AxisProfile | None) -> tuple[float, AxisProfile | 
     return per_index_ratio(grad, energy)
 
 
+def norm_shared_ratio(node, x, grad: AxisProfile | None) -> float:
+    """What a per-position norm does to the covariance between two positions, over what it does to G (§15). It
+    scales position t's gradient by 1/sqrt(e_t), so a covariance spread evenly over the pairs takes
+    E_{t != s}[1/sqrt(e_t e_s)] where G takes E_t[q_t / e_t]: a ViT's class token holds a hundredth of the patches'
+    energy and nearly all the gradient, and its 100x is not what the patches' shared gradient gets."""
+    energy = x.axial if x is not None else None
+    rank = len(node.inputs[0].shape) if node.inputs[0] is not None and node.inputs[0].shape is not None else 0
+    if energy is None or node.op not in PER_POSITION_NORMS or energy.axis >= normalised_from(node, rank):
+        return 1.0
+    if grad is not None and (grad.axis != energy.axis or len(grad.energy) != len(energy.energy)):
+        return 1.0
+    ratio, _ = per_index_ratio(grad, energy)
+    scale = 1 / np.sqrt(np.maximum(energy.energy, 1e-12))
+    n = len(scale)
+    if n < 2 or not ratio > 0:
+        return 1.0
+    pairs = (scale.sum() ** 2 - (scale**2).sum()) / (n * (n - 1))
+    return float(pairs / ratio)
+
+
 def backward(node, ins, out_value, grad: AxisProfile | None, ctx) -> list[AxisProfile | None]:
     """The gradient profile of each input of `node` from its output's (None where flat or not followed)."""
     none: list[AxisProfile | None] = [None] * len(node.inputs)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from initcheck.moments import MeanPattern, profile_factor
-from initcheck.rules import activations
+from initcheck.rules import activations, axis_profile
 from initcheck.rules.common import conv_profile, dim, tap_reads, window_axes
 
 # ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
@@ -64,9 +64,9 @@ def forward(node, ins, out_value, out) -> tuple[int, float] | None:
     return None
 
 
-def overlap(node, ins, out_value, out) -> tuple[int, float] | None:
+def overlap(node, ins, out_value, out, forward=None) -> tuple[int, float] | None:
     """(axis, 1/r): tr(C^2) / tr(C)^2 of the channel covariance, r the number of channels that vary independently.
-    None: independent channels (1/C)."""
+    None: independent channels (1/C). `forward`: the moments so far (a residual branch's path back to its source)."""
     op = node.op
     x = ins[0] if ins else None
     if op in ("linear", "conv"):
@@ -76,12 +76,21 @@ def overlap(node, ins, out_value, out) -> tuple[int, float] | None:
     if op in _KEEP_OVERLAP:
         return x.overlap if x is not None and _alone(ins) and _same_rank(node, out_value) else None
     if op in ("add", "sum"):
-        return _summed_overlap(node, ins, out_value)
+        return _summed_overlap(node, ins, out_value, forward or {})
     if op == "concat":
         return _concatenated_overlap(node, ins, out_value)
     if op in ("flatten", "reshape", "squeeze"):
         return _kept_axis(node, x, x.overlap if x is not None else None, out_value)
+    if op == "transpose":
+        return _moved_overlap(node, x, out_value) if x is not None and x.overlap is not None else None
     return None
+
+
+def _moved_overlap(node, x, out_value) -> tuple[int, float] | None:
+    """A transpose moves the channel axis (a ViT's patch embeddings, (N, C, H, W) to (N, HW, C)); which channels
+    move together stays."""
+    placed = axis_profile.placement(node, x.overlap[0], node.inputs[0], out_value)
+    return None if placed is None or placed[1] is not None else (placed[0], x.overlap[1])
 
 
 def _alone(ins) -> bool:
@@ -248,20 +257,60 @@ def _summed(ins) -> tuple[int, float] | None:
     return (axis, spread / sum(weights) ** 2)
 
 
-def _summed_overlap(node, ins, out_value) -> tuple[int, float] | None:
-    """C1 + C2 of independent branches: tr of squares adds, with the cross term 2 tr(C1) tr(C2) / C."""
+def _summed_overlap(node, ins, out_value, forward) -> tuple[int, float] | None:
+    """C1 + C2 of independent branches: tr of squares adds, with the cross term 2 tr(C1) tr(C2) / C. A residual
+    branch f(x) ~ A x + noise adds the covariance between stream and branch, C A^T + A C, whose square has trace
+    2 w tr(C^2) for random A, w the energy of its linear part over x's (docs/theory.md §17)."""
     axes = {x.overlap[0] for x in ins if x is not None and x.overlap is not None}
-    parts = [x for x in ins if x is not None and x.var > 0]
-    weights = _scaled_variances(parts)
+    kept = [(v, x) for v, x in zip(node.inputs, ins) if x is not None and x.var > 0]
+    weights = _scaled_variances([x for _, x in kept])
     if len(axes) != 1 or weights is None:
         return None
     axis = axes.pop()
     channels = dim(out_value, axis) or 0
-    if channels <= 0:
+    coupled = 0.0
+    for (source, x), w_x in zip(kept, weights):
+        for (branch, _), w_f in zip(kept, weights):
+            if branch is not source and (share := _linear_share(branch, source, forward)) > 0:
+                coupled += 2 * share * input_overlap(x, channels, axis) * w_x * w_f
+    return _mixed_overlap([x for _, x in kept], weights, axis, out_value, coupled)
+
+
+# ops through which a residual branch stays a linear function of its source (a norm rescales each token or
+# channel by one factor)
+_LINEAR_PATH = frozenset({"linear", "conv", "layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm"})
+
+
+def _linear_share(branch, source, forward, depth: int = 16) -> float:
+    """The share of `branch`'s variance that is a linear map of `source` (0 where the path back leaves the ops
+    that keep it: an attention, a product of two signals): each activation keeps its first Hermite weight."""
+    share, value = 1.0, branch
+    for _ in range(depth):
+        if value is source:
+            return share
+        producer = value.producer if value is not None else None
+        if producer is None or not producer.inputs or producer.inputs[0] is None:
+            return 0.0
+        if producer.op == "pointwise":
+            x = forward.get(producer.inputs[0])
+            if x is None or len(producer.inputs) > 1:
+                return 0.0
+            share *= activations.correlation_kept(producer.attrs["program"], x.m, x.var)
+        elif producer.op not in _LINEAR_PATH | _KEEPS:
+            return 0.0
+        value = producer.inputs[0]
+    return 0.0
+
+
+def _mixed_overlap(parts, weights, axis: int, out_value, coupled: float = 0.0) -> tuple[int, float] | None:
+    """C = sum_p w_p C_p of independent parts: tr of squares adds, with the cross term 2 tr(C_p) tr(C_q) / C;
+    `coupled`: what parts that are maps of each other add to the squares (in the weights' units)."""
+    channels = dim(out_value, axis) or 0
+    if channels <= 0 or sum(weights) <= 0:
         return None
     own = sum(input_overlap(x, channels, axis) * w**2 for x, w in zip(parts, weights))
     cross = sum(a * b for i, a in enumerate(weights) for b in weights[i + 1 :]) * 2 / channels
-    return (axis, (own + cross) / sum(weights) ** 2)
+    return (axis, min((own + cross + coupled) / sum(weights) ** 2, 1.0))
 
 
 def _concatenated(node, ins, out_value) -> tuple[int, float] | None:
@@ -280,7 +329,11 @@ def _concatenated(node, ins, out_value) -> tuple[int, float] | None:
 
 
 def _concatenated_overlap(node, ins, out_value) -> tuple[int, float] | None:
-    """Block-diagonal: tr of squares adds over the parts, the traces add."""
+    """Block-diagonal: tr of squares adds over the parts, the traces add. Parts stacked along another axis (a
+    class token before the patch embeddings) mix their covariances, each by its rows and energy."""
+    stacked = _stacked_overlap(node, ins, out_value)
+    if stacked is not None:
+        return stacked
     found = _parts(node, ins, out_value)
     weights = _scaled_variances([x for _, x in found[1]]) if found is not None else None
     if found is None or weights is None:
@@ -289,6 +342,22 @@ def _concatenated_overlap(node, ins, out_value) -> tuple[int, float] | None:
     squares = sum(input_overlap(x, n, axis) * (n * w) ** 2 for (n, x), w in zip(parts, weights))
     total = sum(n * w for (n, _), w in zip(parts, weights))
     return (axis, squares / total**2) if total > 0 else None
+
+
+def _stacked_overlap(node, ins, out_value) -> tuple[int, float] | None:
+    """Parts concatenated along an axis other than the one their overlap is on: C = sum_p (n_p / N) C_p. A folded
+    constant part (a class token) is the same in every sample and adds no covariance."""
+    along = {x.overlap[0] for x in ins if x is not None and x.overlap is not None}
+    rank = len(out_value.shape) if out_value.shape is not None else None
+    if len(along) != 1 or rank is None or node.attrs.get("axis", 0) % rank in along:
+        return None
+    axis = node.attrs.get("axis", 0) % rank
+    rows = [dim(value, axis) for value, x in zip(node.inputs, ins) if x is not None]
+    parts = [x for x in ins if x is not None]
+    weights = _scaled_variances(parts)
+    if weights is None or any(n is None for n in rows):
+        return None
+    return _mixed_overlap(parts, [(n or 0) * w for n, w in zip(rows, weights)], along.pop(), out_value)
 
 
 def _parts(node, ins, out_value):
