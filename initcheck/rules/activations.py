@@ -245,6 +245,16 @@ def _slope_statistics(program, m: float, var: float) -> tuple[float, float, floa
     return float(np.dot(dw, d)), float(np.dot(dw, standard * d)), float(np.dot(dw, d * d)), spread
 
 
+def slope_covariation(program, x: Moments) -> float:
+    """E[y phi'(z)]^2 / E[phi'(z)^2], y the standardised input: the share of the slope's energy that moves with its
+    input (its first Hermite weight; a ReLU on a centred input: 1/pi). Two entries whose inputs correlate by r have
+    slopes that correlate by this share times r."""
+    if x.var <= 0:
+        return 0.0
+    _, moving, grad_sq, _ = _slope_statistics(program, rounded(x.m), rounded(x.var))
+    return moving**2 / grad_sq if grad_sq > 0 else 0.0
+
+
 def mean_slope(program, x: Moments) -> float:
     """E[phi'(z)] over x's entries (its law where a sum made one, else Gaussian): how a small shift of the input
     moves the output's mean."""

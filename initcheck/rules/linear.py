@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_along, profile_factor
-from initcheck.rules import axis_profile, position_kernel
+from initcheck.rules import activations, axis_profile, position_kernel
 from initcheck.rules.common import (
     backward_border,
     centred_conv_profile,
@@ -112,11 +112,60 @@ def _out_channels(w: LinearStats, node) -> LinearStats:
 
 @backward_rule("conv")
 def conv_backward(node, ins, outs, grads, ctx):
-    """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (docs/theory.md §2)."""
+    """G_x = (C_out/g) prod(k/s) E[W^2] G_y: the stride enters the backward fan-out (docs/theory.md §2); plus what
+    the slopes of an activation behind it add where they co-vary through the inputs they share (§4)."""
     w: LinearStats = node.params["weight"]
     stride = float(np.prod(node.attrs["strides"]))
     border = backward_border(window_axes(node), False, ctx.backward_map.get(node.outputs[0]))
-    return [_own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq / stride * border] + [None] * (len(ins) - 1)
+    g = _own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq / stride * border
+    pairs = _neighbour_slopes(node, ctx)
+    if pairs > 0:
+        out = node.outputs[0]
+        fraction = min(ctx.backward_shared.get(out, 0.0) / grads[0], 1.0) if grads[0] > 0 else 0.0
+        ctx.stated_shared.setdefault(node, {})[0] = g * fraction  # the slopes' co-variation is not shared
+    return [g * (1 + pairs)] + [None] * (len(ins) - 1)
+
+
+_PER_CHANNEL_AFFINE = frozenset({"batch_norm", "identity", "dropout", "cast"})
+
+
+def _neighbour_slopes(node, ctx) -> float:
+    """An activation (after a per-channel norm) behind a conv with few input channels per output: outputs at
+    neighbouring positions read common inputs, so they correlate by r = sum_s w_s w_{s+d} / |w|^2, and the
+    activation's slopes there by `slope_covariation` times r. The conv's backward sums those slopes at the same
+    taps with the same weights: where the gradient above the activation is shared between positions, the input's
+    G gains c * f * E[sum_{t != t'} w_t^2 w_t'^2] / |w|^4 per input channel of a group, (k^2 - 1)/(k^2 + 2) for
+    k^2 Gaussian taps (c: the slopes' covariation, f: the shared fraction). A depthwise 3x3 conv behind a
+    norm-ReLU whose gradient comes from a global pooling: +23% (docs/theory.md §4). Stride 1 only."""
+    taps = int(np.prod(node.attrs.get("kernel", [1])))
+    if taps <= 1 or any(int(s) != 1 for s in node.attrs.get("strides", [1])):
+        return 0.0
+    channels = node.inputs[0].shape[1] if node.inputs[0] is not None and node.inputs[0].shape else None
+    groups = max(int(node.attrs.get("groups", 1) or 1), 1)
+    activation = _activation_behind(node.outputs[0])
+    if activation is None or not channels:
+        return 0.0
+    x, after = ctx.forward.get(activation.inputs[0]), activation.outputs[0]
+    grad = ctx.backward.get(after, 0.0)
+    if x is None or grad <= 0:
+        return 0.0
+    shared = min(ctx.backward_shared.get(after, 0.0) / grad, 1.0)
+    covariation = activations.slope_covariation(activation.attrs["program"], x)
+    return covariation * shared * (taps - 1) / (taps + 2) / max(channels // groups, 1)
+
+
+def _activation_behind(value):
+    """The pointwise node a value reaches through per-channel affine ops alone (one reader each), or None."""
+    for _ in range(4):
+        if value is None or len(value.consumers) != 1:
+            return None
+        reader = value.consumers[0]
+        if reader.op == "pointwise" and len(reader.inputs) == 1:
+            return reader
+        if reader.op not in _PER_CHANNEL_AFFINE or reader.inputs[0] is not value:
+            return None
+        value = reader.outputs[0]
+    return None
 
 
 @forward_rule("conv_transpose")
