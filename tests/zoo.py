@@ -439,6 +439,77 @@ class MobileNetV3ish(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+# torchvision's mobilenet_v3_small: (input, kernel, expanded, output, squeeze-excitation, activation, stride)
+MOBILENET_V3_SMALL = [
+    (16, 3, 16, 16, True, "RE", 2),
+    (16, 3, 72, 24, False, "RE", 2),
+    (24, 3, 88, 24, False, "RE", 1),
+    (24, 5, 96, 40, True, "HS", 2),
+    (40, 5, 240, 40, True, "HS", 1),
+    (40, 5, 240, 40, True, "HS", 1),
+    (40, 5, 120, 48, True, "HS", 1),
+    (48, 5, 144, 48, True, "HS", 1),
+    (48, 5, 288, 96, True, "HS", 2),
+    (96, 5, 576, 96, True, "HS", 1),
+    (96, 5, 576, 96, True, "HS", 1),
+]
+
+
+def _conv_norm(c_in, c_out, kernel, stride=1, groups=1, act=None) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01),
+    ]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV3 block: expand, depthwise, squeeze-excitation, project; a skip at stride 1."""
+
+    def __init__(self, c_in, kernel, expanded, c_out, se, activation, stride):
+        super().__init__()
+        act = nn.Hardswish if activation == "HS" else nn.ReLU
+        layers = [_conv_norm(c_in, expanded, 1, act=act)] if expanded != c_in else []
+        layers.append(_conv_norm(expanded, expanded, kernel, stride, groups=expanded, act=act))
+        if se:
+            layers.append(SqueezeExcite(expanded, _make_divisible(expanded // 4)))
+        layers.append(_conv_norm(expanded, c_out, 1))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3Small(nn.Module):
+    """torchvision's mobilenet_v3_small at its own widths, with its init."""
+
+    def __init__(self, classes=1000):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_norm(3, 16, 3, 2, act=nn.Hardswish),
+            *(InvertedResidual(*setting) for setting in MOBILENET_V3_SMALL),
+            _conv_norm(96, 576, 1, act=nn.Hardswish),
+        )
+        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 class DenseNetish(nn.Module):
     """torchvision's DenseNet: pre-activation dense layers concatenated, transitions, its init."""
 
@@ -628,6 +699,7 @@ STOCK = [
     ZooModel("resnet50_zero_init_residual", _cnn(_wrapped(lambda: ResNet50ish(zero_init_residual=True))), family="CNN"),
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
     ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),
+    ZooModel("mobilenetv3_small_at_scale", _cnn(_wrapped(MobileNetV3Small), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("densenet", _cnn(_wrapped(DenseNetish)), family="CNN"),
     ZooModel("vgg", _cnn(_wrapped(VGGish)), family="CNN"),
     ZooModel("convnext", _cnn(_wrapped(ConvNeXtish)), family="CNN"),
