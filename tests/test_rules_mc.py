@@ -773,3 +773,21 @@ def test_a_depthwise_conv_sums_the_slopes_its_shared_inputs_correlate(act, witho
     assert _depthwise_input_error(act) == pytest.approx(0.0, abs=math.log(1.10))
     monkeypatch.setattr(linear, "_neighbour_slopes", lambda node, ctx: 0.0)
     assert _depthwise_input_error(act) < without
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (5, 2), (5, 1)])
+def test_the_tap_pairs_that_reach_one_input_position(kernel, stride):
+    """`_tap_pairs` against Monte Carlo over Gaussian k x k filters: the pairs of distinct taps through which one
+    input position is read (all of them at stride 1, one residue class of the stride otherwise), summed as
+    w_t^2 w_t'^2 / |w|^2 and averaged over input positions, over E[|w|^2] per tap reaching it. Within 2%."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(200_000, kernel, kernel, generator=generator, dtype=torch.float64)
+    norm = (w**2).sum((1, 2))
+    residues = torch.arange(kernel) % stride
+    pairs, reached = 0.0, 0.0
+    for r in range(stride):
+        for c in range(stride):
+            taps = w[:, residues == r][:, :, residues == c].reshape(len(w), -1) ** 2
+            pairs += ((taps.sum(1) ** 2 - (taps**2).sum(1)) / norm).mean().item()
+            reached += taps.sum(1).mean().item()
+    assert linear._tap_pairs([kernel, kernel], [stride, stride]) == pytest.approx(pairs / reached, rel=0.02)

@@ -136,9 +136,10 @@ def _neighbour_slopes(node, ctx) -> float:
     taps with the same weights: where the gradient above the activation is shared between positions, the input's
     G gains c * f * E[sum_{t != t'} w_t^2 w_t'^2] / |w|^4 per input channel of a group, (k^2 - 1)/(k^2 + 2) for
     k^2 Gaussian taps (c: the slopes' covariation, f: the shared fraction). A depthwise 3x3 conv behind a
-    norm-ReLU whose gradient comes from a global pooling: +23% (docs/theory.md §4). Stride 1 only."""
-    taps = int(np.prod(node.attrs.get("kernel", [1])))
-    if taps <= 1 or any(int(s) != 1 for s in node.attrs.get("strides", [1])):
+    norm-ReLU whose gradient comes from a global pooling: +23% (docs/theory.md §4). A strided conv reaches an
+    input position through fewer taps, in `_tap_pairs`."""
+    pairs = _tap_pairs(node.attrs.get("kernel", [1]), node.attrs.get("strides", [1]))
+    if pairs <= 0 or any(int(d) != 1 for d in node.attrs.get("dilations", [1]) or [1]):
         return 0.0
     channels = node.inputs[0].shape[1] if node.inputs[0] is not None and node.inputs[0].shape else None
     groups = max(int(node.attrs.get("groups", 1) or 1), 1)
@@ -151,7 +152,21 @@ def _neighbour_slopes(node, ctx) -> float:
         return 0.0
     shared = min(ctx.backward_shared.get(after, 0.0) / grad, 1.0)
     covariation = activations.slope_covariation(activation.attrs["program"], x)
-    return covariation * shared * (taps - 1) / (taps + 2) / max(channels // groups, 1)
+    return covariation * shared * pairs / max(channels // groups, 1)
+
+
+def _tap_pairs(kernel, strides) -> float:
+    """E over input positions of sum_{t != t'} w_t^2 w_t'^2 / |w|^2 over the taps that reach one input position,
+    over its E[sum_t w_t^2]: (sum_r n_r^2 - k^2) / (k^2 (k^2 + 2)) for Gaussian weights, n_r the taps that reach
+    an input of residue class r modulo the stride ((k^2 - 1)/(k^2 + 2) at stride 1: every tap reaches each)."""
+    taps = int(np.prod(kernel))
+    if taps <= 1 or len(strides) != len(kernel):
+        return 0.0
+    squares = 1
+    for k, s in zip(kernel, strides):
+        counts = np.bincount(np.arange(int(k)) % max(int(s), 1))
+        squares *= int(np.sum(counts**2))
+    return (squares - taps) / (taps * (taps + 2))
 
 
 def _activation_behind(value):
