@@ -66,6 +66,10 @@ class SymbolicResult:
     # the part of G a per-channel norm's 1/v_c added to its input, which the layer that made that input takes
     # back out (its rows are what v_c is made of, docs/theory.md §17); emptied when the pass ends
     normalizer_excess: dict[Value, float] = field(default_factory=dict)
+    # the part of G that scales with the value's own squared deviation at each entry ((x - m)^2 / Var x): what a
+    # conv's backward adds where the slopes behind it co-vary through the inputs they share (docs/theory.md §4);
+    # the activation that made the value weighs it by its slope there; working state
+    backward_weighted: dict[Value, float] = field(default_factory=dict)
     # the part of G shared by a sample's positions that an activation aligned with its input signal, which a batch
     # norm before it removes as its projection on the normalised signal (§6); working state
     backward_aligned: dict[Value, float] = field(default_factory=dict)
@@ -136,6 +140,7 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
     result.normalizer_excess.clear()
     result.backward_map.clear()
     result.backward_aligned.clear()
+    result.backward_weighted.clear()
     result.backward_uncentred.clear()
     result.weights_gradient.clear()
     return result

@@ -176,12 +176,32 @@ def pointwise_backward(node, ins, outs, grads, ctx):
     supported = ctx.supported_share(node.outputs[0]) if kills_zeros(program) else 0.0
     if supported >= 1.0:
         return [grads[0]]
+    weighted = min(ctx.backward_weighted.pop(node.outputs[0], 0.0), grads[0])
     if (share := _unchanged_gradient(program, ins[0])) is None:
         _, _, _, grad_sq = _mixed(program, ins[0], program_moments(program, ins[0]))
         grad_sq = _per_part_slopes(node, ins[0], grad_sq, ctx)
         weighting = entry_law.slope_weighting(outs[0], ctx.backward_law.get(node.outputs[0]))
         share = grad_sq * weighting * argmax_slope_ratio(node, ctx)
-    return [grads[0] * (supported + (1 - supported) * share)]
+    # the part of the gradient that lies where the output deviates most meets the slopes there
+    kept = (grads[0] - weighted) * share + weighted * deviation_slope(program, ins[0])
+    return [grads[0] * supported + (1 - supported) * kept]
+
+
+def deviation_slope(program, x: Moments) -> float:
+    """E[phi'(z)^2 (phi(z) - E phi)^2] / Var phi(z), z ~ N(m, var): the slope a gradient meets that is spread over
+    the output's entries as their squared deviation (docs/theory.md §4)."""
+    if x.var <= 0:
+        return 0.0
+    fn = pointwise.as_function(program)
+    sd = math.sqrt(x.var)
+    z, w = gaussian.nodes(rounded(x.m), sd, pointwise.kinks(program))
+    with np.errstate(all="ignore"):
+        values = fn(z)
+        f, fw = gaussian.defined(values, w)
+        mean = float(np.dot(fw, f))
+        met, mw = gaussian.defined(gaussian.derivative(fn, z) ** 2 * (values - mean) ** 2, w)
+    spread = float(np.dot(fw, (f - mean) ** 2))
+    return float(np.dot(mw, met)) / spread if spread > 0 else 0.0
 
 
 def _per_part_slopes(node, x: Moments, grad_sq: float, ctx) -> float:

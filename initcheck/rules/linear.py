@@ -123,6 +123,9 @@ def conv_backward(node, ins, outs, grads, ctx):
         out = node.outputs[0]
         fraction = min(ctx.backward_shared.get(out, 0.0) / grads[0], 1.0) if grads[0] > 0 else 0.0
         ctx.stated_shared.setdefault(node, {})[0] = g * fraction  # the slopes' co-variation is not shared
+        # and it lies where the input deviates most: given x(p), the slopes that read it move by c1 w_t x(p)
+        source = node.inputs[0]
+        ctx.backward_weighted[source] = ctx.backward_weighted.get(source, 0.0) + g * pairs
     return [g * (1 + pairs)] + [None] * (len(ins) - 1)
 
 
