@@ -137,8 +137,9 @@ def _neighbour_slopes(node, ctx) -> float:
     neighbouring positions read common inputs, so they correlate by r = sum_s w_s w_{s+d} / |w|^2, and the
     activation's slopes there by `slope_covariation` times r. The conv's backward sums those slopes at the same
     taps with the same weights: where the gradient above the activation is shared between positions, the input's
-    G gains c * f * E[sum_{t != t'} w_t^2 w_t'^2] / |w|^4 per input channel of a group, (k^2 - 1)/(k^2 + 2) for
-    k^2 Gaussian taps (c: the slopes' covariation, f: the shared fraction). A depthwise 3x3 conv behind a
+    G gains c * f * `_tap_pairs` (E[sum_{t != t'} w_t^2 w_t'^2 / |w|^2] over E|w|^2, (k^2 - 1)/(k^2 + 2) for k^2
+    Gaussian taps at stride 1) over the input channels per group (c: the slopes' covariation, f: the shared
+    fraction). The returned factor is relative to the scalar rule's input G. A depthwise 3x3 conv behind a
     norm-ReLU whose gradient comes from a global pooling: +23% (docs/theory.md §4). A strided conv reaches an
     input position through fewer taps, in `_tap_pairs`."""
     pairs = _tap_pairs(node.attrs.get("kernel", [1]), node.attrs.get("strides", [1]))
