@@ -410,6 +410,25 @@ def _make_divisible(v, divisor=8):
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
+def _mobilenet_init(model: nn.Module, efficient: bool = False) -> None:
+    """torchvision's MobileNetV3 / EfficientNet init."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if efficient:
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+            else:
+                nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class MobileNetV3ish(nn.Module):
     def __init__(self, efficient=False, c=16, blocks=3, classes=10):
         super().__init__()
@@ -418,21 +437,7 @@ class MobileNetV3ish(nn.Module):
         self.blocks = nn.Sequential(*[MBConv(c, efficient=efficient) for _ in range(blocks)])
         self.head = nn.Sequential(nn.Conv2d(c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c), act())
         self.classifier = nn.Sequential(nn.Linear(4 * c, 64), act(), nn.Dropout(0.2), nn.Linear(64, classes))
-        for m in self.modules():  # torchvision's MobileNetV3 / EfficientNet init
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                if efficient:
-                    bound = 1.0 / math.sqrt(m.out_features)
-                    nn.init.uniform_(m.weight, -bound, bound)
-                else:
-                    nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _mobilenet_init(self, efficient)
 
     def forward(self, x):
         x = self.head(self.blocks(self.stem(x)))
@@ -493,17 +498,7 @@ class MobileNetV3Small(nn.Module):
             _conv_norm(96, 576, 1, act=nn.Hardswish),
         )
         self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        _mobilenet_init(self)
 
     def forward(self, x):
         x = self.features(x)
