@@ -142,6 +142,10 @@ class Moments:
       the map: part of K - M), as their covariance between positions: zero padding makes it (a conv's offsets sum
       fewer taps at the border) and later layers carry it. Few degrees of freedom per channel, it makes the
       channels' variances uneven (docs/theory.md §17). None: even, or a map beyond 16x16 positions.
+    mean_profile: per spatial axis, the relative mean at each position (mean 1) where `profile` varies: an
+      activation's mean follows its input's spread (a ReLU's as its square root, a SiLU's nearly as its energy),
+      and a padded conv after it sums the taps' means over the map with these weights (§2). Read only beside
+      `profile`; None: even.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -168,6 +172,7 @@ class Moments:
     dispersion: tuple[int, float] | None = None
     overlap: tuple[int, float] | None = None
     pattern: MeanPattern | None = None
+    mean_profile: tuple[np.ndarray, ...] | None = None
 
     @property
     def shared(self) -> float:

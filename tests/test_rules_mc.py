@@ -650,6 +650,109 @@ def test_zero_padding_leaves_the_gradient_uneven_over_the_map():
     assert max(abs(e) for e in errors) < math.log(1.04), errors
 
 
+class _PaddedStack(nn.Module):
+    """EfficientNet's inverted residual without squeeze-excitation on a 7x7 map: 1x1 expand, 5x5 depthwise, 1x1
+    project, each with a train-mode batch norm, SiLU after the first two, a skip around each block (fan-out init)."""
+
+    def __init__(self, c: int = 64, expand: int = 4, blocks: int = 4):
+        super().__init__()
+        h = c * expand
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                *(nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.SiLU()),
+                *(nn.Conv2d(h, h, 5, padding=2, groups=h, bias=False), nn.BatchNorm2d(h), nn.SiLU()),
+                *(nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c)),
+            )
+            for _ in range(blocks)
+        )
+        self.head = nn.Linear(c, 10)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_an_activation_on_an_uneven_map_takes_its_moments_position_by_position():
+    """Padded 5x5 depthwise convs on 7x7 maps leave the corners with a fraction of the centre's energy, and a
+    batch norm keeps that profile. A SiLU is not homogeneous: the map's K is the mean of its K over the positions,
+    its output's profile its K at each (dropped, the depthwise convs read an even map: their K 0.95x, 0.94x,
+    0.92x in blocks 2-4), and backward each position passes its own slope, weighed by the gradient the conv after it
+    sends there (unweighed: the first block's G 0.82x). Depthwise K within 3%, every G within 10% (docs/theory.md
+    §2)."""
+    torch.manual_seed(0)
+    rows = _row_reports(_PaddedStack().train(), torch.randn(32, 64, 7, 7))
+    depthwise = [r for r in rows if r.label.endswith(".3")]
+    assert len(depthwise) == 4
+    for row in depthwise:
+        assert row.symbolic.K == pytest.approx(row.measured.K, rel=0.03), row.label
+    for row in rows:
+        assert abs(math.log(row.symbolic.G / row.measured.G)) < math.log(1.10), row.label
+
+
+class _MeansOverTheMap(nn.Module):
+    """Three of _PaddedStack's blocks, then an expand, norm, SiLU and a 5x5 depthwise conv: the output's channel
+    means are the SiLU's mean read through the taps that stay inside the map (512 of them: the offsets of fewer
+    channels scatter by the instance's weights)."""
+
+    def __init__(self, c: int = 64, h: int = 512):
+        super().__init__()
+        self.stack = _PaddedStack(c, h // c, 3)
+        self.last = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False),
+            nn.BatchNorm2d(h),
+            nn.SiLU(),
+            nn.Conv2d(h, h, 5, padding=2, groups=h, bias=False),
+        )
+        nn.init.kaiming_normal_(self.last[0].weight, mode="fan_out")
+        nn.init.kaiming_normal_(self.last[3].weight, mode="fan_out")
+
+    def forward(self, x):
+        for block in self.stack.blocks:
+            x = x + block(x)
+        return self.last(x)
+
+
+def test_a_padded_conv_sums_the_means_its_taps_read_over_the_map(tmp_path):
+    """A SiLU's mean grows nearly as its input's variance, so on an uneven map the centre carries more of it, and a
+    tap of the depthwise conv after it that stays inside reads that larger mean: the channel offsets M of its output
+    were 0.90x the measurement with an even mean (three weight draws), within 2% now (a batch norm after it divides
+    by K - M)."""
+    torch.manual_seed(0)
+    model = _MeansOverTheMap().train()
+    predicted, _, _ = predict(model, torch.randn(32, 64, 7, 7), tmp_path / "m.onnx", train=True)
+    with torch.no_grad():
+        y = torch.cat([model(torch.randn(64, 64, 7, 7)) for _ in range(8)])
+    assert predicted.M == pytest.approx(float((y.mean((0, 2, 3)) ** 2).mean()), rel=0.04)
+    assert predicted.K == pytest.approx(float((y**2).mean()), rel=0.03)
+
+
+def test_the_gradient_map_passes_group_norms_and_nearest_upsampling():
+    """A VAE decoder's pattern: group norm, SiLU and 3x3 conv units on an 8x8 map, a nearest 2x up-sampling, two more
+    units on 16x16. The gradient a padded conv sends back is low at the border; a group norm passes that profile
+    (dropping it there put the first rows at 0.76x), up-sampling sums each input's outputs (dropped: 0.85x), and
+    forward the up-sampler repeats the energy profile (dropped: the convs after it at 0.94-0.95x K). Every G within
+    10%, the K of the convs after the up-sampler within 3% (docs/theory.md §2)."""
+    torch.manual_seed(0)
+
+    def unit():
+        return [nn.GroupNorm(8, 64), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1)]
+
+    model = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1), *unit(), *unit(), nn.Upsample(scale_factor=2), *unit(), *unit()
+    )
+    rows = _row_reports(model.eval(), torch.randn(32, 64, 8, 8))
+    for row in rows:
+        assert abs(math.log(row.symbolic.G / row.measured.G)) < math.log(1.10), row.label
+    after = [r for r in rows if r.op == "conv" and r.label in ("10", "13")]
+    assert len(after) == 2
+    for row in after:
+        assert row.symbolic.K == pytest.approx(row.measured.K, rel=0.03), row.label
+
+
 @pytest.mark.parametrize("directions, without", [(4, 0.51), (8, 0.76), (16, 0.87)])
 def test_rms_norm_divides_by_a_mean_square_that_varies_per_sample(directions, without):
     """A linear map from `directions` inputs to 128 features, then an RMS norm: each position's mean square over

@@ -80,6 +80,7 @@ class SymbolicResult:
     # the gradient's relative energy over a feature map, per spatial axis, where zero padding made it uneven (a
     # conv's border inputs receive fewer taps): the next conv back weighs its own border by it (§2); working state
     backward_map: dict[Value, tuple] = field(default_factory=dict)
+    stated_map: dict[Node, list] = field(default_factory=dict)  # gradient maps a backward rule computed
     # the gradient's relative energy over the atoms of a value's entry law (Moments.law), where later ReLUs make
     # it uneven there (a residual stream's entries that stay above 0 receive more, docs/theory.md §4); working state
     backward_law: dict[Value, np.ndarray] = field(default_factory=dict)
@@ -111,7 +112,9 @@ class SymbolicResult:
 
 def _passthrough(node: Node, ins: list[Moments | None]) -> list[Moments]:
     first = next(m for m in ins if m is not None)
-    return [first.approx().with_(profile=None, simplex=False, phases=None, axial=None)] * len(node.outputs)
+    return [first.approx().with_(profile=None, mean_profile=None, simplex=False, phases=None, axial=None)] * len(
+        node.outputs
+    )
 
 
 def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> SymbolicResult:
@@ -139,6 +142,7 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
     result.backward_kernel.clear()
     result.normalizer_excess.clear()
     result.backward_map.clear()
+    result.stated_map.clear()
     result.backward_aligned.clear()
     result.backward_weighted.clear()
     result.backward_uncentred.clear()
@@ -385,6 +389,8 @@ def _output_weights(node: Node, result: SymbolicResult) -> list[tuple[Value, flo
 
 def _gradient_maps(node: Node, result: SymbolicResult) -> list:
     """Each input's gradient profile over the spatial map, from the (first) output's."""
+    if (stated := result.stated_map.pop(node, None)) is not None:
+        return stated
     out = node.outputs[0]
     found = _guarded(node, result, "gradient map", common.gradient_map_profiles, node, result.backward_map.get(out))
     return found if found is not None else [None] * len(node.inputs)

@@ -13,7 +13,7 @@ import numpy as np
 
 from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
-from initcheck.moments import Moments, clean, profile_along
+from initcheck.moments import Moments, clean, normalize_profile, profile_along
 from initcheck.pointwise import never_negative, rounded
 from initcheck.rules import entry_law, rectified
 from initcheck.rules.pool import argmax_slope_ratio
@@ -148,21 +148,112 @@ def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]
     return mixed_mean, mixed_K, mixed_M, (1 - share) * grad + share * r_grad
 
 
+_MAP_POSITIONS = 1 << 22  # beyond this many positions a map's profile is dropped (held whole, 4 values each)
+
+
+_Profile = tuple[np.ndarray, ...] | None
+
+
+def _over_map(program, x: Moments) -> tuple[tuple[float, float, float, float], _Profile, _Profile] | None:
+    """The activation's moments over a feature map whose energy varies from position to position (zero padding's
+    profile, docs/theory.md §2): each position's entries have their own second moment K e(p), and phi is not
+    homogeneous, so the map's K is the mean of phi's K over the positions, not phi's K at their mean, and the
+    output's profile is phi's K at each position (a deep stack of padded depthwise convs leaves a 7x7 map's
+    corner with 1/6 of its centre's energy). Returns ((mean, K, M, E[phi'^2]), output profile, output mean
+    profile), or None where the map is even or the entries are not Gaussian (the Gaussian closure's input only)."""
+    at = _map_moments(program, x)
+    if at is None:
+        return None
+    mean, K, M, slope_sq = (float(v) for v in at.reshape(-1, 4).mean(axis=0))
+    if not K > 0:
+        return None
+    # a channel's mean over the map: the position means vary over it (that part is variance to a batch norm),
+    # and only the offsets between channels are coherent beyond the mean's square
+    offsets = float((at[..., 2] - at[..., 0] ** 2).mean())
+    totals = (mean, K, mean * mean + max(offsets, 0.0), slope_sq)
+    return totals, _marginals(at[..., 1]), _marginals(at[..., 0])
+
+
+def _marginals(grid: np.ndarray) -> _Profile:
+    """Per-axis profiles (mean 1) of a map: its mean over the other axes; None where even or not positive."""
+    axes = range(grid.ndim)
+    marginals = tuple(grid.mean(axis=tuple(b for b in axes if b != a)) for a in axes)
+    if any(not np.all(p > 0) for p in marginals):
+        return None
+    return normalize_profile(marginals)
+
+
+def _map_slopes(program, x: Moments, gradient: tuple[np.ndarray, ...] | None):
+    """E[phi'^2] over such a map, each position weighed by the output gradient's relative energy there (the
+    conv after it sends its border less): where both peak at the centre, more than the product of their means.
+    Returns (that, the input gradient's per-axis map) or None."""
+    at = _map_moments(program, x)
+    if at is None:
+        return None
+    passed = at[..., 3]
+    if (
+        gradient is not None
+        and len(gradient) == passed.ndim
+        and all(len(g) == n for g, n in zip(gradient, passed.shape))
+    ):
+        passed = passed * _energy_grid(gradient)
+    total = float(passed.mean())
+    if not total > 0:
+        return None
+    return total, _marginals(passed)
+
+
+def _map_moments(program, x: Moments) -> np.ndarray | None:
+    """(positions..., 4): phi's mean, K, M and E[phi'^2] at each position of a map whose energy varies."""
+    if not x.profile or x.law is not None or (x.rectified is not None and not x.gaussian) or x.K <= 0:
+        return None
+    if np.prod([len(p) for p in x.profile]) > _MAP_POSITIONS:
+        return None
+    energy = _energy_grid(x.profile)
+    scales, where = np.unique(np.round(energy, 3), return_inverse=True)
+    per_scale = np.array([program_moments(program, _scaled(x, float(s))) for s in scales])
+    return per_scale[where.reshape(energy.shape)]
+
+
+def _energy_grid(profile: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Each position's relative K: the product of the per-axis profiles."""
+    grid = np.ones(())
+    for p in profile:
+        grid = np.multiply.outer(grid, p)
+    return grid
+
+
+def _scaled(x: Moments, scale: float) -> Moments:
+    """x's entries at a position whose K is `scale` times the map's: the mean and the channels' offsets stay (a
+    group norm's output keeps each channel's offset over the whole map), the rest scales."""
+    m2 = x.m * x.m
+    K = max(x.K * scale, m2)
+    return Moments(x.m, K, min(max(x.M, m2), K))
+
+
 @forward_rule("pointwise")
 def pointwise_forward(node, ins, ctx):
     x = ins[0]
     program = node.attrs["program"]
     if _unchanged_gradient(program, x) is not None:
         return x
-    mean, K, M, _ = _mixed(program, x, program_moments(program, x))
     keeps_profile = program[0] in _HOMOGENEOUS
+    # a ReLU's K and slopes follow the map's energy exactly; its mean (as the square root) is left to the
+    # patterns of the conv after it, which were measured without it (docs/theory.md §2)
+    mapped = None if keeps_profile else _over_map(program, x)
+    if mapped is None:
+        mean, K, M, _ = _mixed(program, x, program_moments(program, x))
+        profile = x.profile if keeps_profile else None
+    else:
+        (mean, K, M, _), profile, _ = mapped
     return clean(
         mean,
         K,
         M,
         x.exact and x.gaussian,
         S=program_moments(program, x.with_(M=x.S))[2] if x.S is not None else None,
-        profile=x.profile if keeps_profile else None,
+        profile=profile,
+        mean_profile=mapped[2] if mapped is not None and profile is not None else None,
         gaussian=program[0] in ("identity", "neg"),
         positive=_positive_share(program, x),
     )
@@ -178,7 +269,13 @@ def pointwise_backward(node, ins, outs, grads, ctx):
         return [grads[0]]
     weighted = min(ctx.backward_weighted.pop(node.outputs[0], 0.0), grads[0])
     if (share := _unchanged_gradient(program, ins[0])) is None:
-        _, _, _, grad_sq = _mixed(program, ins[0], program_moments(program, ins[0]))
+        gradient_map = ctx.backward_map.get(node.outputs[0])
+        mapped = None if program[0] in _HOMOGENEOUS else _map_slopes(program, ins[0], gradient_map)
+        if mapped is not None:
+            grad_sq = mapped[0]
+            ctx.stated_map[node] = [mapped[1]]
+        else:
+            grad_sq = _mixed(program, ins[0], program_moments(program, ins[0]))[3]
         grad_sq = _per_part_slopes(node, ins[0], grad_sq, ctx)
         weighting = entry_law.slope_weighting(outs[0], ctx.backward_law.get(node.outputs[0]))
         share = grad_sq * weighting * argmax_slope_ratio(node, ctx)

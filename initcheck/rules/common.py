@@ -6,7 +6,7 @@ import numpy as np
 
 from initcheck.ir import NORMALIZATIONS, Node, Value  # noqa: F401  (NORMALIZATIONS: re-exported)
 from initcheck.limits import MAX_PROFILE_LENGTH
-from initcheck.moments import Moments
+from initcheck.moments import Moments, normalize_profile
 
 
 def normalizes(node: Node) -> bool:
@@ -86,17 +86,20 @@ def conv_profile(profile: tuple[np.ndarray, ...] | None, axes: list[Axis] | None
     return tuple(result)
 
 
-def coherent_border(axes: list[Axis] | None) -> float | None:
+def coherent_border(axes: list[Axis] | None, mean_profile: tuple[np.ndarray, ...] | None = None) -> float | None:
     """The factor zero padding puts on a conv's channel offsets averaged over the map (M, S; docs/theory.md §2).
     Tap t is inside the input at a fraction f_t of the output positions, so the map's mean of the offset Wc is
     sum_t f_t W_t c, of energy sum_t f_t^2 / k of the interior's (per axis): less than K's border factor
     sum_t f_t / k. The difference is a mean that varies over the map, which is variance to a batch norm.
-    None where the lengths are unknown."""
+    Where the input's mean itself varies over the map (`mean_profile`, mean 1), f_t is the mean it reads
+    through tap t: a tap that stays inside reads the centre's larger mean. None where the lengths are unknown."""
     if axes is None:
         return None
     factor = 1.0
-    for n_in, n_out, k, s, d, pb in axes:
-        inside = _reads(n_in, n_out, k, s, d, pb)[1].mean(axis=0)
+    for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes):
+        idx, valid = _reads(n_in, n_out, k, s, d, pb)
+        mean = _along(mean_profile, axis, n_in)[np.clip(idx, 0, n_in - 1)]
+        inside = np.where(valid, mean, 0.0).mean(axis=0)
         factor *= float((inside**2).sum() / k)
     return factor
 
@@ -191,7 +194,21 @@ def _along(profile: tuple[np.ndarray, ...] | None, axis: int, length: int) -> np
 
 
 # ops whose input gradient has, at each position of the map, the same relative energy as the output's
-_SAME_POSITIONS = frozenset({"pointwise", "batch_norm", "dropout", "identity", "cast", "add", "sub", "mul", "concat"})
+_SAME_POSITIONS = frozenset(
+    {
+        "pointwise",
+        "batch_norm",
+        "group_norm",
+        "instance_norm",
+        "dropout",
+        "identity",
+        "cast",
+        "add",
+        "sub",
+        "mul",
+        "concat",
+    }
+)
 
 
 def gradient_map_profiles(node: Node, out_profile: tuple[np.ndarray, ...] | None) -> list:
@@ -201,6 +218,8 @@ def gradient_map_profiles(node: Node, out_profile: tuple[np.ndarray, ...] | None
     if node.op == "conv":
         axes = window_axes(node)
         return [None if axes is None else _conv_gradient_profile(out_profile, axes)] + [None] * (len(node.inputs) - 1)
+    if node.op == "resize":
+        return [_upsampled_gradient_profile(node, out_profile)] + [None] * (len(node.inputs) - 1)
     if out_profile is None or node.op not in _SAME_POSITIONS:
         return [None] * len(node.inputs)
     out = node.outputs[0].shape
@@ -210,6 +229,24 @@ def gradient_map_profiles(node: Node, out_profile: tuple[np.ndarray, ...] | None
         else None
         for value in node.inputs
     ]
+
+
+def nearest_factors(node: Node, profile: tuple[np.ndarray, ...] | None) -> list[int] | None:
+    """A nearest resize's integer factor per spatial axis where `profile` covers those axes; else None."""
+    scales = node.attrs.get("scales") or []
+    if node.attrs.get("mode", "nearest") != "nearest" or profile is None or len(profile) != len(scales):
+        return None
+    if not all(s >= 1 and abs(s - round(s)) < 1e-6 for s in scales):
+        return None
+    return [int(round(s)) for s in scales]
+
+
+def _upsampled_gradient_profile(node: Node, out_profile) -> tuple[np.ndarray, ...] | None:
+    """Nearest upsampling by s: each input receives the sum of its s outputs per axis."""
+    factors = nearest_factors(node, out_profile)
+    if factors is None or any(len(p) % s for p, s in zip(out_profile, factors)):
+        return None
+    return normalize_profile(tuple(p.reshape(-1, s).mean(axis=1) for p, s in zip(out_profile, factors)))
 
 
 def _conv_gradient_profile(out_profile, axes: list[Axis]) -> tuple[np.ndarray, ...] | None:

@@ -92,7 +92,7 @@ def conv_forward(node, ins, ctx):
     exact = exact and coherent_noise(x, _out_channels(w, node)) <= _NOISE_TOLERANCE
     border = profile_factor(profile)
     mean, K, _ = affine_moments(x, w, border)
-    coherent = coherent_border(axes)
+    coherent = coherent_border(axes, x.mean_profile if x.profile is not None else None)
     coherent = border if coherent is None else coherent
     M = _mapped(x.M, x, w, coherent)
     S = affine_shared(x, w, coherent)

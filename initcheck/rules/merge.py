@@ -160,11 +160,14 @@ def mul_forward(node, ins, ctx):
         return x
     exact = all(x.exact for x in ins if x is not None)
     both = ins[0] is not None and ins[1] is not None
-    profile = (ins[0] or ins[1]).profile
+    # the operand that varies over the map keeps its profile: a gate broadcast over it scales every position alike
+    mapped = next((x for x in ins if x is not None and x.profile is not None), ins[0] or ins[1])
     S = a.shared * b.shared if a.S is not None or b.S is not None else None
     index = 0 if ins[0] is not None else 1
     K = a.K * b.K * (1.0 if both else _constant_overlap(node, index, ins[index].axial))
-    return clean(a.m * b.m, K, a.M * b.M, exact, S=S, profile=profile, gaussian=not both)
+    return clean(
+        a.m * b.m, K, a.M * b.M, exact, S=S, profile=mapped.profile, mean_profile=mapped.mean_profile, gaussian=not both
+    )
 
 
 def _constant_overlap(node, index: int, profile) -> float:

@@ -8,7 +8,7 @@ from initcheck import pointwise
 from initcheck.gaussian import nodes
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.common import conv_profile, spatial_lengths, window_axes
+from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, window_axes
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _MONOTONE = {"relu", "leaky_relu", "identity", "tanh", "sigmoid", "hard_sigmoid", "softplus", "elu", "selu", "celu"}
@@ -173,13 +173,23 @@ def _axis_energies(node, profile=None) -> list[float]:
     return [_linear_phase_energy(s, n, p) if s > 1 else 1.0 for s, n, p in zip(scales, lengths, profiles)]
 
 
+def _repeated(profile, factors) -> tuple[np.ndarray, ...] | None:
+    if len(profile) != len(factors):
+        return None
+    return tuple(np.repeat(p, s) for p, s in zip(profile, factors))
+
+
 @forward_rule("resize")
 def resize_forward(node, ins, ctx):
     """Nearest: unchanged. Linear: per axis the variance part shrinks by the phase energy (×2: 0.625)."""
     x = ins[0]
     scales = node.attrs.get("scales") or []
     if node.attrs.get("mode", "nearest") == "nearest" or not scales:
-        return x.with_(profile=None, exact=x.exact and node.attrs.get("mode", "nearest") == "nearest")
+        factors = nearest_factors(node, x.profile)  # each input position repeated s times per axis
+        profile = None if factors is None else _repeated(x.profile, factors)
+        means = None if factors is None or x.mean_profile is None else _repeated(x.mean_profile, factors)
+        exact = x.exact and node.attrs.get("mode", "nearest") == "nearest"
+        return x.with_(profile=profile, mean_profile=means, exact=exact)
     energy = float(np.prod(_axis_energies(node, x.profile)))
     integral = all(abs(s - round(s)) < 1e-6 for s in scales)
     return clean(x.m, x.M + energy * (x.K - x.M), x.M, x.exact and integral, gaussian=x.gaussian)

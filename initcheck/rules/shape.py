@@ -19,7 +19,13 @@ SELECT = ("slice", "gather", "split")
 def rearrange_forward(node, ins, ctx):
     """Copies keep m, K, M; a select or slice along an axis whose energy varies keeps its picks' (§15)."""
     i, x = first_signal(ins)
-    out = x.with_(profile=None, phases=None, simplex=x.simplex and node.op in ("squeeze", "unsqueeze"), axial=None)
+    out = x.with_(
+        profile=None,
+        mean_profile=None,
+        phases=None,
+        simplex=x.simplex and node.op in ("squeeze", "unsqueeze"),
+        axial=None,
+    )
     picked = picked_energy(node, x.axial, node.inputs[i]) if node.op in SELECT else 1.0
     if picked != 1.0:
         S = None if x.S is None else x.S * picked
@@ -59,7 +65,7 @@ def rearrange_backward(node, ins, outs, grads, ctx):
 
 @forward_rule("expand", "tile")
 def expand_forward(node, ins, ctx):
-    return first_signal(ins)[1].with_(profile=None)
+    return first_signal(ins)[1].with_(profile=None, mean_profile=None)
 
 
 @backward_rule("expand", "tile")
@@ -102,7 +108,7 @@ def pad_forward(node, ins, ctx):
     x = ins[0]
     n_in, n_out = node.inputs[0].numel, node.outputs[0].numel
     if node.attrs.get("mode", "constant") != "constant" or not n_in or not n_out:
-        return x.with_(profile=None)
+        return x.with_(profile=None, mean_profile=None)
     c = node.attrs.get("value", 0.0)
     frac = n_in / n_out
     return clean(
