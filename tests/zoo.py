@@ -460,10 +460,10 @@ MOBILENET_V3_SMALL = [
 ]
 
 
-def _conv_norm(c_in, c_out, kernel, stride=1, groups=1, act=None) -> nn.Sequential:
+def _conv_norm(c_in, c_out, kernel, stride=1, groups=1, act=None, eps=0.001, momentum=0.01) -> nn.Sequential:
     layers = [
         nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01),
+        nn.BatchNorm2d(c_out, eps=eps, momentum=momentum),
     ]
     return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
 
@@ -505,6 +505,90 @@ class MobileNetV3Small(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+# torchvision's efficientnet_b0: (expand ratio, kernel, stride, input, output, layers)
+EFFICIENTNET_B0 = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
+
+
+class StochasticDepth(nn.Module):
+    """torchvision.ops.StochasticDepth in its "row" mode: in training, drops a residual branch for whole samples."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        return x * keep.bernoulli_(1 - self.p) / (1 - self.p)
+
+
+class EfficientMBConv(nn.Module):
+    """torchvision's EfficientNet MBConv: expand, depthwise, squeeze-excitation (SiLU, sigmoid), project."""
+
+    def __init__(self, c_in, c_out, kernel, stride, expand, drop):
+        super().__init__()
+        hidden = _make_divisible(c_in * expand)
+        norm = {"eps": 1e-5, "momentum": 0.1}  # nn.BatchNorm2d's defaults, which EfficientNet-B0 keeps
+        layers = [_conv_norm(c_in, hidden, 1, act=nn.SiLU, **norm)] if hidden != c_in else []
+        layers += [
+            _conv_norm(hidden, hidden, kernel, stride, groups=hidden, act=nn.SiLU, **norm),
+            SqueezeExcite(hidden, max(1, c_in // 4), nn.Sigmoid, nn.SiLU),
+            _conv_norm(hidden, c_out, 1, **norm),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+        self.stochastic_depth = StochasticDepth(drop)
+
+    def forward(self, x):
+        y = self.block(x)
+        return self.stochastic_depth(y) + x if self.residual else y
+
+
+class EfficientNetB0(nn.Module):
+    """torchvision's efficientnet_b0 at its own widths, with its init (stochastic depth 0.2 over the blocks)."""
+
+    def __init__(self, classes=1000):
+        super().__init__()
+        norm = {"eps": 1e-5, "momentum": 0.1}
+        blocks, total = [], sum(n for *_, n in EFFICIENTNET_B0)
+        for expand, kernel, stride, c_in, c_out, n in EFFICIENTNET_B0:
+            for i in range(n):
+                drop = 0.2 * len(blocks) / total
+                blocks.append(
+                    EfficientMBConv(c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand, drop)
+                )
+        self.features = nn.Sequential(
+            _conv_norm(3, 32, 3, 2, act=nn.SiLU, **norm), *blocks, _conv_norm(320, 1280, 1, act=nn.SiLU, **norm)
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+        _mobilenet_init(self, efficient=True)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _densenet_init(model: nn.Module) -> None:
+    """torchvision's DenseNet init."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear):
+            nn.init.constant_(m.bias, 0)
+
+
 class DenseNetish(nn.Module):
     """torchvision's DenseNet: pre-activation dense layers concatenated, transitions, its init."""
 
@@ -521,14 +605,7 @@ class DenseNetish(nn.Module):
                 )
                 c //= 2
         self.norm, self.classifier = nn.BatchNorm2d(c), nn.Linear(c, classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
+        _densenet_init(self)
 
     def forward(self, x):
         x = self.stem(x)
@@ -541,6 +618,30 @@ class DenseNetish(nn.Module):
                 x = self.transitions[i](x)
         x = torch.relu(self.norm(x))
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseNet121(nn.Module):
+    """torchvision's densenet121 at its own widths (growth 32, blocks 6-12-24-16, 64 initial features, its stem of
+    a 7x7 conv and a max pool), with its init."""
+
+    def __init__(self, growth=32, blocks=(6, 12, 24, 16), c=64, classes=1000):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
+        for i, n in enumerate(blocks):
+            self.blocks.append(nn.ModuleList(DenseLayer(c + j * growth, growth) for j in range(n)))
+            c += n * growth
+            if i < len(blocks) - 1:
+                self.transitions.append(
+                    nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2, 2))
+                )
+                c //= 2
+        self.norm, self.classifier = nn.BatchNorm2d(c), nn.Linear(c, classes)
+        _densenet_init(self)
+
+    forward = DenseNetish.forward
 
 
 class VGGish(nn.Module):
@@ -695,7 +796,9 @@ STOCK = [
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
     ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),
     ZooModel("mobilenetv3_small_at_scale", _cnn(_wrapped(MobileNetV3Small), 64), family="CNN", measured_at=(224, 8)),
+    ZooModel("efficientnet_b0_at_scale", _cnn(_wrapped(EfficientNetB0), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("densenet", _cnn(_wrapped(DenseNetish)), family="CNN"),
+    ZooModel("densenet121_at_scale", _cnn(_wrapped(DenseNet121), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("vgg", _cnn(_wrapped(VGGish)), family="CNN"),
     ZooModel("convnext", _cnn(_wrapped(ConvNeXtish)), family="CNN"),
 ]
