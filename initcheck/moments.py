@@ -146,6 +146,9 @@ class Moments:
       activation's mean follows its input's spread (a ReLU's as its square root, a SiLU's nearly as its energy),
       and a padded conv after it sums the taps' means over the map with these weights (§2). Read only beside
       `profile`; None: even.
+    neighbours: per spatial axis, the correlation at lags 1..4 of the entries less their channel's mean, where
+      neighbouring positions co-vary (overlapping max-pool windows make it, convs carry it at their stride); an
+      average pool keeps more of the variance than independent positions would (§7). None: independent.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -173,6 +176,7 @@ class Moments:
     overlap: tuple[int, float] | None = None
     pattern: MeanPattern | None = None
     mean_profile: tuple[np.ndarray, ...] | None = None
+    neighbours: tuple[np.ndarray, ...] | None = None
 
     @property
     def shared(self) -> float:

@@ -25,6 +25,7 @@ from initcheck.rules import (
     dispersion,
     entry_law,
     load_all,
+    neighbours,
     position_kernel,
     rectified,
 )
@@ -201,6 +202,9 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                     ),
                     overlap=_guarded(
                         node, result, "channel overlap", dispersion.overlap, node, ins, value, moments, result.forward
+                    ),
+                    neighbours=_guarded(
+                        node, result, "neighbour correlation", neighbours.forward, node, ins, value, moments
                     ),
                 )
                 moments = _position_kernel(node, ins, value, moments, result)

@@ -9,6 +9,7 @@ from initcheck.gaussian import nodes
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, window_axes
+from initcheck.rules.neighbours import pooled_variance
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _MONOTONE = {"relu", "leaky_relu", "identity", "tanh", "sigmoid", "hard_sigmoid", "softplus", "elu", "selu", "celu"}
@@ -25,10 +26,13 @@ def _pool_profile(node, x: Moments):
 
 @forward_rule("avg_pool", approximate=True)
 def avg_pool_forward(node, ins, ctx):
-    """K = M + (K - M)/A for independent positions (docs/theory.md §7; correlated inputs pool less)."""
+    """K = M + (K - M)/A for independent positions; where neighbours co-vary, the window keeps
+    sum_{t,t'} rho(t - t') / A^2 of the variance (docs/theory.md §7)."""
     x = ins[0]
-    area = _window(node)
-    return clean(x.m, x.M + (x.K - x.M) / area, x.M, False, profile=_pool_profile(node, x), gaussian=x.gaussian)
+    axes = window_axes(node)
+    kept = pooled_variance(x.neighbours, axes) if axes is not None else 1.0 / _window(node)
+    K = x.M + (x.K - x.M) * kept
+    return clean(x.m, K, x.M, False, profile=_pool_profile(node, x), gaussian=x.gaussian)
 
 
 @backward_rule("avg_pool")

@@ -1,0 +1,193 @@
+"""How neighbouring positions of a feature map co-vary (docs/theory.md §7, "Neighbouring positions").
+
+A max pool whose windows overlap (3x3, stride 2: neighbours share a row or a column) gives neighbouring outputs
+correlated maxima: 0.28 for independent inputs. Convolutions keep that correlation at their own scale (for
+independent weights only the same tap pairs two positions, so a stride-s conv's lag d reads its input's lag s d),
+norms and gates keep it, an activation keeps its first Hermite share, sums mix it by variance. An average pool
+then keeps more than 1/A of the variance: a DenseNet's transitions (2x2 after a 1x1 conv over a map whose
+neighbours correlate by 0.22) keep 1.5x what independent positions would.
+
+The state is per spatial axis, the correlation at lags 1..LAGS of the entries less their channel's mean, taken as
+separable (the correlation at a diagonal offset is the product of the axes'). None: independent positions.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from initcheck.gaussian import nodes
+from initcheck.rules.common import window_axes
+
+LAGS = 4
+_KEEPS = frozenset({"batch_norm", "dropout", "identity", "cast", "prelu", "group_norm", "instance_norm"})
+
+
+def forward(node, ins, out_value, out) -> tuple[np.ndarray, ...] | None:
+    """The output's per-axis correlations between neighbouring positions."""
+    x = ins[0] if ins else None
+    op = node.op
+    if op == "max_pool":
+        return _max_pooled(node, x)
+    if x is None or (op != "add" and op != "concat" and x.neighbours is None):
+        return None
+    if op in _KEEPS:
+        return x.neighbours if _same_map(node) else None
+    if op == "pointwise":
+        return _activated(node, x)
+    if op == "conv":
+        return _strided(node, x.neighbours)
+    if op == "avg_pool":
+        return _averaged(node, x.neighbours)
+    if op == "mul":
+        signal = [m for m in ins if m is not None and m.neighbours is not None]
+        return signal[0].neighbours if len(signal) == 1 and _same_map(node) else None
+    if op in ("add", "concat"):
+        return _mixed(node, ins)
+    return None
+
+
+def pooled_variance(neighbours, axes) -> float:
+    """The share of the variance an average over a window keeps: prod over axes of sum_{t,t'} rho(t - t') / k^2
+    (1/k per axis for independent positions)."""
+    share = 1.0
+    for axis, (_, _, k, _, _, _) in enumerate(axes):
+        share *= float(_window_sum(_lags(neighbours, axis), k, 0) / k**2)
+    return share
+
+
+def _lags(neighbours, axis: int) -> np.ndarray:
+    """rho at lags 0..LAGS along one axis (rho(0) = 1)."""
+    rho = np.zeros(LAGS + 1)
+    rho[0] = 1.0
+    if neighbours is not None and axis < len(neighbours):
+        rho[1 : 1 + len(neighbours[axis])] = neighbours[axis][:LAGS]
+    return rho
+
+
+def _at(rho: np.ndarray, lag: int) -> float:
+    lag = abs(lag)
+    return float(rho[lag]) if lag < len(rho) else 0.0
+
+
+def _window_sum(rho: np.ndarray, k: int, shift: int) -> float:
+    """sum over taps t, t' of rho(shift + t' - t)."""
+    return sum(_at(rho, shift + b - a) for a in range(k) for b in range(k))
+
+
+def _same_map(node) -> bool:
+    src, dst = node.inputs[0].shape if node.inputs[0] is not None else None, node.outputs[0].shape
+    return src is not None and dst is not None and len(src) == len(dst) and src[2:] == dst[2:]
+
+
+def _cleaned(per_axis: list[np.ndarray]) -> tuple[np.ndarray, ...] | None:
+    out = tuple(np.clip(p, -1.0, 1.0) for p in per_axis)
+    return None if all(np.allclose(p, 0.0, atol=1e-4) for p in out) else out
+
+
+def _activated(node, x) -> tuple[np.ndarray, ...] | None:
+    """On Gaussian entries an activation keeps the first Hermite share c of a correlation rho, the rest goes mostly
+    into rho^2 (a ReLU after a norm: 0.32 -> 0.265, measured 0.270). A max pool's neighbours are often the same
+    entry (the shared row's maximum), which any function keeps: there the correlation passes whole (measured
+    0.29 -> 0.32 through a norm and ReLU, where the Gaussian rule says 0.23)."""
+    from initcheck.rules.activations import correlation_kept
+
+    if not x.gaussian:
+        return x.neighbours
+    kept = correlation_kept(node.attrs["program"], x.m, x.var)
+    return _cleaned([kept * p + (1 - kept) * p * p for p in x.neighbours])
+
+
+def _strided(node, neighbours) -> tuple[np.ndarray, ...] | None:
+    """A conv with independent weights pairs two positions only through the same tap: lag d reads lag s d."""
+    return _windowed(node, neighbours, lambda rho, k, s, d: _at(rho, s * d))
+
+
+def _averaged(node, neighbours) -> tuple[np.ndarray, ...] | None:
+    """Two windows d apart share the covariance sum_{t,t'} rho(s d + t' - t), over their own variance."""
+    return _windowed(node, neighbours, lambda rho, k, s, d: _window_sum(rho, k, s * d) / _window_sum(rho, k, 0))
+
+
+def _windowed(node, neighbours, correlation) -> tuple[np.ndarray, ...] | None:
+    """Per axis, correlation(input's lags, kernel, stride, output lag) at output lags 1..LAGS."""
+    axes = window_axes(node)
+    if axes is None or len(axes) != len(neighbours):
+        return None
+    return _cleaned(
+        [
+            np.array([correlation(_lags(neighbours, axis), k, s, d) for d in range(1, LAGS + 1)])
+            for axis, (_, _, k, s, _, _) in enumerate(axes)
+        ]
+    )
+
+
+def _max_pooled(node, x) -> tuple[np.ndarray, ...] | None:
+    """Windows that overlap share entries, and their maxima correlate (`max_correlation`); what the input's own
+    neighbours add is taken on the rest."""
+    axes = window_axes(node)
+    if axes is None:
+        return None
+    window = int(np.prod([k for _, _, k, _, _, _ in axes]))
+    out = []
+    for axis, (_, _, k, s, _, _) in enumerate(axes):
+        rho = _lags(x.neighbours if x is not None else None, axis)
+        lags = []
+        for d in range(1, LAGS + 1):
+            shared = window * max(k - s * d, 0) // k
+            overlap = max_correlation(window, shared)
+            lags.append(overlap + (1 - overlap) * _at(rho, s * d))
+        out.append(np.array(lags))
+    return _cleaned(out)
+
+
+@lru_cache(maxsize=256)
+def max_correlation(n: int, shared: int) -> float:
+    """corr(max(A, B), max(C, B)) for |A| = |C| = n - shared, |B| = shared independent N(0, 1): given b = max B,
+    the two maxima are independent, each E[max(a, b) | b] = g(b), so E[M1 M2] = E_b[g(b)^2]."""
+    if shared <= 0:
+        return 0.0
+    if shared >= n:
+        return 1.0
+    t, w = nodes(0.0, 1.0)
+    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in t])
+    # a = max of n - shared: its CDF F^(n - shared); g(b) = b F_a(b) + int_b^inf s dF_a(s)
+    rest = n - shared
+    grid = np.linspace(-8.0, 8.0, 4001)
+    gcdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in grid])
+    gpdf = np.exp(-grid * grid / 2) / math.sqrt(2 * math.pi)
+    density_a = rest * gcdf ** (rest - 1) * gpdf
+    step = grid[1] - grid[0]
+    tail = np.cumsum((grid * density_a)[::-1])[::-1] * step  # int_s^inf u dF_a(u)
+    g_grid = grid * gcdf**rest + tail
+    density_b = w * shared * cdf ** (shared - 1)  # b = max of `shared`, on the Gaussian nodes
+    g = np.interp(t, grid, g_grid)
+    density_m = w * n * cdf ** (n - 1)  # M = max of n
+    mean = float(density_m @ t)
+    var = float(density_m @ (t * t)) - mean * mean
+    return float((density_b @ (g * g) - mean * mean) / var) if var > 0 else 0.0
+
+
+def _mixed(node, ins) -> tuple[np.ndarray, ...] | None:
+    """A sum or a channel concatenation: each part's correlations weighed by its share of the variance."""
+    parts = [m for m in ins if m is not None]
+    if not parts or not all(v is not None and v.shape is not None for v in node.inputs):
+        return None
+    rank = len(node.outputs[0].shape or ())
+    if node.op == "concat" and (rank < 3 or node.attrs.get("axis", 0) % rank != 1):
+        return None
+    weights = []
+    for value, m in zip(node.inputs, ins):
+        if m is None:
+            continue
+        channels = value.shape[1] if node.op == "concat" and len(value.shape) > 1 and value.shape[1] else 1
+        weights.append(channels * max(m.K - m.M, 0.0))
+    if not any(m.neighbours for m in parts) or sum(weights) <= 0:
+        return None
+    axes = max(len(m.neighbours) for m in parts if m.neighbours)
+    mixed = [np.zeros(LAGS) for _ in range(axes)]
+    for w, m in zip(weights, parts):
+        for axis in range(axes):
+            mixed[axis] += w * _lags(m.neighbours, axis)[1:]
+    return _cleaned([p / sum(weights) for p in mixed])
