@@ -298,6 +298,10 @@ def _linear_share(branch, source, forward, depth: int = 16) -> float:
             share *= activations.correlation_kept(producer.attrs["program"], x.m, x.var)
         elif producer.op not in _LINEAR_PATH | _KEEPS:
             return 0.0
+        elif producer.op == "conv":
+            # a position meets the stream's same position through the centre tap alone: 1/k^2 of a spatial
+            # conv's energy (a depthwise 3x3 in a MobileNet block: 1/9)
+            share /= max(int(np.prod(producer.attrs.get("kernel") or [1])), 1)
         value = producer.inputs[0]
     return 0.0
 
