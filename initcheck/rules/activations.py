@@ -149,6 +149,7 @@ def _mixed(program, x: Moments, gaussian_part: tuple[float, float, float, float]
 
 
 _MAP_POSITIONS = 1 << 22  # beyond this many positions a map's profile is dropped (held whole, 4 values each)
+_MAP_SCALES = 33  # energies at which phi's moments are computed across a map's range
 
 
 _Profile = tuple[np.ndarray, ...] | None
@@ -210,9 +211,20 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
     if np.prod([len(p) for p in x.profile]) > _MAP_POSITIONS:
         return None
     energy = _energy_grid(x.profile)
-    scales, where = np.unique(np.round(energy, 3), return_inverse=True)
+    low, high = float(energy.min()), float(energy.max())
+    if not low > 0:
+        return None
+    # phi's moments are smooth in the log of the scale: computed at _MAP_SCALES points across the map's range and
+    # interpolated there (a 512x512 map has thousands of distinct energies)
+    scales = np.exp(np.linspace(math.log(low), math.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
     per_scale = np.array([program_moments(program, _scaled(x, float(s))) for s in scales])
-    return per_scale[where.reshape(energy.shape)]
+    if len(scales) == 1:
+        return np.broadcast_to(per_scale[0], energy.shape + (4,))
+    # interpolated as the mean over sqrt(scale) and the energies over the scale, which vary slowly
+    units = np.stack([np.sqrt(scales), scales, scales, np.ones_like(scales)], axis=-1)
+    logs, relative = np.log(energy), per_scale / units
+    at = np.stack([np.interp(logs, np.log(scales), relative[:, j]) for j in range(4)], axis=-1)
+    return at * np.stack([np.sqrt(energy), energy, energy, np.ones_like(energy)], axis=-1)
 
 
 def _energy_grid(profile: tuple[np.ndarray, ...]) -> np.ndarray:
