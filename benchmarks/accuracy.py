@@ -12,7 +12,7 @@ libraries' init code), analysed as live modules in their own mode, the probe on 
 README, and the figures the accuracy work is judged by. The measurement must be closer to the expectation than
 the 15% it judges: a language model's sample is one sequence, and at 4 seeds x 8 (32 sequences) a decoder's
 attention outputs measured 10% off their mean over 256 sequences (which the prediction matches within 3.5%), so
-the default is 8 seeds x 32 samples (about 5 minutes on 2 cores).
+the default is 8 seeds x 32 samples (about 7 minutes on 2 cores).
 
 The zoo's models are narrow (8-128 channels), where one network's own weights move its rows by 10-30% from the
 ensemble the pass predicts (docs/theory.md §12): a single draw can flatter a family or blame a correct rule.
