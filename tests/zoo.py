@@ -592,9 +592,14 @@ def _densenet_init(model: nn.Module) -> None:
 class DenseNetish(nn.Module):
     """torchvision's DenseNet: pre-activation dense layers concatenated, transitions, its init."""
 
-    def __init__(self, growth=8, layers=(4, 4), c=16, classes=10):
+    def __init__(self, growth=8, layers=(4, 4), c=16, classes=10, imagenet_stem=False):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        if imagenet_stem:  # torchvision's: a 7x7 stride-2 conv and a 3x3 stride-2 max pool
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            )
+        else:  # the zoo's 32x32 inputs
+            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
         for i, n in enumerate(layers):
             self.blocks.append(nn.ModuleList(DenseLayer(c + j * growth, growth) for j in range(n)))
@@ -620,28 +625,10 @@ class DenseNetish(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class DenseNet121(nn.Module):
+def DenseNet121(classes=1000) -> nn.Module:
     """torchvision's densenet121 at its own widths (growth 32, blocks 6-12-24-16, 64 initial features, its stem of
-    a 7x7 conv and a max pool), with its init."""
-
-    def __init__(self, growth=32, blocks=(6, 12, 24, 16), c=64, classes=1000):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, c, 7, 2, 3, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-        )
-        self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
-        for i, n in enumerate(blocks):
-            self.blocks.append(nn.ModuleList(DenseLayer(c + j * growth, growth) for j in range(n)))
-            c += n * growth
-            if i < len(blocks) - 1:
-                self.transitions.append(
-                    nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2, 2))
-                )
-                c //= 2
-        self.norm, self.classifier = nn.BatchNorm2d(c), nn.Linear(c, classes)
-        _densenet_init(self)
-
-    forward = DenseNetish.forward
+    a 7x7 stride-2 conv and a max pool), with its init."""
+    return DenseNetish(32, (6, 12, 24, 16), 64, classes, imagenet_stem=True)
 
 
 class VGGish(nn.Module):

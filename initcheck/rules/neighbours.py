@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from initcheck.gaussian import nodes
+from initcheck.gaussian import nodes, standard_cdf
 from initcheck.rules.common import window_axes
 
 LAGS = 4
@@ -151,11 +151,11 @@ def max_correlation(n: int, shared: int) -> float:
     if shared >= n:
         return 1.0
     t, w = nodes(0.0, 1.0)
-    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in t])
+    cdf = standard_cdf(t)
     # a = max of n - shared: its CDF F^(n - shared); g(b) = b F_a(b) + int_b^inf s dF_a(s)
     rest = n - shared
     grid = np.linspace(-8.0, 8.0, 4001)
-    gcdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in grid])
+    gcdf = standard_cdf(grid)
     gpdf = np.exp(-grid * grid / 2) / math.sqrt(2 * math.pi)
     density_a = rest * gcdf ** (rest - 1) * gpdf
     step = grid[1] - grid[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck import pointwise
-from initcheck.gaussian import nodes
+from initcheck.gaussian import nodes, standard_cdf
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, window_axes
@@ -45,11 +45,9 @@ def max_over(x: Moments, area: int, program=None) -> tuple[float, float, float]:
     """Max of `area` values c + s T sharing a channel offset c ~ N(m, M - m^2) with noise s = sqrt(K - M):
     mean, second moment and coherent energy; optionally through a monotone function applied before the
     max (max(phi(z)) = phi(max z))."""
-    from math import erf, sqrt
-
     s = np.sqrt(max(x.K - x.M, 0.0))
     t, w = nodes(0.0, 1.0)
-    density = w * area * np.array([0.5 * (1 + erf(v / sqrt(2))) for v in t]) ** (area - 1)
+    density = w * area * standard_cdf(t) ** (area - 1)
     fn = pointwise.as_function(program) if program is not None else (lambda z: z)
     cx, cw = np.polynomial.hermite_e.hermegauss(24)
     cw = cw / cw.sum()
@@ -119,11 +117,9 @@ def argmax_slope_ratio(activation, ctx) -> float:
 def _argmax_slope_ratio(x: Moments, area: int, program) -> float:
     fn = pointwise.as_function(program)
     t, w = nodes(0.0, 1.0)
-    from math import erf, sqrt
-
     from initcheck.gaussian import derivative
 
-    density = w * area * np.array([0.5 * (1 + erf(v / sqrt(2))) for v in t]) ** (area - 1)
+    density = w * area * standard_cdf(t) ** (area - 1)
     s = np.sqrt(max(x.K - x.M, 0.0))
     cx, cw = np.polynomial.hermite_e.hermegauss(24)
     cw = cw / cw.sum()
