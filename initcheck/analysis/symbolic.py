@@ -196,7 +196,9 @@ def _forward_node(node: Node, result: SymbolicResult) -> None:
                 moments = moments.with_(
                     axial=_guarded(node, result, "energy profile", axis_profile.forward, node, ins, value, moments),
                     rectified=_guarded(node, result, "rectified shape", rectified.forward, node, ins, value, moments),
-                    law=_guarded(node, result, "entry law", entry_law.forward, node, ins, value, moments),
+                    law=_guarded(
+                        node, result, "entry law", entry_law.forward, node, ins, value, moments, result.forward
+                    ),
                     dispersion=_guarded(
                         node, result, "channel dispersion", dispersion.forward, node, ins, value, moments
                     ),

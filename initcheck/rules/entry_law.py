@@ -30,11 +30,18 @@ from initcheck.rules.rectified import SAME_ENTRIES
 ATOMS = 128  # atoms of equal probability an activation's output law keeps: K within 1e-3 of the uncompressed law
 
 
-def forward(node, ins, out_value, out) -> EntryLaw | None:
-    """The output's law, from its inputs' and its op."""
+def forward(node, ins, out_value, out, values: dict | None = None) -> EntryLaw | None:
+    """The output's law, from its inputs' and its op (`values`: the pass's moments so far, for a norm that reads
+    a concatenation's parts)."""
     x = ins[0] if ins else None
     if node.op == "pointwise" and x is not None and x.law is not None:
         return mapped(node.attrs["program"], rounded(x.m), rounded(x.var), x.law).law
+    if node.op == "max_pool" and x is not None:
+        return _maximum(int(np.prod(node.attrs["kernel"])), x)
+    if node.op == "batch_norm" and node.attrs.get("training") and values is not None:
+        parts = _standardized_parts(node.inputs[0], values)
+        if parts is not None:
+            return parts
     if node.op in SAME_ENTRIES:
         return x.law if x is not None else None
     if node.op == "add":
@@ -50,6 +57,70 @@ def shape_of(x: Moments) -> EntryLaw | None:
         share, offset = x.rectified
         return _rectified_law(round(share, 3), round(offset, 3))
     return None
+
+
+_GRID = np.linspace(-8.0, 8.0, 4001)  # a fine grid where a law is made from a Gaussian: the tail a max keeps
+
+
+def _points_of(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
+    """The entries' standardized law as points and probabilities: a Gaussian's or a rectified Gaussian's on a fine
+    grid, or the law's own atoms; None where the shape is unknown."""
+    if x.law is not None:
+        z, w, _ = _points(0.0, 1.0, x.law, ())
+        return z, w
+    if x.rectified is None and not x.gaussian:
+        return None
+    density = np.exp(-_GRID * _GRID / 2)
+    density /= density.sum()
+    if x.rectified is None or x.gaussian:
+        return _GRID, density
+    share, offset = x.rectified
+    rect = np.maximum(offset + _GRID, 0.0)
+    mu = float(density @ rect)
+    sd = math.sqrt(max(float(density @ rect**2) - mu * mu, 0.0))
+    if sd <= 0:
+        return None
+    return np.concatenate([(rect - mu) / sd, _GRID]), np.concatenate([share * density, (1 - share) * density])
+
+
+def _maximum(area: int, x: Moments) -> EntryLaw | None:
+    """A max pool's output: the largest of `area` independent entries, P(max <= v) = F(v)^area (docs/theory.md
+    §4). After a ReLU, the max of a 3x3 window is skewed: a batch norm and ReLU of it keep 0.553 of the variance,
+    a Gaussian's 0.5 (DenseNet's first block)."""
+    points = _points_of(x)
+    if points is None or area <= 1:
+        return None
+    values, weights = points
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order] / weights.sum()
+    below = np.minimum(np.cumsum(weights), 1.0)
+    probability = below**area - np.concatenate([[0.0], below[:-1]]) ** area
+    return _standardized(values, np.maximum(probability, 0.0))
+
+
+def _standardized_parts(value, values: dict) -> EntryLaw | None:
+    """A train-mode batch norm of a channel concatenation standardizes each channel within its part: its output's
+    law is the parts' standardized laws mixed by their channels (a DenseNet's max-pooled stem beside its layers'
+    Gaussian features). None where no part has a law of its own: rectified parts beside Gaussian ones are the
+    rectified shape's (`rectified`), which also follows each part's share of the gradient."""
+    concat = value.producer if value is not None else None
+    if concat is None or concat.op != "concat" or value.shape is None or len(value.shape) < 3:
+        return None
+    if concat.attrs.get("axis", 0) % len(value.shape) != 1:
+        return None
+    points, weights, shaped = [], [], False
+    for part in concat.inputs:
+        x = values.get(part) if part is not None else None
+        channels = part.shape[1] if part is not None and part.shape is not None and len(part.shape) > 1 else None
+        if x is None or not channels:
+            return None
+        drawn = _points_of(x)
+        if drawn is None:
+            return None
+        shaped = shaped or x.law is not None
+        points.append(drawn[0])
+        weights.append(channels * drawn[1] / drawn[1].sum())
+    return _standardized(np.concatenate(points), np.concatenate(weights)) if shaped else None
 
 
 def _summed(node, ins) -> EntryLaw | None:
