@@ -149,6 +149,10 @@ class Moments:
     neighbours: per spatial axis, the correlation at lags 1..4 of the entries less their channel's mean, where
       neighbouring positions co-vary (overlapping max-pool windows make it, convs carry it at their stride); an
       average pool keeps more of the variance than independent positions would (§7). None: independent.
+    units: the known part of each channel's mean where the layer that made the value has few output units (a
+      squeeze-excitation's 4-64): m S_k + b_k from its own row sums and biases. The rest of the channel offsets
+      (M less their mean square) is taken as Gaussian; an activation takes its moments unit by unit (docs/theory.md
+      §4). None: the offsets are taken as Gaussian across the channels.
     bar: a stated error of K (natural-log units, 1 sigma) that a rule knows its approximation has here, beyond
       the calibrated bar of approximate rows (a stacked recurrent layer whose input's order in time is not
       modeled, §10); carried downstream as the largest upstream bar.
@@ -177,6 +181,7 @@ class Moments:
     pattern: MeanPattern | None = None
     mean_profile: tuple[np.ndarray, ...] | None = None
     neighbours: tuple[np.ndarray, ...] | None = None
+    units: tuple[float, ...] | None = None
 
     @property
     def shared(self) -> float:

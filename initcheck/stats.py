@@ -115,6 +115,9 @@ def _axis_energy(a: np.ndarray) -> tuple[tuple[float, ...] | None, ...] | None:
     )
 
 
+FEW_UNITS = 64  # a layer with at most this many outputs keeps each one's row sum and bias (docs/theory.md §4)
+
+
 @dataclass(frozen=True)
 class LinearStats:
     """Statistics of a weight in canonical layout: rows = output units, columns = everything summed.
@@ -123,7 +126,8 @@ class LinearStats:
     (before dividing by stride); w_sq: mean of W^2; row_sum_mean / row_sum_sq: mean of S_c and S_c^2 for
     row sums S_c; bias_*: bias moments; sb_mean: mean of S_c * b_c; phase_*: per-output-phase tap
     energies and tap-sum energies for transposed convs (None otherwise); row_energy_cv2: the relative variance over
-    rows of each row's energy sum_j W_cj^2, how unevenly this instance's outputs vary (docs/theory.md §17).
+    rows of each row's energy sum_j W_cj^2, how unevenly this instance's outputs vary (docs/theory.md §17); units:
+    each row's (sum, bias) where the layer has at most FEW_UNITS rows, too few for their offsets to be Gaussian (§4).
     """
 
     fan_in: int
@@ -139,6 +143,7 @@ class LinearStats:
     phase_row_sum_sq: tuple[float, ...] | None = None
     phase_sb: tuple[float, ...] | None = None
     row_energy_cv2: float = 0.0
+    units: tuple[tuple[float, float], ...] | None = None
 
     @property
     def gain(self) -> float:
@@ -188,6 +193,7 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         bias_sq=float(np.mean(b * b)),
         sb_mean=float(np.mean(rows * b)),
         row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
+        units=tuple(zip(rows.tolist(), b.tolist())) if w.shape[0] <= FEW_UNITS else None,
     )
 
 

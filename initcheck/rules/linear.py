@@ -59,7 +59,15 @@ def linear_forward(node, ins, ctx):
         return Unsupported("its input has no moments (a constant computed from parameters, not a signal)")
     w = node.params["weight"]
     mean, K, M = affine_moments(x, w)
-    return clean(mean, K, M, x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE, S=affine_shared(x, w))
+    exact = x.exact and coherent_noise(x, w) <= _NOISE_TOLERANCE
+    return clean(mean, K, M, exact, S=affine_shared(x, w), units=unit_offsets(x, w))
+
+
+def unit_offsets(x: Moments, w: LinearStats) -> tuple[float, ...] | None:
+    """Each output unit's known mean m S_k + b_k, where the layer has few units (docs/theory.md §4)."""
+    if w.units is None or (x.m == 0 and not any(b for _, b in w.units)):
+        return None
+    return tuple(x.m * row + bias for row, bias in w.units)
 
 
 @backward_rule("linear")
@@ -99,7 +107,10 @@ def conv_forward(node, ins, ctx):
     # the channel offsets' interior energy, bias aside (a bias is even over the map)
     offsets = _mapped(x.M, x, w, 1.0) - w.bias_sq
     centred = centred_conv_profile(profile, axes, w.gain * max(x.K - x.M, 0.0), offsets)
-    return clean(mean, K, M, exact, S=S, profile=normalize_profile(profile), centred=normalize_profile(centred))
+    units = unit_offsets(x, w) if not any(a["pads_begin"] + a["pads_end"]) else None  # padding makes them uneven
+    return clean(
+        mean, K, M, exact, S=S, profile=normalize_profile(profile), centred=normalize_profile(centred), units=units
+    )
 
 
 def _out_channels(w: LinearStats, node) -> LinearStats:
