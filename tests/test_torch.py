@@ -337,7 +337,8 @@ def test_token_ids_are_valid_for_the_embedding(tmp_path, capsys, monkeypatch):
 
 
 class KitchenSink(nn.Module):
-    """One module using the ATen families the frontend must map (issue 3's list)."""
+    """One module using the ATen families the frontend must map (issue 3's list, and unflatten, which attention
+    code uses to split heads)."""
 
     def __init__(self):
         super().__init__()
@@ -360,6 +361,7 @@ class KitchenSink(nn.Module):
         seq = nn.functional.adaptive_max_pool2d(self.prelu(h), (1, 8)).flatten(2).transpose(1, 2)  # (B, 8, 8)
         seq = torch.stack([seq, seq * 0.5], dim=0).sum(0)
         out, _ = self.gru(self.head(seq))
+        out = out.unflatten(2, (2, 4)).flatten(2)
         scores = torch.baddbmm(torch.zeros(out.shape[0], 8, 8), out, out.transpose(1, 2), alpha=0.3)
         return torch.softmax(scores, -1) @ out
 

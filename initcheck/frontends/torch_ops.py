@@ -46,6 +46,7 @@ REARRANGE = {
     "reshape": "reshape",
     "_unsafe_view": "reshape",
     "flatten": "flatten",
+    "unflatten": "reshape",
     "permute": "transpose",
     "transpose": "transpose",
     "t": "transpose",
