@@ -165,15 +165,15 @@ class _SinusoidEncoder(nn.Module):
         return self.out(o.transpose(1, 2).flatten(2))
 
 
-@pytest.mark.parametrize("table, bound", [(True, 1.25), (False, 1.10)])
-def test_a_position_table_of_few_directions_couples_queries_to_values(table, bound):
+@pytest.mark.parametrize("table", [True, False])
+def test_a_position_table_of_few_directions_couples_queries_to_values(table):
     """Keys and values are two maps of one token, so a query's gradient keeps W_k C W_v^T, which grows with
     tr(C^2)/tr(C)^2 of the tokens' covariance. Whisper's sinusoids span few directions over 50 positions: that
     ratio is 0.12 at the norm (0.012 for independent features), and the queries' G was 0.22-0.28x the measurement
-    in the zoo's Whisper encoder (0.32x here), the table counted as a constant that adds nothing to it. Now the q
-    row is 1.15x autograd with the table (the coupling overshoots by that much where the table carries the
-    tokens) and within 5% without it (docs/theory.md §17)."""
+    in the zoo's Whisper encoder (0.32x here), the table counted as a constant that adds nothing to it. Its own
+    structure is what it has beyond the 1/T any T positions show (with that 1/T too, 1.15x here, and BERT's random
+    table put its query rows 10% higher). The q row within 10% of autograd with the table and without it (docs/theory.md §17)."""
     torch.manual_seed(0)
     model = _SinusoidEncoder(table=table).eval()
     report = initcheck.analyze(model, torch.randn(8, 50, 128), probe=ProbeOptions(device="cpu", seeds=4, batch=8))
-    assert abs(math.log(_ratios(report, "q", "G"))) < math.log(bound)
+    assert abs(math.log(_ratios(report, "q", "G"))) < math.log(1.10)

@@ -297,7 +297,12 @@ def _table_part(value, out_value):
     if trace <= 0:
         return None
     variance = trace / centred.size
-    return Moments(0.0, variance, 0.0, overlap=(len(shape) - 1, float(np.sum(gram * gram)) / trace**2))
+    # T positions of any table span T directions at most: 1/T of the ratio is what T independent tokens would
+    # show, which the attention rules count on their own; the table's own structure is the rest (a random table,
+    # BERT's at init, has none: 1/d)
+    positions, features = table.shape
+    ratio = max(float(np.sum(gram * gram)) / trace**2 - 1.0 / positions, 1.0 / features)
+    return Moments(0.0, variance, 0.0, overlap=(len(shape) - 1, ratio))
 
 
 # ops through which a residual branch stays a linear function of its source (a norm rescales each token or
