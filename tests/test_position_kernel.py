@@ -177,3 +177,20 @@ def test_a_position_table_of_few_directions_couples_queries_to_values(table):
     model = _SinusoidEncoder(table=table).eval()
     report = initcheck.analyze(model, torch.randn(8, 50, 128), probe=ProbeOptions(device="cpu", seeds=4, batch=8))
     assert abs(math.log(_ratios(report, "q", "G"))) < math.log(1.10)
+
+
+def test_only_a_table_of_positions_joins_the_covariance():
+    """The table's part: Whisper's sinusoids over 50 positions hold 0.12 - 1/50 of their directions beyond the
+    features' own 1/d; an additive causal mask added to the logits (zeros and -inf, or a large negative) is a mask,
+    not a table (its -inf would make the logits' covariance NaN)."""
+    from initcheck.ir import Value
+    from initcheck.rules.dispersion import _table_part
+
+    out = Value("sum", shape=(8, 50, 128))
+    table = _table_part(Value("table", shape=(50, 128), array=_sinusoids(50, 128).numpy()), out)
+    assert table is not None and table.overlap is not None
+    assert table.overlap == (2, pytest.approx(0.118 - 1 / 50, abs=0.01))
+    causal = np.triu(np.full((50, 50), -np.inf), 1)
+    logits = Value("logits", shape=(8, 4, 50, 50))
+    for mask in (causal, np.nan_to_num(causal, neginf=-1e9)):
+        assert _table_part(Value("mask", shape=(50, 50), array=mask), logits) is None

@@ -21,9 +21,10 @@ import math
 
 import numpy as np
 
-from initcheck.moments import MeanPattern, profile_factor
+from initcheck.moments import MeanPattern, Moments, profile_factor
 from initcheck.rules import activations, axis_profile
 from initcheck.rules.common import conv_profile, dim, tap_reads, window_axes
+from initcheck.stats import is_additive_mask
 
 # ops that change each entry alone (or each channel by one factor that the ensemble keeps even), or move entries
 # without touching the channel axis of a (batch, channel, ...) layout: both statistics stay where they were
@@ -283,12 +284,10 @@ def _table_part(value, out_value):
     part of the sum, its variance over the positions and tr(C^2)/tr(C)^2 of its covariance there. Whisper's
     sinusoids span few directions over a clip's 50 positions (1/r 0.12 measured at its first norm, 0.012 for
     independent features), and a query's gradient reads that through the keys and values it projects (§17)."""
-    from initcheck.moments import Moments
-
     table = axis_profile.position_table(value)
     shape = out_value.shape
-    if table is None or shape is None or len(shape) < 3:
-        return None
+    if table is None or shape is None or len(shape) < 3 or not np.isfinite(table).all() or is_additive_mask(table):
+        return None  # an attention mask added to the logits is not a table of positions
     if table.shape != (shape[-2], shape[-1]) or table.shape[0] < 2:
         return None
     centred = table - table.mean(axis=0)
