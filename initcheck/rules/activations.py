@@ -61,11 +61,8 @@ def _over_units(program, x: Moments) -> tuple[float, float, float, float]:
     per_unit = [
         _pointwise_moments(program, rounded(a), rounded(a * a + spread + noise), rounded(a * a + spread)) for a in units
     ]
-    return tuple(float(v) for v in np.mean(per_unit, axis=0))  # type: ignore[return-value]
-
-
-_GRID = np.linspace(-8.0, 8.0, 1601)
-_DENSITY = np.exp(-(_GRID**2) / 2) / np.exp(-(_GRID**2) / 2).sum()
+    mean, K, M, slope_sq = (float(v) for v in np.mean(per_unit, axis=0))
+    return mean, K, M, slope_sq
 
 
 def _positive_share(program, x: Moments) -> float | None:
@@ -80,8 +77,9 @@ def _gaussian_positive_share(program, m: float, v: float) -> float | None:
     """P(phi(z) > 0) for z ~ N(m, v) where phi is never negative, else None."""
     if not never_negative(program):
         return None
+    grid, density = gaussian.fine_grid()
     with np.errstate(all="ignore"):
-        return float(_DENSITY @ (pointwise.as_function(program)(m + np.sqrt(max(v, 0.0)) * _GRID) > 0))
+        return float(density @ (pointwise.as_function(program)(m + np.sqrt(max(v, 0.0)) * grid) > 0))
 
 
 @lru_cache(maxsize=1024)

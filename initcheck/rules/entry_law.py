@@ -25,7 +25,7 @@ import numpy as np
 from initcheck import gaussian, pointwise
 from initcheck.moments import EntryLaw, Moments
 from initcheck.pointwise import never_negative, rounded
-from initcheck.rules.rectified import SAME_ENTRIES
+from initcheck.rules.rectified import SAME_ENTRIES, channel_parts
 
 ATOMS = 128  # atoms of equal probability an activation's output law keeps: K within 1e-3 of the uncompressed law
 
@@ -59,9 +59,6 @@ def shape_of(x: Moments) -> EntryLaw | None:
     return None
 
 
-_GRID = np.linspace(-8.0, 8.0, 4001)  # a fine grid where a law is made from a Gaussian: the tail a max keeps
-
-
 def _points_of(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
     """The entries' standardized law as points and probabilities: a Gaussian's or a rectified Gaussian's on a fine
     grid, or the law's own atoms; None where the shape is unknown."""
@@ -70,17 +67,16 @@ def _points_of(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
         return z, w
     if x.rectified is None and not x.gaussian:
         return None
-    density = np.exp(-_GRID * _GRID / 2)
-    density /= density.sum()
+    grid, density = gaussian.fine_grid()  # fine where a law is made from a Gaussian: the tail a max keeps
     if x.rectified is None or x.gaussian:
-        return _GRID, density
+        return grid, density
     share, offset = x.rectified
-    rect = np.maximum(offset + _GRID, 0.0)
+    rect = np.maximum(offset + grid, 0.0)
     mu = float(density @ rect)
     sd = math.sqrt(max(float(density @ rect**2) - mu * mu, 0.0))
     if sd <= 0:
         return None
-    return np.concatenate([(rect - mu) / sd, _GRID]), np.concatenate([share * density, (1 - share) * density])
+    return np.concatenate([(rect - mu) / sd, grid]), np.concatenate([share * density, (1 - share) * density])
 
 
 def _maximum(area: int, x: Moments) -> EntryLaw | None:
@@ -103,17 +99,11 @@ def _standardized_parts(value, values: dict) -> EntryLaw | None:
     law is the parts' standardized laws mixed by their channels (a DenseNet's max-pooled stem beside its layers'
     Gaussian features). None where no part has a law of its own: rectified parts beside Gaussian ones are the
     rectified shape's (`rectified`), which also follows each part's share of the gradient."""
-    concat = value.producer if value is not None else None
-    if concat is None or concat.op != "concat" or value.shape is None or len(value.shape) < 3:
-        return None
-    if concat.attrs.get("axis", 0) % len(value.shape) != 1:
+    parts = channel_parts(value.producer if value is not None else None, values)
+    if parts is None:
         return None
     points, weights, shaped = [], [], False
-    for part in concat.inputs:
-        x = values.get(part) if part is not None else None
-        channels = part.shape[1] if part is not None and part.shape is not None and len(part.shape) > 1 else None
-        if x is None or not channels:
-            return None
+    for _, channels, x in parts:
         drawn = _points_of(x)
         if drawn is None:
             return None

@@ -13,12 +13,11 @@ separable (the correlation at a diagonal offset is the product of the axes'). No
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
 
-from initcheck.gaussian import nodes, standard_cdf
+from initcheck.gaussian import fine_grid, nodes, standard_cdf
 from initcheck.rules.common import window_axes
 
 LAGS = 4
@@ -154,12 +153,9 @@ def max_correlation(n: int, shared: int) -> float:
     cdf = standard_cdf(t)
     # a = max of n - shared: its CDF F^(n - shared); g(b) = b F_a(b) + int_b^inf s dF_a(s)
     rest = n - shared
-    grid = np.linspace(-8.0, 8.0, 4001)
+    grid, probability = fine_grid()
     gcdf = standard_cdf(grid)
-    gpdf = np.exp(-grid * grid / 2) / math.sqrt(2 * math.pi)
-    density_a = rest * gcdf ** (rest - 1) * gpdf
-    step = grid[1] - grid[0]
-    tail = np.cumsum((grid * density_a)[::-1])[::-1] * step  # int_s^inf u dF_a(u)
+    tail = np.cumsum((grid * rest * gcdf ** (rest - 1) * probability)[::-1])[::-1]  # int_s^inf u dF_a(u)
     g_grid = grid * gcdf**rest + tail
     density_b = w * shared * cdf ** (shared - 1)  # b = max of `shared`, on the Gaussian nodes
     g = np.interp(t, grid, g_grid)

@@ -70,16 +70,11 @@ def channel_mask(value, forward: dict, depth: int = 8) -> np.ndarray | None:
     producer = value.producer if value is not None else None
     while producer is not None and producer.op in _SAME_CHANNELS and depth > 0:
         producer, depth = producer.inputs[0].producer if producer.inputs[0] is not None else None, depth - 1
-    if producer is None or producer.op != "concat" or depth <= 0:
-        return None
-    rank = len(producer.outputs[0].shape or ())
-    if rank < 3 or producer.attrs.get("axis", 0) % rank != 1:
+    parts = channel_parts(producer, forward) if depth > 0 else None
+    if parts is None:
         return None
     pieces = []
-    for part in producer.inputs:
-        x = forward.get(part) if part is not None else None
-        if x is None or part.shape is None or part.shape[1] is None:
-            return None
+    for part, channels, x in parts:
         share = x.rectified[0] if x.rectified is not None else 0.0
         if 0.0 < share < 1.0:  # a concatenation of its own: its mask, or none can be said
             inner = channel_mask(part, forward, depth - 1)
@@ -87,5 +82,22 @@ def channel_mask(value, forward: dict, depth: int = 8) -> np.ndarray | None:
                 return None
             pieces.append(inner)
         else:
-            pieces.append(np.full(part.shape[1], share == 1.0))
+            pieces.append(np.full(channels, share == 1.0))
     return np.concatenate(pieces)
+
+
+def channel_parts(node, forward: dict) -> list | None:
+    """(value, channels, moments) of each part of a concatenation along the channels (axis 1 of a map), None where
+    `node` is not one or a part's channels or moments are unknown."""
+    if node is None or node.op != "concat":
+        return None
+    rank = len(node.outputs[0].shape or ())
+    if rank < 3 or node.attrs.get("axis", 0) % rank != 1:
+        return None
+    parts = []
+    for part in node.inputs:
+        x = forward.get(part) if part is not None else None
+        if x is None or part.shape is None or part.shape[1] is None:
+            return None
+        parts.append((part, part.shape[1], x))
+    return parts
