@@ -183,6 +183,15 @@ def never_negative(program: Program) -> bool:
         return bool(np.all(as_function(program)(np.linspace(-50.0, 50.0, 1001)) >= 0))
 
 
+@lru_cache(maxsize=1024)
+def positively_homogeneous(program: Program) -> bool:
+    """phi(a z) = a phi(z) for a > 0 (ReLU, leaky ReLU, PReLU, |z|, scalings of them), checked numerically."""
+    fn = as_function(program)
+    z = np.linspace(-3.0, 3.0, 13)
+    with np.errstate(all="ignore"):
+        return bool(np.allclose(fn(2 * z), 2 * fn(z), atol=1e-9) and np.allclose(fn(0.5 * z), 0.5 * fn(z), atol=1e-9))
+
+
 def rounded(x: float) -> float:
     """Moments as cache keys: equal to ten digits is equal."""
     return float(f"{x:.10g}")

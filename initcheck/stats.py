@@ -127,7 +127,9 @@ class LinearStats:
     row sums S_c; bias_*: bias moments; sb_mean: mean of S_c * b_c; phase_*: per-output-phase tap
     energies and tap-sum energies for transposed convs (None otherwise); row_energy_cv2: the relative variance over
     rows of each row's energy sum_j W_cj^2, how unevenly this instance's outputs vary (docs/theory.md §17); units:
-    each row's (sum, bias) where the layer has at most FEW_UNITS rows, too few for their offsets to be Gaussian (§4).
+    each row's (sum, bias) where the layer has at most FEW_UNITS rows, too few for their offsets to be Gaussian (§4);
+    row_concentration: the mean over rows of sum_j (W_cj^2 / e_c)^2, e_c the row's energy: how much of a row's
+    energy one input carries (3 / (fan_in + 2) for Gaussian rows; what one input moves of the output, §4).
     """
 
     fan_in: int
@@ -144,6 +146,7 @@ class LinearStats:
     phase_sb: tuple[float, ...] | None = None
     row_energy_cv2: float = 0.0
     units: tuple[tuple[float, float], ...] | None = None
+    row_concentration: float = 0.0
 
     @property
     def gain(self) -> float:
@@ -172,11 +175,13 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
     """weight: (out, ...) with everything after the first axis summed into each output. Streamed by rows."""
     w = np.asarray(weight).reshape(weight.shape[0], -1)
     step = max(1, CHUNK // max(w.shape[1], 1))
-    rows, energies = np.empty(w.shape[0]), np.empty(w.shape[0])
+    rows, energies, fourths = np.empty(w.shape[0]), np.empty(w.shape[0]), np.empty(w.shape[0])
     for start in range(0, w.shape[0], step):
         block = _finite(w[start : start + step])
         rows[start : start + step] = block.sum(axis=1)
-        energies[start : start + step] = np.einsum("ij,ij->i", block, block)
+        squared = block * block
+        energies[start : start + step] = squared.sum(axis=1)
+        fourths[start : start + step] = np.einsum("ij,ij->i", squared, squared)
     squares = float(energies.sum())
     mean_energy = float(energies.mean()) if energies.size else 0.0
     b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
@@ -194,7 +199,14 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         sb_mean=float(np.mean(rows * b)),
         row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
         units=tuple(zip(rows.tolist(), b.tolist())) if w.shape[0] <= FEW_UNITS else None,
+        row_concentration=_concentration(fourths, energies),
     )
+
+
+def _concentration(fourths: np.ndarray, energies: np.ndarray) -> float:
+    """The mean over rows of sum_j W_cj^4 / e_c^2 (rows of no energy left out)."""
+    live = energies > 0
+    return float(np.mean(fourths[live] / energies[live] ** 2)) if live.any() else 0.0
 
 
 def taps_per_phase(k: int, s: int, d: int) -> list[list[int]]:

@@ -30,19 +30,10 @@ def _pointwise_moments(program, m: float, K: float, M: float) -> tuple[float, fl
 _TINY = 1e-20  # below this K the quadrature's scale is degenerate (and a central difference too coarse)
 
 
-@lru_cache(maxsize=1024)
-def _positively_homogeneous(program) -> bool:
-    """phi(a z) = a phi(z) for a > 0 (ReLU, leaky ReLU, PReLU, |z|, scalings of them), checked numerically."""
-    fn = pointwise.as_function(program)
-    z = np.linspace(-3.0, 3.0, 13)
-    with np.errstate(all="ignore"):
-        return bool(np.allclose(fn(2 * z), 2 * fn(z), atol=1e-9) and np.allclose(fn(0.5 * z), 0.5 * fn(z), atol=1e-9))
-
-
 def program_moments(program, x: Moments) -> tuple[float, float, float, float]:
     if x.units:
         return _over_units(program, x)
-    if 0 < x.K < _TINY and _positively_homogeneous(program):
+    if 0 < x.K < _TINY and pointwise.positively_homogeneous(program):
         # tiny signals (denormal weights, a vanishing net): exact by rescaling to unit K
         scale = x.K**0.5
         mean, K, M, grad = _pointwise_moments(program, rounded(x.m / scale), 1.0, rounded(x.M / x.K))
@@ -175,7 +166,8 @@ def _over_map(program, x: Moments) -> tuple[tuple[float, float, float, float], _
     homogeneous, so the map's K is the mean of phi's K over the positions, not phi's K at their mean, and the
     output's profile is phi's K at each position (a deep stack of padded depthwise convs leaves a 7x7 map's
     corner with 1/6 of its centre's energy). Returns ((mean, K, M, E[phi'^2]), output profile, output mean
-    profile), or None where the map is even or the entries are not Gaussian (the Gaussian closure's input only)."""
+    profile), or None where the map is even or the entries are rectified. Entries of a law (a depthwise conv's
+    skewed sums) keep it at every position."""
     at = _map_moments(program, x)
     if at is None:
         return None
@@ -220,7 +212,7 @@ def _map_slopes(program, x: Moments, gradient: tuple[np.ndarray, ...] | None):
 
 def _map_moments(program, x: Moments) -> np.ndarray | None:
     """(positions..., 4): phi's mean, K, M and E[phi'^2] at each position of a map whose energy varies."""
-    if not x.profile or x.law is not None or (x.rectified is not None and not x.gaussian) or x.K <= 0:
+    if not x.profile or (x.rectified is not None and not x.gaussian) or x.K <= 0:
         return None
     if np.prod([len(p) for p in x.profile]) > _MAP_POSITIONS:
         return None
@@ -231,7 +223,7 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
     # phi's moments are smooth in the log of the scale: computed at _MAP_SCALES points across the map's range and
     # interpolated there (a 512x512 map has thousands of distinct energies)
     scales = np.exp(np.linspace(math.log(low), math.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
-    per_scale = np.array([program_moments(program, _scaled(x, float(s))) for s in scales])
+    per_scale = np.array([_mixed(program, xs, program_moments(program, xs)) for xs in (_scaled(x, s) for s in scales)])
     if len(scales) == 1:
         return np.broadcast_to(per_scale[0], energy.shape + (4,))
     # interpolated as the mean over sqrt(scale) and the energies over the scale, which vary slowly
@@ -254,7 +246,7 @@ def _scaled(x: Moments, scale: float) -> Moments:
     group norm's output keeps each channel's offset over the whole map), the rest scales."""
     m2 = x.m * x.m
     K = max(x.K * scale, m2)
-    return Moments(x.m, K, min(max(x.M, m2), K))
+    return Moments(x.m, K, min(max(x.M, m2), K), law=x.law)
 
 
 @forward_rule("pointwise")
@@ -325,6 +317,29 @@ def deviation_slope(program, x: Moments) -> float:
         met, mw = gaussian.defined(gaussian.derivative(fn, z) ** 2 * (values - mean) ** 2, w)
     spread = float(np.dot(fw, (f - mean) ** 2))
     return float(np.dot(mw, met)) / spread if spread > 0 else 0.0
+
+
+def slope_curvature(program, x: Moments) -> float:
+    """E[phi'(z)^2 (y^2 - 1)] / (2 E[phi'(z)^2]), y the standardised input, z ~ N(m, var): how fast the mean
+    squared slope grows as a part b of the input is held fixed, E[phi'^2 | b] = E[phi'^2] (1 + this b^2 / var)
+    to second order. 0 for a centred ReLU (its slope's square is a step); a hard-swish's grows with z^2 (docs/theory.md
+    §4)."""
+    if x.var <= 0:
+        return 0.0
+    m, var = rounded(x.m), rounded(x.var)
+    return _curvature(program, m, var)
+
+
+@lru_cache(maxsize=65536)
+def _curvature(program, m: float, var: float) -> float:
+    fn = pointwise.as_function(program)
+    sd = math.sqrt(var)
+    z, w = gaussian.nodes(m, sd, pointwise.kinks(program))
+    with np.errstate(all="ignore"):
+        squared, sw = gaussian.defined(gaussian.derivative(fn, z) ** 2, w)
+        bent, bw = gaussian.defined(gaussian.derivative(fn, z) ** 2 * (((z - m) / sd) ** 2 - 1), w)
+    energy = float(np.dot(sw, squared))
+    return float(np.dot(bw, bent)) / (2 * energy) if energy > 0 else 0.0
 
 
 def _per_part_slopes(node, x: Moments, grad_sq: float, ctx) -> float:

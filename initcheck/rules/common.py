@@ -105,7 +105,11 @@ def coherent_border(axes: list[Axis] | None, mean_profile: tuple[np.ndarray, ...
 
 
 def centred_conv_profile(
-    profile: tuple[np.ndarray, ...] | None, axes: list[Axis] | None, variance: float, offsets: float
+    profile: tuple[np.ndarray, ...] | None,
+    axes: list[Axis] | None,
+    variance: float,
+    offsets: float,
+    mean_profile: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray, ...] | None:
     """Per-axis relative K of a conv's output less each channel's mean over the batch and map: what a batch norm
     after it outputs (docs/theory.md §2). `profile` is conv_profile's (mean: the border factor), `variance` and
@@ -114,11 +118,13 @@ def centred_conv_profile(
     centring, position o keeps prod v(o) - 2 prod C(o) + prod c of the offset energy (per axis v(o): the share of
     taps valid at o, C(o) = sum_t a_t(o) f_t / k with f_t the share of positions where tap t is valid, c = sum_t
     f_t^2 / k): 0.25 at the border of a 7x7 map and 0.01 inside per axis. The centred map is flatter than K's
-    profile, and a 3x3 conv after the norm reads it."""
+    profile, and a 3x3 conv after the norm reads it. Where the input's mean varies over the map (`mean_profile`),
+    each valid tap reads the mean at its own position: deep in a MobileNet the border's mean is a third of the
+    centre's, and the centred border keeps 0.44 of the mean energy, not 0.40."""
     if axes is None or profile is None or len(profile) != len(axes):
         return None
-    valid = [_reads(*axis)[1].astype(float) for axis in axes]
-    shares = [a.mean(axis=1) for a in valid]
+    valid = [_read_means(axis, _along(mean_profile, i, axis[0])) for i, axis in enumerate(axes)]
+    shares = [(a * a).mean(axis=1) for a in valid]
     crossed = [a @ a.mean(axis=0) / a.shape[1] for a in valid]
     coherent = float(np.prod([c.mean() for c in crossed]))
     out = []
@@ -126,6 +132,29 @@ def centred_conv_profile(
         centred = shares[i] * _others(shares, i) - 2 * crossed[i] * _others(crossed, i) + coherent
         out.append(variance * p * _others(profile, i) + offsets * np.maximum(centred, 0.0))
     return tuple(out)
+
+
+def _read_means(axis: Axis, mean: np.ndarray) -> np.ndarray:
+    """(output position, tap): the relative mean each tap reads, 0 in the padding."""
+    idx, valid = _reads(*axis)
+    return np.where(valid, mean[np.clip(idx, 0, axis[0] - 1)], 0.0)
+
+
+_PER_CHANNEL_AFFINE = frozenset({"batch_norm", "identity", "dropout", "cast"})
+
+
+def activation_behind(value):
+    """The pointwise node a value reaches through per-channel affine ops alone (one reader each), or None."""
+    for _ in range(4):
+        if value is None or len(value.consumers) != 1:
+            return None
+        reader = value.consumers[0]
+        if reader.op == "pointwise" and len(reader.inputs) == 1:
+            return reader
+        if reader.op not in _PER_CHANNEL_AFFINE or reader.inputs[0] is not value:
+            return None
+        value = reader.outputs[0]
+    return None
 
 
 def _others(arrays, axis: int) -> float:

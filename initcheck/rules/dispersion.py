@@ -18,6 +18,7 @@ over weight seeds of the zoo's CNNs, taking it out there too predicts better, do
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -421,12 +422,51 @@ def _kept_axis(node, x, stat, out_value):
     return stat
 
 
-def jensen(x, channels_per_group: int = 1, leaving: float = 0.0) -> float:
-    """E_c[v / v_c] for a norm that divides groups of `channels_per_group` channels by their pooled variance (batch
-    norm, instance norm: 1): the gamma closure 1/(1 - rho/channels); `leaving` a part of rho not counted."""
+def jensen(x, channels_per_group: int = 1, leaving: float = 0.0, eps: float = 0.0) -> float:
+    """E_c[(v + eps) / (v_c + eps)] for a norm that divides groups of `channels_per_group` channels by their pooled
+    variance (batch norm, instance norm: 1), `eps` relative to the mean variance v: the gamma closure
+    1/(1 - rho/channels) where eps is negligible, less where it is not (eps caps what a quiet channel gets);
+    `leaving` a part of rho not counted."""
+    rho = _norm_rho(x, channels_per_group, leaving)
+    return 1.0 if rho is None else gamma_closure(rho, eps)[0]
+
+
+def kept_variance(x, channels_per_group: int = 1, leaving: float = 0.0, eps: float = 0.0) -> float:
+    """E_c[v_c / (v_c + eps)] over v / (v + eps): what a norm's eps keeps of its output's variance where the
+    channels' variances scatter, relative to the mean variance's (1 where eps is negligible; the ratio is concave
+    in v_c, so it is below 1)."""
+    rho = _norm_rho(x, channels_per_group, leaving)
+    return 1.0 if rho is None else gamma_closure(rho, eps)[1]
+
+
+def _norm_rho(x, channels_per_group: int, leaving: float) -> float | None:
     if x is None or x.dispersion is None or x.dispersion[0] != 1:
-        return 1.0
-    return 1.0 / (1.0 - min(max(x.dispersion[1] - leaving, 0.0) / max(channels_per_group, 1), MAX_RHO))
+        return None
+    return min(max(x.dispersion[1] - leaving, 0.0) / max(channels_per_group, 1), MAX_RHO)
+
+
+@lru_cache(maxsize=4096)
+def _closure(rho: float, eps: float) -> tuple[float, float]:
+    shape = 1.0 / rho
+    if eps <= 0:  # the closed form: E[1/u] = k/(k-1) for u ~ Gamma(k, 1/k)
+        return 1.0 / (1.0 - rho), 1.0
+    # u = v_c / v ~ Gamma(shape, 1/shape) on a logarithmic grid: its weights p(u) u dt, normalised
+    top = 1.0 + 16.0 / math.sqrt(shape) + 16.0 / shape
+    t = np.linspace(math.log(1e-12), math.log(top), 8001)
+    u = np.exp(t)
+    log_density = shape * math.log(shape) + shape * t - shape * u - math.lgamma(shape)
+    w = np.exp(log_density - log_density.max())
+    w /= w.sum()
+    return float(np.dot(w, (1.0 + eps) / (u + eps))), float(np.dot(w, u / (u + eps)) * (1.0 + eps))
+
+
+def gamma_closure(rho: float, eps: float = 0.0) -> tuple[float, float]:
+    """For channel variances v_c = v u, u gamma-distributed with mean 1 and relative variance rho, and a norm's eps
+    relative to v: (E[(1 + eps) / (u + eps)], E[u / (u + eps)] (1 + eps)), the backward's and the forward's
+    factors over the mean channel's (docs/theory.md §17)."""
+    if rho <= 0:
+        return 1.0, 1.0
+    return _closure(round(rho, 4), float(f"{min(eps, 1e3):.3g}"))
 
 
 def padded_part(value, forward) -> float:

@@ -22,11 +22,12 @@ def _group_variance(x, channels: int) -> float:
     return max(x.K - x.m**2 - (x.M - x.m**2) / max(channels, 1), 0.0)
 
 
-def _normalized(node, ins, v: float, channels: int):
+def _normalized(node, ins, v: float, channels: int, kept: float = 1.0):
+    """`kept`: what eps keeps of the variance where the groups' variances scatter (`dispersion.kept_variance`)."""
     x = ins[0]
     eps = node.attrs.get("epsilon", 1e-5)
     g2, b2, b_mean = _affine(node)
-    r = v / (v + eps)
+    r = v / (v + eps) * kept
     keep = (1 - 1 / max(channels, 1)) / (v + eps)  # per-position: offsets shared by the group are removed
     leftover = max(x.M - x.m**2, 0.0) * keep
     S = g2 * max(x.S - x.m**2, 0.0) * keep + b2 if x.S is not None else None
@@ -65,16 +66,27 @@ def _uneven(node, ins, ctx) -> float:
     return norm_ratio(node, ins[0], ctx.backward_axial.get(node.outputs[0]))[0]
 
 
-def _per_channel(node, ins, ctx, gin: float, channels_per_group: int) -> float:
-    """The input gradient of a norm that divides each channel (group) by its own variance: E_c[v / v_c] more
-    where this instance's channels vary unevenly (§17). The layer that made the input reads the same rows and
-    takes it back out (`ctx.normalizer_excess`), all but what its zero padding's channel offsets made."""
-    factor = dispersion.jensen(ins[0], channels_per_group)
+def _per_channel(node, ins, ctx, gin: float, channels_per_group: int, v: float) -> float:
+    """The input gradient of a norm that divides each channel (group) by its own variance: E_c[(v + eps) / (v_c +
+    eps)] more where this instance's channels vary unevenly (§17). The layer that made the input reads the same
+    rows and takes back all but E_c[v_c / (v_c + eps)] / (v / (v + eps)) of it (`ctx.normalizer_excess`; all of it
+    where eps is negligible), except what its zero padding's channel offsets made."""
+    eps = _relative_eps(node, v)
+    factor = dispersion.jensen(ins[0], channels_per_group, eps=eps)
     value = node.inputs[0]
-    returned = dispersion.jensen(ins[0], channels_per_group, dispersion.padded_part(value, ctx.forward))
-    if returned > 1.0:
-        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (returned - 1)
+    leaving = dispersion.padded_part(value, ctx.forward)
+    returned = dispersion.jensen(ins[0], channels_per_group, leaving, eps)
+    kept = dispersion.kept_variance(ins[0], channels_per_group, leaving, eps)
+    if returned > kept:
+        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (returned - kept)
     return gin * factor
+
+
+def _relative_eps(node, v: float) -> float:
+    """The norm's eps over the variance it divides by: where a channel's variance is near eps (a depthwise conv's
+    output in MobileNetV3, whose norms take eps 1e-3), eps caps what the quiet channels get."""
+    eps = node.attrs.get("epsilon", 1e-5)
+    return eps / v if v > 0 else 1e3
 
 
 @backward_rule("layer_norm")
@@ -133,7 +145,9 @@ def _channel_group(node) -> tuple[int, int | None]:
 @forward_rule("group_norm", "instance_norm")
 def group_norm_forward(node, ins, ctx):
     per_group, _ = _channel_group(node)
-    return _normalized(node, ins, _group_variance(ins[0], per_group), per_group)
+    v = _group_variance(ins[0], per_group)
+    kept = dispersion.kept_variance(ins[0], per_group, eps=_relative_eps(node, v))
+    return _normalized(node, ins, v, per_group, kept)
 
 
 @backward_rule("group_norm", "instance_norm")
@@ -141,7 +155,8 @@ def group_norm_backward(node, ins, outs, grads, ctx):
     per_group, n = _channel_group(node)
     kept = [max(grads[0] - _group_mean_energy(node, grads[0], per_group, ctx), 0.0)] + list(grads[1:])
     gins = _backward(node, ins, kept, _group_variance(ins[0], per_group), n)
-    return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), per_group)] + gins[1:]
+    v = _group_variance(ins[0], per_group)
+    return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), per_group, v)] + gins[1:]
 
 
 def _batch_size(node) -> int | None:
@@ -165,7 +180,8 @@ def batch_norm_forward(node, ins, ctx):
         eps = node.attrs.get("epsilon", 1e-5)
         g2, b2, b_mean = _affine(node)
         profile = x.centred if x.centred is not None else x.profile  # the channel means are gone
-        return clean(b_mean, g2 * v / (v + eps) + b2, b2, x.exact, profile=profile, gaussian=x.gaussian)
+        kept = v / (v + eps) * dispersion.kept_variance(x, eps=_relative_eps(node, v))
+        return clean(b_mean, g2 * kept + b2, b2, x.exact, profile=profile, gaussian=x.gaussian)
     s = node.params["eval"]  # moments over channels of a = gamma/sqrt(var+eps), mu and beta
     m = x.m
     K = x.var * s["a2"] + m * m * s["a2"] - 2 * m * s["a2mu"] + s["a2mu2"] + 2 * m * s["ab"] - 2 * s["abmu"] + s["b2"]
@@ -179,8 +195,9 @@ def batch_norm_backward(node, ins, outs, grads, ctx):
     x = ins[0]
     if node.attrs.get("training"):
         kept = [max(grads[0] - _batch_mean_energy(node, grads[0], ctx), 0.0)] + list(grads[1:])
-        gins = _backward(node, ins, kept, max(x.K - x.M, 0.0), _batch_size(node))
-        return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), 1)] + gins[1:]
+        v = max(x.K - x.M, 0.0)
+        gins = _backward(node, ins, kept, v, _batch_size(node))
+        return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), 1, v)] + gins[1:]
     return [grads[0] * node.params["eval"]["a2"]] + [None] * (len(ins) - 1)
 
 
