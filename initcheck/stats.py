@@ -116,6 +116,8 @@ def _axis_energy(a: np.ndarray) -> tuple[tuple[float, ...] | None, ...] | None:
 
 
 FEW_UNITS = 64  # a layer with at most this many outputs keeps each one's row sum and bias (docs/theory.md §4)
+FEW_INPUTS = 64  # a layer whose rows sum at most this many entries keeps a sample of its rows (§4)
+SAMPLED_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ class LinearStats:
     rows of each row's energy sum_j W_cj^2, how unevenly this instance's outputs vary (docs/theory.md §17); units:
     each row's (sum, bias) where the layer has at most FEW_UNITS rows, too few for their offsets to be Gaussian (§4);
     row_concentration: the mean over rows of sum_j (W_cj^2 / e_c)^2, e_c the row's energy: how much of a row's
-    energy one input carries (3 / (fan_in + 2) for Gaussian rows; what one input moves of the output, §4).
+    energy one input carries (3 / (fan_in + 2) for Gaussian rows; what one input moves of the output, §4);
+    sample_rows: up to SAMPLED_ROWS of the rows, each of unit length, where a row sums at most FEW_INPUTS entries:
+    the law of such sums is the instance's own (16 rows of nine taps can be skewed on average, §4).
     """
 
     fan_in: int
@@ -147,6 +151,7 @@ class LinearStats:
     row_energy_cv2: float = 0.0
     units: tuple[tuple[float, float], ...] | None = None
     row_concentration: float = 0.0
+    sample_rows: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def gain(self) -> float:
@@ -200,7 +205,18 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
         units=tuple(zip(rows.tolist(), b.tolist())) if w.shape[0] <= FEW_UNITS else None,
         row_concentration=_concentration(fourths, energies),
+        sample_rows=_sampled_rows(w, energies) if 0 < w.shape[1] <= FEW_INPUTS else None,
     )
+
+
+def _sampled_rows(w: np.ndarray, energies: np.ndarray) -> tuple[tuple[float, ...], ...] | None:
+    """Up to SAMPLED_ROWS rows spread evenly over the layer, each scaled to unit length (rows of no energy left out)."""
+    picked = np.unique(np.linspace(0, w.shape[0] - 1, min(w.shape[0], SAMPLED_ROWS)).astype(int))
+    picked = picked[energies[picked] > 0]
+    if not picked.size:
+        return None
+    rows = _finite(w[picked]) / np.sqrt(energies[picked])[:, None]
+    return tuple(tuple(float(v) for v in row) for row in rows)
 
 
 def _concentration(fourths: np.ndarray, energies: np.ndarray) -> float:

@@ -1129,8 +1129,8 @@ def _inverted_residual_errors(seed: int, c: int, kernel: int, act, eps: float) -
 
 def test_a_norms_eps_caps_what_its_quiet_channels_get(monkeypatch):
     """MobileNetV3's depthwise 5x5 outputs vary about as much as its norms' eps (1e-3): E_c[(v + eps)/(v_c + eps)]
-    is 1.03 where the closure without eps says 1.09 (rho 0.08), so the depthwise conv's row was 1.03-1.06x autograd
-    (mean ln error +0.042 over three draws); within 0.02 on average now, each within 3%."""
+    is 1.03 where the closure without eps says 1.09 (rho 0.08), so the depthwise conv's row was 1.02-1.06x autograd
+    (mean ln error +0.034 over three draws); within 0.02 on average now (-0.009 to +0.016), each within 3%."""
     from initcheck.rules import dispersion
 
     def errors():
@@ -1140,7 +1140,7 @@ def test_a_norms_eps_caps_what_its_quiet_channels_get(monkeypatch):
     assert abs(sum(with_eps) / 3) < 0.02 and max(abs(e) for e in with_eps) < math.log(1.03)
     closed = dispersion.gamma_closure
     monkeypatch.setattr(dispersion, "gamma_closure", lambda rho, eps=0.0: closed(rho))
-    assert sum(errors()) / 3 > 0.03
+    assert sum(errors()) / 3 > 0.025
 
 
 @pytest.mark.parametrize(
@@ -1181,27 +1181,35 @@ def test_a_curved_activation_behind_a_depthwise_conv_weighs_its_input_gradient(m
 
 @pytest.mark.parametrize("name, n", [("silu", 9), ("silu", 25), ("hard_swish", 9), ("hard_swish", 25)])
 def test_the_law_of_a_few_activations_summed(name, n):
-    """The law over the channels of sum_j w_j phi(z_j) / |w| for n Gaussian-row inputs (a depthwise conv of SiLU
-    outputs, normalised per channel): phi's K and E[phi'^2] over it against Monte Carlo over 400 rows x 20,000
-    sums, within 0.7% (a Gaussian's K is 1.5-3.5% off)."""
+    """The law over the channels of sum_j w_j phi(z_j) for 256 unit rows w of n Gaussian entries and their mirrors
+    (a depthwise conv of SiLU outputs, normalised per channel): phi's K and E[phi'^2] over it against Monte Carlo
+    over the same rows and mirrors x 20,000 sums each, within 0.7% (a Gaussian's K is 1.5-3.5% off)."""
     from initcheck import pointwise
     from initcheck.rules import entry_law
 
     program = pointwise.unary(name)
     fn = pointwise.as_function(program)
-    law = entry_law._summed_activations(program, 0.0, 1.0, n)
-    mapped = entry_law.mapped(program, 0.0, 1.0, law)
     generator = torch.Generator().manual_seed(1)
-    rows = torch.randn(400, n, generator=generator, dtype=torch.float64)
-    entries = torch.from_numpy(fn(torch.randn(400, 20_000, n, generator=generator, dtype=torch.float64).numpy()))
-    sums = torch.einsum("rdn,rn->rd", entries, rows)
-    u = ((sums - sums.mean(1, keepdim=True)) / sums.std(1, keepdim=True)).numpy()
+    rows = torch.randn(256, n, generator=generator, dtype=torch.float64)
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    law = entry_law._summed_activations(program, 0.0, 1.0, tuple(map(tuple, rows.tolist())))
+    mapped = entry_law.mapped(program, 0.0, 1.0, law)
+    u = _row_sums(fn, torch.cat([rows, -rows]), generator)
     slope = (fn(u + 1e-5) - fn(u - 1e-5)) / 2e-5
     K = float((fn(u) ** 2).mean())
     assert mapped.K == pytest.approx(K, rel=0.007)
     assert mapped.slope_sq == pytest.approx(float((slope**2).mean()), rel=0.007)
     gaussian = fn(torch.randn(4_000_000, generator=generator, dtype=torch.float64).numpy())
     assert abs(float((gaussian**2).mean()) / K - 1) > 0.01
+
+
+def _row_sums(fn, rows, generator):
+    """Each row's sums of fn(z), z standard normal, 20,000 per row, standardized per row (a norm per channel)."""
+    entries = torch.from_numpy(
+        fn(torch.randn(len(rows), 20_000, rows.shape[1], generator=generator, dtype=torch.float64).numpy())
+    )
+    sums = torch.einsum("rdn,rn->rd", entries, rows)
+    return ((sums - sums.mean(1, keepdim=True)) / sums.std(1, keepdim=True)).numpy()
 
 
 def test_a_depthwise_convs_sums_keep_their_inputs_tails(monkeypatch):

@@ -52,22 +52,20 @@ def forward(node, ins, out_value, out, values: dict | None = None) -> EntryLaw |
     return None
 
 
-FEW_INPUTS = 0.05  # rows' concentration (3 / (n + 2) for n Gaussian inputs) below which a sum is Gaussian enough
+GAUSSIAN_ENOUGH = 0.05  # rows' concentration (3 / (n + 2) for n Gaussian inputs) below which a sum is Gaussian enough
 
 
 def _few_inputs(node, x: Moments, values: dict) -> EntryLaw | None:
     """A sum of few entries of a shaped law keeps part of its shape: a depthwise 3x3 conv of SiLU outputs leaves
     each channel skewed (third cumulant sum_t w_t^3 / |w|^3 of the input's) and heavy-tailed (fourth: the rows'
     concentration times the input's), so the activation after its norm sees more energy in the tails than a
-    Gaussian's (K +3.5%, E[phi'^2] -2%; docs/theory.md §4). The output's law is the mixture over the channels of
-    the normalised sums, for Gaussian rows of the layer's fan-in. Only where an activation that is not positively
-    homogeneous reads the sums (a ReLU's K and slopes are the same over any symmetric mixture) and the entries are
-    an activation's of Gaussian inputs."""
+    Gaussian's (K +3.5%, E[phi'^2] -2%; docs/theory.md §4). The output's law is the mixture over the layer's own
+    rows (a sample of them, with their mirrors) of the normalised sums, where an activation reads them through
+    per-channel affine ops and the entries are an activation's of Gaussian inputs."""
     w = node.params.get("weight")
-    reader = activation_behind(node.outputs[0])
-    if w is None or w.row_concentration < FEW_INPUTS or x.units or reader is None:
+    if w is None or w.sample_rows is None or w.row_concentration < GAUSSIAN_ENOUGH or x.units:
         return None
-    if pointwise.positively_homogeneous(reader.attrs["program"]):
+    if activation_behind(node.outputs[0]) is None:
         return None
     producer = node.inputs[0].producer if node.inputs[0] is not None else None
     if producer is None or producer.op != "pointwise":
@@ -79,7 +77,7 @@ def _few_inputs(node, x: Moments, values: dict) -> EntryLaw | None:
         return None
     # the standardized law moves slowly with the input's scale: two digits of it are one law
     m, var = float(f"{source.m:.2g}"), float(f"{source.var:.2g}")
-    return _summed_activations(producer.attrs["program"], m, var, int(w.fan_in))
+    return _summed_activations(producer.attrs["program"], m, var, w.sample_rows)
 
 
 def _activation_points(program, m: float, var: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -92,34 +90,35 @@ def _activation_points(program, m: float, var: float) -> tuple[np.ndarray, np.nd
     return ((out - mean) / sd, weights) if sd > 0 else None
 
 
-_ROWS, _DRAWS = 1024, 64  # row directions (each with its mirror) and sums drawn per row: a fixed sample
+_DRAWS = 1 << 18  # sums drawn in all, spread over the rows
+_QUANTILES = 4096
 
 
 @lru_cache(maxsize=256)
-def _summed_activations(program, m: float, var: float, n: int) -> EntryLaw | None:
-    """The law over the channels of sum_j w_j phi(z_j) / |w|, n inputs, Gaussian rows w: drawn from a fixed
-    sample (the same numbers on every run), each row with its mirror, so that the channels' skews average out as
-    a layer's many rows' do."""
+def _summed_activations(program, m: float, var: float, rows: tuple[tuple[float, ...], ...]) -> EntryLaw | None:
+    """The law over the channels of sum_j w_j phi(z_j), z_j ~ N(m, var) independent, for the layer's sampled rows
+    w (unit length) and their mirrors: drawn from a fixed sample (the same numbers on every run). The rows' own
+    concentration sets the tails (uniform rows, PyTorch's default, have lighter ones than Gaussian rows); their
+    mean skew, an instance's draw (MobileNetV3-small's first depthwise conv: -0.18 over 16 rows, so the ReLU after
+    its norm keeps 0.458 of the variance), is mirrored away: with it a padded depthwise stack's rows moved by
+    -0.02 through an error elsewhere that it had been offsetting (docs/theory.md §4)."""
     points = _activation_points(program, m, var)
     if points is None:
         return None
     values, weights = points
+    order = np.argsort(values, kind="stable")
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    # the entries' law as equal-probability quantiles, drawn by index: a fixed sample (the same on every run)
+    quantiles = np.interp((np.arange(_QUANTILES) + 0.5) / _QUANTILES, cdf, values[order])
     rng = np.random.default_rng(0)
-    rows = rng.standard_normal((_ROWS, n))
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    cdf = np.cumsum(weights / weights.sum())
-    picks = np.minimum(np.searchsorted(cdf, rng.random((_ROWS, _DRAWS, n))), len(values) - 1)
-    sums = np.einsum("rdn,rn->rd", values[picks], rows)
-    drawn = np.concatenate([sums.ravel(), -sums.ravel()])
-    law = _standardized(drawn, np.full(drawn.size, 1.0 / drawn.size))
-    if law is None:
-        return None
-    # the atoms smoothed by a Gaussian of a fifth of the spread: a slope's jump (a hard-swish's at +-3) falls
-    # between atoms otherwise (its E[phi'^2] 1.2% low at n = 9)
-    return EntryLaw(law.centers * math.sqrt(1 - _SMOOTHING**2), law.weights, width=_SMOOTHING)
-
-
-_SMOOTHING = 0.2
+    w = np.asarray(rows, dtype=float)
+    w = np.concatenate([w, -w])  # each row with its mirror: the instance's mean skew is left out (see below)
+    per_row = max(_DRAWS // len(w), 1)
+    picks = rng.integers(0, _QUANTILES, (len(w), per_row, w.shape[1]), dtype=np.int16)
+    sums = np.einsum("rdn,rn->rd", quantiles.astype(np.float32)[picks], w.astype(np.float32)).astype(float)
+    # finer than an activation's output law: a slope's jump (a hard-swish's at +-3) lands within an atom's stretch
+    # of the tail, whose mean stands for all of it (E[phi'^2] 1.2% low at n = 9 with 128 atoms)
+    return _standardized(sums.ravel(), np.full(sums.size, 1.0 / sums.size), atoms=4 * ATOMS)
 
 
 def shape_of(x: Moments) -> EntryLaw | None:
@@ -193,9 +192,13 @@ def _summed(node, ins) -> EntryLaw | None:
     if len(ins) != len(node.inputs) or any(x is None for x in ins):
         return None
     shaped = [(x, law) for x in ins if (law := shape_of(x)) is not None]
-    if len(shaped) != 1 or any(not x.gaussian for x in ins if x is not shaped[0][0]):
+    if not shaped:
         return None
-    x, law = shaped[0]
+    # where several parts carry a shape, the most skewed one's is kept and the others' sums of many entries
+    # (a conv's law of few) count as Gaussian beside it: a ResNet's stream beside its branch
+    x, law = max(shaped, key=lambda part: abs(float(part[1].weights @ part[1].centers ** 3)))
+    if any(not other.gaussian for other in ins if other is not x):
+        return None
     total = sum(v.var for v in ins)
     if x.var <= 0 or total <= 0:
         return None
@@ -248,6 +251,7 @@ def _standardized(
     slopes_sq: np.ndarray | None = None,
     components: np.ndarray | None = None,
     n_components: int = 1,
+    atoms: int = ATOMS,
 ) -> EntryLaw | None:
     """The law of values (mean 0, variance 1), as at most ATOMS atoms of equal probability (each the mean of its
     stretch of the sorted values); with their slopes, the inflow from each source component into each atom."""
@@ -256,7 +260,7 @@ def _standardized(
         return None
     order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order] / total
-    bins = np.minimum(((np.cumsum(w) - w / 2) * ATOMS).astype(int), ATOMS - 1) if len(v) > ATOMS else np.arange(len(v))
+    bins = np.minimum(((np.cumsum(w) - w / 2) * atoms).astype(int), atoms - 1) if len(v) > atoms else np.arange(len(v))
     size = int(bins[-1]) + 1
     mass = np.bincount(bins, w, size)
     kept = mass > 0
