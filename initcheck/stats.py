@@ -133,7 +133,7 @@ class LinearStats:
     row_concentration: the mean over rows of sum_j (W_cj^2 / e_c)^2, e_c the row's energy: how much of a row's
     energy one input carries (3 / (fan_in + 2) for Gaussian rows; what one input moves of the output, §4);
     sample_rows: up to SAMPLED_ROWS of the rows, each of unit length, where a row sums at most FEW_INPUTS entries:
-    the law of such sums is the instance's own (16 rows of nine taps can be skewed on average, §4).
+    their concentration sets the tails of such sums' law (§4).
     """
 
     fan_in: int

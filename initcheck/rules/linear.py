@@ -155,9 +155,9 @@ def _curved_slopes(node, g: float, ctx) -> None:
     outputs has a curved squared slope (a hard-swish, a SiLU), E[phi'^2 | b] grows with b^2, so the gradient x(p)
     receives grows with its own squared deviation: E[g^2 | x] = G (1 + gamma (x^2 / Var x - 1)), gamma the
     activation's `slope_curvature` times the rows' concentration (sum_j W_j^4 / |W|^4: 3/(n + 2) for n Gaussian
-    inputs per output, 0.27 for a depthwise 3x3). The activation that made x weighs that part by its slopes
-    where x deviates most (`backward_weighted`). A depthwise 3x3 conv between two hard-swishes: +9% on the first's
-    input gradient (docs/theory.md §4)."""
+    inputs per output, 0.27 for a depthwise 3x3; a linear layer of many inputs adds next to nothing). The
+    activation that made x weighs that part by its slopes where x deviates most (`backward_weighted`). A depthwise
+    3x3 conv between two hard-swishes: +9% on the first's input gradient (docs/theory.md §4)."""
     w: LinearStats = node.params["weight"]
     activation = activation_behind(node.outputs[0])
     if activation is None or w.row_concentration <= 0:
