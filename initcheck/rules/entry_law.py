@@ -47,15 +47,15 @@ def forward(node, ins, out_value, out, values: dict | None = None) -> EntryLaw |
         return x.law if x is not None else None
     if node.op == "add":
         return _summed(node, ins)
-    if node.op in ("conv", "linear") and x is not None and values is not None:
-        return _few_inputs(node, x, values)
+    if node.op in ("conv", "linear") and values is not None:
+        return _few_inputs(node, values)
     return None
 
 
 GAUSSIAN_ENOUGH = 0.05  # rows' concentration (3 / (n + 2) for n Gaussian inputs) below which a sum is Gaussian enough
 
 
-def _few_inputs(node, x: Moments, values: dict) -> EntryLaw | None:
+def _few_inputs(node, values: dict) -> EntryLaw | None:
     """A sum of few entries of a shaped law keeps part of its shape: a depthwise 3x3 conv of SiLU outputs leaves
     each channel skewed (third cumulant sum_t w_t^3 / |w|^3 of the input's) and heavy-tailed (fourth: the rows'
     concentration times the input's), so the activation after its norm sees more energy in the tails than a
@@ -63,7 +63,7 @@ def _few_inputs(node, x: Moments, values: dict) -> EntryLaw | None:
     rows (a sample of them, with their mirrors) of the normalised sums, where an activation reads them through
     per-channel affine ops and the entries are an activation's of Gaussian inputs."""
     w = node.params.get("weight")
-    if w is None or w.sample_rows is None or w.row_concentration < GAUSSIAN_ENOUGH or x.units:
+    if w is None or w.sample_rows is None or w.row_concentration < GAUSSIAN_ENOUGH:
         return None
     if activation_behind(node.outputs[0]) is None:
         return None
@@ -97,7 +97,7 @@ _QUANTILES = 4096
 @lru_cache(maxsize=256)
 def _summed_activations(program, m: float, var: float, rows: tuple[tuple[float, ...], ...]) -> EntryLaw | None:
     """The law over the channels of sum_j w_j phi(z_j), z_j ~ N(m, var) independent, for the layer's sampled rows
-    w (unit length) and their mirrors: drawn from a fixed sample (the same numbers on every run). The rows' own
+    w (unit length) and their mirrors, drawn from a fixed sample (the same numbers on every run). The rows' own
     concentration sets the tails (uniform rows, PyTorch's default, have lighter ones than Gaussian rows); their
     mean skew, an instance's draw (MobileNetV3-small's first depthwise conv: -0.18 over 16 rows, so the ReLU after
     its norm keeps 0.458 of the variance), is mirrored away: with it a padded depthwise stack's rows moved by
@@ -108,11 +108,11 @@ def _summed_activations(program, m: float, var: float, rows: tuple[tuple[float, 
     values, weights = points
     order = np.argsort(values, kind="stable")
     cdf = np.cumsum(weights[order]) / weights.sum()
-    # the entries' law as equal-probability quantiles, drawn by index: a fixed sample (the same on every run)
+    # the entries' law as equal-probability quantiles, drawn by index
     quantiles = np.interp((np.arange(_QUANTILES) + 0.5) / _QUANTILES, cdf, values[order])
     rng = np.random.default_rng(0)
     w = np.asarray(rows, dtype=float)
-    w = np.concatenate([w, -w])  # each row with its mirror: the instance's mean skew is left out (see below)
+    w = np.concatenate([w, -w])  # each row with its mirror: the instance's mean skew is left out
     per_row = max(_DRAWS // len(w), 1)
     picks = rng.integers(0, _QUANTILES, (len(w), per_row, w.shape[1]), dtype=np.int16)
     sums = np.einsum("rdn,rn->rd", quantiles.astype(np.float32)[picks], w.astype(np.float32)).astype(float)
@@ -143,12 +143,10 @@ def _points_of(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
     if x.rectified is None or x.gaussian:
         return grid, density
     share, offset = x.rectified
-    rect = np.maximum(offset + grid, 0.0)
-    mu = float(density @ rect)
-    sd = math.sqrt(max(float(density @ rect**2) - mu * mu, 0.0))
-    if sd <= 0:
+    rectified = _activation_points(pointwise.unary("relu"), offset, 1.0)
+    if rectified is None:
         return None
-    return np.concatenate([(rect - mu) / sd, grid]), np.concatenate([share * density, (1 - share) * density])
+    return np.concatenate([rectified[0], grid]), np.concatenate([share * rectified[1], (1 - share) * density])
 
 
 def _maximum(area: int, x: Moments) -> EntryLaw | None:
@@ -253,7 +251,7 @@ def _standardized(
     n_components: int = 1,
     atoms: int = ATOMS,
 ) -> EntryLaw | None:
-    """The law of values (mean 0, variance 1), as at most ATOMS atoms of equal probability (each the mean of its
+    """The law of values (mean 0, variance 1), as at most `atoms` atoms of equal probability (each the mean of its
     stretch of the sorted values); with their slopes, the inflow from each source component into each atom."""
     total = weights.sum()
     if total <= 0:

@@ -157,7 +157,8 @@ def _curved_slopes(node, g: float, ctx) -> None:
     activation's `slope_curvature` times the rows' concentration (sum_j W_j^4 / |W|^4: 3/(n + 2) for n Gaussian
     inputs per output, 0.27 for a depthwise 3x3; a linear layer of many inputs adds next to nothing). The
     activation that made x weighs that part by its slopes where x deviates most (`backward_weighted`). A depthwise
-    3x3 conv between two hard-swishes: +9% on the first's input gradient (docs/theory.md §4)."""
+    3x3 conv between two hard-swishes: +9% on the first's input gradient (docs/theory.md §4). A squared slope that
+    bends down (a tanh's) would make that part negative; it is left out, not measured on the zoo."""
     w: LinearStats = node.params["weight"]
     activation = activation_behind(node.outputs[0])
     if activation is None or w.row_concentration <= 0:

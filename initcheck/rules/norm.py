@@ -154,8 +154,8 @@ def group_norm_forward(node, ins, ctx):
 def group_norm_backward(node, ins, outs, grads, ctx):
     per_group, n = _channel_group(node)
     kept = [max(grads[0] - _group_mean_energy(node, grads[0], per_group, ctx), 0.0)] + list(grads[1:])
-    gins = _backward(node, ins, kept, _group_variance(ins[0], per_group), n)
     v = _group_variance(ins[0], per_group)
+    gins = _backward(node, ins, kept, v, n)
     return [_per_channel(node, ins, ctx, gins[0] * _uneven(node, ins, ctx), per_group, v)] + gins[1:]
 
 
