@@ -67,6 +67,12 @@ class SymbolicResult:
     # the part of G a per-channel norm's 1/v_c added to its input, which the layer that made that input takes
     # back out (its rows are what v_c is made of, docs/theory.md §17); emptied when the pass ends
     normalizer_excess: dict[Value, float] = field(default_factory=dict)
+    # what a per-channel norm kept of its 1/v_c for the layer that made its input (E[1/R] E[R] of the rows'
+    # Rayleigh quotients), and the part of a value's G that the dense layer behind it takes back for that: the
+    # gradient that layer receives leans against the channel directions the kept factor came from, and its
+    # cross terms between channels remove it (docs/theory.md §17); working state
+    rayleigh_stays: dict[Value, float] = field(default_factory=dict)
+    rayleigh_excess: dict[Value, float] = field(default_factory=dict)
     # the part of G that scales with the value's own squared deviation at each entry ((x - m)^2 / Var x): what a
     # conv's backward adds where the slopes behind it co-vary through the inputs they share (docs/theory.md §4);
     # the activation that made the value weighs it by its slope there; working state
@@ -142,6 +148,8 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
     result.backward_law.clear()
     result.backward_kernel.clear()
     result.normalizer_excess.clear()
+    result.rayleigh_stays.clear()
+    result.rayleigh_excess.clear()
     result.backward_map.clear()
     result.stated_map.clear()
     result.backward_aligned.clear()
@@ -281,6 +289,7 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
         exact = False
         total = sum(filled)
         gins = [None if m is None else total for m in ins]
+    _carry_rayleigh_excess(node, gins, sum(filled), result)
     shared_out = sum(result.backward_shared.get(v, 0.0) for v in node.outputs)
     fraction = min(shared_out / sum(filled), 1.0) if sum(filled) > 0 else 0.0
     profiles = _gradient_profiles(node, ins, result) if rule is not None else [None] * len(node.inputs)
@@ -326,6 +335,22 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             shared = _shared_gradient(node, index, value, g, fraction, ins, result)
         _merge_uncentred(node, value, shared, result)
         result.backward_shared[value] = result.backward_shared.get(value, 0.0) + shared
+
+
+# ops that keep which channels a gradient leans towards (each channel scaled or summed alone)
+_CHANNELWISE = frozenset({"pointwise", "batch_norm", "dropout", "identity", "cast", "mul"})
+
+
+def _carry_rayleigh_excess(node: Node, gins, total: float, result: SymbolicResult) -> None:
+    """Pass the part of the output's G that a dense layer behind will take back on to the inputs, in proportion,
+    through ops that treat each channel alone (a gate's broadcast operand, which sums its positions, gets none)."""
+    excess = result.rayleigh_excess.pop(node.outputs[0], 0.0) if node.outputs else 0.0
+    if excess <= 0 or total <= 0 or node.op not in _CHANNELWISE:
+        return
+    out_shape = node.outputs[0].shape
+    for value, g in zip(node.inputs, gins):
+        if value is not None and g and value.shape == out_shape:
+            result.rayleigh_excess[value] = result.rayleigh_excess.get(value, 0.0) + excess * g / total
 
 
 def _merge_uncentred(node: Node, value: Value, shared: float, result: SymbolicResult) -> None:

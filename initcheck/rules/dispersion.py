@@ -10,9 +10,9 @@ make v_c differ across channels in one instance:
 
 A train-mode batch norm divides each channel's gradient by its own v_c, so it sends back E_c[1/v_c] G, not
 G / E_c[v_c]: 1/(1 - rho) more, rho the relative variance of v_c over channels (exact for gamma-distributed
-v_c). The layer back reads the same rows: E[W_ci^2 / v_c] = E[W^2] / v for the rows' own scatter, so the factor
-leaves the gradient there. (For the part from correlated inputs the diagonal argument says it stays; measured
-over weight seeds of the zoo's CNNs, taking it out there too predicts better, docs/theory.md §17.)
+v_c). The layer back reads the same rows: E[W_ci^2 / v_c] = E[W^2] / v for the rows' own scatter, so that part
+leaves the gradient there; what the input's correlated or uneven channels (and zero padding) made of v_c stays,
+E[1/R] E[R] with R = v_c / e_c the row's Rayleigh quotient (docs/theory.md §17).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from initcheck.moments import MeanPattern, Moments, profile_factor
-from initcheck.rules import activations, axis_profile
+from initcheck.rules import activations, axis_profile, neighbours
 from initcheck.rules.common import conv_profile, dim, tap_reads, window_axes
 from initcheck.stats import is_additive_mask
 
@@ -79,6 +79,8 @@ def overlap(node, ins, out_value, out, forward=None) -> tuple[int, float] | None
         return x.overlap if x is not None and _alone(ins) and _same_rank(node, out_value) else None
     if op in ("add", "sum"):
         return _summed_overlap(node, ins, out_value, forward or {})
+    if op == "mul":
+        return _gated_overlap(node, ins, out_value)
     if op == "concat":
         return _concatenated_overlap(node, ins, out_value)
     if op in ("flatten", "reshape", "squeeze"):
@@ -136,7 +138,9 @@ def _weighted(node, x, pattern: MeanPattern | None) -> tuple[int, float] | None:
     carried = 0.0
     if x is not None and x.dispersion is not None and x.dispersion[0] == axis:
         carried = x.dispersion[1] / channels
-    correlated = 2 * max(input_overlap(x, channels, axis) / taps - 1.0 / (channels * taps), 0.0)
+    # the Rayleigh quotient of a Gaussian row of n entries has relative variance 2 (n o - 1) / (n + 2)
+    n = channels * taps
+    correlated = 2 * max(n * input_overlap(x, channels, axis) / taps - 1.0, 0.0) / (n + 2)
     rows = w.row_energy_cv2
     rho = rows + (1 + rows) * carried + correlated + _padded_offsets(node, x, w, pattern)
     return (axis, rho) if rho > 0 else None
@@ -209,9 +213,45 @@ def _mapped_overlap(node, x) -> tuple[int, float] | None:
     channels, taps, out_channels = fan
     summed = dim(node.inputs[0], axis) or channels
     if channels == 1 and out_channels == summed:  # depthwise
-        return x.overlap if x is not None and x.overlap is not None and x.overlap[0] == axis else None
+        if x is None or x.overlap is None or x.overlap[0] != axis:
+            return None
+        floor = 1.0 / max(out_channels, 1)
+        return (axis, floor + max(x.overlap[1] - floor, 0.0) * _kernels_overlap(node, x))
     value = 1.0 / out_channels + input_overlap(x, summed, axis) / taps
     return (axis, min(value, 1.0))
+
+
+def _kernels_overlap(node, x) -> float:
+    """A depthwise conv maps each channel with its own kernel: channels c and c' co-vary by w_cᵀ R w_c' times their
+    inputs' covariance, R the taps' correlation over the map, so over independent kernels of second moment
+    M = E[w wᵀ] the off-diagonal part of tr(C²)/tr(C)² keeps tr(R M R M) / tr(R M)² (1/k for k independent taps
+    of zero-mean kernels; all of it for one shared kernel). M from the layer's sampled rows where it keeps them."""
+    w = node.params["weight"]
+    kernel = node.attrs.get("kernel") or []
+    taps = int(np.prod(kernel)) if kernel else w.fan_in
+    if taps != w.fan_in:
+        return 1.0
+    r = neighbours.tap_correlation(x.neighbours, kernel, node.attrs.get("dilations") or [1] * len(kernel))
+    if w.sample_rows is not None:
+        rows = np.asarray(w.sample_rows)
+        m = rows.T @ rows / len(rows)
+    else:
+        m = np.eye(taps) / taps
+    rm = r @ m
+    return float(np.trace(rm @ rm) / np.trace(rm) ** 2)
+
+
+def _gated_overlap(node, ins, out_value) -> tuple[int, float] | None:
+    """A signal times a gate broadcast over its map (a squeeze-excitation's per-channel scale): each channel pair's
+    covariance is scaled by E[s_c s_c'], near E[s]^2 for gates that vary little, so which channels move together
+    stays."""
+    full = [i for i, v in enumerate(node.inputs) if v is not None and v.shape == out_value.shape]
+    if len(full) != 1 or len(ins) != 2 or any(m is None for m in ins):
+        return None
+    gate = node.inputs[1 - full[0]]
+    if gate is None or gate.numel is None or out_value.numel is None or gate.numel >= out_value.numel:
+        return None
+    return ins[full[0]].overlap
 
 
 def _activated_overlap(node, x, out_value) -> tuple[int, float] | None:
@@ -422,6 +462,11 @@ def _kept_axis(node, x, stat, out_value):
     return stat
 
 
+def part_closure(part: float, channels_per_group: int = 1) -> float:
+    """E[1/u] E[u] for channel variances that scatter by `part` of rho alone (the gamma closure, eps aside)."""
+    return gamma_closure(min(max(part, 0.0) / max(channels_per_group, 1), MAX_RHO))[0]
+
+
 def jensen(x, channels_per_group: int = 1, leaving: float = 0.0, eps: float = 0.0) -> float:
     """E_c[(v + eps) / (v_c + eps)] for a norm that divides groups of `channels_per_group` channels by their pooled
     variance (batch norm, instance norm: 1), `eps` relative to the mean variance v: the gamma closure
@@ -464,20 +509,21 @@ def gamma_closure(rho: float, eps: float = 0.0) -> tuple[float, float]:
     """For channel variances v_c = v u, u gamma-distributed with mean 1 and relative variance rho, and a norm's eps
     relative to v: (E[(1 + eps) / (u + eps)], E[u / (u + eps)] (1 + eps)), the backward's and the forward's
     factors over the mean channel's (docs/theory.md §17)."""
+    rho = round(rho, 4)  # cached on a grid; a part below it (a rounding's 0) is none
     if rho <= 0:
         return 1.0, 1.0
-    return _closure(round(rho, 4), float(f"{min(eps, 1e3):.3g}"))
+    return _closure(rho, float(f"{min(eps, 1e3):.3g}"))
 
 
-def padded_part(value, forward) -> float:
-    """The part of a conv output's rho its zero padding's channel offsets make (_padded_offsets): the offsets sum
-    each channel's taps, not its row's squares, so the conv's backward does not take that part back out."""
+def unreturned_part(value, x) -> float:
+    """The part of a layer output's rho that the layer's own backward leaves in the gradient: all but its rows' own
+    scatter (row_energy_cv2). A row's e_c / v_c = 1 / (ŵ_cᵀ C ŵ_c) depends on its direction alone, so what its
+    input's correlated or uneven channels and zero padding's offsets make of v_c stays (docs/theory.md §17)."""
     producer = value.producer if value is not None else None
-    if producer is None or producer.op != "conv" or producer.params.get("weight") is None:
+    if x is None or x.dispersion is None or producer is None or producer.op not in ("linear", "conv"):
         return 0.0
-    out = forward.get(value)
-    pattern = out.pattern if out is not None else None
-    return _padded_offsets(producer, forward.get(producer.inputs[0]), producer.params["weight"], pattern)
+    w = producer.params.get("weight")
+    return max(x.dispersion[1] - w.row_energy_cv2, 0.0) if w is not None else 0.0
 
 
 def independent_features(x, node, n: int) -> float:

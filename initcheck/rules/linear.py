@@ -81,13 +81,34 @@ def linear_backward(node, ins, outs, grads, ctx):
     w: LinearStats = node.params["weight"]
     g = _own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq
     _curved_slopes(node, g, ctx)
+    _state_rayleigh_excess(node, g, ctx)
     return [g] + [None] * (len(ins) - 1)
 
 
 def _own_rows_out(node, grads, ctx) -> float:
     """The output gradient without what a per-channel norm's 1/v_c added to it: v_c is made of this layer's own
-    rows, and E[W_ci^2 / v_c] = E[W^2] / v exactly, so the input's gradient does not carry it (§17)."""
-    return max(grads[0] - ctx.normalizer_excess.get(node.outputs[0], 0.0), 0.0)
+    rows, and E[W_ci^2 / v_c] = E[W^2] / v exactly, so the input's gradient does not carry it (§17). A layer that
+    mixes channels also takes back what the dense layer after it kept of its own norm's factor (its cross terms)."""
+    out = node.outputs[0]
+    taken = ctx.normalizer_excess.get(out, 0.0) + (ctx.rayleigh_excess.get(out, 0.0) if _mixes_channels(node) else 0.0)
+    return max(grads[0] - taken, 0.0)
+
+
+def _mixes_channels(node) -> bool:
+    """A linear map or a conv whose rows read more than one input channel (a depthwise conv reads one)."""
+    fan = node.params["weight"].fan_in
+    taps = int(np.prod(node.attrs.get("kernel", [1]))) if node.op == "conv" else 1
+    return fan // max(taps, 1) > 1
+
+
+def _state_rayleigh_excess(node, g: float, ctx) -> None:
+    """The input gradient of a layer that mixes channels carries E[1/R] E[R] of the norm after it (the part of
+    the norm's factor its rows' directions made, not their energies); it leans against the channel directions
+    the input's correlations favour, so the next layer back that mixes channels takes it back (§17)."""
+    kept = ctx.rayleigh_stays.pop(node.outputs[0], 1.0)
+    if kept > 1.0 and _mixes_channels(node):
+        source = node.inputs[0]
+        ctx.rayleigh_excess[source] = ctx.rayleigh_excess.get(source, 0.0) + g * (1.0 - 1.0 / kept)
 
 
 @backward_rule("conv_transpose")
@@ -139,6 +160,7 @@ def conv_backward(node, ins, outs, grads, ctx):
     border = backward_border(window_axes(node), False, ctx.backward_map.get(node.outputs[0]))
     g = _own_rows_out(node, grads, ctx) * w.fan_out * w.w_sq / stride * border
     _curved_slopes(node, g, ctx)
+    _state_rayleigh_excess(node, g, ctx)
     pairs = _neighbour_slopes(node, ctx)
     if pairs > 0:
         out = node.outputs[0]

@@ -57,6 +57,16 @@ def pooled_variance(neighbours, axes) -> float:
     return share
 
 
+def tap_correlation(neighbours, kernel, dilations) -> np.ndarray:
+    """The correlation between a window's taps (flattened in the weight's order), separable over the axes:
+    R[(a, b), (a', b')] = rho_h(d_h |a - a'|) rho_w(d_w |b - b'|); the identity for independent positions."""
+    r = np.ones((1, 1))
+    for axis, (k, d) in enumerate(zip(kernel, dilations)):
+        rho = _lags(neighbours, axis)
+        r = np.kron(r, np.array([[_at(rho, d * (b - a)) for b in range(k)] for a in range(k)]))
+    return r
+
+
 def _lags(neighbours, axis: int) -> np.ndarray:
     """rho at lags 0..LAGS along one axis (rho(0) = 1)."""
     rho = np.zeros(LAGS + 1)

@@ -69,16 +69,19 @@ def _uneven(node, ins, ctx) -> float:
 def _per_channel(node, ins, ctx, gin: float, channels_per_group: int, v: float) -> float:
     """The input gradient of a norm that divides each channel (group) by its own variance: E_c[(v + eps) / (v_c +
     eps)] more where this instance's channels vary unevenly (§17). The layer that made the input reads the same
-    rows and takes back all but E_c[v_c / (v_c + eps)] / (v / (v + eps)) of it (`ctx.normalizer_excess`; all of it
-    where eps is negligible), except what its zero padding's channel offsets made."""
+    rows: its backward keeps only the part its rows' energies did not make, E[1/R] E[R] for v_c = e_c R_c (the
+    input's correlated or uneven channels, zero padding's offsets), times E_c[v_c / (v_c + eps)] / (v / (v + eps))
+    where eps caps the quiet channels; the rest of the factor it takes back (`ctx.normalizer_excess`)."""
     eps = _relative_eps(node, v)
     factor = dispersion.jensen(ins[0], channels_per_group, eps=eps)
     value = node.inputs[0]
-    leaving = dispersion.padded_part(value, ctx.forward)
-    returned = dispersion.jensen(ins[0], channels_per_group, leaving, eps)
-    kept = dispersion.kept_variance(ins[0], channels_per_group, leaving, eps)
-    if returned > kept:
-        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (returned - kept)
+    unreturned = dispersion.unreturned_part(value, ins[0])
+    kept = dispersion.kept_variance(ins[0], channels_per_group, unreturned, eps)
+    rayleigh = dispersion.part_closure(unreturned, channels_per_group)
+    stays = kept * rayleigh
+    ctx.rayleigh_stays[value] = rayleigh
+    if factor > stays:
+        ctx.normalizer_excess[value] = ctx.normalizer_excess.get(value, 0.0) + gin * (factor - stays)
     return gin * factor
 
 
