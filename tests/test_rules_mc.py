@@ -648,9 +648,9 @@ def _channel_overlaps(y: torch.Tensor) -> tuple[float, float]:
 def test_a_depthwise_conv_decorrelates_the_channels_its_kernels_mix(kernel, tmp_path):
     """Channels c and c' of a depthwise conv's output co-vary by w_c^T R w_c' times their inputs' covariance (R:
     the taps' correlation over the map), so independent kernels keep tr(R M R M) / tr(R M)^2 of the input's
-    off-diagonal tr(C^2) / tr(C)^2 (about 1/k^2; keeping all of it put the output's correlation at 7-20x the
-    measurement). 64 channels made from 8, a ReLU, a k x k depthwise conv: the off-diagonal part within 20% of
-    the measurement over 16,384 positions, against the input's 7x or more."""
+    off-diagonal tr(C^2) / tr(C)^2 (about 1/k^2; keeping all of it put the output's correlation at 8x and 17x the
+    measurement). 64 channels made from 8, a ReLU, a k x k depthwise conv: the off-diagonal part within 10% of
+    the measurement over 16,384 positions (0.4% and 4% off), against the input's 7x or more."""
     torch.manual_seed(0)
     stem = nn.Sequential(nn.Conv2d(8, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
     model = _he(*stem, nn.Conv2d(64, 64, kernel, padding=kernel // 2, groups=64, bias=False)).train()
@@ -660,7 +660,7 @@ def test_a_depthwise_conv_decorrelates_the_channels_its_kernels_mix(kernel, tmp_
         _, before = _channel_overlaps(model[:3](x))
         _, after = _channel_overlaps(model(x))
     assert predicted.overlap is not None and predicted.overlap[0] == 1
-    assert predicted.overlap[1] - 1 / 64 == pytest.approx(after, rel=0.20)
+    assert predicted.overlap[1] - 1 / 64 == pytest.approx(after, rel=0.10)
     assert before > 7 * after
 
 
@@ -668,7 +668,7 @@ def test_a_gate_keeps_which_channels_move_together(tmp_path):
     """A squeeze-excitation gate scales each channel of a sample by its own factor, near its mean for gates that
     vary little, so the channels' correlation stays (MobileNetV3's project convs read it: without it the pass put
     their input's correlation at 1/C). 64 channels made from 8, gated by a sigmoid of their pooled means: the
-    output's off-diagonal tr(C^2) / tr(C)^2 within 15% of the measurement."""
+    output's off-diagonal tr(C^2) / tr(C)^2 within 15% of the measurement (6% off)."""
 
     class Gated(nn.Module):
         def __init__(self):
