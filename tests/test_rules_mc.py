@@ -616,6 +616,15 @@ class _CoupledBranch(nn.Module):
         return x + self.branch(x)
 
 
+def _channel_overlaps(y: torch.Tensor) -> tuple[float, float]:
+    """(tr(C^2) / tr(C)^2, its off-diagonal part) of the channel covariance of an (N, C, ...) tensor."""
+    z = y.transpose(0, 1).reshape(y.shape[1], -1).double()
+    z = z - z.mean(1, keepdim=True)
+    cov = z @ z.T / z.shape[1]
+    total = float(torch.trace(cov) ** 2)
+    return float((cov * cov).sum()) / total, float((cov * cov).sum() - (torch.diag(cov) ** 2).sum()) / total
+
+
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_a_branch_meets_its_streams_position_through_its_convs_centre_tap(kernel, tmp_path):
     """A residual branch that is partly a linear map of its stream adds its covariance with the stream to the sum's
@@ -626,22 +635,9 @@ def test_a_branch_meets_its_streams_position_through_its_convs_centre_tap(kernel
     model = _CoupledBranch(kernel).train()
     predicted, _, _ = predict(model, torch.randn(32, 8, 14, 14), tmp_path / "m.onnx", train=True)
     with torch.no_grad():
-        y = torch.cat([model(torch.randn(64, 8, 14, 14)) for _ in range(4)])
-    z = y.transpose(0, 1).reshape(y.shape[1], -1)
-    z = z - z.mean(1, keepdim=True)
-    cov = z @ z.T / z.shape[1]
-    measured = float(torch.trace(cov @ cov) / torch.trace(cov) ** 2)
+        measured, _ = _channel_overlaps(torch.cat([model(torch.randn(64, 8, 14, 14)) for _ in range(4)]))
     assert predicted.overlap is not None and predicted.overlap[0] == 1
     assert predicted.overlap[1] == pytest.approx(measured, rel=0.15)
-
-
-def _channel_overlaps(y: torch.Tensor) -> tuple[float, float]:
-    """(tr(C^2) / tr(C)^2, its off-diagonal part) of the channel covariance of an (N, C, ...) tensor."""
-    z = y.transpose(0, 1).reshape(y.shape[1], -1).double()
-    z = z - z.mean(1, keepdim=True)
-    cov = z @ z.T / z.shape[1]
-    total = float(torch.trace(cov) ** 2)
-    return float((cov * cov).sum()) / total, float((cov * cov).sum() - (torch.diag(cov) ** 2).sum()) / total
 
 
 @pytest.mark.parametrize("kernel", [3, 5])

@@ -464,7 +464,7 @@ def _kept_axis(node, x, stat, out_value):
 
 def part_closure(part: float, channels_per_group: int = 1) -> float:
     """E[1/u] E[u] for channel variances that scatter by `part` of rho alone (the gamma closure, eps aside)."""
-    return gamma_closure(min(max(part, 0.0) / max(channels_per_group, 1), MAX_RHO))[0]
+    return gamma_closure(_per_group(part, channels_per_group))[0]
 
 
 def jensen(x, channels_per_group: int = 1, leaving: float = 0.0, eps: float = 0.0) -> float:
@@ -487,7 +487,12 @@ def kept_variance(x, channels_per_group: int = 1, leaving: float = 0.0, eps: flo
 def _norm_rho(x, channels_per_group: int, leaving: float) -> float | None:
     if x is None or x.dispersion is None or x.dispersion[0] != 1:
         return None
-    return min(max(x.dispersion[1] - leaving, 0.0) / max(channels_per_group, 1), MAX_RHO)
+    return _per_group(x.dispersion[1] - leaving, channels_per_group)
+
+
+def _per_group(rho: float, channels_per_group: int) -> float:
+    """A norm over groups of channels divides by their pooled variance: rho / g, capped at MAX_RHO."""
+    return min(max(rho, 0.0) / max(channels_per_group, 1), MAX_RHO)
 
 
 @lru_cache(maxsize=4096)
