@@ -133,7 +133,9 @@ class LinearStats:
     row_concentration: the mean over rows of sum_j (W_cj^2 / e_c)^2, e_c the row's energy: how much of a row's
     energy one input carries (3 / (fan_in + 2) for Gaussian rows; what one input moves of the output, §4);
     sample_rows: up to SAMPLED_ROWS of the rows, each of unit length, where a row sums at most FEW_INPUTS entries:
-    their concentration sets the tails of such sums' law (§4).
+    their concentration sets the tails of such sums' law (§4); row_skew: there, the mean over all rows of
+    sum_j (W_cj / sqrt(e_c))^3, the layer's lean, which sets such sums' mean skew (a sample of 256 rows of 1,152
+    leans +0.037 where the layer leans -0.003).
     """
 
     fan_in: int
@@ -152,6 +154,7 @@ class LinearStats:
     units: tuple[tuple[float, float], ...] | None = None
     row_concentration: float = 0.0
     sample_rows: tuple[tuple[float, ...], ...] | None = None
+    row_skew: float = 0.0
 
     @property
     def gain(self) -> float:
@@ -180,13 +183,17 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
     """weight: (out, ...) with everything after the first axis summed into each output. Streamed by rows."""
     w = np.asarray(weight).reshape(weight.shape[0], -1)
     step = max(1, CHUNK // max(w.shape[1], 1))
+    few = 0 < w.shape[1] <= FEW_INPUTS
     rows, energies, fourths = np.empty(w.shape[0]), np.empty(w.shape[0]), np.empty(w.shape[0])
+    cubes = np.zeros(w.shape[0])
     for start in range(0, w.shape[0], step):
         block = _finite(w[start : start + step])
         rows[start : start + step] = block.sum(axis=1)
         squared = block * block
         energies[start : start + step] = squared.sum(axis=1)
         fourths[start : start + step] = np.einsum("ij,ij->i", squared, squared)
+        if few:
+            cubes[start : start + step] = np.einsum("ij,ij->i", squared, block)
     squares = float(energies.sum())
     mean_energy = float(energies.mean()) if energies.size else 0.0
     b = _finite(bias).ravel() if bias is not None else np.zeros(w.shape[0])
@@ -205,7 +212,8 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
         units=tuple(zip(rows.tolist(), b.tolist())) if w.shape[0] <= FEW_UNITS else None,
         row_concentration=_concentration(fourths, energies),
-        sample_rows=_sampled_rows(w, energies) if 0 < w.shape[1] <= FEW_INPUTS else None,
+        sample_rows=_sampled_rows(w, energies) if few else None,
+        row_skew=_lean(cubes, energies) if few else 0.0,
     )
 
 
@@ -217,6 +225,12 @@ def _sampled_rows(w: np.ndarray, energies: np.ndarray) -> tuple[tuple[float, ...
         return None
     rows = _finite(w[picked]) / np.sqrt(energies[picked])[:, None]
     return tuple(tuple(float(v) for v in row) for row in rows)
+
+
+def _lean(cubes: np.ndarray, energies: np.ndarray) -> float:
+    """The mean over rows of sum_j W_cj^3 / e_c^1.5 (rows of no energy left out)."""
+    live = energies > 0
+    return float(np.mean(cubes[live] / energies[live] ** 1.5)) if live.any() else 0.0
 
 
 def _concentration(fourths: np.ndarray, energies: np.ndarray) -> float:

@@ -60,7 +60,7 @@ def _few_inputs(node, values: dict) -> EntryLaw | None:
     each channel skewed (third cumulant sum_t w_t^3 / |w|^3 of the input's) and heavy-tailed (fourth: the rows'
     concentration times the input's), so the activation after its norm sees more energy in the tails than a
     Gaussian's (K +3.5%, E[phi'^2] -2%; docs/theory.md §4). The output's law is the mixture over the layer's own
-    rows (a sample of them, with their mirrors) of the normalised sums, where an activation reads them through
+    rows (a sample of them) of the normalised sums, where an activation reads them through
     per-channel affine ops and the entries are an activation's of Gaussian inputs."""
     w = node.params.get("weight")
     if w is None or w.sample_rows is None or w.row_concentration < GAUSSIAN_ENOUGH:
@@ -77,7 +77,16 @@ def _few_inputs(node, values: dict) -> EntryLaw | None:
         return None
     # the standardized law moves slowly with the input's scale: two digits of it are one law
     m, var = float(f"{source.m:.2g}"), float(f"{source.var:.2g}")
-    return _summed_activations(producer.attrs["program"], m, var, w.sample_rows)
+    return _summed_activations(producer.attrs["program"], m, var, w.sample_rows, _kept_lean(w.sample_rows, w.row_skew))
+
+
+def _kept_lean(rows: tuple[tuple[float, ...], ...], layer_skew: float) -> float:
+    """The weight of the sampled rows against their mirrors that gives their mixture the whole layer's mean skew
+    (1 where the sample is the layer; a half, the mirrored law, where the sample does not lean)."""
+    sample = float(np.mean(np.sum(np.asarray(rows) ** 3, axis=1)))
+    if abs(sample) < 1e-9:
+        return 0.5
+    return round(min(max((1 + layer_skew / sample) / 2, 0.0), 1.0), 2)
 
 
 def _activation_points(program, m: float, var: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -95,13 +104,15 @@ _QUANTILES = 4096
 
 
 @lru_cache(maxsize=256)
-def _summed_activations(program, m: float, var: float, rows: tuple[tuple[float, ...], ...]) -> EntryLaw | None:
+def _summed_activations(
+    program, m: float, var: float, rows: tuple[tuple[float, ...], ...], lean: float = 1.0
+) -> EntryLaw | None:
     """The law over the channels of sum_j w_j phi(z_j), z_j ~ N(m, var) independent, for the layer's sampled rows
-    w (unit length) and their mirrors, drawn from a fixed sample (the same numbers on every run). The rows' own
-    concentration sets the tails (uniform rows, PyTorch's default, have lighter ones than Gaussian rows); their
-    mean skew, an instance's draw (MobileNetV3-small's first depthwise conv: -0.18 over 16 rows, so the ReLU after
-    its norm keeps 0.458 of the variance), is mirrored away: with it a padded depthwise stack's rows moved by
-    -0.02 through an error elsewhere that it had been offsetting (docs/theory.md §4)."""
+    w (unit length), drawn from a fixed sample (the same numbers on every run). The rows' own concentration sets
+    the tails (uniform rows, PyTorch's default, have lighter ones than Gaussian rows); their mean skew, an
+    instance's draw, the law's lean: MobileNetV3-small's first depthwise conv's 16 rows average -0.18, so the ReLU
+    after its norm keeps 0.458 of the variance, not 0.5 (docs/theory.md §4). The rows weigh `lean` against their
+    mirrors' 1 - lean: the whole layer's lean where the rows are a sample of it."""
     points = _activation_points(program, m, var)
     if points is None:
         return None
@@ -112,13 +123,18 @@ def _summed_activations(program, m: float, var: float, rows: tuple[tuple[float, 
     quantiles = np.interp((np.arange(_QUANTILES) + 0.5) / _QUANTILES, cdf, values[order])
     rng = np.random.default_rng(0)
     w = np.asarray(rows, dtype=float)
-    w = np.concatenate([w, -w])  # each row with its mirror: the instance's mean skew is left out
     per_row = max(_DRAWS // len(w), 1)
     picks = rng.integers(0, _QUANTILES, (len(w), per_row, w.shape[1]), dtype=np.int16)
-    sums = np.einsum("rdn,rn->rd", quantiles.astype(np.float32)[picks], w.astype(np.float32)).astype(float)
+    sums = np.einsum("rdn,rn->rd", quantiles.astype(np.float32)[picks], w.astype(np.float32)).astype(float).ravel()
+    weights = np.full(sums.size, lean / sums.size)
+    if lean < 1:  # a mirrored row's sums are the row's negated (the entries' law is the same for every row)
+        sums, weights = (
+            np.concatenate([sums, -sums]),
+            np.concatenate([weights, np.full(sums.size, (1 - lean) / sums.size)]),
+        )
     # finer than an activation's output law: a slope's jump (a hard-swish's at +-3) lands within an atom's stretch
     # of the tail, whose mean stands for all of it (E[phi'^2] 1.2% low at n = 9 with 128 atoms)
-    return _standardized(sums.ravel(), np.full(sums.size, 1.0 / sums.size), atoms=4 * ATOMS)
+    return _standardized(sums, weights, atoms=4 * ATOMS)
 
 
 def shape_of(x: Moments) -> EntryLaw | None:
