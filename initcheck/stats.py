@@ -211,9 +211,9 @@ def linear_stats(weight: np.ndarray, bias: np.ndarray | None, fan_out: int | Non
         sb_mean=float(np.mean(rows * b)),
         row_energy_cv2=float(energies.var() / mean_energy**2) if mean_energy > 0 else 0.0,
         units=tuple(zip(rows.tolist(), b.tolist())) if w.shape[0] <= FEW_UNITS else None,
-        row_concentration=_concentration(fourths, energies),
+        row_concentration=_per_unit_row(fourths, energies, 2),
         sample_rows=_sampled_rows(w, energies) if few else None,
-        row_skew=_lean(cubes, energies) if few else 0.0,
+        row_skew=_per_unit_row(cubes, energies, 1.5) if few else 0.0,
     )
 
 
@@ -227,16 +227,11 @@ def _sampled_rows(w: np.ndarray, energies: np.ndarray) -> tuple[tuple[float, ...
     return tuple(tuple(float(v) for v in row) for row in rows)
 
 
-def _lean(cubes: np.ndarray, energies: np.ndarray) -> float:
-    """The mean over rows of sum_j W_cj^3 / e_c^1.5 (rows of no energy left out)."""
+def _per_unit_row(sums: np.ndarray, energies: np.ndarray, power: float) -> float:
+    """The mean over rows of sums_c / e_c^power: a per-row sum of W_cj^k of the rows scaled to unit length
+    (k = 2 power; rows of no energy left out)."""
     live = energies > 0
-    return float(np.mean(cubes[live] / energies[live] ** 1.5)) if live.any() else 0.0
-
-
-def _concentration(fourths: np.ndarray, energies: np.ndarray) -> float:
-    """The mean over rows of sum_j W_cj^4 / e_c^2 (rows of no energy left out)."""
-    live = energies > 0
-    return float(np.mean(fourths[live] / energies[live] ** 2)) if live.any() else 0.0
+    return float(np.mean(sums[live] / energies[live] ** power)) if live.any() else 0.0
 
 
 def taps_per_phase(k: int, s: int, d: int) -> list[list[int]]:

@@ -121,6 +121,12 @@ def _fan(node) -> tuple[int, int, int] | None:
     return channels, max(w.fan_in // channels, 1), dim(node.outputs[0], axis) or 0
 
 
+def mixes_channels(node) -> bool:
+    """Whether each row of a linear map or conv reads more than one input channel (a depthwise conv reads one)."""
+    fan = _fan(node)
+    return fan is not None and fan[0] > 1
+
+
 def input_overlap(x, channels: int, axis: int) -> float:
     """1/r of a layer's input along `axis` (1/channels where nothing correlated them)."""
     if x is not None and x.overlap is not None and x.overlap[0] == axis:

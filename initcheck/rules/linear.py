@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from initcheck.moments import Moments, clean, normalize_profile, profile_along, profile_factor
-from initcheck.rules import activations, axis_profile, position_kernel
+from initcheck.rules import activations, axis_profile, dispersion, position_kernel
 from initcheck.rules.common import (
     activation_behind,
     backward_border,
@@ -90,15 +90,10 @@ def _own_rows_out(node, grads, ctx) -> float:
     rows, and E[W_ci^2 / v_c] = E[W^2] / v exactly, so the input's gradient does not carry it (§17). A layer that
     mixes channels also takes back what the dense layer after it kept of its own norm's factor (its cross terms)."""
     out = node.outputs[0]
-    taken = ctx.normalizer_excess.get(out, 0.0) + (ctx.rayleigh_excess.get(out, 0.0) if _mixes_channels(node) else 0.0)
+    taken = ctx.normalizer_excess.get(out, 0.0) + (
+        ctx.rayleigh_excess.get(out, 0.0) if dispersion.mixes_channels(node) else 0.0
+    )
     return max(grads[0] - taken, 0.0)
-
-
-def _mixes_channels(node) -> bool:
-    """A linear map or a conv whose rows read more than one input channel (a depthwise conv reads one)."""
-    fan = node.params["weight"].fan_in
-    taps = int(np.prod(node.attrs.get("kernel", [1]))) if node.op == "conv" else 1
-    return fan // max(taps, 1) > 1
 
 
 def _state_rayleigh_excess(node, g: float, ctx) -> None:
@@ -106,7 +101,7 @@ def _state_rayleigh_excess(node, g: float, ctx) -> None:
     the norm's factor its rows' directions made, not their energies); it leans against the channel directions
     the input's correlations favour, so the next layer back that mixes channels takes it back (§17)."""
     kept = ctx.rayleigh_stays.pop(node.outputs[0], 1.0)
-    if kept > 1.0 and _mixes_channels(node):
+    if kept > 1.0 and dispersion.mixes_channels(node):
         source = node.inputs[0]
         ctx.rayleigh_excess[source] = ctx.rayleigh_excess.get(source, 0.0) + g * (1.0 - 1.0 / kept)
 
