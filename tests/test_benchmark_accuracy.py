@@ -1,21 +1,15 @@
 """The accuracy benchmark's reference: a model is measured again with more seeds until its measurement is sharper
 than the 15% it judges (benchmarks/accuracy.py, docs/theory.md §14)."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("accuracy")
 
 
 def _report(bars):

@@ -1,0 +1,104 @@
+"""How much of each layer's gradient leans along its own signal within a sample, measured with hooks (docs/theory.md
+§18). Not part of the pass and not a test: the evidence for §18, and the reference a model of it will be judged by.
+
+    python benchmarks/lean.py [--model mobilenetv3_small_at_scale] [--seeds 4]
+
+A zoo model (tests/zoo.py) at its measured size, in training mode, on N(0, 1) images and N(0, 1) cotangents. For
+every four-dimensional output (each module's, a squeeze-excitation's product included), per channel c of sample n
+over the map's positions p, with x~ and g~ the value and its gradient less their means over the map:
+- `shared`: the part of G the positions share, E[(mean_p g)^2] / E[g^2];
+- `R`: what the pairs of distinct positions add to E[(sum_p g~ x~)^2], over the independent product n E[g~^2] E[x~^2]
+  (per sample and channel): 0 where the gradient does not lean along the signal, n E[beta^2] Var(x~) / E[g~^2] where
+  g~ = beta x~ + noise. A gate that scales the channel sums exactly sum_p g x, so R is what its gradient gains;
+- `common` / `own`: E[beta^2] of the per-sample coefficient the channels share, and of each channel's own, from the
+  per-channel regressions beta_nc = sum_p g~ x~ / sum_p x~^2 less their sampling noise (sandwich estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the zoo
+
+
+def lean_statistics(x, g) -> dict[str, float]:
+    """The lean of gradient g along value x, both (N, C, H, W) float64 tensors: shared, R, common, own (above)."""
+    positions = x.shape[2] * x.shape[3]
+    xt = x - x.mean((2, 3), keepdim=True)
+    gt = g - g.mean((2, 3), keepdim=True)
+    sums = (gt * xt).sum((2, 3))
+    diagonal = ((gt * xt) ** 2).sum((2, 3))  # the positions' own products: what independent positions give
+    energy = (xt**2).sum((2, 3))
+    independent = positions * ((gt**2).mean((2, 3)) * (xt**2).mean((2, 3))).mean()
+    beta = sums / energy
+    noise = diagonal / energy**2  # the regression's sampling variance, robust to uneven energies
+    common = (beta.mean(1) ** 2).mean() - noise.mean() / x.shape[1]
+    return {
+        "shared": float((g.mean((2, 3)) ** 2).mean() / (g**2).mean()),
+        "R": float(((sums**2).mean() - diagonal.mean()) / independent),
+        "common": float(common),
+        "own": float((beta**2).mean() - noise.mean() - common),
+    }
+
+
+def measure(model_name: str, seeds: int) -> list[tuple[str, tuple, dict[str, float]]]:
+    """Per four-dimensional output of the model, in the order they are made: (module, shape, statistics averaged
+    over `seeds` batches)."""
+    import torch
+    from zoo import STOCK
+
+    model = next(m for m in STOCK if m.name == model_name)
+    module, inputs = model.build()
+    size, batch = model.measured_at or (inputs["x"].shape[-1], inputs["x"].shape[0])
+    module.train()
+    captured: list[tuple[str, torch.Tensor]] = []
+
+    def keep(name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.requires_grad:
+                if all(output is not seen for _, seen in captured):  # a container returns its last child's
+                    output.retain_grad()
+                    captured.append((name, output))
+
+        return hook
+
+    for name, child in module.named_modules():
+        if name:
+            child.register_forward_hook(keep(name))
+    totals: dict[str, dict[str, float]] = {}
+    shapes: dict[str, tuple] = {}
+    for seed in range(seeds):
+        captured.clear()
+        out = module(torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1000 + seed)))
+        for name, value in captured:
+            if value.grad is None or value.shape[2] * value.shape[3] < 2:
+                continue
+            stats = lean_statistics(value.detach().double(), value.grad.double())
+            shapes[name] = tuple(value.shape[1:])
+            running = totals.setdefault(name, dict.fromkeys(stats, 0.0))
+            for key, v in stats.items():
+                running[key] += v / seeds
+        module.zero_grad()
+    return [(name, shapes[name], totals[name]) for name in totals]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenetv3_small_at_scale", help="a zoo name")
+    parser.add_argument("--seeds", type=int, default=4)
+    args = parser.parse_args(argv)
+    print("| layer | C | positions | shared | R | common share |")
+    print("|---|---|---|---|---|---|")
+    for name, (channels, h, w), stats in measure(args.model, args.seeds):
+        lean = stats["common"] + stats["own"]
+        common = f"{stats['common'] / lean:.2f}" if lean > 0 else "-"
+        print(f"| {name} | {channels} | {h * w} | {stats['shared']:.4f} | {stats['R']:+.3f} | {common} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
