@@ -1,11 +1,12 @@
 """How much of each layer's gradient leans along its own signal within a sample, measured with hooks (docs/theory.md
 §18). Not part of the pass and not a test: the evidence for §18, and the reference a model of it will be judged by.
 
-    python benchmarks/lean.py [--model mobilenetv3_small_at_scale] [--seeds 4]
+    python benchmarks/lean.py [--model mobilenetv3_small_at_scale] [--seeds 4] [--image 64] [--batch 32]
 
-A zoo model (tests/zoo.py) at its measured size, in training mode, on N(0, 1) images and N(0, 1) cotangents. For
-every four-dimensional output (each module's, a squeeze-excitation's product included), per channel c of sample n
-over the map's positions p, with x~ and g~ the value and its gradient less their means over the map:
+A zoo CNN (tests/zoo.py) at its measured size (the narrow ones on --batch images of --image pixels), in training
+mode, on N(0, 1) images and N(0, 1) cotangents. For every four-dimensional output (each module's, a
+squeeze-excitation's product included), per channel c of sample n over the map's positions p, with x~ and g~ the
+value and its gradient less their means over the map:
 - `shared`: the part of G the positions share, E[(mean_p g)^2] / E[g^2];
 - `R`: what the pairs of distinct positions add to E[(sum_p g~ x~)^2], over the independent product n E[g~^2] E[x~^2]
   (per sample and channel): 0 where the gradient does not lean along the signal, n E[beta^2] Var(x~) / E[g~^2] where
@@ -44,15 +45,21 @@ def lean_statistics(x, g) -> dict[str, float]:
     }
 
 
-def measure(model_name: str, seeds: int) -> list[tuple[str, tuple, dict[str, float]]]:
+def measure(model_name: str, seeds: int, image: int = 64, batch: int = 32) -> list[tuple[str, tuple, dict[str, float]]]:
     """Per four-dimensional output of the model, in the order they are made: (module, shape, statistics averaged
-    over `seeds` batches)."""
+    over `seeds` batches). A model at its checkpoints' width is measured at its training size, the others (the
+    zoo's narrow CNNs) on `batch` images of `image` pixels, as the accuracy benchmark does."""
     import torch
     from zoo import STOCK
 
-    model = next(m for m in STOCK if m.name == model_name)
+    model = next((m for m in STOCK if m.name == model_name), None)
+    if model is None:
+        raise SystemExit(f"no zoo model named {model_name}")
     module, inputs = model.build()
-    size, batch = model.measured_at or (inputs["x"].shape[-1], inputs["x"].shape[0])
+    example = inputs.get("x") if isinstance(inputs, dict) else None
+    if example is None or example.dim() != 4:
+        raise SystemExit(f"{model_name} does not take an image: the lean is measured over a feature map's positions")
+    size, batch = model.measured_at or (image, batch)
     module.train()
     captured: list[tuple[str, torch.Tensor]] = []
 
@@ -72,7 +79,8 @@ def measure(model_name: str, seeds: int) -> list[tuple[str, tuple, dict[str, flo
     shapes: dict[str, tuple] = {}
     for seed in range(seeds):
         captured.clear()
-        out = module(torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+        x = torch.randn(batch, example.shape[1], size, size, generator=torch.Generator().manual_seed(seed))
+        out = module(x)
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1000 + seed)))
         for name, value in captured:
             if value.grad is None or value.shape[2] * value.shape[3] < 2:
@@ -90,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenetv3_small_at_scale", help="a zoo name")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--image", type=int, default=64, help="pixels, for a model without a training size")
+    parser.add_argument("--batch", type=int, default=32, help="images, for a model without a training size")
     args = parser.parse_args(argv)
+    rows = measure(args.model, args.seeds, args.image, args.batch)
     print("| layer | C | positions | shared | R | common share |")
     print("|---|---|---|---|---|---|")
-    for name, (channels, h, w), stats in measure(args.model, args.seeds):
+    for name, (channels, h, w), stats in rows:
         lean = stats["common"] + stats["own"]
         common = f"{stats['common'] / lean:.2f}" if lean > 0 else "-"
         print(f"| {name} | {channels} | {h * w} | {stats['shared']:.4f} | {stats['R']:+.3f} | {common} |")
