@@ -131,7 +131,7 @@ def measure(model, seeds: int, batch: int, image: int, draw: int = 0) -> dict:
         "draw": draw,
         "family": model.family,
         "seeds": seeds,
-        "sampling_G": _quantile([r.measured.G_bar for r in report.layers if r.measured and r.measured.G], 0.5),
+        "sampling_G": _quantile(_gradient_bars(report), 0.5),
         "K": summarize(row_errors(report, "K")),
         "G": summarize(row_errors(report, "G")),
         "ic401": sum(f.code == "IC401" and f.severity == "warning" for f in report.findings),
@@ -152,10 +152,15 @@ MAX_SEEDS = 64
 def seeds_for_precision(report, seeds: int) -> int:
     """The seeds that bring the 90th-percentile row's G sampling error to PRECISION (it falls as 1/sqrt(seeds)),
     a power-of-two multiple of `seeds`, at most MAX_SEEDS; `seeds` where it is there already."""
-    bar = _quantile([r.measured.G_bar for r in report.layers if r.measured and r.measured.G], 0.9)
+    bar = _quantile(_gradient_bars(report), 0.9)
     if bar is None or bar <= PRECISION:
         return seeds
     return min(MAX_SEEDS, seeds * 2 ** math.ceil(math.log2((bar / PRECISION) ** 2)))
+
+
+def _gradient_bars(report) -> list[float]:
+    """Each row's relative sampling error of its measured G (rows with a measured gradient)."""
+    return [r.measured.G_bar for r in report.layers if r.measured and r.measured.G]
 
 
 def _quantile(values: list[float], q: float) -> float | None:

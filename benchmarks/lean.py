@@ -12,7 +12,8 @@ value and its gradient less their means over the map:
   (per sample and channel): 0 where the gradient does not lean along the signal, n E[beta^2] Var(x~) / E[g~^2] where
   g~ = beta x~ + noise. A gate that scales the channel sums exactly sum_p g x, so R is what its gradient gains;
 - `common` / `own`: E[beta^2] of the per-sample coefficient the channels share, and of each channel's own, from the
-  per-channel regressions beta_nc = sum_p g~ x~ / sum_p x~^2 less their sampling noise (sandwich estimate).
+  per-channel regressions beta_nc = sum_p g~ x~ / sum_p x~^2 less their sampling noise (sandwich estimate); the
+  table's `common share` is common / (common + own), which noise can push outside [0, 1] where the lean is small.
 """
 
 from __future__ import annotations
