@@ -1026,6 +1026,118 @@ def test_an_average_pool_keeps_more_of_a_map_whose_neighbours_correlate():
     assert abs(math.log(before.symbolic.G / before.measured.G)) < math.log(1.10)
 
 
+def _conv_norm_relu(c: int) -> list[nn.Module]:
+    return [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+
+
+@pytest.mark.parametrize("pool, without", [(nn.AvgPool2d(2), -0.033), (nn.MaxPool2d(3, 2, 1), -0.051)])
+def test_a_pool_passes_the_gradient_map_back(pool, without):
+    """Padded 3x3 convs on an 8x8 map send back a gradient low at the border (half the centre's at the edge after a
+    few), and a pool before them hands each input its outputs' gradient: the 16x16 conv before the pool reads that
+    profile and loses less at its own border. Dropping the map at the pool, the step across that conv was `without`
+    in ln (DenseNet-121's transitions: -0.015 per dense layer, -0.14 over the network); within 0.015 now."""
+    torch.manual_seed(0)
+    c = 64
+    model = _he(*_conv_norm_relu(c), *_conv_norm_relu(c), pool, *[m for _ in range(4) for m in _conv_norm_relu(c)])
+    rows = {r.label: r for r in _row_reports(model.train(), torch.randn(32, c, 16, 16))}
+    before, conv = rows["1"], rows["3"]
+    assert conv.op == "conv" and before.op == "batch_norm+relu"
+    step = math.log(before.symbolic.G / conv.symbolic.G) - math.log(before.measured.G / conv.measured.G)
+    assert abs(step) < 0.015, step
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_a_padded_max_pools_border_windows_hold_fewer_values(size, tmp_path):
+    """A 3x3 stride-2 max pool padded by one (-inf: the padding is never the max) holds 6 values in its first row
+    and column of windows, 4 in the corner: on an 8x8 map a quarter of the windows per axis. Taking every window
+    whole, the maxima's mean was 8% and 4% high at 8x8 and 16x16, their variance 10% and 5% low (a norm after the
+    pool divides by it); mean, K and variance within 1.5% of 256 maps now."""
+    torch.manual_seed(0)
+    pool = nn.Sequential(nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    predicted, _, _ = predict(pool, torch.randn(8, 16, size, size), tmp_path / "m.onnx")
+    y = pool(torch.randn(256, 16, size, size))
+    assert predicted.m == pytest.approx(float(y.mean()), rel=0.015)
+    assert predicted.K == pytest.approx(float((y**2).mean()), rel=0.015)
+    assert predicted.K - predicted.M == pytest.approx(float(y.var((0, 2, 3)).mean()), rel=0.015)
+
+
+class _PaddedFeatures(nn.Module):
+    """Three padded 3x3 convs on ReLU features, with norms and ReLUs between; `side`: a padded conv of the same
+    input concatenated beside them (a DenseNet's features before a transition)."""
+
+    def __init__(self, c: int = 64, side: bool = False):
+        super().__init__()
+        self.body = _he(nn.ReLU(), *_conv_norm_relu(c), *_conv_norm_relu(c), nn.Conv2d(c, c, 3, padding=1, bias=False))
+        self.side = _he(nn.ReLU(), nn.Conv2d(c, c // 2, 3, padding=1, bias=False)) if side else None
+
+    def forward(self, x):
+        return torch.cat([self.body(x), self.side(x)], 1) if self.side is not None else self.body(x)
+
+
+@pytest.mark.parametrize("side", [False, True])
+@pytest.mark.parametrize("size, without", [(8, 0.093), (14, 0.053)])
+def test_an_average_pool_keeps_the_channel_means_pattern_over_the_map(size, without, side, tmp_path):
+    """Zero padding leaves each channel's mean uneven over the map (the taps that lie inside sum the input's
+    offsets): 11% of a 3x3 conv stack's variance on an 8x8 map, 7% on 14x14. A 2x2 average pool keeps nearly all
+    of that smooth pattern where it keeps a quarter of independent noise: taking it as noise, the pooled variance
+    was `without` low (DenseNet-121's last transition 5%, and the norm after it sent back that much more
+    gradient); within 3% now, also where the features are concatenated beside others (docs/theory.md §7)."""
+    torch.manual_seed(0)
+    c = 64
+    features = _PaddedFeatures(c, side).train()
+    x = torch.randn(32, c, size, size)
+    before, _, _ = predict(features, x, tmp_path / "a.onnx", train=True)
+    after, _, _ = predict(nn.Sequential(features, nn.AvgPool2d(2)).train(), x, tmp_path / "b.onnx", train=True)
+    with torch.no_grad():
+        y = torch.cat([features(torch.randn(64, c, size, size)) for _ in range(8)])
+    measured = float(nn.functional.avg_pool2d(y, 2).var((0, 2, 3)).mean() / y.var((0, 2, 3)).mean())
+    kept = (after.K - after.M) / (before.K - before.M)
+    assert abs(math.log(kept / measured)) < math.log(1.03), (kept, measured)
+
+
+class _DenseBlock(nn.Module):
+    """DenseNet's block and transition on a small map: a padded stem conv, three norm-ReLU-1x1-norm-ReLU-3x3 layers
+    each reading the concatenation of all before it, a transition (norm, ReLU, 1x1 conv, 2x2 average pool) and one
+    more layer after it."""
+
+    def __init__(self, c: int = 64, growth: int = 32, layers: int = 3):
+        super().__init__()
+        self.stem = _he(nn.Conv2d(c, c, 3, padding=1, bias=False))
+        self.layers = nn.ModuleList(
+            _he(
+                *(nn.BatchNorm2d(c + i * growth), nn.ReLU(), nn.Conv2d(c + i * growth, 4 * growth, 1, bias=False)),
+                *(nn.BatchNorm2d(4 * growth), nn.ReLU(), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)),
+            )
+            for i in range(layers)
+        )
+        width = c + layers * growth
+        self.transition = _he(
+            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width // 2, 1, bias=False), nn.AvgPool2d(2)
+        )
+        self.after = _he(nn.BatchNorm2d(width // 2), nn.ReLU(), nn.Conv2d(width // 2, growth, 3, padding=1, bias=False))
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, 1)))
+        return self.after(self.transition(torch.cat(features, 1)))
+
+
+def test_a_concatenation_keeps_its_parts_energy_over_the_map():
+    """Padded convs' outputs are low at the border; concatenated, normalised and read by a 1x1 conv, they still
+    are, and the 3x3 conv after reads that profile (its interior outputs sum the larger energies). Taking the
+    concatenation as even over the map, the K of the 3x3 convs reading it was 0.96x (8x8 map) and the gradients
+    up to 12% high; those K within 2% now, every G within 6% (docs/theory.md §2)."""
+    torch.manual_seed(0)
+    rows = _row_reports(_DenseBlock().train(), torch.randn(32, 64, 8, 8))
+    after_concat = [r for r in rows if r.label in ("layers.1.5", "layers.2.5")]
+    assert [r.op for r in after_concat] == ["conv", "conv"]
+    for row in after_concat:
+        assert abs(math.log(row.symbolic.K / row.measured.K)) < math.log(1.02), row.label
+    for row in rows:
+        assert abs(math.log(row.symbolic.G / row.measured.G)) < math.log(1.06), row.label
+
+
 @pytest.mark.parametrize("directions, without", [(4, 0.51), (8, 0.76), (16, 0.87)])
 def test_rms_norm_divides_by_a_mean_square_that_varies_per_sample(directions, without):
     """A linear map from `directions` inputs to 128 features, then an RMS norm: each position's mean square over

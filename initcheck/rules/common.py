@@ -58,6 +58,11 @@ def _reads(n_in: int, n_out: int, k: int, s: int, d: int, pb: int) -> tuple[np.n
 Axis = tuple[int, int, int, int, int, int]
 
 
+def taps_inside(axis: Axis) -> np.ndarray:
+    """How many taps of each output's window lie inside the input along one axis (fewer at a padded border)."""
+    return _reads(*axis)[1].sum(axis=1)
+
+
 def window_axes(node: Node) -> list[Axis] | None:
     """The window geometry of a conv, transposed conv or pool, per spatial axis; None where a length is unknown or
     beyond MAX_PROFILE_LENGTH."""
@@ -245,9 +250,10 @@ def gradient_map_profiles(node: Node, out_profile: tuple[np.ndarray, ...] | None
     """Each input's per-axis relative gradient energy over the spatial map (mean 1; None where even), from the
     output's: a conv spreads each output's gradient over the taps that land inside the input, so border inputs
     receive less, and the next conv back loses less at its own border than an even gradient would (§2)."""
-    if node.op == "conv":
+    if node.op in ("conv", "avg_pool", "max_pool"):
         axes = window_axes(node)
-        return [None if axes is None else _conv_gradient_profile(out_profile, axes)] + [None] * (len(node.inputs) - 1)
+        profile = None if axes is None else _conv_gradient_profile(out_profile, axes, _tap_share(node))
+        return [profile] + [None] * (len(node.inputs) - 1)
     if node.op == "resize":
         return [_upsampled_gradient_profile(node, out_profile)] + [None] * (len(node.inputs) - 1)
     if out_profile is None or node.op not in _SAME_POSITIONS:
@@ -279,11 +285,24 @@ def _upsampled_gradient_profile(node: Node, out_profile) -> tuple[np.ndarray, ..
     return normalize_profile(tuple(p.reshape(-1, s).mean(axis=1) for p, s in zip(out_profile, factors)))
 
 
-def _conv_gradient_profile(out_profile, axes: list[Axis]) -> tuple[np.ndarray, ...] | None:
+def _tap_share(node: Node) -> int:
+    """How a window op's output shares its gradient energy among its taps inside the input, as the power of
+    1/(taps inside) each tap gets: a conv (and an average pool that divides by the whole window) gives every
+    tap its weight whatever the border (0); a max pool sends the whole gradient to one tap, each inside tap
+    equally likely (1); an average pool that divides by the taps inside gives each (1/taps)^2 of the energy (2)."""
+    if node.op == "max_pool":
+        return 1
+    if node.op == "avg_pool" and not node.attrs.get("count_include_pad", 1):
+        return 2
+    return 0
+
+
+def _conv_gradient_profile(out_profile, axes: list[Axis], share: int = 0) -> tuple[np.ndarray, ...] | None:
     result = []
     for axis, (n_in, n_out, k, s, d, pb) in enumerate(axes):
         q = _along(out_profile, axis, n_out)
         idx, valid = _reads(n_in, n_out, k, s, d, pb)
+        q = q / np.maximum(valid.sum(axis=1), 1) ** share
         energy = np.zeros(n_in)
         np.add.at(energy, idx[valid], np.broadcast_to(q[:, None], idx.shape)[valid])
         if energy.mean() <= 0:

@@ -196,8 +196,12 @@ def pattern(node, ins, out_value, out) -> MeanPattern | None:
     op = node.op
     if op == "conv" and node.params.get("weight") is not None:
         return _mapped_pattern(node, x, node.params["weight"])
+    if op == "concat":
+        return _concatenated_pattern(node, ins, out_value)
     if x.pattern is None:
         return None
+    if op == "avg_pool":
+        return pooled_pattern(node, x)
     if op == "batch_norm":  # out.K - out.M is the normalised variance: the pattern keeps its share of it
         return MeanPattern(x.pattern.cov * max(out.K - out.M, 0.0) / max(x.K - x.M, 1e-300))
     if op == "pointwise" and _alone(ins):
@@ -208,6 +212,38 @@ def pattern(node, ins, out_value, out) -> MeanPattern | None:
     if op in ("dropout", "identity", "cast"):
         return x.pattern
     return None
+
+
+def pooled_pattern(node, x) -> MeanPattern | None:
+    """An average pool's output pattern: each output averages its window's channel means, A C A^T for the
+    averaging matrix A (a smooth pattern, as zero padding leaves, keeps nearly all its energy where independent
+    positions keep 1/A); centred over the output map."""
+    if x is None or x.pattern is None:
+        return None
+    reads = tap_reads(window_axes(node))
+    if reads is None or int(reads[0].max(initial=0)) >= len(x.pattern.cov):
+        return None
+    index, valid = reads
+    divisor = valid.shape[1] if node.attrs.get("count_include_pad", 1) else np.maximum(valid.sum(axis=1), 1)[:, None]
+    average = np.zeros((len(index), len(x.pattern.cov)))
+    np.add.at(average, (np.repeat(np.arange(len(index)), valid.shape[1]), index.ravel()), (valid / divisor).ravel())
+    cov = average @ x.pattern.cov @ average.T
+    mean = cov.mean(axis=0)
+    return MeanPattern(cov - mean[None, :] - mean[:, None] + mean.mean())
+
+
+def _concatenated_pattern(node, ins, out_value) -> MeanPattern | None:
+    """Channels side by side: the channel-averaged covariance of the means is the parts' by their channel counts
+    (a part without a pattern has even channel means over the same map)."""
+    found = _parts(node, ins, out_value)
+    if found is None or found[0] != 1:
+        return None
+    parts = found[1]
+    shapes = {x.pattern.cov.shape for _, x in parts if x.pattern is not None}
+    if len(shapes) != 1:
+        return None
+    total = sum(n for n, _ in parts)
+    return MeanPattern(sum(n / total * x.pattern.cov for n, x in parts if x.pattern is not None))
 
 
 def _mapped_overlap(node, x) -> tuple[int, float] | None:

@@ -21,18 +21,23 @@ def _const(node, index: int) -> TensorStats | None:
     return value.const if value is not None else None
 
 
-def _mix_profiles(parts: list[Moments]) -> tuple[np.ndarray, ...] | None:
-    """K-weighted average of per-axis profiles (separable approximation)."""
-    if not any(p.profile for p in parts):
+def _mix_profiles(parts: list[Moments], weights=None, centred: bool = False) -> tuple[np.ndarray, ...] | None:
+    """Weighted average of per-axis profiles (separable approximation). Each part weighs by its K times `weights`
+    (a concatenation's part sizes); `centred`: the parts' centred profiles (their K's where they have none) by
+    size alone, since a per-channel norm, the one reader of a centred profile, gives every channel one variance."""
+    profiles = [(p.centred if p.centred is not None else p.profile) if centred else p.profile for p in parts]
+    if not any(profiles):
         return None
-    ref = next(p.profile for p in parts if p.profile)
-    total = sum(p.K for p in parts) or 1.0
+    ref = next(q for q in profiles if q)
+    weights = [1.0] * len(parts) if weights is None else weights
+    energies = [w * (1.0 if centred else p.K) for w, p in zip(weights, parts)]
+    total = sum(energies) or 1.0
     mixed = []
     for axis, base in enumerate(ref):
         acc = np.zeros_like(base)
-        for p in parts:
-            prof = p.profile[axis] if p.profile and len(p.profile[axis]) == len(base) else np.ones_like(base)
-            acc += p.K / total * prof
+        for energy, q in zip(energies, profiles):
+            prof = q[axis] if q and len(q) == len(ref) and len(q[axis]) == len(base) else np.ones_like(base)
+            acc += energy / total * prof
         mixed.append(acc)
     return normalize_profile(tuple(mixed))
 
@@ -285,12 +290,25 @@ def concat_forward(node, ins, ctx):
     M = float(sum(wi * p.M for wi, p in zip(w, parts)))
     S = float(sum(wi * p.shared for wi, p in zip(w, parts))) if any(p.S is not None for p in parts) else None
     exact = known and all(p.exact for p in parts)
+    # channels side by side keep each position's energy as their parts' sum over the map (a DenseNet's padded
+    # convs beside the block input): the next padded conv reads that profile
+    beside = _along_channels(node)
+    profile = _mix_profiles(parts, list(w)) if beside else None
+    centred = _mix_profiles(parts, list(w), centred=True) if beside else None
     # parts of different scale make a mixture, not one Gaussian
     alike = (
         max(p.K for p in parts) <= 1.1 * min(p.K for p in parts)
         and max(abs(p.m) for p in parts) <= 0.1 * K**0.5 + 1e-12
     )
-    return clean(m, K, M, exact, S=S, gaussian=all(p.gaussian for p in parts) and alike)
+    return clean(
+        m, K, M, exact, S=S, gaussian=all(p.gaussian for p in parts) and alike, profile=profile, centred=centred
+    )
+
+
+def _along_channels(node) -> bool:
+    """A concatenation along the channels of a (batch, channel, spatial...) map."""
+    shape = node.outputs[0].shape
+    return shape is not None and len(shape) >= 3 and node.attrs.get("axis", 0) % len(shape) == 1
 
 
 @backward_rule("concat")

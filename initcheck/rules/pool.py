@@ -8,7 +8,8 @@ from initcheck import pointwise
 from initcheck.gaussian import nodes, standard_cdf
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, window_axes
+from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, taps_inside, window_axes
+from initcheck.rules.dispersion import pooled_pattern
 from initcheck.rules.neighbours import pooled_variance
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -31,7 +32,11 @@ def avg_pool_forward(node, ins, ctx):
     x = ins[0]
     axes = window_axes(node)
     kept = pooled_variance(x.neighbours, axes) if axes is not None else 1.0 / _window(node)
-    K = x.M + (x.K - x.M) * kept
+    pattern = pooled_pattern(node, x)  # the channel means' variation over the map pools as itself, not as noise
+    if pattern is None:
+        K = x.M + (x.K - x.M) * kept
+    else:
+        K = x.M + pattern.energy + max(x.K - x.M - x.pattern.energy, 0.0) * kept
     return clean(x.m, K, x.M, False, profile=_pool_profile(node, x), gaussian=x.gaussian)
 
 
@@ -41,13 +46,15 @@ def avg_pool_backward(node, ins, outs, grads, ctx):
     return [grads[0] / (_window(node) * float(np.prod(node.attrs["strides"])))]
 
 
-def max_over(x: Moments, area: int, program=None) -> tuple[float, float, float]:
+def max_over(x: Moments, areas: int | dict[int, float], program=None) -> tuple[float, float, float]:
     """Max of `area` values c + s T sharing a channel offset c ~ N(m, M - m^2) with noise s = sqrt(K - M):
     mean, second moment and coherent energy; optionally through a monotone function applied before the
-    max (max(phi(z)) = phi(max z))."""
+    max (max(phi(z)) = phi(max z)). `areas` may map window sizes to their shares of the outputs (a padded
+    pool's border windows hold fewer values: their maxima are smaller, and the map's channel mean mixes them)."""
+    areas = {areas: 1.0} if isinstance(areas, int) else areas
     s = np.sqrt(max(x.K - x.M, 0.0))
     t, w = nodes(0.0, 1.0)
-    density = w * area * standard_cdf(t) ** (area - 1)
+    density = sum(share * w * area * standard_cdf(t) ** (area - 1) for area, share in areas.items())
     fn = pointwise.as_function(program) if program is not None else (lambda z: z)
     cx, cw = np.polynomial.hermite_e.hermegauss(24)
     cw = cw / cw.sum()
@@ -57,6 +64,25 @@ def max_over(x: Moments, area: int, program=None) -> tuple[float, float, float]:
     mean = float(cw @ channel_mean)
     second = float(cw @ ((values**2) @ density))
     return mean, second, float(cw @ channel_mean**2)
+
+
+def _window_areas(node) -> dict[int, float]:
+    """The number of values each output's window holds inside the input, with its share of the outputs (zero
+    padding is never the max: torch and ONNX pad a max pool with -inf); the whole window where the map is
+    unknown."""
+    axes = window_axes(node)
+    if axes is None:
+        return {_window(node): 1.0}
+    areas = {1: 1.0}
+    for axis in axes:
+        counts, n_out = np.bincount(taps_inside(axis)), axis[1]
+        combined: dict[int, float] = {}
+        for area, share in areas.items():
+            for count, n in enumerate(counts):
+                if n and count:
+                    combined[area * count] = combined.get(area * count, 0.0) + share * n / n_out
+        areas = combined
+    return areas
 
 
 def _source_program(node, ctx):
@@ -73,16 +99,17 @@ def _source_program(node, ctx):
 @forward_rule("max_pool", "global_max_pool")
 def max_pool_forward(node, ins, ctx):
     x = ins[0]
-    area = _window(node) if node.op == "max_pool" else _spatial_size(node) or 1
+    areas = _window_areas(node) if node.op == "max_pool" else {_spatial_size(node) or 1: 1.0}
     program, source = _source_program(node, ctx)
     if source is not None:
-        mean, K, M = max_over(source, area, program)
+        mean, K, M = max_over(source, areas, program)
         exact = source.exact and source.gaussian
     else:
-        mean, K, M = max_over(x, area)
+        mean, K, M = max_over(x, areas)
         exact = x.exact and x.gaussian
     profile = _pool_profile(node, x) if node.op == "max_pool" else None
-    positive = None if x.positive is None else 1 - (1 - x.positive) ** area  # a window with one positive entry
+    # a window with one positive entry
+    positive = None if x.positive is None else sum(f * (1 - (1 - x.positive) ** a) for a, f in areas.items())
     return clean(mean, K, M, exact, gaussian=False, profile=profile, positive=positive)
 
 
