@@ -168,8 +168,8 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else None
 
 
-def _pct(x) -> str:
-    return f"{x:.0%}" if isinstance(x, float) else "-"
+def _pct(x, digits: int = 0) -> str:
+    return f"{x:.{digits}%}" if isinstance(x, float) else "-"
 
 
 def table(results: list[dict]) -> str:
@@ -190,7 +190,8 @@ def table(results: list[dict]) -> str:
 
 
 def draws_table(results: list[dict]) -> str:
-    """Per model, the share of G rows within 15% at each weight draw and their mean."""
+    """Per model, the share of G rows within 15% at each weight draw and their mean; last, every model's rows
+    pooled at each draw and over all draws."""
     by_model: dict[str, list[dict]] = {}
     for r in results:
         by_model.setdefault(r["model"], []).append(r)
@@ -204,7 +205,16 @@ def draws_table(results: list[dict]) -> str:
         known = [x for x in shares if isinstance(x, float)]
         mean = sum(known) / len(known) if known else None
         lines.append(f"| {name} | " + " | ".join(_pct(x) for x in shares) + f" | {_pct(mean)} |")
+    pooled = [_pooled([r for r in results if r["draw"] == d]) for d in range(draws)]
+    lines.append("| all rows | " + " | ".join(_pct(x, 1) for x in pooled) + f" | {_pct(_pooled(results), 1)} |")
     return "\n".join(lines)
+
+
+def _pooled(results: list[dict]) -> float | None:
+    """The share of G rows within 15% over every row of these results (each model weighs by its rows)."""
+    rows = sum(r["G"].get("rows", 0) for r in results if isinstance(r["G"].get("within_15"), float))
+    within = sum(r["G"]["rows"] * r["G"]["within_15"] for r in results if isinstance(r["G"].get("within_15"), float))
+    return within / rows if rows else None
 
 
 def main() -> None:
