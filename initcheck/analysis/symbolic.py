@@ -88,6 +88,9 @@ class SymbolicResult:
     # conv's border inputs receive fewer taps): the next conv back weighs its own border by it (§2); working state
     backward_map: dict[Value, tuple] = field(default_factory=dict)
     stated_map: dict[Node, list] = field(default_factory=dict)  # gradient maps a backward rule computed
+    # how the gradient co-varies between neighbouring positions where an average pool made it (its window's
+    # positions get one gradient): a max pool whose windows share a maximum sums theirs (§7); working state
+    backward_neighbours: dict[Value, neighbours.GradientNeighbours] = field(default_factory=dict)
     # the gradient's relative energy over the atoms of a value's entry law (Moments.law), where later ReLUs make
     # it uneven there (a residual stream's entries that stay above 0 receive more, docs/theory.md §4); working state
     backward_law: dict[Value, np.ndarray] = field(default_factory=dict)
@@ -144,6 +147,7 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
             result.forward_kernel.pop(value, None)
             result.backward_kernel.pop(value, None)
             result.backward_law.pop(value, None)  # read by its producer's backward, just done
+            result.backward_neighbours.pop(value, None)
     result.forward_kernel.clear()
     result.backward_law.clear()
     result.backward_kernel.clear()
@@ -152,6 +156,7 @@ def run_symbolic(graph: Graph, inputs: dict[str, Moments] | None = None) -> Symb
     result.rayleigh_excess.clear()
     result.backward_map.clear()
     result.stated_map.clear()
+    result.backward_neighbours.clear()
     result.backward_aligned.clear()
     result.backward_weighted.clear()
     result.backward_uncentred.clear()
@@ -296,6 +301,7 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
     kernels = _gradient_kernels(node, ins, fraction, result) if rule is not None else [None] * len(node.inputs)
     stated_shared = result.stated_shared.pop(node, {})
     maps = _gradient_maps(node, result) if rule is not None else [None] * len(node.inputs)
+    near = _gradient_neighbours(node, ins, result) if rule is not None else [None] * len(node.inputs)
     laws = _gradient_laws(node, ins, outs, result) if rule is not None else [None] * len(node.inputs)
     for index, (value, g, moments) in enumerate(zip(node.inputs, gins, ins)):
         if value is None or g is None or moments is None:
@@ -306,6 +312,7 @@ def _backward_node(node: Node, result: SymbolicResult) -> None:
             result.backward_map.pop(value, None)
         else:
             result.backward_map[value] = merged
+        _merge_neighbours(value, before, g, near[index], result)
         profile = axis_profile.combined(before, result.backward_axial.get(value), g, profiles[index])
         if profile is None:
             result.backward_axial.pop(value, None)
@@ -425,6 +432,21 @@ def _gradient_maps(node: Node, result: SymbolicResult) -> list:
     out = node.outputs[0]
     found = _guarded(node, result, "gradient map", common.gradient_map_profiles, node, result.backward_map.get(out))
     return found if found is not None else [None] * len(node.inputs)
+
+
+def _gradient_neighbours(node: Node, ins, result: SymbolicResult) -> list:
+    """Each input's gradient neighbours (how it co-varies between positions), from the output's."""
+    out = result.backward_neighbours.get(node.outputs[0])
+    found = _guarded(node, result, "gradient neighbours", neighbours.gradient_backward, node, ins, out)
+    return found if found is not None else [None] * len(node.inputs)
+
+
+def _merge_neighbours(value: Value, before: float, g: float, new, result: SymbolicResult) -> None:
+    merged = neighbours.merged_gradient(before, result.backward_neighbours.get(value), g, new)
+    if merged is None:
+        result.backward_neighbours.pop(value, None)
+    else:
+        result.backward_neighbours[value] = merged
 
 
 def _gradient_laws(node: Node, ins, outs, result: SymbolicResult) -> list:

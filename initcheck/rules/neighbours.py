@@ -9,10 +9,16 @@ neighbours correlate by 0.22) keep 1.5x what independent positions would.
 
 The state is per spatial axis, the correlation at lags 1..LAGS of the entries less their channel's mean, taken as
 separable (the correlation at a diagonal offset is the product of the axes'). None: independent positions.
+
+Backward, the gradient has neighbours too (`GradientNeighbours`, "Windows that share a maximum" in §7): an average
+pool hands its window's positions one gradient, and a max pool before it sends an entry that is the maximum of two
+windows the sum of their correlated gradients.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -197,3 +203,135 @@ def _mixed(node, ins) -> tuple[np.ndarray, ...] | None:
         for axis in range(axes):
             mixed[axis] += w * _lags(m.neighbours, axis)[1:]
     return _cleaned([p / sum(weights) for p in mixed])
+
+
+# ---- the gradient between neighbouring positions ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradientNeighbours:
+    """How a gradient co-varies between neighbouring positions (docs/theory.md §7): at each offset of one step or
+    none along each spatial axis (`offsets`), its correlation `rho`, and `same`: the correlation between two
+    positions whose values are equal, where every activation since the last conv passes both or neither (what
+    two max-pool windows with one maximum send back). An average pool makes it (its window's positions get one
+    gradient); convs keep it in expectation over independent weights; an activation's slopes thin `rho`."""
+
+    rho: tuple[float, ...]
+    same: tuple[float, ...]
+
+
+def offsets(axes: int) -> list[tuple[int, ...]]:
+    return [t for t in itertools.product((0, 1), repeat=axes) if any(t)]
+
+
+_GRADIENT_KEEPS = frozenset({"batch_norm", "dropout", "identity", "cast", "add", "sub", "concat"})
+
+
+def gradient_backward(node, ins, out_state: GradientNeighbours | None) -> list[GradientNeighbours | None]:
+    """Each input's gradient neighbours from the output's; only average pools make them where there are none."""
+    none: list[GradientNeighbours | None] = [None] * len(node.inputs)
+    if node.op == "avg_pool":
+        return [_pooled_gradient(node, out_state)] + none[1:]
+    if out_state is None:
+        return none
+    if node.op in _GRADIENT_KEEPS or node.op == "mul":
+        return [out_state if value is not None and _same_map_as(value, node) else None for value in node.inputs]
+    if node.op == "conv" and all(s == 1 for s in node.attrs["strides"]) and _same_map(node):
+        return [GradientNeighbours(out_state.rho, out_state.rho)] + none[1:]
+    if node.op == "pointwise" and len(node.inputs) == 1 and ins[0] is not None:
+        return [_through_slopes(node, ins[0], out_state)]
+    return none
+
+
+def _same_map_as(value, node) -> bool:
+    out = node.outputs[0].shape
+    return value.shape is not None and out is not None and len(value.shape) == len(out) and value.shape[2:] == out[2:]
+
+
+def _pooled_gradient(node, out_state: GradientNeighbours | None) -> GradientNeighbours | None:
+    """Windows that tile the map (kernel = stride, no padding) hand their positions one gradient: two positions an
+    offset apart share a window with probability prod (k - step)/k over the axes, else they sit in neighbouring
+    windows, which correlate as the output's gradient does."""
+    axes = window_axes(node)
+    if axes is None or any(k != s or pb or d != 1 for _, _, k, s, d, pb in axes):
+        return None
+    previous = dict(zip(offsets(len(axes)), out_state.rho)) if out_state is not None else {}
+    rho = []
+    for offset in offsets(len(axes)):
+        total = 0.0
+        for crossing in itertools.product((0, 1), repeat=len(axes)):  # along which axes the pair crosses a border
+            if any(c > o for c, o in zip(crossing, offset)):
+                continue
+            chance = float(
+                np.prod([(1 / k if c else (k - o) / k) for c, o, (_, _, k, *_) in zip(crossing, offset, axes)])
+            )
+            total += chance * (previous.get(crossing, 0.0) if any(crossing) else 1.0)
+        rho.append(total)
+    return GradientNeighbours(tuple(rho), tuple(rho))
+
+
+def _through_slopes(node, x, out_state: GradientNeighbours) -> GradientNeighbours:
+    """Backward, each position passes phi'(z) of its gradient: two positions whose inputs correlate by r pass
+    E[phi'(z) phi'(z')] / E[phi'^2] of their covariance (a ReLU of a centred input: 1/2 + asin(r)/pi); equal values
+    pass both or neither."""
+    shape = node.inputs[0].shape
+    if shape is None or len(offsets(len(shape) - 2)) != len(out_state.rho):
+        return GradientNeighbours(tuple(0.0 for _ in out_state.rho), out_state.same)
+    rho = []
+    for offset, value in zip(offsets(len(shape) - 2), out_state.rho):
+        r = float(np.prod([_lags(x.neighbours, axis)[1] if step else 1.0 for axis, step in enumerate(offset)]))
+        rho.append(value * slope_overlap(node.attrs["program"], x.m, max(x.K - x.m * x.m, 0.0), r))
+    return GradientNeighbours(tuple(rho), out_state.same)
+
+
+def slope_overlap(program, mean: float, var: float, r: float) -> float:
+    """E[phi'(z) phi'(z')] / E[phi'(z)^2] for z, z' ~ N(mean, var) correlated by r."""
+    from initcheck import pointwise
+    from initcheck.gaussian import derivative
+
+    fn = pointwise.as_function(program)
+    a, w = np.polynomial.hermite_e.hermegauss(32)
+    w = w / w.sum()
+    s = np.sqrt(var)
+    first = derivative(fn, mean + s * a)
+    second = derivative(fn, mean + s * (r * a[:, None] + np.sqrt(max(1 - r * r, 0.0)) * a[None, :]))
+    both = float(w @ (first[:, None] * second) @ w)
+    alone = float(w @ first**2)
+    return both / alone if alone > 0 else 0.0
+
+
+def merged_gradient(before: float, old, g: float, new) -> GradientNeighbours | None:
+    """Two consumers' gradients summed: their correlations weighed by their G (a consumer without any: 0)."""
+    if old is None and new is None:
+        return None
+    if before <= 0 or g <= 0:
+        return new if before <= 0 else old
+    size = len((old or new).rho)
+    old = old or GradientNeighbours((0.0,) * size, (0.0,) * size)
+    new = new or GradientNeighbours((0.0,) * size, (0.0,) * size)
+    if len(old.rho) != len(new.rho):
+        return None
+
+    def mix(a, b):
+        return tuple((before * x + g * y) / (before + g) for x, y in zip(a, b))
+
+    return GradientNeighbours(mix(old.rho, new.rho), mix(old.same, new.same))
+
+
+def shared_maximum_excess(node, state: GradientNeighbours | None) -> float:
+    """A max pool whose windows overlap: two windows with one maximum send it the sum of their gradients, so its
+    G gains sum over neighbouring windows of P(one maximum) times their gradients' correlation given equal values.
+    P = shared / (2 A - shared) for A independent entries per window (3x3 at stride 2: 0.2 beside, 1/17 across)."""
+    axes = window_axes(node)
+    if state is None or axes is None or len(state.same) != len(offsets(len(axes))):
+        return 0.0
+    window = int(np.prod([k for _, _, k, _, _, _ in axes]))
+    same = dict(zip(offsets(len(axes)), state.same))
+    excess = 0.0
+    for step in itertools.product((-1, 0, 1), repeat=len(axes)):
+        if not any(step):
+            continue
+        shared = int(np.prod([k if t == 0 else max(k - s, 0) for t, (_, _, k, s, _, _) in zip(step, axes)]))
+        if shared:
+            excess += shared / (2 * window - shared) * same[tuple(abs(t) for t in step)]
+    return excess

@@ -10,7 +10,7 @@ from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, taps_inside, window_axes
 from initcheck.rules.dispersion import pooled_pattern
-from initcheck.rules.neighbours import pooled_variance
+from initcheck.rules.neighbours import pooled_variance, shared_maximum_excess
 from initcheck.rules.registry import backward_rule, forward_rule
 
 _MONOTONE = {"relu", "leaky_relu", "identity", "tanh", "sigmoid", "hard_sigmoid", "softplus", "elu", "selu", "celu"}
@@ -115,13 +115,13 @@ def max_pool_forward(node, ins, ctx):
 
 @backward_rule("max_pool", "global_max_pool")
 def max_pool_backward(node, ins, outs, grads, ctx):
-    """Each output's gradient goes to its window's argmax: G_x = G_y A / (A prod(s)) on average."""
-    share = (
-        1.0 / (_spatial_size(node) or 1)
-        if node.op == "global_max_pool"
-        else 1.0 / float(np.prod(node.attrs["strides"]))
-    )
-    return [grads[0] * share]
+    """Each output's gradient goes to its window's argmax: G_x = G_y A / (A prod(s)) on average; where windows
+    overlap and their gradients co-vary (an average pool behind made them), two that share their maximum add
+    coherently (§7)."""
+    if node.op == "global_max_pool":
+        return [grads[0] / (_spatial_size(node) or 1)]
+    coherent = shared_maximum_excess(node, ctx.backward_neighbours.get(node.outputs[0]))
+    return [grads[0] / float(np.prod(node.attrs["strides"])) * (1 + coherent)]
 
 
 def argmax_slope_ratio(activation, ctx) -> float:
