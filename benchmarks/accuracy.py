@@ -212,9 +212,9 @@ def draws_table(results: list[dict]) -> str:
 
 def _pooled(results: list[dict]) -> float | None:
     """The share of G rows within 15% over every row of these results (each model weighs by its rows)."""
-    rows = sum(r["G"].get("rows", 0) for r in results if isinstance(r["G"].get("within_15"), float))
-    within = sum(r["G"]["rows"] * r["G"]["within_15"] for r in results if isinstance(r["G"].get("within_15"), float))
-    return within / rows if rows else None
+    measured = [r["G"] for r in results if isinstance(r["G"].get("within_15"), float)]
+    rows = sum(g["rows"] for g in measured)
+    return sum(g["rows"] * g["within_15"] for g in measured) / rows if rows else None
 
 
 def main() -> None:

@@ -92,8 +92,10 @@ def _window_sum(rho: np.ndarray, k: int, shift: int) -> float:
     return sum(_at(rho, shift + b - a) for a in range(k) for b in range(k))
 
 
-def _same_map(node) -> bool:
-    src, dst = node.inputs[0].shape if node.inputs[0] is not None else None, node.outputs[0].shape
+def _same_map(node, value=None) -> bool:
+    """Whether `value` (the node's first input by default) lies on the same map as the node's output."""
+    value = node.inputs[0] if value is None else value
+    src, dst = value.shape if value is not None else None, node.outputs[0].shape
     return src is not None and dst is not None and len(src) == len(dst) and src[2:] == dst[2:]
 
 
@@ -221,10 +223,11 @@ class GradientNeighbours:
 
 
 def offsets(axes: int) -> list[tuple[int, ...]]:
+    """The offsets a gradient's neighbours are kept at: one step or none along each axis, not all none."""
     return [t for t in itertools.product((0, 1), repeat=axes) if any(t)]
 
 
-_GRADIENT_KEEPS = frozenset({"batch_norm", "dropout", "identity", "cast", "add", "sub", "concat"})
+_GRADIENT_KEEPS = frozenset({"batch_norm", "dropout", "identity", "cast", "add", "sub", "concat", "mul"})
 
 
 def gradient_backward(node, ins, out_state: GradientNeighbours | None) -> list[GradientNeighbours | None]:
@@ -234,18 +237,13 @@ def gradient_backward(node, ins, out_state: GradientNeighbours | None) -> list[G
         return [_pooled_gradient(node, out_state)] + none[1:]
     if out_state is None:
         return none
-    if node.op in _GRADIENT_KEEPS or node.op == "mul":
-        return [out_state if value is not None and _same_map_as(value, node) else None for value in node.inputs]
+    if node.op in _GRADIENT_KEEPS:  # a gate of another shape (a squeeze-excitation's) gets none
+        return [out_state if value is not None and _same_map(node, value) else None for value in node.inputs]
     if node.op == "conv" and all(s == 1 for s in node.attrs["strides"]) and _same_map(node):
         return [GradientNeighbours(out_state.rho, out_state.rho)] + none[1:]
     if node.op == "pointwise" and len(node.inputs) == 1 and ins[0] is not None:
         return [_through_slopes(node, ins[0], out_state)]
     return none
-
-
-def _same_map_as(value, node) -> bool:
-    out = node.outputs[0].shape
-    return value.shape is not None and out is not None and len(value.shape) == len(out) and value.shape[2:] == out[2:]
 
 
 def _pooled_gradient(node, out_state: GradientNeighbours | None) -> GradientNeighbours | None:
@@ -256,15 +254,14 @@ def _pooled_gradient(node, out_state: GradientNeighbours | None) -> GradientNeig
     if axes is None or any(k != s or pb or d != 1 for _, _, k, s, d, pb in axes):
         return None
     previous = dict(zip(offsets(len(axes)), out_state.rho)) if out_state is not None else {}
+    kernels = [k for _, _, k, _, _, _ in axes]
     rho = []
     for offset in offsets(len(axes)):
         total = 0.0
         for crossing in itertools.product((0, 1), repeat=len(axes)):  # along which axes the pair crosses a border
             if any(c > o for c, o in zip(crossing, offset)):
                 continue
-            chance = float(
-                np.prod([(1 / k if c else (k - o) / k) for c, o, (_, _, k, *_) in zip(crossing, offset, axes)])
-            )
+            chance = float(np.prod([1 / k if c else (k - o) / k for c, o, k in zip(crossing, offset, kernels)]))
             total += chance * (previous.get(crossing, 0.0) if any(crossing) else 1.0)
         rho.append(total)
     return GradientNeighbours(tuple(rho), tuple(rho))
