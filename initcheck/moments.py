@@ -143,8 +143,9 @@ class Moments:
       fewer taps at the border) and later layers carry it. Few degrees of freedom per channel, it makes the
       channels' variances uneven (docs/theory.md §17). None: even, or a map beyond 16x16 positions.
     mean_profile: per spatial axis, the relative mean at each position (mean 1) where `profile` varies: an
-      activation's mean follows its input's spread (a ReLU's as its square root, a SiLU's nearly as its energy),
-      and a padded conv after it sums the taps' means over the map with these weights (§2). Read only beside
+      activation's mean follows its input's spread (a ReLU's as its square root, a SiLU's nearly as its energy), a
+      max pool's its windows' energy and size, and a padded conv after it sums the taps' means over the map with
+      these weights; a norm after it removes each channel's average of them, not the rest (§2, §7). Read only beside
       `profile`; None: even.
     neighbours: per spatial axis, the correlation at lags 1..4 of the entries less their channel's mean, where
       neighbouring positions co-vary (overlapping max-pool windows make it, convs carry it at their stride); an

@@ -459,6 +459,24 @@ MOBILENET_V3_SMALL = [
     (96, 5, 576, 96, True, "HS", 1),
 ]
 
+MOBILENET_V3_LARGE = [
+    (16, 3, 16, 16, False, "RE", 1),
+    (16, 3, 64, 24, False, "RE", 2),
+    (24, 3, 72, 24, False, "RE", 1),
+    (24, 5, 72, 40, True, "RE", 2),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 3, 240, 80, False, "HS", 2),
+    (80, 3, 200, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 480, 112, True, "HS", 1),
+    (112, 3, 672, 112, True, "HS", 1),
+    (112, 5, 672, 160, True, "HS", 2),
+    (160, 5, 960, 160, True, "HS", 1),
+    (160, 5, 960, 160, True, "HS", 1),
+]
+
 
 def _conv_norm(c_in, c_out, kernel, stride=1, groups=1, act=None, eps=0.001, momentum=0.01) -> nn.Sequential:
     layers = [
@@ -488,16 +506,19 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3Small(nn.Module):
-    """torchvision's mobilenet_v3_small at its own widths, with its init."""
+    """torchvision's mobilenet_v3_small at its own widths, with its init (`large`: mobilenet_v3_large)."""
 
-    def __init__(self, classes=1000):
+    def __init__(self, classes=1000, large=False):
         super().__init__()
+        settings, last, hidden = (MOBILENET_V3_LARGE, 960, 1280) if large else (MOBILENET_V3_SMALL, 576, 1024)
         self.features = nn.Sequential(
             _conv_norm(3, 16, 3, 2, act=nn.Hardswish),
-            *(InvertedResidual(*setting) for setting in MOBILENET_V3_SMALL),
-            _conv_norm(96, 576, 1, act=nn.Hardswish),
+            *(InvertedResidual(*setting) for setting in settings),
+            _conv_norm(settings[-1][3], last, 1, act=nn.Hardswish),
         )
-        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(hidden, classes)
+        )
         _mobilenet_init(self)
 
     def forward(self, x):
@@ -774,6 +795,12 @@ STOCK = [
         measured_at=(224, 8),
     ),
     ZooModel(
+        "resnet34_at_scale",
+        _cnn(_wrapped(lambda: ResNet50ish(64, (3, 4, 6, 3), 1000, block=BasicBlock)), 64),
+        family="CNN",
+        measured_at=(224, 8),
+    ),
+    ZooModel(
         "resnet50_at_scale",
         _cnn(_wrapped(lambda: ResNet50ish(64, (3, 4, 6, 3), 1000)), 64),
         family="CNN",
@@ -783,6 +810,12 @@ STOCK = [
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
     ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),
     ZooModel("mobilenetv3_small_at_scale", _cnn(_wrapped(MobileNetV3Small), 64), family="CNN", measured_at=(224, 8)),
+    ZooModel(
+        "mobilenetv3_large_at_scale",
+        _cnn(_wrapped(lambda: MobileNetV3Small(large=True)), 64),
+        family="CNN",
+        measured_at=(224, 8),
+    ),
     ZooModel("efficientnet_b0_at_scale", _cnn(_wrapped(EfficientNetB0), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("densenet", _cnn(_wrapped(DenseNetish)), family="CNN"),
     ZooModel("densenet121_at_scale", _cnn(_wrapped(DenseNet121), 64), family="CNN", measured_at=(224, 8)),

@@ -13,9 +13,10 @@ import numpy as np
 
 from initcheck import gaussian, pointwise
 from initcheck.gaussian import moments_of
-from initcheck.moments import Moments, clean, normalize_profile, profile_along
+from initcheck.moments import Moments, clean, profile_along
 from initcheck.pointwise import never_negative, rounded
 from initcheck.rules import entry_law, rectified
+from initcheck.rules.common import map_grid, marginal_profiles, scaled_entries
 from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -178,16 +179,7 @@ def _over_map(program, x: Moments) -> tuple[tuple[float, float, float, float], _
     # and only the offsets between channels are coherent beyond the mean's square
     offsets = float((at[..., 2] - at[..., 0] ** 2).mean())
     totals = (mean, K, mean * mean + max(offsets, 0.0), slope_sq)
-    return totals, _marginals(at[..., 1]), _marginals(at[..., 0])
-
-
-def _marginals(grid: np.ndarray) -> _Profile:
-    """Per-axis profiles (mean 1) of a map: its mean over the other axes; None where even or not positive."""
-    axes = range(grid.ndim)
-    marginals = tuple(grid.mean(axis=tuple(b for b in axes if b != a)) for a in axes)
-    if any(not np.all(p > 0) for p in marginals):
-        return None
-    return normalize_profile(marginals)
+    return totals, marginal_profiles(at[..., 1]), marginal_profiles(at[..., 0])
 
 
 def _map_slopes(program, x: Moments, gradient: tuple[np.ndarray, ...] | None):
@@ -203,11 +195,11 @@ def _map_slopes(program, x: Moments, gradient: tuple[np.ndarray, ...] | None):
         and len(gradient) == passed.ndim
         and all(len(g) == n for g, n in zip(gradient, passed.shape))
     ):
-        passed = passed * _energy_grid(gradient)
+        passed = passed * map_grid(gradient)
     total = float(passed.mean())
     if not total > 0:
         return None
-    return total, _marginals(passed)
+    return total, marginal_profiles(passed)
 
 
 def _map_moments(program, x: Moments) -> np.ndarray | None:
@@ -216,37 +208,32 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
         return None
     if np.prod([len(p) for p in x.profile]) > _MAP_POSITIONS:
         return None
-    energy = _energy_grid(x.profile)
+    energy = map_grid(x.profile)
     low, high = float(energy.min()), float(energy.max())
     if not low > 0:
         return None
     # phi's moments are smooth in the log of the scale: computed at _MAP_SCALES points across the map's range and
     # interpolated there (a 512x512 map has thousands of distinct energies)
     scales = np.exp(np.linspace(math.log(low), math.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
-    per_scale = np.array([_mixed(program, xs, program_moments(program, xs)) for xs in (_scaled(x, s) for s in scales)])
+    if program[0] in _HOMOGENEOUS:
+        # phi(a z) = a phi(z): of a zero-mean input the moments scale exactly; with a mean, their ratio to the
+        # energy's powers varies slowly with the mean's share of the energy, read at a few points
+        exact = x.m == 0 and x.M <= 0 and x.law is None and x.rectified is None
+        scales = np.array([1.0]) if exact else scales[:: (_MAP_SCALES - 1) // 4]
+    per_scale = np.array(
+        [_mixed(program, xs, program_moments(program, xs)) for xs in (scaled_entries(x, s) for s in scales)]
+    )
     if len(scales) == 1:
-        return np.broadcast_to(per_scale[0], energy.shape + (4,))
+        return np.broadcast_to(per_scale[0], energy.shape + (4,)) * _units(energy / scales[0])
     # interpolated as the mean over sqrt(scale) and the energies over the scale, which vary slowly
-    units = np.stack([np.sqrt(scales), scales, scales, np.ones_like(scales)], axis=-1)
-    logs, relative = np.log(energy), per_scale / units
+    logs, relative = np.log(energy), per_scale / _units(scales)
     at = np.stack([np.interp(logs, np.log(scales), relative[:, j]) for j in range(4)], axis=-1)
-    return at * np.stack([np.sqrt(energy), energy, energy, np.ones_like(energy)], axis=-1)
+    return at * _units(energy)
 
 
-def _energy_grid(profile: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Each position's relative K: the product of the per-axis profiles."""
-    grid = np.ones(())
-    for p in profile:
-        grid = np.multiply.outer(grid, p)
-    return grid
-
-
-def _scaled(x: Moments, scale: float) -> Moments:
-    """x's entries at a position whose K is `scale` times the map's: the mean and the channels' offsets stay (a
-    group norm's output keeps each channel's offset over the whole map), the rest scales."""
-    m2 = x.m * x.m
-    K = max(x.K * scale, m2)
-    return Moments(x.m, K, min(max(x.M, m2), K), law=x.law)
+def _units(scale: np.ndarray) -> np.ndarray:
+    """How the mean, K, M and E[phi'^2] of a homogeneous function grow with the energy: sqrt, linear, linear, 1."""
+    return np.stack([np.sqrt(scale), scale, scale, np.ones_like(scale)], axis=-1)
 
 
 @forward_rule("pointwise")
@@ -256,14 +243,18 @@ def pointwise_forward(node, ins, ctx):
     if _unchanged_gradient(program, x) is not None:
         return x
     keeps_profile = program[0] in _HOMOGENEOUS
-    # a ReLU's K and slopes follow the map's energy exactly; its mean (as the square root) is left to the
-    # patterns of the conv after it, which were measured without it (docs/theory.md §2)
-    mapped = None if keeps_profile else _over_map(program, x)
+    mapped = None if program[0] in ("identity", "neg") else _over_map(program, x)
     if mapped is None:
         mean, K, M, _ = _mixed(program, x, program_moments(program, x))
         profile = x.profile if keeps_profile else None
+    elif keeps_profile:
+        # a ReLU's K and slopes follow the map's energy exactly; its mean follows each position's spread as the
+        # square root, so the map's mean is below the mean at the map's energy (docs/theory.md §2)
+        K = _mixed(program, x, program_moments(program, x))[1]
+        (mean, _, M, _), profile = mapped[0], x.profile
     else:
         (mean, K, M, _), profile, _ = mapped
+    means = mapped[2] if mapped is not None else (x.mean_profile if keeps_profile else None)
     return clean(
         mean,
         K,
@@ -271,7 +262,7 @@ def pointwise_forward(node, ins, ctx):
         x.exact and x.gaussian,
         S=program_moments(program, x.with_(M=x.S))[2] if x.S is not None else None,
         profile=profile,
-        mean_profile=mapped[2] if mapped is not None and profile is not None else None,
+        mean_profile=means if profile is not None else None,
         gaussian=program[0] in ("identity", "neg"),
         positive=_positive_share(program, x),
     )

@@ -222,6 +222,58 @@ def backward_border(
     return float(factor)
 
 
+def window_entries(axes: list[Axis], profile: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Over a window op's output map: the mean relative energy of the entries each window holds inside the input
+    (the input's profile), and how many it holds (fewer at a padded border)."""
+    energies, counts = [], []
+    for i, axis in enumerate(axes):
+        idx, valid = _reads(*axis)
+        counts.append(valid.sum(axis=1))
+        inside = np.where(valid, _along(profile, i, axis[0])[np.clip(idx, 0, axis[0] - 1)], 0.0).sum(axis=1)
+        energies.append(inside / np.maximum(counts[-1], 1))
+    return map_grid(energies), map_grid(counts).astype(int)
+
+
+def map_grid(per_axis) -> np.ndarray:
+    """The map of a product of per-axis factors (a profile's relative K at each position)."""
+    grid = np.ones(())
+    for p in per_axis:
+        grid = np.multiply.outer(grid, p)
+    return grid
+
+
+def marginal_profiles(grid: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Per-axis profiles (mean 1) of a map: its mean over the other axes; None where even or not positive."""
+    axes = range(grid.ndim)
+    marginals = tuple(grid.mean(axis=tuple(b for b in axes if b != a)) for a in axes)
+    if any(not np.all(p > 0) for p in marginals):
+        return None
+    return normalize_profile(marginals)
+
+
+def variance_profile(x: Moments) -> tuple[np.ndarray, ...] | None:
+    """Per-axis relative energy of x's part that varies within a channel (K less the channel offsets' energy, M):
+    where the mean varies over the map (`mean_profile`), the two parts vary differently, and a norm after a conv
+    removes only the offsets: a max pool's border windows hold smaller maxima, mostly mean, so the border's
+    centred variance is near the centre's where its K is half (§2)."""
+    if x.profile is None or x.mean_profile is None or len(x.mean_profile) != len(x.profile) or not x.K > x.M:
+        return x.profile
+    squares = [u * u for u in x.mean_profile]
+    out = []
+    for i, (p, u2) in enumerate(zip(x.profile, squares)):
+        others = float(np.prod([q.mean() for j, q in enumerate(squares) if j != i]))
+        out.append(np.maximum(x.K * p - x.M * u2 * others, 0.01 * (x.K - x.M)))
+    return normalize_profile(tuple(out))
+
+
+def scaled_entries(x: Moments, scale: float) -> Moments:
+    """x's entries at a position whose K is `scale` times the map's: the mean and the channels' offsets stay (a
+    group norm's output keeps each channel's offset over the whole map), the rest scales."""
+    m2 = x.m * x.m
+    K = max(x.K * scale, m2)
+    return Moments(x.m, K, min(max(x.M, m2), K), law=x.law)
+
+
 def _along(profile: tuple[np.ndarray, ...] | None, axis: int, length: int) -> np.ndarray:
     if profile and len(profile) > axis and len(profile[axis]) == length:
         return profile[axis]

@@ -14,6 +14,7 @@ from initcheck.rules.common import (
     conv_profile,
     dim,
     transposed_profile,
+    variance_profile,
     window_axes,
 )
 from initcheck.rules.registry import Unsupported, backward_rule, forward_rule
@@ -131,7 +132,8 @@ def conv_forward(node, ins, ctx):
     # the channel offsets' interior energy, bias aside (a bias is even over the map)
     offsets = _mapped(x.M, x, w, 1.0) - w.bias_sq
     mean_profile = x.mean_profile if x.profile is not None else None
-    centred = centred_conv_profile(profile, axes, w.gain * max(x.K - x.M, 0.0), offsets, mean_profile)
+    varying = conv_profile(variance_profile(x), axes) if mean_profile is not None else profile
+    centred = centred_conv_profile(varying, axes, w.gain * max(x.K - x.M, 0.0), offsets, mean_profile)
     units = unit_offsets(x, w) if not any(a["pads_begin"] + a["pads_end"]) else None  # padding makes them uneven
     return clean(
         mean, K, M, exact, S=S, profile=normalize_profile(profile), centred=normalize_profile(centred), units=units

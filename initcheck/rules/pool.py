@@ -8,7 +8,16 @@ from initcheck import pointwise
 from initcheck.gaussian import nodes, standard_cdf
 from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
-from initcheck.rules.common import conv_profile, nearest_factors, spatial_lengths, taps_inside, window_axes
+from initcheck.rules.common import (
+    conv_profile,
+    marginal_profiles,
+    nearest_factors,
+    scaled_entries,
+    spatial_lengths,
+    taps_inside,
+    window_axes,
+    window_entries,
+)
 from initcheck.rules.dispersion import pooled_pattern
 from initcheck.rules.neighbours import pooled_variance, shared_maximum_excess
 from initcheck.rules.registry import backward_rule, forward_rule
@@ -107,10 +116,38 @@ def max_pool_forward(node, ins, ctx):
     else:
         mean, K, M = max_over(x, areas)
         exact = x.exact and x.gaussian
-    profile = _pool_profile(node, x) if node.op == "max_pool" else None
+    maps = _maxima_over_map(node, source if source is not None else x, program) if node.op == "max_pool" else None
+    profile, means = maps if maps is not None else (_pool_profile(node, x) if node.op == "max_pool" else None, None)
     # a window with one positive entry
     positive = None if x.positive is None else sum(f * (1 - (1 - x.positive) ** a) for a, f in areas.items())
-    return clean(mean, K, M, exact, gaussian=False, profile=profile, positive=positive)
+    return clean(mean, K, M, exact, gaussian=False, profile=profile, mean_profile=means, positive=positive)
+
+
+# scales at which the maxima are computed across a map's range of energies, interpolated between
+_MAP_SCALES = 5
+
+
+def _maxima_over_map(node, x: Moments, program) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
+    """The maxima's energy and mean profiles over the output map: each window holds the entries inside the input
+    (fewer at a padded border) at their mean energy there (the input's profile), and a smaller or quieter window
+    has a smaller maximum. The mean varies with it, which the conv after the pool sums into channel offsets that
+    vary over the map (§2, §7). None where the map is unknown or too large."""
+    axes = window_axes(node)
+    if axes is None:
+        return None
+    energy, area = window_entries(axes, x.profile)
+    if energy.size > 65536 or not energy.min() > 0:
+        return None
+    low, high = float(energy.min()), float(energy.max())
+    scales = np.exp(np.linspace(np.log(low), np.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
+    mean, K = np.zeros(energy.shape), np.zeros(energy.shape)
+    for a in np.unique(area):
+        at = np.array([max_over(scaled_entries(x, s), int(a), program)[:2] for s in scales])
+        here = area == a
+        mean[here] = np.interp(np.log(energy[here]), np.log(scales), at[:, 0])
+        K[here] = np.interp(np.log(energy[here]), np.log(scales), at[:, 1])
+    profile, means = marginal_profiles(K), marginal_profiles(mean)
+    return (profile, means) if profile is not None and means is not None else None
 
 
 @backward_rule("max_pool", "global_max_pool")
