@@ -505,7 +505,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetV3Small(nn.Module):
+class MobileNetV3(nn.Module):
     """torchvision's mobilenet_v3_small at its own widths, with its init (`large`: mobilenet_v3_large)."""
 
     def __init__(self, classes=1000, large=False):
@@ -809,10 +809,10 @@ STOCK = [
     ZooModel("resnet50_zero_init_residual", _cnn(_wrapped(lambda: ResNet50ish(zero_init_residual=True))), family="CNN"),
     ZooModel("mobilenetv3", _cnn(_wrapped(MobileNetV3ish)), family="CNN"),
     ZooModel("efficientnet", _cnn(_wrapped(lambda: MobileNetV3ish(efficient=True))), family="CNN"),
-    ZooModel("mobilenetv3_small_at_scale", _cnn(_wrapped(MobileNetV3Small), 64), family="CNN", measured_at=(224, 8)),
+    ZooModel("mobilenetv3_small_at_scale", _cnn(_wrapped(MobileNetV3), 64), family="CNN", measured_at=(224, 8)),
     ZooModel(
         "mobilenetv3_large_at_scale",
-        _cnn(_wrapped(lambda: MobileNetV3Small(large=True)), 64),
+        _cnn(_wrapped(lambda: MobileNetV3(large=True)), 64),
         family="CNN",
         measured_at=(224, 8),
     ),

@@ -16,7 +16,7 @@ from initcheck.gaussian import moments_of
 from initcheck.moments import Moments, clean, profile_along
 from initcheck.pointwise import never_negative, rounded
 from initcheck.rules import entry_law, rectified
-from initcheck.rules.common import map_grid, marginal_profiles, scaled_entries
+from initcheck.rules.common import map_grid, map_scales, marginal_profiles, scaled_entries
 from initcheck.rules.pool import argmax_slope_ratio
 from initcheck.rules.registry import backward_rule, forward_rule
 
@@ -214,7 +214,7 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
         return None
     # phi's moments are smooth in the log of the scale: computed at _MAP_SCALES points across the map's range and
     # interpolated there (a 512x512 map has thousands of distinct energies)
-    scales = np.exp(np.linspace(math.log(low), math.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
+    scales = map_scales(low, high, _MAP_SCALES)
     if program[0] in _HOMOGENEOUS:
         # phi(a z) = a phi(z): of a zero-mean input the moments scale exactly; with a mean, their ratio to the
         # energy's powers varies slowly with the mean's share of the energy, read at a few points

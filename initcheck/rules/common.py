@@ -234,6 +234,11 @@ def window_entries(axes: list[Axis], profile: tuple[np.ndarray, ...] | None) -> 
     return map_grid(energies), map_grid(counts).astype(int)
 
 
+def map_scales(low: float, high: float, points: int) -> np.ndarray:
+    """Energies spread evenly in log across a map's range, at which a rule computes what it then interpolates."""
+    return np.exp(np.linspace(np.log(low), np.log(high), points)) if high > low * 1.0001 else np.array([low])
+
+
 def map_grid(per_axis) -> np.ndarray:
     """The map of a product of per-axis factors (a profile's relative K at each position)."""
     grid = np.ones(())

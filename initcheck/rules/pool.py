@@ -10,6 +10,7 @@ from initcheck.limits import MAX_PROFILE_LENGTH
 from initcheck.moments import Moments, clean, normalize_profile
 from initcheck.rules.common import (
     conv_profile,
+    map_scales,
     marginal_profiles,
     nearest_factors,
     scaled_entries,
@@ -123,8 +124,10 @@ def max_pool_forward(node, ins, ctx):
     return clean(mean, K, M, exact, gaussian=False, profile=profile, mean_profile=means, positive=positive)
 
 
-# scales at which the maxima are computed across a map's range of energies, interpolated between
+# energies at which the maxima are computed across a map's range, interpolated between; beyond this many output
+# positions the pool keeps a conv's profile (the grid is held whole)
 _MAP_SCALES = 5
+_MAX_POSITIONS = 1 << 16
 
 
 def _maxima_over_map(node, x: Moments, program) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
@@ -136,10 +139,10 @@ def _maxima_over_map(node, x: Moments, program) -> tuple[tuple[np.ndarray, ...],
     if axes is None:
         return None
     energy, area = window_entries(axes, x.profile)
-    if energy.size > 65536 or not energy.min() > 0:
+    if energy.size > _MAX_POSITIONS or not energy.min() > 0:
         return None
     low, high = float(energy.min()), float(energy.max())
-    scales = np.exp(np.linspace(np.log(low), np.log(high), _MAP_SCALES)) if high > low * 1.0001 else np.array([low])
+    scales = map_scales(low, high, _MAP_SCALES)
     mean, K = np.zeros(energy.shape), np.zeros(energy.shape)
     for a in np.unique(area):
         at = np.array([max_over(scaled_entries(x, s), int(a), program)[:2] for s in scales])
