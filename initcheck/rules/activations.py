@@ -209,6 +209,11 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
     if np.prod([len(p) for p in x.profile]) > _MAP_POSITIONS:
         return None
     energy = map_grid(x.profile)
+    means = _mean_grid(program, x, energy.shape)
+    if means is not None:
+        # phi(a z) = a phi(z): a position whose mean is u times the map's and energy e times is a position of energy
+        # e / u^2 and the map's mean, scaled by u
+        energy = energy / (means * means)
     low, high = float(energy.min()), float(energy.max())
     if not low > 0:
         return None
@@ -224,11 +229,21 @@ def _map_moments(program, x: Moments) -> np.ndarray | None:
         [_mixed(program, xs, program_moments(program, xs)) for xs in (scaled_entries(x, s) for s in scales)]
     )
     if len(scales) == 1:
-        return np.broadcast_to(per_scale[0], energy.shape + (4,)) * _units(energy / scales[0])
-    # interpolated as the mean over sqrt(scale) and the energies over the scale, which vary slowly
-    logs, relative = np.log(energy), per_scale / _units(scales)
-    at = np.stack([np.interp(logs, np.log(scales), relative[:, j]) for j in range(4)], axis=-1)
-    return at * _units(energy)
+        at = np.broadcast_to(per_scale[0], energy.shape + (4,)) * _units(energy / scales[0])
+    else:
+        # interpolated as the mean over sqrt(scale) and the energies over the scale, which vary slowly
+        logs, relative = np.log(energy), per_scale / _units(scales)
+        at = np.stack([np.interp(logs, np.log(scales), relative[:, j]) for j in range(4)], axis=-1) * _units(energy)
+    return at if means is None else at * _units(means * means)
+
+
+def _mean_grid(program, x: Moments, shape) -> np.ndarray | None:
+    """The input's relative mean at each position where it varies over the map and phi is homogeneous (a ReLU
+    after a residual sum whose stream's mean is lower at the border); None otherwise."""
+    if program[0] not in _HOMOGENEOUS or x.mean_profile is None or not x.m > 0:
+        return None
+    grid = map_grid(x.mean_profile)
+    return grid if grid.shape == shape and np.all(grid > 0) else None
 
 
 def _units(scale: np.ndarray) -> np.ndarray:

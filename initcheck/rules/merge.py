@@ -42,6 +42,24 @@ def _mix_profiles(parts: list[Moments], weights=None, centred: bool = False) -> 
     return normalize_profile(tuple(mixed))
 
 
+def _mix_means(parts: list[Moments], means: list[float]) -> tuple[np.ndarray, ...] | None:
+    """The mean profile of a sum: each part's weighed by its own (signed) mean, even where it has none. A residual
+    sum adds a norm's output, mean 0, to a stream whose mean is lower at a padded map's border, so the sum's is
+    too; the ReLU after it reads that (docs/theory.md §2)."""
+    profiles = [p.mean_profile if p.profile is not None else None for p in parts]
+    total = sum(means)
+    if not any(profiles) or not abs(total) > 1e-6 * max(abs(m) for m in means):
+        return None
+    ref = next(q for q in profiles if q)
+    mixed = []
+    for axis, base in enumerate(ref):
+        acc = np.zeros_like(base)
+        for mean, q in zip(means, profiles):
+            acc += mean / total * (q[axis] if q and len(q) == len(ref) and len(q[axis]) == len(base) else 1.0)
+        mixed.append(acc)
+    return normalize_profile(tuple(mixed)) if all(np.all(p > 0) for p in mixed) else None
+
+
 def _is_additive_mask(value) -> bool:
     return (
         value is not None
@@ -58,6 +76,7 @@ def _signed_sum(node, ins, signs) -> Moments:
     stated = False  # a constant whose positions share less than its squared mean says (a position table)
     zeros = 1.0  # P(every term is 0), for a sum of nonnegative terms (a zero branch counts as one)
     nonnegative = True
+    signed_means: list[float] = []
     for i, sign in enumerate(signs):
         x = ins[i]
         if x is None:
@@ -71,6 +90,7 @@ def _signed_sum(node, ins, signs) -> Moments:
             stated = stated or between != c.coherent
         else:
             parts.append(x)
+            signed_means.append(sign * x.m)
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
             nonnegative = nonnegative and (x.positive is not None or x.K == 0) and sign > 0
             zeros *= 1 - (x.positive or 0.0)
@@ -87,6 +107,7 @@ def _signed_sum(node, ins, signs) -> Moments:
         exact,
         S=shared,
         profile=_mix_profiles(parts),
+        mean_profile=_mix_means(parts, signed_means),
         gaussian=gaussian,
         valid_keys=keys,
         positive=1 - zeros if nonnegative and parts else None,
