@@ -26,38 +26,35 @@ def _mix_profiles(parts: list[Moments], weights=None, centred: bool = False) -> 
     (a concatenation's part sizes); `centred`: the parts' centred profiles (their K's where they have none) by
     size alone, since a per-channel norm, the one reader of a centred profile, gives every channel one variance."""
     profiles = [(p.centred if p.centred is not None else p.profile) if centred else p.profile for p in parts]
-    if not any(profiles):
-        return None
-    ref = next(q for q in profiles if q)
     weights = [1.0] * len(parts) if weights is None else weights
     energies = [w * (1.0 if centred else p.K) for w, p in zip(weights, parts)]
-    total = sum(energies) or 1.0
-    mixed = []
-    for axis, base in enumerate(ref):
-        acc = np.zeros_like(base)
-        for energy, q in zip(energies, profiles):
-            prof = q[axis] if q and len(q) == len(ref) and len(q[axis]) == len(base) else np.ones_like(base)
-            acc += energy / total * prof
-        mixed.append(acc)
-    return normalize_profile(tuple(mixed))
-
-
-def _mix_means(parts: list[Moments], means: list[float]) -> tuple[np.ndarray, ...] | None:
-    """The mean profile of a sum: each part's weighed by its own (signed) mean, even where it has none. A residual
-    sum adds a norm's output, mean 0, to a stream whose mean is lower at a padded map's border, so the sum's is
-    too; the ReLU after it reads that (docs/theory.md §2)."""
-    profiles = [p.mean_profile if p.profile is not None else None for p in parts]
-    total = sum(means)
-    if not any(profiles) or not abs(total) > 1e-6 * max(abs(m) for m in means):
+    if not any(profiles) or not sum(energies) > 0:
         return None
+    return normalize_profile(_weighted_axes(profiles, energies))
+
+
+def _mix_means(terms: list[tuple[float, tuple[np.ndarray, ...] | None]]) -> tuple[np.ndarray, ...] | None:
+    """The mean profile of a sum of (signed mean, mean profile) terms: each profile weighed by its mean, even where
+    a term has none (a norm's output, a constant). A residual sum adds a norm's output, mean 0, to a stream whose
+    mean is lower at a padded map's border, so the sum's is too; the ReLU after it reads that (docs/theory.md §2)."""
+    means, profiles = [m for m, _ in terms], [q for _, q in terms]
+    if not any(profiles) or not abs(sum(means)) > 1e-6 * max(abs(m) for m in means):
+        return None
+    mixed = _weighted_axes(profiles, means)
+    return normalize_profile(mixed) if all(np.all(p > 0) for p in mixed) else None
+
+
+def _weighted_axes(profiles: list, weights: list[float]) -> tuple[np.ndarray, ...]:
+    """Per axis, the weighted mean of per-axis profiles; a part without one (or of other lengths) is even."""
     ref = next(q for q in profiles if q)
+    total = sum(weights)
     mixed = []
     for axis, base in enumerate(ref):
         acc = np.zeros_like(base)
-        for mean, q in zip(means, profiles):
-            acc += mean / total * (q[axis] if q and len(q) == len(ref) and len(q[axis]) == len(base) else 1.0)
+        for weight, q in zip(weights, profiles):
+            acc += weight / total * (q[axis] if q and len(q) == len(ref) and len(q[axis]) == len(base) else 1.0)
         mixed.append(acc)
-    return normalize_profile(tuple(mixed)) if all(np.all(p > 0) for p in mixed) else None
+    return tuple(mixed)
 
 
 def _is_additive_mask(value) -> bool:
@@ -76,7 +73,7 @@ def _signed_sum(node, ins, signs) -> Moments:
     stated = False  # a constant whose positions share less than its squared mean says (a position table)
     zeros = 1.0  # P(every term is 0), for a sum of nonnegative terms (a zero branch counts as one)
     nonnegative = True
-    signed_means: list[float] = []
+    means: list[tuple[float, tuple[np.ndarray, ...] | None]] = []  # each term's signed mean and its profile
     for i, sign in enumerate(signs):
         x = ins[i]
         if x is None:
@@ -90,10 +87,10 @@ def _signed_sum(node, ins, signs) -> Moments:
             stated = stated or between != c.coherent
         else:
             parts.append(x)
-            signed_means.append(sign * x.m)
             exact, gaussian = exact and x.exact, gaussian and x.gaussian
             nonnegative = nonnegative and (x.positive is not None or x.K == 0) and sign > 0
             zeros *= 1 - (x.positive or 0.0)
+        means.append((sign * x.m, x.mean_profile if x.profile is not None else None))
         K += x.K + 2 * sign * m * x.m
         M += x.M + 2 * sign * m * x.m
         S += x.shared + 2 * sign * m * x.m
@@ -107,7 +104,7 @@ def _signed_sum(node, ins, signs) -> Moments:
         exact,
         S=shared,
         profile=_mix_profiles(parts),
-        mean_profile=_mix_means(parts, signed_means),
+        mean_profile=_mix_means(means),
         gaussian=gaussian,
         valid_keys=keys,
         positive=1 - zeros if nonnegative and parts else None,
