@@ -117,8 +117,7 @@ def max_pool_forward(node, ins, ctx):
     else:
         mean, K, M = max_over(x, areas)
         exact = x.exact and x.gaussian
-    maps = _maxima_over_map(node, source if source is not None else x, program) if node.op == "max_pool" else None
-    profile, means = maps if maps is not None else (_pool_profile(node, x) if node.op == "max_pool" else None, None)
+    profile, means = _max_pool_maps(node, x, source, program) if node.op == "max_pool" else (None, None)
     # a window with one positive entry
     positive = None if x.positive is None else sum(f * (1 - (1 - x.positive) ** a) for a, f in areas.items())
     return clean(mean, K, M, exact, gaussian=False, profile=profile, mean_profile=means, positive=positive)
@@ -128,6 +127,12 @@ def max_pool_forward(node, ins, ctx):
 # positions the pool keeps a conv's profile (the grid is held whole)
 _MAP_SCALES = 5
 _MAX_POSITIONS = 1 << 16
+
+
+def _max_pool_maps(node, x: Moments, source: Moments | None, program):
+    """The output's energy and mean profiles: the maxima's over the map, else a conv's profile and an even mean."""
+    maps = _maxima_over_map(node, source if source is not None else x, program)
+    return maps if maps is not None else (_pool_profile(node, x), None)
 
 
 def _maxima_over_map(node, x: Moments, program) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
