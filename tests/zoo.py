@@ -526,6 +526,57 @@ class MobileNetV3(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+# torchvision's mobilenet_v2: (expand ratio, output, layers, stride)
+MOBILENET_V2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+
+
+class InvertedResidualV2(nn.Module):
+    """torchvision's MobileNetV2 block: expand (ReLU6), depthwise 3x3 (ReLU6), linear projection; a skip at stride 1
+    between equal widths."""
+
+    def __init__(self, c_in, c_out, stride, expand):
+        super().__init__()
+        hidden, norm = c_in * expand, {"eps": 1e-5, "momentum": 0.1}
+        layers = [_conv_norm(c_in, hidden, 1, act=nn.ReLU6, **norm)] if expand != 1 else []
+        layers.append(_conv_norm(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6, **norm))
+        layers += [nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's mobilenet_v2 (width 1.0) with its init: no squeeze-excitation, ReLU6, linear bottlenecks."""
+
+    def __init__(self, classes=1000):
+        super().__init__()
+        blocks, c_in = [], 32
+        for expand, c_out, n, stride in MOBILENET_V2:
+            for i in range(n):
+                blocks.append(InvertedResidualV2(c_in, c_out, stride if i == 0 else 1, expand))
+                c_in = c_out
+        norm = {"eps": 1e-5, "momentum": 0.1}
+        self.features = nn.Sequential(
+            _conv_norm(3, 32, 3, 2, act=nn.ReLU6, **norm), *blocks, _conv_norm(c_in, 1280, 1, act=nn.ReLU6, **norm)
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+        _mobilenet_init(self)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 # torchvision's efficientnet_b0: (expand ratio, kernel, stride, input, output, layers)
 EFFICIENTNET_B0 = [
     (1, 3, 1, 32, 16, 1),
@@ -816,6 +867,7 @@ STOCK = [
         family="CNN",
         measured_at=(224, 8),
     ),
+    ZooModel("mobilenetv2_at_scale", _cnn(_wrapped(MobileNetV2), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("efficientnet_b0_at_scale", _cnn(_wrapped(EfficientNetB0), 64), family="CNN", measured_at=(224, 8)),
     ZooModel("densenet", _cnn(_wrapped(DenseNetish)), family="CNN"),
     ZooModel("densenet121_at_scale", _cnn(_wrapped(DenseNet121), 64), family="CNN", measured_at=(224, 8)),
