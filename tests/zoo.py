@@ -526,7 +526,8 @@ class MobileNetV3(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-# torchvision's mobilenet_v2: (expand ratio, output, layers, stride)
+# torchvision's mobilenet_v2: (expand ratio, output, layers, stride); its norms keep PyTorch's defaults
+MOBILENET_V2_NORM = {"eps": 1e-5, "momentum": 0.1}
 MOBILENET_V2 = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
@@ -544,7 +545,7 @@ class InvertedResidualV2(nn.Module):
 
     def __init__(self, c_in, c_out, stride, expand):
         super().__init__()
-        hidden, norm = c_in * expand, {"eps": 1e-5, "momentum": 0.1}
+        hidden, norm = c_in * expand, MOBILENET_V2_NORM
         layers = [_conv_norm(c_in, hidden, 1, act=nn.ReLU6, **norm)] if expand != 1 else []
         layers.append(_conv_norm(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6, **norm))
         layers += [nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
@@ -565,7 +566,7 @@ class MobileNetV2(nn.Module):
             for i in range(n):
                 blocks.append(InvertedResidualV2(c_in, c_out, stride if i == 0 else 1, expand))
                 c_in = c_out
-        norm = {"eps": 1e-5, "momentum": 0.1}
+        norm = MOBILENET_V2_NORM
         self.features = nn.Sequential(
             _conv_norm(3, 32, 3, 2, act=nn.ReLU6, **norm), *blocks, _conv_norm(c_in, 1280, 1, act=nn.ReLU6, **norm)
         )
