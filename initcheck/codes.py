@@ -153,9 +153,10 @@ _code(
     "beyond its own bound (G against gradient_bar, calibrated on the zoo's heavier tails): information.",
     # K_sym / K_meas beyond this factor (plus 3 bars) disagrees; the bar of an approximate row (natural-log units,
     # calibrated on the zoo: benchmarks/accuracy.py), of an approximate gradient (the zoo's rms |ln G_sym/G_meas|
-    # over every row but Mamba's was 0.31 when it was set, 0.12 now: kept for the tails, 0.25% of those rows beyond
-    # 2x); bars beyond `uninformative` (a factor) are not judged
-    limits={"tolerance": 1.15, "approximation_bar": 0.1, "gradient_bar": 0.2, "uninformative": 2.0},
+    # over the 2,711 approximate gradients of every model but Mamba is 0.127, its 95th percentile 0.25: 0.15 puts
+    # the bound at 1.8x, so a gradient 2x off is said, and 0.6% of those rows beyond it); bars beyond
+    # `uninformative` (a factor) are not judged
+    limits={"tolerance": 1.15, "approximation_bar": 0.1, "gradient_bar": 0.15, "uninformative": 2.0},
 )
 _code(
     "IC402",
