@@ -150,7 +150,7 @@ _code(
     "approximation_bar^2 on approximate rows (docs/theory.md §12-13); likewise G with gradient_bar",
     "Trust the measured numbers for this layer and downstream; look for the correlation the pass cannot see.",
     "Any judged layer beyond the bound: warning, once per model (the first layer, with the count); a gradient "
-    "beyond its own bound (G against gradient_bar, calibrated on the zoo's heavier tails): information.",
+    "beyond its own bound (G against gradient_bar, calibrated on the zoo; its tails are heavy): information.",
     # K_sym / K_meas beyond this factor (plus 3 bars) disagrees; the bar of an approximate row (natural-log units,
     # calibrated on the zoo: benchmarks/accuracy.py), of an approximate gradient (the zoo's rms |ln G_sym/G_meas|
     # over the 2,711 approximate gradients of every model but Mamba is 0.127, its 95th percentile 0.25: 0.15 puts
