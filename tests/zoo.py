@@ -505,7 +505,15 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetV3(nn.Module):
+class _PooledClassifier(nn.Module):
+    """torchvision's classifier layout: `features`, a global average pool, then `classifier`."""
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MobileNetV3(_PooledClassifier):
     """torchvision's mobilenet_v3_small at its own widths, with its init (`large`: mobilenet_v3_large)."""
 
     def __init__(self, classes=1000, large=False):
@@ -520,10 +528,6 @@ class MobileNetV3(nn.Module):
             nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(hidden, classes)
         )
         _mobilenet_init(self)
-
-    def forward(self, x):
-        x = self.features(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 # torchvision's mobilenet_v2: (expand ratio, output, layers, stride); its norms keep PyTorch's defaults
@@ -556,7 +560,7 @@ class InvertedResidualV2(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_PooledClassifier):
     """torchvision's mobilenet_v2 (width 1.0) with its init: no squeeze-excitation, ReLU6, linear bottlenecks."""
 
     def __init__(self, classes=1000):
@@ -572,10 +576,6 @@ class MobileNetV2(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
         _mobilenet_init(self)
-
-    def forward(self, x):
-        x = self.features(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 # torchvision's efficientnet_b0: (expand ratio, kernel, stride, input, output, layers)
@@ -626,7 +626,7 @@ class EfficientMBConv(nn.Module):
         return self.stochastic_depth(y) + x if self.residual else y
 
 
-class EfficientNetB0(nn.Module):
+class EfficientNetB0(_PooledClassifier):
     """torchvision's efficientnet_b0 at its own widths, with its init (stochastic depth 0.2 over the blocks)."""
 
     def __init__(self, classes=1000):
@@ -644,10 +644,6 @@ class EfficientNetB0(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
         _mobilenet_init(self, efficient=True)
-
-    def forward(self, x):
-        x = self.features(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 def _densenet_init(model: nn.Module) -> None:
