@@ -902,21 +902,24 @@ TWINS = [
 
 
 class TensorOutputs(nn.Module):
-    """Files store tensors: the first tensor of a model's output (logits, last hidden state); the inputs come
-    positionally (both ONNX exporters take them so, with input_names) or by name (torch.export keeps the names)
-    and are passed on by name."""
+    """Files store tensors: every tensor of a model's output (logits, T5's encoder state, BERT's pooled output), as
+    the live module's analysis seeds each; the inputs come positionally (both ONNX exporters take them so, with
+    input_names) or by name (torch.export keeps the names) and are passed on by name."""
 
     def __init__(self, model: nn.Module, names: list[str]):
         super().__init__()
         self.model, self.names = model, names
 
     def forward(self, *args, **named):
-        out = self.model(**dict(zip(self.names, args)), **named)
-        if isinstance(out, torch.Tensor):
-            return out
-        if isinstance(out, (tuple, list)):
-            return out[0]
-        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+        leaves = _tensor_leaves(self.model(**dict(zip(self.names, args)), **named))
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+
+
+def _tensor_leaves(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    parts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
+    return [leaf for part in parts for leaf in _tensor_leaves(part)]
 
 
 def export_file(model: ZooModel, route: str, folder) -> tuple[object, dict | None]:

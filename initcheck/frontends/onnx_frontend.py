@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from initcheck.frontends.onnx_load import (
 from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
 from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
-from initcheck.stats import TABLE_READERS, keeps_values, tensor_stats
+from initcheck.stats import TABLE_READERS, affine_stats, keeps_values, tensor_stats
 
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
@@ -79,6 +80,9 @@ def load_onnx(
         values[tensor.name].is_weight = True
     ir_nodes = []
     absorbed_adds = set(ctx.absorbed)
+    guards = _guards(nodes, ctx)
+    group_norms = _group_norms(nodes, ctx)
+    inside_group_norms = {name for norm in group_norms.values() for name in norm.inner}
     for node in nodes:
         if not any(name in signal for name in node_inputs(node)) and node.op_type != "Gather":
             continue
@@ -89,6 +93,14 @@ def load_onnx(
         if node.op_type == "DequantizeLinear" and node.input[0] in ctx.fake_quant:
             continue  # one clip node with its QuantizeLinear
         if not any(name in signal for name in node.output):  # masks, shapes, indices computed from the signal
+            continue
+        if node.output and node.output[0] in inside_group_norms:
+            continue
+        if node.output and node.output[0] in group_norms:
+            ir_nodes.append(group_norms[node.output[0]].node(values, ctx))
+            continue
+        if node.op_type == "Where" and node.output[0] in guards:
+            ir_nodes.append(_guard_as_identity(node, values[guards[node.output[0]]], values))
             continue
         ir_nodes.append(_translate(node, ctx, values, absorbed_adds, stored))
     for name in graph.output:
@@ -186,8 +198,36 @@ def _initial_constants(model, path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _partial_shapes(nodes, shapes: dict) -> dict[str, tuple]:
+    """Shape(x) where some of x's dims are unknown (a batch the file leaves open): kept so that a Gather of its
+    known dims still folds (the legacy exporter computes chunk() bounds from Shape(x)[-1])."""
+    out = {}
+    for node in nodes:
+        if node.op_type == "Shape" and len(node.input) == 1 and node.output and not node.attribute:
+            shape = shapes.get(node.input[0], (None,))[0]
+            if shape is not None and any(d is None for d in shape):
+                out[node.output[0]] = tuple(shape)
+    return out
+
+
+def _known_dims(node, partial: dict[str, tuple], arrays: dict) -> list[np.ndarray] | None:
+    """Gather(Shape(x), indices) where every gathered dim of x is known."""
+    if node.op_type != "Gather" or len(node.input) != 2 or node.input[0] not in partial:
+        return None
+    if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        return None
+    shape, indices = partial[node.input[0]], arrays.get(node.input[1])
+    if indices is None or indices.dtype.kind not in "iu":
+        return None
+    picked = [shape[int(i)] if -len(shape) <= int(i) < len(shape) else None for i in indices.reshape(-1)]
+    if any(d is None for d in picked):
+        return None
+    return [np.array(picked, dtype=np.int64).reshape(indices.shape)]
+
+
 def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
     folded: set[str] = set()
+    partial = _partial_shapes(nodes, shapes)
     for node in nodes:
         if node.op_type == "Constant":
             from onnx.reference import ReferenceEvaluator
@@ -200,6 +240,8 @@ def _fold(nodes, arrays: dict, opset: int, shapes: dict) -> set[str]:
                 pass
             continue
         outs = fold_node(node, arrays, opset, shapes)
+        if outs is None:
+            outs = _known_dims(node, partial, arrays)
         if outs is None:
             continue
         for name, arr in zip(node.output, outs):
@@ -286,6 +328,140 @@ def _is_index_output(node, name: str) -> bool:
     ) and (node.op_type != "TopK" or name != node.output[0]):
         return True
     return node.op_type in ("MaxPool",) and name != node.output[0]
+
+
+def _guards(nodes, ctx) -> dict[str, str]:
+    """Where nodes that only guard a value, read as that value (Where output -> the value's name). Both torch
+    exporters write scaled_dot_product_attention's softmax as Where(IsNaN(p), 0, p), to zero the rows a mask leaves
+    empty: on finite values it is p, and read so the softmax's weights reach the values they multiply as in the live
+    module's graph. The dynamo exporter writes softplus as Where(a > 20, a, Softplus(a)), which differ there by less
+    than e^-20: taken as a choice between two signals, the where passed `a` itself (Mamba's step sizes K 21.7 where
+    softplus gives 0.003, and exp(-dt A) overflowed)."""
+    producers = {name: n for n in nodes for name in n.output if name}
+    found = {}
+    for n in nodes:
+        if n.op_type != "Where" or len(n.input) != 3 or not n.output:
+            continue
+        test, chosen, other = (producers.get(n.input[0]), n.input[1], n.input[2])
+        if test is None or not other:
+            continue
+        if test.op_type == "IsNaN" and test.input[0] == other:
+            found[n.output[0]] = other
+        elif test.op_type == "Greater" and test.input[0] == chosen and _softplus_of(producers.get(other), chosen):
+            threshold = ctx.array(test.input[1])
+            if threshold is not None and threshold.size == 1 and float(threshold.reshape(())) >= 10:
+                found[n.output[0]] = other
+    return found
+
+
+def _softplus_of(node, name: str) -> bool:
+    return node is not None and node.op_type == "Softplus" and node.input[0] == name
+
+
+@dataclass(frozen=True)
+class _GroupNorm:
+    """GroupNorm as both torch exporters write it: Reshape(x, [N, G, -1]) -> InstanceNormalization (scale 1, bias
+    0) -> Reshape back to x's shape -> Mul(gamma) -> Add(beta), gamma and beta one per channel. As pieces the
+    pass would normalise G rows of merged channels and positions, and lose what a channel's positions share (an
+    attention block after it averages that part over the map: its output's K 10x low on the zoo's UNet)."""
+
+    source: Any  # the InstanceNormalization node (onnx.NodeProto)
+    x: str
+    groups: int
+    gamma: str
+    beta: str
+    inner: frozenset[str]  # outputs of the pieces the one node replaces, all but the last
+    last: str  # the output of the last piece: the norm's
+
+    def node(self, values: dict[str, Value], ctx) -> Node:
+        return Node(
+            name=self.source.name or f"GroupNorm_{self.last}",
+            op="group_norm",
+            source_op="Reshape+InstanceNormalization+Reshape+Mul+Add",
+            inputs=[values[self.x]],
+            outputs=[values[self.last]],
+            attrs={"num_groups": self.groups, "epsilon": float(_attribute(self.source, "epsilon", 1e-5))},
+            params=affine_stats(
+                _per_channel(ctx.array(self.gamma)) if self.gamma else None,
+                _per_channel(ctx.array(self.beta)) if self.beta else None,
+            ),
+            scope=scope_of(self.source),
+        )
+
+
+def _group_norms(nodes, ctx) -> dict[str, _GroupNorm]:
+    """Each exported GroupNorm, keyed by the output of its last piece."""
+    producers = {name: n for n in nodes for name in n.output if name}
+    found = {}
+    for norm in nodes:
+        if norm.op_type != "InstanceNormalization" or len(norm.input) < 3:
+            continue
+        split = producers.get(norm.input[0])
+        if split is None or split.op_type != "Reshape" or not _plain(ctx.array(norm.input[1]), 1.0):
+            continue
+        if not _plain(ctx.array(norm.input[2]), 0.0):
+            continue
+        target, x = ctx.array(split.input[1]), split.input[0]
+        x_shape = ctx.shape(x)
+        if target is None or target.size != 3 or x_shape is None or len(x_shape) < 3:
+            continue
+        groups, channels = int(target.reshape(-1)[1]), x_shape[1]
+        merge = _only_reader(ctx, norm.output[0], "Reshape")
+        if not isinstance(channels, int) or groups <= 0 or channels % groups or merge is None:
+            continue
+        if ctx.shape(merge.output[0]) != x_shape:
+            continue
+        inner, last, gamma, beta = [split.output[0], norm.output[0]], merge.output[0], "", ""
+        scale = _only_reader(ctx, last, "Mul")
+        if scale is not None and (gamma := _channel_constant(scale, last, ctx, channels)):
+            inner.append(last)
+            last = scale.output[0]
+            shift = _only_reader(ctx, last, "Add")
+            if shift is not None and (beta := _channel_constant(shift, last, ctx, channels)):
+                inner.append(last)
+                last = shift.output[0]
+        found[last] = _GroupNorm(norm, x, groups, gamma, beta, frozenset(inner), last)
+    return found
+
+
+def _plain(a: np.ndarray | None, value: float) -> bool:
+    return a is not None and a.size > 0 and bool(np.all(a == value))
+
+
+def _only_reader(ctx, name: str, op_type: str):
+    readers = ctx.consumers.get(name, [])
+    return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+
+
+def _channel_constant(node, signal: str, ctx, channels: int) -> str:
+    """The constant operand of a Mul/Add on `signal` that holds one number per channel (shape (C, 1, ..., 1)); ""
+    where it has none."""
+    other = next((name for name in node.input if name != signal), "")
+    a = ctx.array(other) if other else None
+    if a is None or a.size != channels or a.ndim < 1 or a.shape[0] != channels:
+        return ""
+    return other
+
+
+def _per_channel(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a).reshape(-1)
+
+
+def _attribute(node, name: str, default):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _guard_as_identity(node, guarded: Value, values: dict[str, Value]) -> Node:
+    return Node(
+        name=node.name or f"Where_{node.output[0]}",
+        op="identity",
+        source_op="Where (a guard)",
+        inputs=[guarded],
+        outputs=[values[node.output[0]]],
+        scope=scope_of(node),
+    )
 
 
 def _absorbed_biases(nodes, arrays, signal) -> dict[str, str]:

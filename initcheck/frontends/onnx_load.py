@@ -379,8 +379,14 @@ def infer_shapes(model, input_shapes: dict[str, tuple[int, ...]], known: dict[st
         else:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     for name, arr in known.items():
-        if name not in init_names and arr.size <= SMALL_CONST:
+        if name in init_names:
+            continue
+        if arr.size <= SMALL_CONST:
             g.initializer.append(numpy_helper.from_array(np.asarray(arr), name))
+        else:  # its shape only: a large folded constant (a position table gathered at fixed ids) must not leave
+            # everything after it unshaped
+            elem = helper.np_dtype_to_tensor_dtype(np.asarray(arr).dtype)
+            g.input.append(helper.make_tensor_value_info(name, elem, list(arr.shape)))
     for inp in graph.input:
         if inp.name in init_names:
             continue
