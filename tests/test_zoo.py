@@ -316,12 +316,12 @@ def _rows_by_scope(report, known: set[str] | None = None) -> dict[tuple[str, str
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("model", STOCK, ids=lambda m: m.name)
 def test_every_route_predicts_the_live_modules_numbers(model, route, tmp_path):
-    """The same model gives the same K and G on every layer through every route. Found by issue 15's route survey:
-    both exporters write scaled_dot_product_attention's softmax behind a NaN guard (Where(IsNaN(p), 0, p)), which
-    hid the values the weights multiply (Llama-family q/k gradients 3.9x the live module's); they write GroupNorm
-    as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add (a UNet's attention outputs 5x low); the legacy
-    exporter bounds chunk() by Shape(x)[-1] of a tensor whose batch it leaves open (Phi-3's fused projections'
-    gradients 2x)."""
+    """The same model gives the same K and G on every layer through every route (rows paired by scope and op,
+    where that pair is unique). Found by issue 15's route survey, each form with its unit test in
+    test_onnx_routes.py: attention's softmax behind a NaN guard (Llama-family q/k gradients 3.9x the live
+    module's), GroupNorm as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add (the VAE decoder's rows),
+    chunk() bounded by Shape(x)[-1] (Phi-3's fused projections' gradients 2x), a large folded position table
+    (GPT-2 12 x 512: attention outputs 5x low), dynamo's thresholded softplus (Mamba: NaN after its first layer)."""
     if (model.name, route) in _OTHER_COMPUTATION:
         pytest.skip("the file does not hold the live module's computation")
     live = _rows_by_scope(_analyze(model))
