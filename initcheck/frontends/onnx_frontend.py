@@ -377,7 +377,9 @@ class _GroupNorm:
         return Node(
             name=self.source.name or f"GroupNorm_{self.last}",
             op="group_norm",
-            source_op="Reshape+InstanceNormalization+Reshape+Mul+Add",
+            source_op="Reshape+InstanceNormalization+Reshape"
+            + ("+Mul" if self.gamma else "")
+            + ("+Add" if self.beta else ""),
             inputs=[values[self.x]],
             outputs=[values[self.last]],
             attrs={"num_groups": self.groups, "epsilon": float(_attribute(self.source, "epsilon", 1e-5))},
@@ -397,7 +399,9 @@ def _group_norms(nodes, ctx) -> dict[str, _GroupNorm]:
         if norm.op_type != "InstanceNormalization" or len(norm.input) < 3:
             continue
         split = producers.get(norm.input[0])
-        if split is None or split.op_type != "Reshape" or not _plain(ctx.array(norm.input[1]), 1.0):
+        if split is None or split.op_type != "Reshape" or len(ctx.consumers.get(norm.input[0], [])) != 1:
+            continue
+        if not _plain(ctx.array(norm.input[1]), 1.0):
             continue
         if not _plain(ctx.array(norm.input[2]), 0.0):
             continue
