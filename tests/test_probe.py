@@ -447,3 +447,22 @@ def test_the_probe_does_not_draw_padding_ids(route, tmp_path):
         report = initcheck.analyze(model, {"input_ids": ids}, probe=options)
     lookup = next(r for r in report.layers if r.op.startswith("embedding"))
     assert lookup.measured.G == pytest.approx(lookup.symbolic.G, rel=0.15)
+
+
+def test_the_onnx_probe_reads_a_file_constant_quietly():
+    """ConstantOfShape's value is a read-only view of the file's bytes: wrapping it made torch print a UserWarning
+    on stderr in the middle of `initcheck analyze` (HF decoders' masks use it). Own process: torch warns once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from onnx import helper, numpy_helper\n"
+        "from initcheck.probes.onnx_torch_shape import _cos\n"
+        "value = numpy_helper.from_array(np.array([0.5], np.float32))\n"
+        "out = _cos(None, [torch.tensor([2, 3])], {'value': value})\n"
+        "assert out.shape == (2, 3) and out.dtype == torch.float32 and float(out[0, 0]) == 0.5\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

@@ -144,7 +144,10 @@ def _shape(node, x, a):
 @op("ConstantOfShape")
 def _cos(node, x, a):
     value = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
-    return torch.full(_int_list(x[0]), float(value.reshape(-1)[0]), dtype=torch.from_numpy(value).dtype)
+    # the dtype from an empty array of value's: value itself is read-only (a view of the file's bytes), and torch
+    # warns on stderr when it wraps one
+    dtype = torch.from_numpy(np.zeros(1, dtype=value.dtype)).dtype
+    return torch.full(_int_list(x[0]), float(value.reshape(-1)[0]), dtype=dtype)
 
 
 @op("Range")
