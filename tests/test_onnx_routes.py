@@ -238,3 +238,21 @@ def test_a_thresholded_softplus_is_read_as_the_softplus(tmp_path):
     rows = {r.op: r.symbolic.K for r in thresholded.layers}
     assert all(np.isfinite(k) for k in rows.values()), rows
     assert thresholded.layers[-1].symbolic.K == pytest.approx(plain.layers[-1].symbolic.K, rel=1e-9)
+
+
+def test_a_choice_between_two_signals_is_said_to_be_approximate(tmp_path):
+    """Where(a > 0.5, a, Softplus(a)) is no guard (the two differ where a is near 0.5): the where passes one
+    signal for a mask it does not know, and says that its numbers are approximate (they were marked exact)."""
+    rng = np.random.default_rng(3)
+    inits = {"W": rng.normal(0, 0.25, (16, 16)).astype(np.float32), "cut": np.array(0.5, np.float32)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"]),
+        helper.make_node("Softplus", ["a"], ["soft"]),
+        helper.make_node("Greater", ["a", "cut"], ["large"]),
+        helper.make_node("Where", ["large", "a", "soft"], ["out"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])
+    report = initcheck.analyze(_graph_file(tmp_path / "choice.onnx", nodes, inits, [x], "out", [4, 16]))
+    assert report.layers[0].symbolic.exact  # the matmul
+    assert not report.layers[-1].symbolic.exact
+    assert report.layers[-1].status == "approximated"

@@ -457,7 +457,7 @@ def test_the_onnx_probe_reads_a_file_constant_quietly():
 
     code = (
         "import numpy as np, torch\n"
-        "from onnx import helper, numpy_helper\n"
+        "from onnx import numpy_helper\n"
         "from initcheck.probes.onnx_torch_shape import _cos\n"
         "value = numpy_helper.from_array(np.array([0.5], np.float32))\n"
         "out = _cos(None, [torch.tensor([2, 3])], {'value': value})\n"

@@ -19,7 +19,7 @@ from initcheck.frontends.onnx_load import (
     resolve_input_shapes,
     topological_order,
 )
-from initcheck.frontends.onnx_ops import HANDLERS, OpContext, fake_quant_range
+from initcheck.frontends.onnx_ops import HANDLERS, OpContext, attributes, fake_quant_range
 from initcheck.ir import NORMALIZATIONS, WEIGHTED, Graph, Node, Value
 from initcheck.limits import check_shape
 from initcheck.stats import TABLE_READERS, affine_stats, keeps_values, tensor_stats
@@ -80,9 +80,13 @@ def load_onnx(
         values[tensor.name].is_weight = True
     ir_nodes = []
     absorbed_adds = set(ctx.absorbed)
-    guards = _guards(nodes, ctx)
-    group_norms = _group_norms(nodes, ctx)
-    inside_group_norms = {name for norm in group_norms.values() for name in norm.inner}
+    producers = {name: n for n in nodes for name in n.output if name}
+    # forms the exporters write for one op, by the output of their last piece
+    composites: dict[str, _Guard | _GroupNorm] = {
+        **_guards(nodes, producers, ctx),
+        **_group_norms(nodes, producers, ctx),
+    }
+    inside_composites = {name for form in composites.values() for name in form.inner}
     for node in nodes:
         if not any(name in signal for name in node_inputs(node)) and node.op_type != "Gather":
             continue
@@ -94,13 +98,10 @@ def load_onnx(
             continue  # one clip node with its QuantizeLinear
         if not any(name in signal for name in node.output):  # masks, shapes, indices computed from the signal
             continue
-        if node.output and node.output[0] in inside_group_norms:
+        if node.output[0] in inside_composites:
             continue
-        if node.output and node.output[0] in group_norms:
-            ir_nodes.append(group_norms[node.output[0]].node(values, ctx))
-            continue
-        if node.op_type == "Where" and node.output[0] in guards:
-            ir_nodes.append(_guard_as_identity(node, values[guards[node.output[0]]], values))
+        if node.output[0] in composites:
+            ir_nodes.append(composites[node.output[0]].node(values, ctx))
             continue
         ir_nodes.append(_translate(node, ctx, values, absorbed_adds, stored))
     for name in graph.output:
@@ -330,32 +331,57 @@ def _is_index_output(node, name: str) -> bool:
     return node.op_type in ("MaxPool",) and name != node.output[0]
 
 
-def _guards(nodes, ctx) -> dict[str, str]:
-    """Where nodes that only guard a value, read as that value (Where output -> the value's name). Both torch
-    exporters write scaled_dot_product_attention's softmax as Where(IsNaN(p), 0, p), to zero the rows a mask leaves
-    empty: on finite values it is p, and read so the softmax's weights reach the values they multiply as in the live
-    module's graph. The dynamo exporter writes softplus as Where(a > 20, a, Softplus(a)), which differ there by less
-    than e^-20: taken as a choice between two signals, the where passed `a` itself (Mamba's step sizes K 21.7 where
+@dataclass(frozen=True)
+class _Guard:
+    """A Where that only guards a value, read as that value. Both torch exporters write
+    scaled_dot_product_attention's softmax as Where(IsNaN(p), 0, p), to zero the rows a mask leaves empty: on
+    finite values it is p, and read so the softmax's weights reach the values they multiply as in the live module's
+    graph. The dynamo exporter writes softplus as Where(a > 20, a, Softplus(a)), which differ there by less than
+    e^-20: taken as a choice between two signals, the where passed `a` itself (Mamba's step sizes K 21.7 where
     softplus gives 0.003, and exp(-dt A) overflowed)."""
-    producers = {name: n for n in nodes for name in n.output if name}
+
+    source: Any  # the Where node (onnx.NodeProto)
+    guarded: str
+    inner: frozenset[str] = frozenset()
+
+    def node(self, values: dict[str, Value], ctx) -> Node:
+        return Node(
+            name=self.source.name or f"Where_{self.source.output[0]}",
+            op="identity",
+            source_op="Where (a guard)",
+            inputs=[values[self.guarded]],
+            outputs=[values[self.source.output[0]]],
+            scope=scope_of(self.source),
+        )
+
+
+def _guards(nodes, producers: dict, ctx) -> dict[str, _Guard]:
     found = {}
     for n in nodes:
-        if n.op_type != "Where" or len(n.input) != 3 or not n.output:
+        if n.op_type != "Where" or len(n.input) != 3 or not n.output or not n.input[2]:
             continue
-        test, chosen, other = (producers.get(n.input[0]), n.input[1], n.input[2])
-        if test is None or not other:
+        test, chosen, other = producers.get(n.input[0]), n.input[1], n.input[2]
+        if test is None:
             continue
-        if test.op_type == "IsNaN" and test.input[0] == other:
-            found[n.output[0]] = other
-        elif test.op_type == "Greater" and test.input[0] == chosen and _softplus_of(producers.get(other), chosen):
-            threshold = ctx.array(test.input[1])
-            if threshold is not None and threshold.size == 1 and float(threshold.reshape(())) >= 10:
-                found[n.output[0]] = other
+        nan_guard = test.op_type == "IsNaN" and test.input[:1] == [other]
+        softplus = (
+            test.op_type == "Greater"
+            and len(test.input) == 2
+            and test.input[0] == chosen
+            and _at_least(ctx.array(test.input[1]), 10.0)
+            and _softplus_of(producers.get(other), chosen)
+        )
+        if nan_guard or softplus:
+            found[n.output[0]] = _Guard(n, other)
     return found
 
 
 def _softplus_of(node, name: str) -> bool:
-    return node is not None and node.op_type == "Softplus" and node.input[0] == name
+    return node is not None and node.op_type == "Softplus" and node.input[:1] == [name]
+
+
+def _at_least(a: np.ndarray | None, bound: float) -> bool:
+    return a is not None and a.size == 1 and float(a.reshape(())) >= bound
 
 
 @dataclass(frozen=True)
@@ -374,6 +400,9 @@ class _GroupNorm:
     last: str  # the output of the last piece: the norm's
 
     def node(self, values: dict[str, Value], ctx) -> Node:
+        def per_channel(name: str):
+            return np.asarray(ctx.array(name)).reshape(-1) if name else None
+
         return Node(
             name=self.source.name or f"GroupNorm_{self.last}",
             op="group_norm",
@@ -382,28 +411,24 @@ class _GroupNorm:
             + ("+Add" if self.beta else ""),
             inputs=[values[self.x]],
             outputs=[values[self.last]],
-            attrs={"num_groups": self.groups, "epsilon": float(_attribute(self.source, "epsilon", 1e-5))},
-            params=affine_stats(
-                _per_channel(ctx.array(self.gamma)) if self.gamma else None,
-                _per_channel(ctx.array(self.beta)) if self.beta else None,
-            ),
+            attrs={"num_groups": self.groups, "epsilon": float(attributes(self.source).get("epsilon", 1e-5))},
+            params=affine_stats(per_channel(self.gamma), per_channel(self.beta)),
             scope=scope_of(self.source),
         )
 
 
-def _group_norms(nodes, ctx) -> dict[str, _GroupNorm]:
+def _group_norms(nodes, producers: dict, ctx) -> dict[str, _GroupNorm]:
     """Each exported GroupNorm, keyed by the output of its last piece."""
-    producers = {name: n for n in nodes for name in n.output if name}
     found = {}
     for norm in nodes:
-        if norm.op_type != "InstanceNormalization" or len(norm.input) < 3:
+        if norm.op_type != "InstanceNormalization" or len(norm.input) < 3 or not norm.output:
             continue
         split = producers.get(norm.input[0])
-        if split is None or split.op_type != "Reshape" or len(ctx.consumers.get(norm.input[0], [])) != 1:
+        if split is None or split.op_type != "Reshape" or len(split.input) != 2:
             continue
-        if not _plain(ctx.array(norm.input[1]), 1.0):
+        if len(ctx.consumers.get(norm.input[0], [])) != 1:
             continue
-        if not _plain(ctx.array(norm.input[2]), 0.0):
+        if not (_plain(ctx.array(norm.input[1]), 1.0) and _plain(ctx.array(norm.input[2]), 0.0)):
             continue
         target, x = ctx.array(split.input[1]), split.input[0]
         x_shape = ctx.shape(x)
@@ -434,7 +459,7 @@ def _plain(a: np.ndarray | None, value: float) -> bool:
 
 def _only_reader(ctx, name: str, op_type: str):
     readers = ctx.consumers.get(name, [])
-    return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+    return readers[0] if len(readers) == 1 and readers[0].op_type == op_type and readers[0].output else None
 
 
 def _channel_constant(node, signal: str, ctx, channels: int) -> str:
@@ -445,27 +470,6 @@ def _channel_constant(node, signal: str, ctx, channels: int) -> str:
     if a is None or a.size != channels or a.ndim < 1 or a.shape[0] != channels:
         return ""
     return other
-
-
-def _per_channel(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else np.asarray(a).reshape(-1)
-
-
-def _attribute(node, name: str, default):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _guard_as_identity(node, guarded: Value, values: dict[str, Value]) -> Node:
-    return Node(
-        name=node.name or f"Where_{node.output[0]}",
-        op="identity",
-        source_op="Where (a guard)",
-        inputs=[guarded],
-        outputs=[values[node.output[0]]],
-        scope=scope_of(node),
-    )
 
 
 def _absorbed_biases(nodes, arrays, signal) -> dict[str, str]:

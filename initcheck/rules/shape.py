@@ -79,6 +79,8 @@ def where_forward(node, ins, ctx):
     """Masking (e.g. causal attention): the signal branch passes; masked entries are counted so the
     softmax that follows knows how many keys each row really has."""
     i, x = first_signal(ins)
+    if i > 0 and sum(m is not None for m in ins[1:]) > 1:  # a choice between two signals by a mask not known
+        return x.approx()  # here: the first is passed, and said to be an approximation
     cond = node.inputs[0].array if node.inputs[0] is not None else None
     if cond is None or cond.ndim < 2 or i == 0:
         return x
