@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.nn import functional as F
+from zoo import differing_rows
 
 import initcheck
 
@@ -33,23 +34,10 @@ def _export(model: nn.Module, x: torch.Tensor, path, dynamo: bool):
     return path
 
 
-def _unique_rows(report) -> dict[tuple[str, str], object]:
-    counted: dict[tuple[str, str], list] = {}
-    for row in report.layers:
-        counted.setdefault((row.scope or row.node, row.op), []).append(row.symbolic)
-    return {key: rows[0] for key, rows in counted.items() if len(rows) == 1}
-
-
 def _differences(ours, theirs, rel: float = 1e-3) -> list[str]:
-    a, b = _unique_rows(ours), _unique_rows(theirs)
-    paired = [key for key in a if key in b]
-    assert len(paired) >= min(len(a), 3), (list(a), list(b))
-    return [
-        f"{key} {which} {y:.5g} for {x:.5g}"
-        for key in paired
-        for which, x, y in (("K", a[key].K, b[key].K), ("G", a[key].G, b[key].G))
-        if x is not None and y is not None and abs(y - x) > rel * abs(x) + 1e-12
-    ]
+    rows, paired, differ = differing_rows(ours, theirs, rel)
+    assert paired >= min(rows, 3), f"{paired} of {rows} rows paired"
+    return differ
 
 
 def _op_types(path) -> set[str]:

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from zoo import STOCK, TWINS, ZooModel
+from zoo import STOCK, TWINS, ZooModel, differing_rows
 
 import initcheck
 from initcheck.report.model import severity_rank
@@ -301,18 +301,6 @@ _OTHER_COMPUTATION = {
 _ROUTE_TOLERANCE = 0.01
 
 
-def _rows_by_scope(report, known: set[str] | None = None) -> dict[tuple[str, str], object]:
-    """Rows whose (scope, op) occurs once, the file's scopes without the wrapper's leading 'model.' (the export
-    wraps the model) where that names a live scope."""
-    counted: dict[tuple[str, str], list] = {}
-    for row in report.layers:
-        scope = row.scope or row.node
-        if known is not None and scope.startswith("model.") and scope[6:] in known:
-            scope = scope[6:]
-        counted.setdefault((scope, row.op), []).append(row)
-    return {key: rows[0] for key, rows in counted.items() if len(rows) == 1}
-
-
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("model", STOCK, ids=lambda m: m.name)
 def test_every_route_predicts_the_live_modules_numbers(model, route, tmp_path):
@@ -324,17 +312,8 @@ def test_every_route_predicts_the_live_modules_numbers(model, route, tmp_path):
     (GPT-2 12 x 512: attention outputs 5x low), dynamo's thresholded softplus (Mamba: NaN after its first layer)."""
     if (model.name, route) in _OTHER_COMPUTATION:
         pytest.skip("the file does not hold the live module's computation")
-    live = _rows_by_scope(_analyze(model))
-    known = {scope for scope, _ in live}
-    rows = _rows_by_scope(_file_report(model, route, tmp_path), known)
-    paired = [(key, live[key].symbolic, rows[key].symbolic) for key in live if key in rows]
-    assert len(paired) >= 0.4 * len(live), f"{len(paired)} of {len(live)} rows paired"
-    differ = [
-        f"{scope} ({op}) {which} {theirs:.4g} for {ours:.4g}"
-        for (scope, op), a, b in paired
-        for which, ours, theirs in (("K", a.K, b.K), ("G", a.G, b.G))
-        if ours is not None and theirs is not None and abs(theirs - ours) > _ROUTE_TOLERANCE * abs(ours) + 1e-12
-    ]
+    rows, paired, differ = differing_rows(_analyze(model), _file_report(model, route, tmp_path), _ROUTE_TOLERANCE)
+    assert paired >= 0.4 * rows, f"{paired} of {rows} rows paired"
     assert not differ, differ[:5]
 
 

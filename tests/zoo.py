@@ -922,6 +922,33 @@ def _tensor_leaves(out) -> list[torch.Tensor]:
     return [leaf for part in parts for leaf in _tensor_leaves(part)]
 
 
+def rows_by_layer(report, known: set[str] | None = None) -> dict[tuple[str, str], object]:
+    """A report's predictions by (scope, op), where that pair is unique; a file's scopes without the export
+    wrapper's leading 'model.' where that names one of `known` (the live module's scopes)."""
+    counted: dict[tuple[str, str], list] = {}
+    for row in report.layers:
+        scope = row.scope or row.node
+        if known is not None and scope.startswith("model.") and scope[6:] in known:
+            scope = scope[6:]
+        counted.setdefault((scope, row.op), []).append(row.symbolic)
+    return {key: rows[0] for key, rows in counted.items() if len(rows) == 1}
+
+
+def differing_rows(ours, theirs, rel: float) -> tuple[int, int, list[str]]:
+    """Two reports of one model, rows paired by layer: (rows of ours, rows paired, the K or G that differ by more
+    than `rel`)."""
+    a = rows_by_layer(ours)
+    b = rows_by_layer(theirs, {scope for scope, _ in a})
+    paired = [key for key in a if key in b]
+    differ = [
+        f"{key} {which} {y:.5g} for {x:.5g}"
+        for key in paired
+        for which, x, y in (("K", a[key].K, b[key].K), ("G", a[key].G, b[key].G))
+        if x is not None and y is not None and abs(y - x) > rel * abs(x) + 1e-12
+    ]
+    return len(a), len(paired), differ
+
+
 def export_file(model: ZooModel, route: str, folder) -> tuple[object, dict | None]:
     """The model written by one route: 'pt2' (torch.export.save) or 'onnx-legacy' / 'onnx-dynamo'
     (torch.onnx.export). Returns (path, --input shapes for the analysis)."""
